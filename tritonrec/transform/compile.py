@@ -1,0 +1,243 @@
+"""compile_workflow: a fitted ``nvtabular.Workflow`` -> :class:`TransformPlan`.
+
+Walks the workflow's graph from its output node, turns each op on each column into a step, and
+groups output columns whose chains of steps match. An op or option the plan cannot reproduce
+exactly stops the compile with :class:`UnsupportedOpError`, naming the op and the column.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonrec.transform._table import KeyTable
+from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
+from tritonrec.transform.steps import Categorify, Clip, FillMissing, LogOp, Normalize, OOV_CODE, Step
+
+class UnsupportedOpError(ValueError):
+    """The workflow uses an op (or an option of one) the plan cannot reproduce exactly."""
+
+    def __init__(self, op: str, column: str, reason: str) -> None:
+        super().__init__(f"cannot compile op {op} on column {column!r}: {reason}")
+        self.op = op
+        self.column = column
+
+
+class ColumnStep:
+    """One op on one column before grouping: a signature and per-column parameters to merge."""
+
+    def __init__(self, signature: tuple[Any, ...], params: dict[str, Any], merge: Callable[[list[dict[str, Any]]], Step]):
+        self.signature = signature
+        self.params = params
+        self.merge = merge
+
+
+def _load_workflow(workflow_or_saved_dir: Any) -> Any:
+    import nvtabular  # noqa: PLC0415 - compile-time dependency only
+
+    if isinstance(workflow_or_saved_dir, (str, os.PathLike)):
+        path = Path(workflow_or_saved_dir)
+        if not (path / "workflow.pkl").is_file():
+            raise FileNotFoundError(f"{path}: not a saved nvtabular workflow (no workflow.pkl)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return nvtabular.Workflow.load(str(path))
+    if not isinstance(workflow_or_saved_dir, nvtabular.Workflow):
+        raise TypeError(f"expected an nvtabular.Workflow or a saved workflow directory, got {type(workflow_or_saved_dir).__name__}")
+    return workflow_or_saved_dir
+
+
+def _fill_step(op: Any, column: str) -> ColumnStep:
+    if op.add_binary_cols:
+        raise UnsupportedOpError("FillMissing", column, "add_binary_cols=True is not supported")
+    return ColumnStep(("fill_missing",), {"fill": float(op.fill_val)}, lambda ps: FillMissing([p["fill"] for p in ps]))
+
+
+def _clip_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
+    for bound in (op.min_value, op.max_value):
+        if bound is not None and dtype.kind in "iu" and float(bound) != int(bound):
+            raise UnsupportedOpError("Clip", column, f"a non-integer bound {bound!r} on integer dtype {dtype} changes the dtype")
+    has_min, has_max = op.min_value is not None, op.max_value is not None
+    return ColumnStep(
+        ("clip", has_min, has_max),
+        {"min": op.min_value, "max": op.max_value},
+        lambda ps: Clip(
+            [p["min"] for p in ps] if has_min else None,
+            [p["max"] for p in ps] if has_max else None,
+        ),
+    )
+
+
+def _normalize_step(op: Any, column: str) -> ColumnStep:
+    if column not in op.means:
+        raise UnsupportedOpError("Normalize", column, "no fitted statistics for this column (workflow not fitted?)")
+    out = np.dtype(op.output_dtype)
+    return ColumnStep(
+        ("normalize", out.name),
+        {"mean": op.means[column], "std": op.stds[column]},
+        lambda ps: Normalize([p["mean"] for p in ps], [p["std"] for p in ps], out),
+    )
+
+
+def _categorify_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
+    import pandas as pd  # noqa: PLC0415
+    from merlin.dag import ColumnSelector  # noqa: PLC0415
+
+    if op.encode_type != "joint" or op.storage_name.get(column, column) != column:
+        raise UnsupportedOpError("Categorify", column, "multi-column (joint or combo) encoding is not supported yet")
+    if op.single_table:
+        raise UnsupportedOpError("Categorify", column, "single_table=True is not supported")
+    if op.search_sorted:
+        raise UnsupportedOpError("Categorify", column, "search_sorted=True is not supported")
+    split_out = op.split_out.get(column, 1) if isinstance(op.split_out, dict) else op.split_out
+    if split_out != 1:
+        raise UnsupportedOpError("Categorify", column, f"split_out={split_out} is not supported")
+    path = op.categories.get(column)
+    if not path:
+        raise UnsupportedOpError("Categorify", column, "no fitted vocabulary (workflow not fitted?)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Categorify vocabulary of column {column!r} not found at {path}")
+    buckets = op.num_buckets
+    num_buckets = buckets if isinstance(buckets, int) else (buckets or {}).get(column, 0) or 0
+    vocab = pd.read_parquet(path, columns=[column])[column]
+    if vocab.dtype.kind not in "iuf":
+        raise UnsupportedOpError("Categorify", column, f"vocabulary of dtype {vocab.dtype} (strings come in a later release)")
+    # The codes of the vocabulary come from the op itself, run on the vocabulary's values: the plan
+    # takes NVTabular's own label assignment instead of re-deriving it.
+    values = vocab.dropna().to_numpy()
+    frame = pd.DataFrame({column: values})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        codes = np.asarray(op.transform(ColumnSelector([column]), frame)[column], dtype=np.int64)
+    keep = codes >= OOV_CODE + max(num_buckets, 1)  # bucket and null codes come from the rules
+    vocab_dtype = np.dtype(vocab.dtype)
+    keys = values[keep].astype(vocab_dtype)
+    out = np.dtype(op.output_dtype)
+    return ColumnStep(
+        ("categorify", vocab_dtype.name, out.name),
+        {"keys": keys, "codes": codes[keep], "num_buckets": int(num_buckets)},
+        lambda ps: _merge_categorify(ps, vocab_dtype, out),
+    )
+
+
+def _merge_categorify(params: list[dict[str, Any]], vocab_dtype: np.dtype, out: np.dtype) -> Categorify:
+    keys, columns, codes = [], [], []
+    for j, p in enumerate(params):
+        k = p["keys"]
+        if vocab_dtype.kind == "f":
+            k = (k.astype(np.float64) + 0.0).view(np.int64)
+        keys.append(k.astype(np.int64))
+        columns.append(np.full(k.shape[0], j, dtype=np.int32))
+        codes.append(p["codes"])
+    table = KeyTable.build(np.concatenate(columns), np.concatenate(keys), np.concatenate(codes))
+    return Categorify(table, [p["num_buckets"] for p in params], vocab_dtype, out)
+
+
+def _column_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
+    from nvtabular import ops  # noqa: PLC0415
+
+    name = type(op).__name__
+    if type(op) is ops.FillMissing:
+        return _fill_step(op, column)
+    if type(op) is ops.Clip:
+        return _clip_step(op, column, dtype)
+    if type(op) is ops.LogOp:
+        return ColumnStep(("log",), {}, lambda ps: LogOp())
+    if type(op) is ops.Normalize:
+        return _normalize_step(op, column)
+    if type(op) is ops.Categorify:
+        return _categorify_step(op, column, dtype)
+    raise UnsupportedOpError(name, column, "this op is not supported by the plan compiler")
+
+
+def _step_dtype(step: ColumnStep, dtype: np.dtype) -> np.dtype:
+    kind = step.signature[0]
+    if kind in ("fill_missing", "clip"):
+        return dtype
+    if kind == "log":
+        return np.dtype(np.float32)
+    return np.dtype(step.signature[-1])  # normalize, categorify: their out dtype
+
+
+def compile_workflow(workflow_or_saved_dir: Any) -> TransformPlan:
+    """Compiles a fitted NVTabular workflow into a :class:`TransformPlan`.
+
+    Args:
+        workflow_or_saved_dir: a fitted ``nvtabular.Workflow``, or the directory a fitted workflow
+            was saved to with ``Workflow.save``.
+
+    Raises:
+        UnsupportedOpError: an op or option the plan cannot reproduce; names the op and column.
+        FileNotFoundError: the directory holds no saved workflow, or a vocabulary file is missing.
+    """
+    import nvtabular  # noqa: PLC0415
+    from merlin.dag.ops.concat_columns import ConcatColumns  # noqa: PLC0415
+    from merlin.dag.ops.selection import SelectionOp  # noqa: PLC0415
+
+    workflow = _load_workflow(workflow_or_saved_dir)
+    input_dtypes = {c.name: np.dtype(c.dtype.to_numpy) for c in workflow.input_schema}
+    memo: dict[int, dict[str, tuple[str, list[ColumnStep], np.dtype]]] = {}
+
+    def visit(node: Any) -> dict[str, tuple[str, list[ColumnStep], np.dtype]]:
+        if id(node) in memo:
+            return memo[id(node)]
+        available: dict[str, tuple[str, list[ColumnStep], np.dtype]] = {}
+        for parent in node.parents_with_dependencies:
+            available.update(visit(parent))
+        op = node.op
+        names = node.output_columns.names
+        result: dict[str, tuple[str, list[ColumnStep], np.dtype]] = {}
+        if op is None or isinstance(op, (SelectionOp, ConcatColumns)):
+            for name in names:
+                if name in available:
+                    result[name] = available[name]
+                elif name in input_dtypes:
+                    result[name] = (name, [], input_dtypes[name])
+                else:
+                    raise UnsupportedOpError(type(op).__name__, name, "column is neither an input nor produced upstream")
+        else:
+            mapping = op.column_mapping(node.input_columns)
+            for out_name in names:
+                sources = mapping.get(out_name, [out_name])
+                if len(sources) != 1:
+                    raise UnsupportedOpError(type(op).__name__, out_name, f"combines several columns {list(sources)}")
+                source = sources[0]
+                if source in available:
+                    raw, steps, dtype = available[source]
+                elif source in input_dtypes:
+                    raw, steps, dtype = source, [], input_dtypes[source]
+                else:
+                    raise UnsupportedOpError(type(op).__name__, out_name, f"source column {source!r} not found")
+                if source != out_name:
+                    raise UnsupportedOpError(type(op).__name__, out_name, "renaming columns is not supported yet")
+                step = _column_step(op, source, dtype)
+                result[out_name] = (raw, [*steps, step], _step_dtype(step, dtype))
+        memo[id(node)] = result
+        return result
+
+    chains = visit(workflow.output_node)
+    output_names = workflow.output_schema.column_names
+    if not output_names:
+        raise ValueError("the workflow has no output columns")
+
+    # Group output columns by (input dtype, step signatures), keeping first-appearance order.
+    grouped: dict[tuple[Any, ...], list[str]] = {}
+    for name in output_names:
+        raw, steps, _ = chains[name]
+        key = (input_dtypes[raw].name, tuple(s.signature for s in steps))
+        grouped.setdefault(key, []).append(name)
+    groups = []
+    for (dtype_name, signatures), outs in grouped.items():
+        per_column = [chains[name][1] for name in outs]
+        steps = [per_column[0][i].merge([cs[i].params for cs in per_column]) for i in range(len(signatures))]
+        groups.append(PlanGroup([chains[name][0] for name in outs], outs, np.dtype(dtype_name), steps))
+
+    used_inputs = {chains[name][0] for name in output_names}
+    input_schema = [ColumnSpec(c, d) for c, d in input_dtypes.items() if c in used_inputs]
+    output_schema = [ColumnSpec(name, chains[name][2]) for name in output_names]
+    return TransformPlan(input_schema, output_schema, groups, nvtabular.__version__)

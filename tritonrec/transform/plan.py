@@ -1,0 +1,394 @@
+"""TransformPlan: a fitted NVTabular workflow compiled to vectorised array code.
+
+A plan is a directory: ``manifest.json`` (schemas, steps, parameters, fingerprint) and ``arrays/``
+(one ``.npy`` file per large parameter, e.g. a vocabulary's hash table). Running it needs numpy
+only (cupy on a GPU); nvtabular, dask and pandas are needed only to compile it.
+
+Columns that go through the same chain of ops run together as one *group*: the group's values are
+one (n, k) array and each op is one array operation over all k columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonrec.transform.steps import Step, step_from_manifest
+
+PLAN_FORMAT_VERSION = 1
+"""Version of the plan directory layout; a plan of another version is refused at load."""
+SUPPORTED_NVTABULAR_VERSIONS = ("23.08.00",)
+"""NVTabular releases whose transform semantics the steps reproduce."""
+MANIFEST = "manifest.json"
+
+
+class PlanLoadError(OSError):
+    """A plan directory cannot be loaded; the message names the file and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnSpec:
+    """One column of a plan's input or output: its name and numpy dtype."""
+
+    name: str
+    dtype: np.dtype
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "dtype": self.dtype.name}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str]) -> ColumnSpec:
+        return cls(str(data["name"]), np.dtype(data["dtype"]))
+
+
+@dataclasses.dataclass
+class PlanGroup:
+    """Columns that share one chain of steps.
+
+    ``inputs[j]`` (an input column) becomes ``outputs[j]`` (an output column) through ``steps``;
+    the same input may feed several groups.
+    """
+
+    inputs: list[str]
+    outputs: list[str]
+    input_dtype: np.dtype
+    steps: list[Step]
+
+    @property
+    def output_dtype(self) -> np.dtype:
+        dtype = self.input_dtype
+        for step in self.steps:
+            dtype = np.dtype(step.output_dtype(dtype))
+        return dtype
+
+    def run(self, values: Any, row_index: Any, xp: Any) -> Any:
+        """(n, k) group input of ``input_dtype`` -> (n, k) output of ``output_dtype``."""
+        for step in self.steps:
+            values = step.apply(values, row_index, xp)
+        return values
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_array(array: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class TransformPlan:
+    """A compiled workflow: runs ``nvtabular.Workflow.transform``'s arithmetic on numpy arrays.
+
+    Attributes:
+        input_schema: the raw columns a request carries, in order, with their dtypes.
+        output_schema: the transformed columns, in the workflow's output order, with dtypes.
+        nvtabular_version: the NVTabular release whose semantics the plan reproduces.
+        fingerprint: hex digest of the NVTabular version and every fitted statistic; parts trained
+            against other statistics (embedding stores, scorers) are refused by it.
+    """
+
+    def __init__(
+        self,
+        input_schema: Sequence[ColumnSpec],
+        output_schema: Sequence[ColumnSpec],
+        groups: Sequence[PlanGroup],
+        nvtabular_version: str,
+        xp: Any = np,
+    ) -> None:
+        self.input_schema = list(input_schema)
+        self.output_schema = list(output_schema)
+        self.groups = list(groups)
+        self.nvtabular_version = nvtabular_version
+        self.xp = xp
+        self._input_dtypes = {c.name: c.dtype for c in self.input_schema}
+        out_dtypes = {c.name: c.dtype for c in self.output_schema}
+        for group in self.groups:
+            for name in group.inputs:
+                if name not in self._input_dtypes:
+                    raise ValueError(f"group input {name!r} is not in the input schema")
+                if self._input_dtypes[name] != group.input_dtype:
+                    raise ValueError(f"group input {name!r} has dtype {group.input_dtype}, schema says {self._input_dtypes[name]}")
+            for name in group.outputs:
+                if out_dtypes.get(name) != group.output_dtype:
+                    raise ValueError(f"output {name!r}: groups compute {group.output_dtype}, schema says {out_dtypes.get(name)}")
+        produced = [name for g in self.groups for name in g.outputs]
+        if sorted(produced) != sorted(out_dtypes):
+            raise ValueError("the groups do not produce exactly the output schema's columns")
+        # Where each output column lives: (group number, column within the group).
+        self._output_site = {name: (gi, j) for gi, g in enumerate(self.groups) for j, name in enumerate(g.outputs)}
+        self._build_packing()
+        self.fingerprint = self._compute_fingerprint()
+
+    # ----------------------------------------------------------------------------------- packing
+    def _build_packing(self) -> None:
+        """Packed layout: one (n, k) tensor per dtype, columns in schema order."""
+        self.packed_inputs: dict[str, list[str]] = {}
+        for col in self.input_schema:
+            self.packed_inputs.setdefault(col.dtype.name, []).append(col.name)
+        self.packed_outputs: dict[str, list[str]] = {}
+        for col in self.output_schema:
+            self.packed_outputs.setdefault(col.dtype.name, []).append(col.name)
+        in_pos = {name: (d, i) for d, names in self.packed_inputs.items() for i, name in enumerate(names)}
+        out_pos = {name: (d, i) for d, names in self.packed_outputs.items() for i, name in enumerate(names)}
+        # For each group: (packed input dtype, column indices) when all inputs share one tensor.
+        self._group_packed_in: list[tuple[str, np.ndarray]] = []
+        self._group_packed_out: list[tuple[str, Any]] = []
+        for g in self.groups:
+            dtype_name = g.input_dtype.name
+            idx = np.array([in_pos[name][1] for name in g.inputs], dtype=np.int64)
+            self._group_packed_in.append((dtype_name, idx))
+            out_dtype = g.output_dtype.name
+            out_idx = np.array([out_pos[name][1] for name in g.outputs], dtype=np.int64)
+            contiguous = out_idx.size > 0 and bool(np.all(np.diff(out_idx) == 1))
+            self._group_packed_out.append(
+                (out_dtype, slice(int(out_idx[0]), int(out_idx[-1]) + 1) if contiguous else out_idx)
+            )
+
+    # ------------------------------------------------------------------------------ fingerprint
+    def _compute_fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(f"nvtabular={self.nvtabular_version}\n".encode())
+        for group in self.groups:
+            digest.update(json.dumps([group.inputs, group.outputs, group.input_dtype.name]).encode())
+            for step in group.steps:
+                digest.update(json.dumps([step.kind, step.params()], sort_keys=True).encode())
+                for name, array in sorted(step.arrays().items()):
+                    digest.update(name.encode())
+                    digest.update(_sha256_array(array).encode())
+        return digest.hexdigest()[:32]
+
+    # ---------------------------------------------------------------------------------- running
+    def _row_index(self, n: int, row_index: Any | None) -> Any:
+        if row_index is None:
+            return np.arange(n, dtype=np.int64)
+        row_index = np.asarray(row_index, dtype=np.int64).reshape(-1)
+        if row_index.shape[0] != n:
+            raise ValueError(f"row_index has {row_index.shape[0]} entries, expected one per row ({n})")
+        return row_index
+
+    def _check_column(self, name: str, values: Any) -> Any:
+        xp = self.xp
+        expected = self._input_dtypes[name]
+        values = xp.asarray(values)
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values.reshape(-1)
+        if values.ndim != 1:
+            raise ValueError(f"input column {name!r} has shape {tuple(values.shape)}: expected (n,) or (n, 1)")
+        if values.dtype != expected:
+            if not np.can_cast(values.dtype, expected, casting="safe"):
+                raise TypeError(f"input column {name!r} has dtype {values.dtype}: expected {expected}")
+            values = values.astype(expected)
+        return values
+
+    def transform(self, columns: Mapping[str, Any], row_index: Any | None = None) -> dict[str, Any]:
+        """Transforms a batch given as one array per input column.
+
+        Args:
+            columns: input column name -> (n,) array (numpy, or cupy for a GPU plan) of the schema's
+                dtype, or one that casts to it safely. Float NaN is a missing value.
+            row_index: int64 (n,) position of each row within its request (affects only hash
+                buckets for out-of-vocabulary values); default ``arange(n)``, one request.
+
+        Returns:
+            Output column name -> (n,) C-contiguous array of the output schema's dtype, in the
+            workflow's output order.
+
+        Raises:
+            KeyError: an input column is missing. ValueError: an unexpected column, a wrong shape
+            or columns of different lengths. TypeError: a dtype that does not cast safely.
+        """
+        missing = [c.name for c in self.input_schema if c.name not in columns]
+        if missing:
+            raise KeyError(f"input column(s) {missing} missing: expected {[c.name for c in self.input_schema]}")
+        extra = sorted(set(columns) - set(self._input_dtypes))
+        if extra:
+            raise ValueError(f"unexpected input column(s) {extra}: expected {[c.name for c in self.input_schema]}")
+        checked = {name: self._check_column(name, columns[name]) for name in self._input_dtypes}
+        lengths = {name: int(v.shape[0]) for name, v in checked.items()}
+        n = next(iter(lengths.values()), 0)
+        if any(length != n for length in lengths.values()):
+            raise ValueError(f"input columns have different lengths: {lengths}")
+        rows = self._row_index(n, row_index)
+        xp = self.xp
+        results = []
+        for group in self.groups:
+            stacked = xp.stack([checked[name] for name in group.inputs], axis=1)
+            results.append(group.run(stacked, rows, xp))
+        out = {}
+        for spec in self.output_schema:
+            gi, j = self._output_site[spec.name]
+            out[spec.name] = xp.ascontiguousarray(results[gi][:, j])
+        return out
+
+    def transform_packed(self, tensors: Mapping[str, Any], row_index: Any | None = None) -> dict[str, Any]:
+        """Transforms a batch in the packed layout: one (n, k) array per dtype.
+
+        Args:
+            tensors: dtype name (e.g. ``"int64"``) -> (n, k) array whose columns are
+                ``packed_inputs[dtype]`` in that order.
+            row_index: as in :meth:`transform`.
+
+        Returns:
+            dtype name -> (n, k) C-contiguous array whose columns are ``packed_outputs[dtype]``.
+        """
+        xp = self.xp
+        missing = [d for d in self.packed_inputs if d not in tensors]
+        if missing:
+            raise KeyError(f"packed input(s) {missing} missing: expected {sorted(self.packed_inputs)}")
+        extra = sorted(set(tensors) - set(self.packed_inputs))
+        if extra:
+            raise ValueError(f"unexpected packed input(s) {extra}: expected {sorted(self.packed_inputs)}")
+        n = None
+        checked = {}
+        for dtype_name, names in self.packed_inputs.items():
+            values = xp.asarray(tensors[dtype_name])
+            if values.ndim != 2 or values.shape[1] != len(names):
+                raise ValueError(f"packed input {dtype_name!r} has shape {tuple(values.shape)}: expected (n, {len(names)})")
+            if values.dtype != np.dtype(dtype_name):
+                raise TypeError(f"packed input {dtype_name!r} has dtype {values.dtype}: expected {dtype_name}")
+            if n is None:
+                n = int(values.shape[0])
+            elif values.shape[0] != n:
+                raise ValueError(f"packed inputs have different numbers of rows ({n} and {values.shape[0]})")
+            checked[dtype_name] = values
+        n = n or 0
+        rows = self._row_index(n, row_index)
+        outputs = {d: xp.empty((n, len(names)), dtype=np.dtype(d)) for d, names in self.packed_outputs.items()}
+        for group, (in_dtype, in_idx), (out_dtype, out_idx) in zip(
+            self.groups, self._group_packed_in, self._group_packed_out
+        ):
+            values = checked[in_dtype]
+            if in_idx.size != values.shape[1] or not np.array_equal(in_idx, np.arange(values.shape[1])):
+                values = values[:, xp.asarray(in_idx)]
+            outputs[out_dtype][:, out_idx] = group.run(values, rows, xp)
+        return outputs
+
+    # ------------------------------------------------------------------------------ persistence
+    def to(self, xp: Any) -> TransformPlan:
+        """The same plan running on array module ``xp`` (e.g. cupy), its arrays moved there."""
+        groups = [PlanGroup(g.inputs, g.outputs, g.input_dtype, [s.to(xp) for s in g.steps]) for g in self.groups]
+        return TransformPlan(self.input_schema, self.output_schema, groups, self.nvtabular_version, xp)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the plan to directory ``path`` (created; existing plan files are replaced)."""
+        root = Path(path)
+        (root / "arrays").mkdir(parents=True, exist_ok=True)
+        groups_json = []
+        for gi, group in enumerate(self.groups):
+            steps_json = []
+            for si, step in enumerate(group.steps):
+                files = {}
+                for name, array in step.arrays().items():
+                    rel = f"arrays/g{gi}_s{si}_{name}.npy"
+                    np.save(root / rel, np.asarray(array), allow_pickle=False)
+                    files[name] = {"file": rel, "sha256": _sha256_file(root / rel)}
+                steps_json.append({"kind": step.kind, "params": step.params(), "arrays": files})
+            groups_json.append(
+                {"inputs": group.inputs, "outputs": group.outputs, "input_dtype": group.input_dtype.name, "steps": steps_json}
+            )
+        manifest = {
+            "format": "tritonrec.transform_plan",
+            "format_version": PLAN_FORMAT_VERSION,
+            "nvtabular_version": self.nvtabular_version,
+            "fingerprint": self.fingerprint,
+            "input_schema": [c.to_json() for c in self.input_schema],
+            "output_schema": [c.to_json() for c in self.output_schema],
+            "groups": groups_json,
+        }
+        tmp = root / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, root / MANIFEST)
+        return root
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], verify: bool = True) -> TransformPlan:
+        """Loads a plan directory written by :meth:`save`.
+
+        Args:
+            path: the plan directory.
+            verify: check every array file against the sha256 recorded in the manifest.
+
+        Raises:
+            PlanLoadError: naming the file and the reason: missing or damaged files, another
+                format version, an unsupported NVTabular version, or a fingerprint mismatch.
+        """
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise PlanLoadError(f"{manifest_path}: no such file: {root} is not a transform plan") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlanLoadError(f"{manifest_path}: damaged manifest (not valid JSON: {e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != "tritonrec.transform_plan":
+            raise PlanLoadError(f"{manifest_path}: not a tritonrec transform plan manifest")
+        if manifest.get("format_version") != PLAN_FORMAT_VERSION:
+            raise PlanLoadError(
+                f"{manifest_path}: plan format version {manifest.get('format_version')!r}; "
+                f"this tritonrec reads version {PLAN_FORMAT_VERSION}: re-export the plan"
+            )
+        version = manifest.get("nvtabular_version")
+        if version not in SUPPORTED_NVTABULAR_VERSIONS:
+            raise PlanLoadError(
+                f"{manifest_path}: plan compiled for nvtabular {version!r}; this tritonrec reproduces "
+                f"nvtabular {', '.join(SUPPORTED_NVTABULAR_VERSIONS)} only"
+            )
+        try:
+            groups = []
+            for g in manifest["groups"]:
+                steps = []
+                for s in g["steps"]:
+                    arrays = {}
+                    for name, ref in s["arrays"].items():
+                        file = root / ref["file"]
+                        if verify:
+                            try:
+                                actual = _sha256_file(file)
+                            except FileNotFoundError:
+                                raise PlanLoadError(f"{file}: missing (listed in {manifest_path})") from None
+                            if actual != ref["sha256"]:
+                                raise PlanLoadError(f"{file}: damaged (sha256 {actual[:12]}..., manifest says {ref['sha256'][:12]}...)")
+                        try:
+                            arrays[name] = np.load(file, allow_pickle=False)
+                        except FileNotFoundError:
+                            raise PlanLoadError(f"{file}: missing (listed in {manifest_path})") from None
+                        except (ValueError, OSError, EOFError) as e:
+                            raise PlanLoadError(f"{file}: damaged array file ({e})") from None
+                    steps.append(step_from_manifest(s["kind"], s["params"], arrays))
+                groups.append(PlanGroup(list(g["inputs"]), list(g["outputs"]), np.dtype(g["input_dtype"]), steps))
+            plan = cls(
+                [ColumnSpec.from_json(c) for c in manifest["input_schema"]],
+                [ColumnSpec.from_json(c) for c in manifest["output_schema"]],
+                groups,
+                version,
+            )
+        except PlanLoadError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise PlanLoadError(f"{manifest_path}: damaged manifest ({type(e).__name__}: {e})") from None
+        if plan.fingerprint != manifest.get("fingerprint"):
+            raise PlanLoadError(
+                f"{manifest_path}: fingerprint {manifest.get('fingerprint')!r} does not match the "
+                f"plan's contents ({plan.fingerprint}): the plan was altered"
+            )
+        return plan
+
+    def __repr__(self) -> str:
+        return (
+            f"TransformPlan({len(self.input_schema)} inputs -> {len(self.output_schema)} outputs, "
+            f"{len(self.groups)} groups, nvtabular {self.nvtabular_version}, fingerprint {self.fingerprint})"
+        )

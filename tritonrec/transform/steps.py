@@ -1,0 +1,305 @@
+"""The operations a plan runs, each applied to a group of columns at once.
+
+A step takes the group's values as one (n, k) array, n rows by k columns, and per-column
+parameters as length-k vectors, and reproduces the arithmetic of the NVTabular 23.08 op it stands
+for, dtype for dtype: an op that computes in float32 under pandas computes in float32 here.
+
+Each step serialises to a JSON-able ``params`` dict plus named arrays (``arrays``), and is rebuilt
+by :func:`step_from_manifest`. ``signature`` is what must be equal for two columns to share a group.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tritonrec.transform._hashing import IndexHashCache, combine_with_index, pandas_hash_array
+from tritonrec.transform._table import KeyTable
+
+NULL_CODE = 1
+"""Categorify's code for a null value."""
+OOV_CODE = 2
+"""Categorify's code for an out-of-vocabulary value (the first hash bucket when hashing)."""
+
+
+class Step(ABC):
+    """One op over a group of k columns."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        """dtype of the step's output for an input of ``input_dtype``."""
+
+    @abstractmethod
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        """Applies the op.
+
+        Args:
+            values: (n, k) array; never modified (it may be a read-only view of a request).
+            row_index: int64 (n,) position of each row within its request.
+            xp: the array module of ``values`` (numpy, or cupy on a GPU).
+
+        Returns:
+            A new (n, k) array of dtype ``output_dtype(values.dtype)``.
+        """
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """JSON-serialisable parameters (vectors as lists)."""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Large parameters, saved as array files beside the manifest."""
+        return {}
+
+    def signature(self) -> tuple[Any, ...]:
+        """Columns whose steps have equal signatures run in one group."""
+        return (self.kind,)
+
+    def to(self, xp: Any) -> Step:
+        """This step with its arrays in the memory space of ``xp`` (itself when nothing moves)."""
+        return self
+
+
+def _vector(values: Any, dtype: Any) -> np.ndarray:
+    return np.asarray(values, dtype=dtype).reshape(-1)
+
+
+def _float_compute_dtype(dtype: np.dtype) -> np.dtype:
+    """pandas arithmetic with a Python float keeps a float dtype and promotes others to float64."""
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+class FillMissing(Step):
+    """``nvtabular.ops.FillMissing(fill_val)``: NaN -> the column's fill value (float columns)."""
+
+    kind = "fill_missing"
+
+    def __init__(self, fill_values: Any) -> None:
+        self.fill_values = _vector(fill_values, np.float64)  # (k,)
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return input_dtype
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        if values.dtype.kind != "f":
+            return values
+        missing = xp.isnan(values)
+        return xp.where(missing, xp.asarray(self.fill_values.astype(values.dtype)), values)
+
+    def params(self) -> dict[str, Any]:
+        return {"fill_values": self.fill_values.tolist()}
+
+
+class Clip(Step):
+    """``nvtabular.ops.Clip(min_value, max_value)``: values below min -> min, above max -> max.
+
+    NaN stays NaN (pandas' comparison is False for NaN), and the dtype is kept.
+    """
+
+    kind = "clip"
+
+    def __init__(self, min_values: Any | None, max_values: Any | None) -> None:
+        self.min_values = None if min_values is None else _vector(min_values, np.float64)
+        self.max_values = None if max_values is None else _vector(max_values, np.float64)
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return input_dtype
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        if self.min_values is not None:
+            low = xp.asarray(self.min_values.astype(values.dtype))
+            values = xp.where(values < low, low, values)
+        if self.max_values is not None:
+            high = xp.asarray(self.max_values.astype(values.dtype))
+            values = xp.where(values > high, high, values)
+        return values
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "min_values": None if self.min_values is None else self.min_values.tolist(),
+            "max_values": None if self.max_values is None else self.max_values.tolist(),
+        }
+
+    def signature(self) -> tuple[Any, ...]:
+        return (self.kind, self.min_values is not None, self.max_values is not None)
+
+
+class LogOp(Step):
+    """``nvtabular.ops.LogOp()``: ``log(x.astype(float32) + 1)``, float32 out."""
+
+    kind = "log"
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        return xp.log(values.astype(np.float32) + np.float32(1))
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+class Normalize(Step):
+    """``nvtabular.ops.Normalize(out_dtype)``: ``(x - mean) / std`` (``x - mean`` where std == 0).
+
+    Computed in the input's float dtype with the statistics rounded to it, as pandas does with
+    Python floats; then cast to ``out_dtype`` (float64 unless the op said otherwise).
+    """
+
+    kind = "normalize"
+
+    def __init__(self, means: Any, stds: Any, out_dtype: Any) -> None:
+        self.means = _vector(means, np.float64)
+        self.stds = _vector(stds, np.float64)
+        self.out_dtype = np.dtype(out_dtype)
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return self.out_dtype
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        compute = _float_compute_dtype(values.dtype)
+        divisor = np.where(self.stds > 0, self.stds, 1.0).astype(compute)
+        mean = xp.asarray(self.means.astype(compute))
+        out = (values - mean) / xp.asarray(divisor)
+        return out.astype(self.out_dtype, copy=False)
+
+    def params(self) -> dict[str, Any]:
+        return {"means": self.means.tolist(), "stds": self.stds.tolist(), "out_dtype": self.out_dtype.name}
+
+    def signature(self) -> tuple[Any, ...]:
+        return (self.kind, self.out_dtype.name)
+
+
+class Cast(Step):
+    """A plain dtype cast (``astype``)."""
+
+    kind = "cast"
+
+    def __init__(self, dtype: Any) -> None:
+        self.dtype = np.dtype(dtype)
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return self.dtype
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        return values.astype(self.dtype)
+
+    def params(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.name}
+
+    def signature(self) -> tuple[Any, ...]:
+        return (self.kind, self.dtype.name)
+
+
+class Categorify(Step):
+    """``nvtabular.ops.Categorify`` at transform time, for numeric columns.
+
+    Codes: 0 is never produced (padding), 1 = null, 2 = out of vocabulary (or, with ``num_buckets``
+    for the column, 2 + pandas' row hash of the value modulo ``num_buckets``), then the vocabulary
+    codes that the fitted statistics assign. Values are cast to the vocabulary's dtype before the
+    lookup, as NVTabular casts them before its merge.
+
+    Args:
+        table: the (column, key) -> code table of the group's vocabularies.
+        num_buckets: int64 (k,) hash buckets per column, 0 where the column has none.
+        vocab_dtype: dtype the vocabulary was stored with (int or float).
+        out_dtype: dtype of the codes (``Categorify(dtype=...)``; int64 by default).
+    """
+
+    kind = "categorify"
+    _index_hashes = IndexHashCache()
+
+    def __init__(self, table: KeyTable, num_buckets: Any, vocab_dtype: Any, out_dtype: Any) -> None:
+        self.table = table
+        self.num_buckets = _vector(num_buckets, np.int64)
+        self.vocab_dtype = np.dtype(vocab_dtype)
+        self.out_dtype = np.dtype(out_dtype)
+        if self.vocab_dtype.kind not in "iuf":
+            raise ValueError(f"vocabulary dtype {self.vocab_dtype} is not numeric")
+        self._hashed = bool((self.num_buckets > 0).any())
+        self._column_ids: dict[int, Any] = {}
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return self.out_dtype
+
+    def _columns_for(self, k: int, n: int, xp: Any) -> Any:
+        ids = self._column_ids.get(n)
+        if ids is None:
+            ids = xp.tile(xp.arange(k, dtype=np.int32), n)
+            if n <= 65536:
+                self._column_ids[n] = ids
+        return ids
+
+    def _keys(self, values: Any, nulls: Any, xp: Any) -> Any:
+        if nulls is not None:
+            values = xp.where(nulls, values.dtype.type(0), values)
+        keys = values.astype(self.vocab_dtype, copy=False)
+        if self.vocab_dtype.kind == "f":
+            # -0.0 and 0.0 are one key (they merge as equal); view the float64 bits as the key.
+            keys = (keys.astype(np.float64) + 0.0).view(np.int64)
+        else:
+            keys = keys.astype(np.int64, copy=False)
+        return xp.ascontiguousarray(keys).reshape(-1)
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        n, k = values.shape
+        nulls = xp.isnan(values) if values.dtype.kind == "f" else None
+        codes = self.table.lookup(self._columns_for(k, n, xp), self._keys(values, nulls, xp)).reshape(n, k)
+        missing = codes < 0
+        if bool(missing.any()):
+            if self._hashed:
+                buckets = xp.asarray(self.num_buckets)
+                index_hash = xp.asarray(self._index_hashes.get(np.asarray(row_index)))[:, None]
+                row_hash = combine_with_index(pandas_hash_array(values, xp), index_hash)
+                hashed = (row_hash % xp.maximum(buckets, 1).astype(np.uint64)).astype(np.int64) + OOV_CODE
+                oov = xp.where(buckets > 0, hashed, OOV_CODE)
+            else:
+                oov = OOV_CODE
+            codes = xp.where(missing, oov, codes)
+        if nulls is not None:
+            codes = xp.where(nulls, NULL_CODE, codes)
+        return codes.astype(self.out_dtype, copy=False)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "num_buckets": self.num_buckets.tolist(),
+            "vocab_dtype": self.vocab_dtype.name,
+            "out_dtype": self.out_dtype.name,
+            "max_probe": self.table.max_probe,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "slot_keys": np.asarray(self.table.slot_keys),
+            "slot_columns": np.asarray(self.table.slot_columns),
+            "slot_codes": np.asarray(self.table.slot_codes),
+        }
+
+    def signature(self) -> tuple[Any, ...]:
+        return (self.kind, self.vocab_dtype.name, self.out_dtype.name)
+
+    def to(self, xp: Any) -> Step:
+        if xp is self.table.xp:
+            return self
+        return Categorify(self.table.to(xp), self.num_buckets, self.vocab_dtype, self.out_dtype)
+
+
+def step_from_manifest(kind: str, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Step:
+    """Rebuilds a step saved with ``kind``, ``params()`` and ``arrays()``; KeyError for an unknown kind."""
+    if kind == FillMissing.kind:
+        return FillMissing(params["fill_values"])
+    if kind == Clip.kind:
+        return Clip(params["min_values"], params["max_values"])
+    if kind == LogOp.kind:
+        return LogOp()
+    if kind == Normalize.kind:
+        return Normalize(params["means"], params["stds"], params["out_dtype"])
+    if kind == Cast.kind:
+        return Cast(params["dtype"])
+    if kind == Categorify.kind:
+        table = KeyTable(arrays["slot_keys"], arrays["slot_columns"], arrays["slot_codes"], params["max_probe"])
+        return Categorify(table, params["num_buckets"], params["vocab_dtype"], params["out_dtype"])
+    raise KeyError(f"unknown step kind {kind!r}")
