@@ -1,0 +1,354 @@
+"""Find, prepare and run a tritonserver for a model repository.
+
+The server is found in this order: an explicit path, ``tritonserver`` on PATH, then the one
+bundled in the ``nvidia-pytriton`` wheel. Before it starts, its backend directory gets a Python
+backend stub for this interpreter's Python version and tritonrec's Python-based backends
+(``backends/<name>/model.py``), so a model whose config says ``backend: "nvtabular_transform"``
+loads with no model.py of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ServerError(RuntimeError):
+    """tritonserver could not be found or started; the message says why in one line."""
+
+
+def project_backends_dir() -> Path:
+    """Directory holding tritonrec's Python-based backends (one folder with a model.py each)."""
+    installed = _PACKAGE_DIR / "_backends"
+    if installed.is_dir():
+        return installed
+    source = _PACKAGE_DIR.parent / "backends"  # running from a source checkout
+    if source.is_dir():
+        return source
+    raise ServerError(f"tritonrec's backends are missing (looked in {installed} and {source})")
+
+
+def project_backends() -> list[str]:
+    """Names of tritonrec's Python-based backends."""
+    return sorted(p.parent.name for p in project_backends_dir().glob("*/model.py"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerInstall:
+    """A tritonserver binary and where its backends and bundled libraries are."""
+
+    binary: Path
+    backend_dir: Path
+    library_dirs: tuple[Path, ...] = ()
+    """Directories to put on LD_LIBRARY_PATH (the wheel's bundled libraries)."""
+    stub_dir: Path | None = None
+    """The wheel's ``python_backend_stubs`` folder (one stub per Python version), if bundled."""
+
+
+def _pytriton_install() -> ServerInstall | None:
+    try:
+        import pytriton  # noqa: PLC0415
+    except ImportError:
+        return None
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    binary = root / "bin" / "tritonserver"
+    if not binary.is_file():
+        return None
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    return ServerInstall(binary, root / "backends", (libs,) if libs.is_dir() else (), root / "python_backend_stubs")
+
+
+def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> ServerInstall:
+    """Locates tritonserver: ``explicit``, then PATH, then the nvidia-pytriton wheel.
+
+    Raises:
+        ServerError: none found, or ``explicit`` is not an executable file.
+    """
+    if explicit is not None:
+        binary = Path(explicit)
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            raise ServerError(f"--tritonserver {binary}: not an executable file")
+        return ServerInstall(binary.resolve(), binary.resolve().parent.parent / "backends")
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        binary = Path(on_path).resolve()
+        return ServerInstall(binary, binary.parent.parent / "backends")
+    bundled = _pytriton_install()
+    if bundled is not None:
+        return bundled
+    raise ServerError(
+        "no tritonserver found: pass --tritonserver PATH, put tritonserver on PATH, or install the "
+        "server extra (pip install 'tritonrec[server]', which brings nvidia-pytriton's bundled server)"
+    )
+
+
+def prepare_backend_directory(install: ServerInstall) -> Path:
+    """Makes ``install.backend_dir`` ready: the Python stub for this Python and tritonrec's backends.
+
+    Returns:
+        The backend directory to pass as ``--backend-directory``.
+
+    Raises:
+        ServerError: no Python backend there, no stub for this Python, or the directory is not writable.
+    """
+    backend_dir = install.backend_dir
+    python_dir = backend_dir / "python"
+    if not (python_dir / "libtriton_python.so").is_file():
+        raise ServerError(f"{python_dir}: no Python backend (libtriton_python.so) next to tritonserver")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        if install.stub_dir is not None:
+            stub = install.stub_dir / version / "triton_python_backend_stub"
+            if not stub.is_file():
+                raise ServerError(f"the bundled server has no Python backend stub for Python {version} ({stub})")
+            target = python_dir / "triton_python_backend_stub"
+            if not target.is_file() or target.stat().st_size != stub.stat().st_size or _read(target) != _read(stub):
+                shutil.copy2(stub, target)
+        for name in project_backends():
+            source = project_backends_dir() / name
+            dest = backend_dir / name
+            dest.mkdir(parents=True, exist_ok=True)
+            for file in source.glob("*.py"):
+                if not (dest / file.name).is_file() or _read(dest / file.name) != _read(file):
+                    shutil.copy2(file, dest / file.name)
+    except PermissionError as e:
+        raise ServerError(f"cannot install tritonrec's backends into {backend_dir}: {e.strerror}") from None
+    return backend_dir
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``port`` and it can be bound on all interfaces and ``host``."""
+    for address in (host, "0.0.0.0"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def server_environment(install: ServerInstall) -> dict[str, str]:
+    """Environment for tritonserver so its Python stubs run this interpreter's environment.
+
+    LD_LIBRARY_PATH gets this Python's LIBDIR first (else the stub may load another build of
+    libpython against this standard library) and the wheel's bundled libraries; PATH gets this
+    environment's bin; PYTHONPATH gets this environment's site-packages.
+    """
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    lib_paths = [libdir, *map(str, install.library_dirs)]
+    if env.get("LD_LIBRARY_PATH"):
+        lib_paths.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in lib_paths if p)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    if env.get("PYTHONPATH"):
+        site.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(site))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+_MODEL_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*)")
+_PORT_FAILURE = re.compile(r"(failed to start \w+ service.*|Socket '[^']*' already in use.*|Address already in use.*)", re.I)
+
+
+def summarize_failure(log: str) -> str:
+    """The one line that says why a server did not start, from its log."""
+    for line in log.splitlines():
+        match = _MODEL_FAILURE.search(line)
+        if match:
+            return f"model '{match.group(1)}' failed to load: {match.group(2).strip()}"
+    for line in log.splitlines():
+        match = _PORT_FAILURE.search(line)
+        if match:
+            return f"port in use: {match.group(1).strip()}"
+    errors = [line for line in log.splitlines() if line.startswith("E") or "error" in line.lower()]
+    if errors:
+        return errors[-1].strip()
+    tail = [line for line in log.splitlines() if line.strip()]
+    return tail[-1].strip() if tail else "tritonserver exited without output"
+
+
+class TritonServer:
+    """A running tritonserver on a model repository, on loopback ports.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. Ports not given are picked
+    free. ``log_path`` receives the server's stdout and stderr.
+    """
+
+    def __init__(
+        self,
+        model_repository: str | os.PathLike[str],
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        tritonserver: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        extra_args: tuple[str, ...] = (),
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.host = host
+        self.install = find_tritonserver(tritonserver)
+        for name, port in (("--http-port", http_port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
+            if port is not None and not port_is_free(port, host):
+                raise ServerError(f"{name} {port}: port is taken")
+        self.http_port = http_port or free_port(host)
+        self.grpc_port = grpc_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.extra_args = tuple(extra_args)
+        self._log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
+
+    def log(self) -> str:
+        """The server's output so far."""
+        try:
+            return self._log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def command(self) -> list[str]:
+        return [
+            str(self.install.binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self.install.backend_dir}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--log-verbose=0",
+            "--exit-timeout-secs=10",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout_s: float = 120.0) -> TritonServer:
+        """Starts the server and waits until ``/v2/health/ready`` answers 200.
+
+        Raises:
+            ServerError: the model repository is missing, the server exited, or it was not ready
+                within ``timeout_s``; the message says why in one line.
+        """
+        if not self.model_repository.is_dir():
+            raise ServerError(f"model repository {self.model_repository} is not a directory")
+        prepare_backend_directory(self.install)
+        log = open(self._log_path, "wb")  # noqa: SIM115 - owned by the process lifetime
+        self._process = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_environment(self.install),
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                reason = summarize_failure(self.log())
+                self._process = None
+                raise ServerError(f"tritonserver did not start: {reason} (log: {self._log_path})")
+            if self.is_ready():
+                return self
+            time.sleep(0.1)
+        reason = summarize_failure(self.log())
+        self.stop()
+        raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s: {reason} (log: {self._log_path})")
+
+    def is_ready(self) -> bool:
+        """True when the server answers 200 on /v2/health/ready."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1.0) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """Stops the server (SIGINT, then SIGKILL after ``timeout_s``); returns its exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return process.returncode
+
+    def wait(self) -> int:
+        """Blocks until the server exits; returns its exit code."""
+        if self._process is None:
+            raise ServerError("the server is not running")
+        return self._process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_server(model_repository: str | os.PathLike[str], **kwargs: object) -> Iterator[TritonServer]:
+    """Context manager: a started :class:`TritonServer` (see its arguments), stopped on exit."""
+    server = TritonServer(model_repository, **kwargs)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

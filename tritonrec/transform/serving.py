@@ -1,0 +1,159 @@
+"""The transform as a Triton model sees it, without Triton: tensor specs, request checks, batching.
+
+``backends/nvtabular_transform/model.py`` is a thin adapter over :class:`TransformModel`: it hands
+each request's input arrays in and sends the arrays or the error it gets back out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonrec.transform.plan import TransformPlan
+from tritonrec.triton_types import triton_dtype
+
+LAYOUTS = ("per-column", "packed")
+
+
+class RequestError(ValueError):
+    """A request the model cannot transform; the message names the input and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A tensor crossing Triton: name, numpy dtype, and dims without the batch dimension."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int, ...]
+
+    @property
+    def triton_dtype(self) -> str:
+        return triton_dtype(self.dtype)
+
+
+def packed_input_name(dtype: np.dtype | str) -> str:
+    """Name of the packed input tensor of one dtype, e.g. ``INPUT_INT64``."""
+    return f"INPUT_{triton_dtype(dtype)}"
+
+
+def packed_output_name(dtype: np.dtype | str) -> str:
+    """Name of the packed output tensor of one dtype, e.g. ``OUTPUT_FP32``."""
+    return f"OUTPUT_{triton_dtype(dtype)}"
+
+
+class TransformModel:
+    """Serves a :class:`TransformPlan` in one of two tensor layouts.
+
+    ``per-column``: one input tensor per raw column, named as the column, [batch, 1]; one output per
+    transformed column, [batch, 1] (NVTabular's Triton convention). ``packed``: one input tensor per
+    dtype, ``INPUT_<TYPE>`` [batch, k], columns in ``plan.packed_inputs`` order; outputs
+    ``OUTPUT_<TYPE>`` [batch, k] in ``plan.packed_outputs`` order.
+
+    Args:
+        plan: the compiled transform.
+        layout: ``"per-column"`` or ``"packed"``.
+        max_batch_size: the most rows one request may carry (0: no limit).
+    """
+
+    def __init__(self, plan: TransformPlan, layout: str = "per-column", max_batch_size: int = 0) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
+        self.plan = plan
+        self.layout = layout
+        self.max_batch_size = int(max_batch_size)
+        if layout == "per-column":
+            self.inputs = [TensorSpec(c.name, c.dtype, (1,)) for c in plan.input_schema]
+            self.outputs = [TensorSpec(c.name, c.dtype, (1,)) for c in plan.output_schema]
+        else:
+            self.inputs = [
+                TensorSpec(packed_input_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_inputs.items()
+            ]
+            self.outputs = [
+                TensorSpec(packed_output_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_outputs.items()
+            ]
+        self._input_by_name = {s.name: s for s in self.inputs}
+
+    @classmethod
+    def from_directory(cls, plan_dir: str | Path, layout: str = "per-column", max_batch_size: int = 0) -> TransformModel:
+        """Loads the plan in ``plan_dir`` (see :meth:`TransformPlan.load` for its errors)."""
+        return cls(TransformPlan.load(plan_dir), layout, max_batch_size)
+
+    def check_request(self, tensors: Mapping[str, Any]) -> int:
+        """Checks one request's inputs; returns its number of rows.
+
+        Raises:
+            RequestError: a missing or unexpected input, a wrong dtype or shape, rows that differ
+                between inputs, or more rows than ``max_batch_size``; the message names the input.
+        """
+        missing = [name for name in self._input_by_name if name not in tensors]
+        if missing:
+            raise RequestError(f"missing input(s) {missing}: this model takes {sorted(self._input_by_name)}")
+        extra = sorted(set(tensors) - set(self._input_by_name))
+        if extra:
+            raise RequestError(f"unexpected input(s) {extra}: this model takes {sorted(self._input_by_name)}")
+        rows = None
+        for name, spec in self._input_by_name.items():
+            array = tensors[name]
+            if array.dtype != spec.dtype:
+                raise RequestError(f"input {name!r} has dtype {triton_dtype(array.dtype) if array.dtype.name != 'object' else 'BYTES'}: expected {spec.triton_dtype}")
+            if array.ndim != 1 + len(spec.dims) or tuple(array.shape[1:]) != spec.dims:
+                raise RequestError(f"input {name!r} has shape {list(array.shape)}: expected [batch, {', '.join(map(str, spec.dims))}]")
+            if rows is None:
+                rows = int(array.shape[0])
+            elif array.shape[0] != rows:
+                raise RequestError(f"input {name!r} has {array.shape[0]} rows, other inputs have {rows}")
+        rows = rows or 0
+        if self.max_batch_size and rows > self.max_batch_size:
+            raise RequestError(f"request has {rows} rows: the maximum batch size is {self.max_batch_size}")
+        return rows
+
+    def execute(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray] | RequestError]:
+        """Transforms several requests in one plan run.
+
+        Args:
+            requests: per request, input name -> array ([batch, ...] as in ``inputs``; host memory).
+
+        Returns:
+            Per request, in order: output name -> C-contiguous array the caller owns, or the
+            :class:`RequestError` that rejects that request (the others are still served).
+        """
+        results: list[dict[str, np.ndarray] | RequestError] = []
+        good: list[tuple[int, int]] = []  # (request number, rows)
+        for i, tensors in enumerate(requests):
+            try:
+                good.append((i, self.check_request(tensors)))
+                results.append({})
+            except RequestError as e:
+                results.append(e)
+        if not good:
+            return results
+        row_index = np.concatenate([np.arange(rows, dtype=np.int64) for _, rows in good])
+        if self.layout == "per-column":
+            columns = {
+                spec.name: _concat([requests[i][spec.name] for i, _ in good]).reshape(-1) for spec in self.inputs
+            }
+            transformed = self.plan.transform(columns, row_index=row_index)
+            merged = {spec.name: transformed[spec.name].reshape(-1, 1) for spec in self.outputs}
+        else:
+            packed = {
+                spec.dtype.name: _concat([requests[i][spec.name] for i, _ in good]) for spec in self.inputs
+            }
+            transformed = self.plan.transform_packed(packed, row_index=row_index)
+            merged = {spec.name: transformed[spec.dtype.name] for spec in self.outputs}
+        start = 0
+        for i, rows in good:
+            if len(good) == 1:
+                results[i] = merged
+            else:
+                results[i] = {name: np.ascontiguousarray(a[start : start + rows]) for name, a in merged.items()}
+            start += rows
+        return results
+
+
+def _concat(arrays: list[Any]) -> Any:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
