@@ -1,8 +1,10 @@
 """An exact (column, key) -> code hash table for batched lookups in numpy or cupy.
 
-Open addressing with linear probing at load factor <= 0.5. Built once at compile time; looked up
-with a handful of vectorised array operations per probe round, so the cost per call barely depends
-on the number of categorical columns, and all columns of a group are looked up in one call.
+Open addressing with linear probing at load factor <= 0.25. Each slot is 16 bytes, one row of an
+int64 (capacity, 2) array: ``[key, column << 32 | code]``, so a probe is one gather of one row.
+Built once at compile time; looked up with a handful of vectorised array operations per probe
+round, so the cost of a call barely depends on the number of columns, and every categorical
+column of a group is looked up in one call.
 """
 
 from __future__ import annotations
@@ -11,140 +13,147 @@ from typing import Any
 
 import numpy as np
 
-_EMPTY = np.int32(-1)
+EMPTY = np.int64(-1)
+"""Second word of an empty slot (column -1, code 0xFFFFFFFF)."""
+MAX_CODE = 2**31 - 1
+MAX_COLUMNS = 2**31 - 1
+_LOW = np.int64(0xFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 
 
-def _slot_hash(columns: Any, keys: Any, mask: np.uint64) -> Any:
-    """Home slot of each (column, key): splitmix64 of ``key ^ (column * golden)``, masked."""
+def _slot_hash(columns: Any, keys: Any, mask: int) -> Any:
+    """Home slot of each (column, key): splitmix64 of ``key ^ (column * golden)``, masked; int64."""
     h = keys.view(np.uint64) ^ (columns.astype(np.uint64) * _GOLDEN)
     h ^= h >> np.uint64(30)
     h *= _MIX_1
     h ^= h >> np.uint64(27)
     h *= _MIX_2
     h ^= h >> np.uint64(31)
-    return (h & mask).astype(np.int64)
+    return (h & np.uint64(mask)).view(np.int64)
 
 
 class KeyTable:
     """Maps (column id, int64 key) pairs to int64 codes; absent pairs map to -1.
 
-    Arrays (host numpy unless moved with :meth:`to`): ``slot_keys`` int64 (capacity,),
-    ``slot_columns`` int32 (capacity,) with -1 for an empty slot, ``slot_codes`` int64 (capacity,).
+    ``slots`` is an int64 (capacity, 2) array (host numpy unless moved with :meth:`to`);
     ``max_probe`` is the longest displacement of any stored pair, which bounds every search.
     """
 
-    def __init__(
-        self, slot_keys: Any, slot_columns: Any, slot_codes: Any, max_probe: int, xp: Any = np
-    ) -> None:
-        capacity = int(slot_keys.shape[0])
-        if capacity == 0 or capacity & (capacity - 1):
-            raise ValueError(f"hash table capacity must be a power of two, got {capacity}")
-        if not (slot_columns.shape[0] == slot_codes.shape[0] == capacity):
-            raise ValueError("hash table arrays have different lengths")
-        self.slot_keys = slot_keys
-        self.slot_columns = slot_columns
-        self.slot_codes = slot_codes
+    def __init__(self, slots: Any, max_probe: int, xp: Any = np) -> None:
+        capacity = int(slots.shape[0])
+        if slots.ndim != 2 or slots.shape[1] != 2 or capacity == 0 or capacity & (capacity - 1):
+            raise ValueError(f"hash table slots must be (power of two, 2), got {tuple(slots.shape)}")
+        self.slots = slots
         self.max_probe = int(max_probe)
-        self._mask = np.uint64(capacity - 1)
+        self._mask = capacity - 1
         self.xp = xp
 
     @classmethod
-    def build(cls, columns: np.ndarray, keys: np.ndarray, codes: np.ndarray) -> KeyTable:
+    def build(cls, columns: np.ndarray, keys: np.ndarray, codes: np.ndarray, load_factor: float = 0.25) -> KeyTable:
         """Builds the table on the host.
 
         Args:
-            columns: int32 (n,) column id of each entry (>= 0).
+            columns: int (n,) column id of each entry, 0 <= id < 2**31.
             keys: int64 (n,) key of each entry; (column, key) pairs must be unique.
-            codes: int64 (n,) code of each entry.
+            codes: int (n,) code of each entry, 0 <= code < 2**31.
+            load_factor: most entries per slot.
+
+        Raises:
+            ValueError: a duplicate pair, or a column id or code out of range.
         """
-        columns = np.ascontiguousarray(columns, dtype=np.int32)
+        columns = np.ascontiguousarray(columns, dtype=np.int64)
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         codes = np.ascontiguousarray(codes, dtype=np.int64)
         n = keys.shape[0]
+        if n and (columns.min() < 0 or columns.max() > MAX_COLUMNS):
+            raise ValueError("column ids must be in [0, 2**31)")
+        if n and (codes.min() < 0 or codes.max() > MAX_CODE):
+            raise ValueError("codes must be in [0, 2**31)")
         capacity = 16
-        while capacity < 2 * n:
+        while capacity * load_factor < n:
             capacity *= 2
-        mask = np.uint64(capacity - 1)
-        slot_keys = np.zeros(capacity, dtype=np.int64)
-        slot_columns = np.full(capacity, _EMPTY, dtype=np.int32)
-        slot_codes = np.zeros(capacity, dtype=np.int64)
+        slots = np.empty((capacity, 2), dtype=np.int64)
+        slots[:, 0] = 0
+        slots[:, 1] = EMPTY
+        tags = (columns << np.int64(32)) | codes
 
         pending = np.arange(n, dtype=np.int64)
-        position = _slot_hash(columns, keys, mask)
+        position = _slot_hash(columns, keys, capacity - 1)
         probe = 0
         max_probe = 0
         while pending.size:
-            free = slot_columns[position] == _EMPTY
-            candidates = pending[free]
-            if candidates.size:
-                slots, first = np.unique(position[free], return_index=True)
-                winners = candidates[first]
-                duplicate = (slot_columns[slots] == columns[winners]) & (slot_keys[slots] == keys[winners])
-                if duplicate.any():  # pragma: no cover - unreachable: occupied slots are not free
-                    raise ValueError("duplicate (column, key) pair")
-                slot_columns[slots] = columns[winners]
-                slot_keys[slots] = keys[winners]
-                slot_codes[slots] = codes[winners]
+            occupant = np.take(slots, position, axis=0)
+            same = (occupant[:, 0] == keys[pending]) & ((occupant[:, 1] >> np.int64(32)) == columns[pending]) & (occupant[:, 1] != EMPTY)
+            if same.any():
+                i = int(pending[np.argmax(same)])
+                raise ValueError(f"duplicate key {int(keys[i])} in column {int(columns[i])}")
+            free = occupant[:, 1] == EMPTY
+            if free.any():
+                slot_numbers, first = np.unique(position[free], return_index=True)
+                winners = pending[free][first]
+                slots[slot_numbers, 0] = keys[winners]
+                slots[slot_numbers, 1] = tags[winners]
                 max_probe = probe
                 placed = np.zeros(n, dtype=bool)
                 placed[winners] = True
                 keep = ~placed[pending]
                 pending = pending[keep]
                 position = position[keep]
-            # Whatever is still pending now sits on an occupied slot: check it is no duplicate.
-            if pending.size:
-                same = (slot_columns[position] == columns[pending]) & (slot_keys[position] == keys[pending])
-                if same.any():
-                    i = int(pending[np.argmax(same)])
-                    raise ValueError(f"duplicate key {int(keys[i])} in column {int(columns[i])}")
             position = (position + 1) & np.int64(capacity - 1)
             probe += 1
-        return cls(slot_keys, slot_columns, slot_codes, max_probe)
+        return cls(slots, max_probe)
 
     @property
     def capacity(self) -> int:
         """Number of slots."""
-        return int(self.slot_keys.shape[0])
+        return int(self.slots.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the table in bytes."""
+        return int(self.slots.nbytes)
 
     def to(self, xp: Any) -> KeyTable:
-        """A copy of this table whose arrays live in the memory of array module ``xp``."""
-        return KeyTable(
-            xp.asarray(self.slot_keys),
-            xp.asarray(self.slot_columns),
-            xp.asarray(self.slot_codes),
-            self.max_probe,
-            xp,
-        )
+        """A copy of this table whose slots live in the memory of array module ``xp``."""
+        return KeyTable(xp.asarray(self.slots), self.max_probe, xp)
 
     def lookup(self, columns: Any, keys: Any) -> Any:
         """Codes of (column, key) pairs; -1 where the pair is absent.
 
         Args:
-            columns: int32 (m,) column ids, in the table's memory space.
+            columns: int64 (m,) column ids shifted left by 32 bits (``column << 32``), in the
+                table's memory space (see :meth:`column_tags`).
             keys: int64 (m,) keys.
 
         Returns:
             int64 (m,) codes.
         """
         xp = self.xp
-        position = _slot_hash(columns, keys, self._mask)
-        codes = xp.full(keys.shape[0], -1, dtype=np.int64)
-        active = None  # None: every element is still searching (saves an arange on the fast path)
-        for _ in range(self.max_probe + 1):
-            slot_columns = self.slot_columns[position]
-            hit = (slot_columns == columns) & (self.slot_keys[position] == keys)
-            if active is None:
-                codes = xp.where(hit, self.slot_codes[position], codes)
-            else:
-                codes[active[hit]] = self.slot_codes[position[hit]]
-            searching = ~hit & (slot_columns != _EMPTY)
+        position = _slot_hash(columns >> np.int64(32), keys, self._mask)
+        rows = xp.take(self.slots, position, axis=0)
+        tag = rows[:, 1]
+        hit = (rows[:, 0] == keys) & ((tag & ~_LOW) == columns)
+        codes = xp.where(hit, tag & _LOW, np.int64(-1))
+        searching = ~hit & (tag != EMPTY)
+        if self.max_probe == 0 or not bool(searching.any()):
+            return codes
+        active = xp.nonzero(searching)[0]
+        columns, keys, position = columns[active], keys[active], position[active]
+        for _ in range(self.max_probe):
+            position = (position + 1) & np.int64(self._mask)
+            rows = xp.take(self.slots, position, axis=0)
+            tag = rows[:, 1]
+            hit = (rows[:, 0] == keys) & ((tag & ~_LOW) == columns)
+            codes[active[hit]] = tag[hit] & _LOW
+            searching = ~hit & (tag != EMPTY)
             if not bool(searching.any()):
                 break
-            active = xp.nonzero(searching)[0] if active is None else active[searching]
-            position = (position[searching] + 1) & np.int64(self._mask)
-            columns = columns[searching]
-            keys = keys[searching]
+            active, columns, keys, position = active[searching], columns[searching], keys[searching], position[searching]
         return codes
+
+    @staticmethod
+    def column_tags(k: int, n: int, xp: Any = np) -> Any:
+        """int64 (n * k,) ``column << 32`` for n rows of k columns, row-major."""
+        return xp.tile(xp.arange(k, dtype=np.int64) << np.int64(32), n)

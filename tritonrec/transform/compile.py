@@ -132,7 +132,7 @@ def _merge_categorify(params: list[dict[str, Any]], vocab_dtype: np.dtype, out: 
         if vocab_dtype.kind == "f":
             k = (k.astype(np.float64) + 0.0).view(np.int64)
         keys.append(k.astype(np.int64))
-        columns.append(np.full(k.shape[0], j, dtype=np.int32))
+        columns.append(np.full(k.shape[0], j, dtype=np.int64))
         codes.append(p["codes"])
     table = KeyTable.build(np.concatenate(columns), np.concatenate(keys), np.concatenate(codes))
     return Categorify(table, [p["num_buckets"] for p in params], vocab_dtype, out)

@@ -228,7 +228,7 @@ class Categorify(Step):
     def _columns_for(self, k: int, n: int, xp: Any) -> Any:
         ids = self._column_ids.get(n)
         if ids is None:
-            ids = xp.tile(xp.arange(k, dtype=np.int32), n)
+            ids = KeyTable.column_tags(k, n, xp)
             if n <= 65536:
                 self._column_ids[n] = ids
         return ids
@@ -272,11 +272,7 @@ class Categorify(Step):
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "slot_keys": np.asarray(self.table.slot_keys),
-            "slot_columns": np.asarray(self.table.slot_columns),
-            "slot_codes": np.asarray(self.table.slot_codes),
-        }
+        return {"slots": np.asarray(self.table.slots)}
 
     def signature(self) -> tuple[Any, ...]:
         return (self.kind, self.vocab_dtype.name, self.out_dtype.name)
@@ -300,6 +296,6 @@ def step_from_manifest(kind: str, params: dict[str, Any], arrays: dict[str, np.n
     if kind == Cast.kind:
         return Cast(params["dtype"])
     if kind == Categorify.kind:
-        table = KeyTable(arrays["slot_keys"], arrays["slot_columns"], arrays["slot_codes"], params["max_probe"])
+        table = KeyTable(arrays["slots"], params["max_probe"])
         return Categorify(table, params["num_buckets"], params["vocab_dtype"], params["out_dtype"])
     raise KeyError(f"unknown step kind {kind!r}")

@@ -1,0 +1,1 @@
+"""The Criteo-shaped pipeline: synthetic data, the NVTabular workflow, and the demo."""
