@@ -157,3 +157,25 @@ class TransformModel:
 
 def _concat(arrays: list[Any]) -> Any:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def pack_request(model: TransformModel, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Client side: raw columns ((n,) arrays) -> the model's input tensors ([n, ...] arrays)."""
+    if model.layout == "per-column":
+        return {s.name: np.ascontiguousarray(np.asarray(columns[s.name], dtype=s.dtype).reshape(-1, 1)) for s in model.inputs}
+    return {
+        s.name: np.ascontiguousarray(np.stack([np.asarray(columns[c], dtype=s.dtype) for c in model.plan.packed_inputs[s.dtype.name]], axis=1))
+        for s in model.inputs
+    }
+
+
+def unpack_response(model: TransformModel, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Client side: the model's output tensors -> output column name -> (n,) array."""
+    if model.layout == "per-column":
+        return {s.name: np.asarray(outputs[s.name]).reshape(-1) for s in model.outputs}
+    columns = {}
+    for s in model.outputs:
+        tensor = np.asarray(outputs[s.name])
+        for j, name in enumerate(model.plan.packed_outputs[s.dtype.name]):
+            columns[name] = tensor[:, j]
+    return {c.name: columns[c.name] for c in model.plan.output_schema}
