@@ -11,7 +11,7 @@ demo: setup
 	$(VENV)/bin/tritonrec demo $(DEMO_ARGS)
 
 test: setup
-	$(VENV)/bin/python -m pytest $(TEST_ARGS)
+	$(VENV)/bin/pytest $(TEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run_all.py $(BENCH_ARGS)

@@ -84,12 +84,7 @@ class KeyTable:
         probe = 0
         max_probe = 0
         while pending.size:
-            occupant = np.take(slots, position, axis=0)
-            same = (occupant[:, 0] == keys[pending]) & ((occupant[:, 1] >> np.int64(32)) == columns[pending]) & (occupant[:, 1] != EMPTY)
-            if same.any():
-                i = int(pending[np.argmax(same)])
-                raise ValueError(f"duplicate key {int(keys[i])} in column {int(columns[i])}")
-            free = occupant[:, 1] == EMPTY
+            free = np.take(slots, position, axis=0)[:, 1] == EMPTY
             if free.any():
                 slot_numbers, first = np.unique(position[free], return_index=True)
                 winners = pending[free][first]
@@ -101,6 +96,13 @@ class KeyTable:
                 keep = ~placed[pending]
                 pending = pending[keep]
                 position = position[keep]
+            if pending.size:
+                # Duplicates share a home slot and move in lockstep: one finds the other here.
+                occupant = np.take(slots, position, axis=0)
+                same = (occupant[:, 0] == keys[pending]) & ((occupant[:, 1] >> np.int64(32)) == columns[pending])
+                if same.any():
+                    i = int(pending[np.argmax(same)])
+                    raise ValueError(f"duplicate key {int(keys[i])} in column {int(columns[i])}")
             position = (position + 1) & np.int64(capacity - 1)
             probe += 1
         return cls(slots, max_probe)

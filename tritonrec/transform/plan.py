@@ -69,9 +69,14 @@ class PlanGroup:
         return dtype
 
     def run(self, values: Any, row_index: Any, xp: Any) -> Any:
-        """(n, k) group input of ``input_dtype`` -> (n, k) output of ``output_dtype``."""
-        for step in self.steps:
-            values = step.apply(values, row_index, xp)
+        """(n, k) group input of ``input_dtype`` -> (n, k) output of ``output_dtype``.
+
+        NaN and infinities are values here, as in pandas (log of a negative number is NaN), so
+        numpy's floating-point warnings are silenced.
+        """
+        with np.errstate(all="ignore"):
+            for step in self.steps:
+                values = step.apply(values, row_index, xp)
         return values
 
 

@@ -1,0 +1,69 @@
+"""Shared fixtures: small fitted workflows, and real tritonserver instances on loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator, CriteoShape
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import nvtabular  # noqa: F401  (nvtabular and merlin warn on import: not ours to fix)
+
+
+def _has_gpu() -> bool:
+    try:
+        import embedding_cache
+
+        return embedding_cache.cuda_device_count() > 0
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+SMALL_SHAPE = CriteoShape(cardinalities=tuple(int(c) for c in np.logspace(1, 4, 26)))
+"""Criteo-shaped, with cardinalities 10..1e4 so fitting takes a second."""
+
+
+@pytest.fixture(scope="session")
+def criteo_small(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A fitted Criteo-shaped workflow (20k rows) with held-out rows: keys workflow, dir, held_out."""
+    from tritonrec.pipeline.workflow import criteo_workflow, fit_workflow
+
+    generator = CriteoGenerator(SMALL_SHAPE)
+    out = tmp_path_factory.mktemp("criteo_workflow")
+    train = generator.sample(20_000, seed=11)
+    workflow = fit_workflow(criteo_workflow(), train, CONTINUOUS + CATEGORICAL, out)
+    held = generator.sample(3_000, seed=12)
+    return {"workflow": workflow, "dir": out, "held_out": {c: held[c] for c in CONTINUOUS + CATEGORICAL}}
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Iterator[Callable[..., contextlib.AbstractContextManager]]:
+    """Factory: ``with start_server(repo) as server:`` runs a real tritonserver, stopped after."""
+    from tritonrec.serve import TritonServer
+
+    @contextlib.contextmanager
+    def run(repository: Path, **kwargs: object) -> Iterator[TritonServer]:
+        server = TritonServer(repository, **kwargs)  # type: ignore[arg-type]
+        server.start(timeout_s=120)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    yield run
