@@ -1,0 +1,83 @@
+"""compile_workflow refuses what it cannot reproduce, naming the op and the column."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from tritonrec.pipeline.workflow import fit_workflow
+from tritonrec.transform import UnsupportedOpError, compile_workflow
+
+
+def _fit(graph, tmp_path, columns):
+    import nvtabular as nvt
+
+    rng = np.random.default_rng(0)
+    data = {c: rng.integers(0, 20, size=200).astype(np.int64) for c in columns}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_workflow(nvt.Workflow(graph), data, columns, tmp_path)
+
+
+def test_unsupported_op_is_named_with_its_column(tmp_path):
+    from nvtabular import ops
+
+    workflow = _fit(["a"] >> ops.HashBucket(10), tmp_path, ["a"])
+    with pytest.raises(UnsupportedOpError, match=r"cannot compile op HashBucket on column 'a'"):
+        compile_workflow(workflow)
+
+
+def test_lambda_op_is_refused(tmp_path):
+    from nvtabular import ops
+
+    workflow = _fit(["a"] >> ops.LambdaOp(lambda col: col + 1), tmp_path, ["a"])
+    with pytest.raises(UnsupportedOpError, match=r"cannot compile op (LambdaOp|UDF) on column 'a'"):
+        compile_workflow(workflow)
+
+
+def test_fill_missing_with_indicator_columns_is_refused(tmp_path):
+    from nvtabular import ops
+
+    workflow = _fit(["a"] >> ops.FillMissing(add_binary_cols=True), tmp_path, ["a"])
+    with pytest.raises(UnsupportedOpError, match=r"FillMissing on column 'a': add_binary_cols"):
+        compile_workflow(workflow)
+
+
+def test_joint_multi_column_categorify_is_refused(tmp_path):
+    from nvtabular import ops
+
+    workflow = _fit([["a", "b"]] >> ops.Categorify(encode_type="joint"), tmp_path, ["a", "b"])
+    with pytest.raises(UnsupportedOpError, match=r"Categorify on column '(a|b)': multi-column"):
+        compile_workflow(workflow)
+
+
+def test_single_table_categorify_is_refused(tmp_path):
+    from nvtabular import ops
+
+    workflow = _fit(["a"] >> ops.Categorify(single_table=True), tmp_path, ["a"])
+    with pytest.raises(UnsupportedOpError, match=r"Categorify on column 'a': single_table=True"):
+        compile_workflow(workflow)
+
+
+def test_not_a_workflow(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved nvtabular workflow"):
+        compile_workflow(tmp_path)
+    with pytest.raises(TypeError, match="expected an nvtabular.Workflow"):
+        compile_workflow(42)
+
+
+def test_saved_directory_and_object_compile_alike(criteo_small):
+    assert compile_workflow(criteo_small["dir"]).fingerprint == compile_workflow(criteo_small["workflow"]).fingerprint
+
+
+def test_fingerprint_changes_with_the_statistics(tmp_path, criteo_small):
+    from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator
+    from tritonrec.pipeline.workflow import criteo_workflow
+
+    from conftest import SMALL_SHAPE
+
+    other = CriteoGenerator(SMALL_SHAPE).sample(5_000, seed=99)
+    refit = fit_workflow(criteo_workflow(), other, CONTINUOUS + CATEGORICAL, tmp_path)
+    assert compile_workflow(refit).fingerprint != compile_workflow(criteo_small["workflow"]).fingerprint
