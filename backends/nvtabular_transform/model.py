@@ -60,7 +60,6 @@ class TritonPythonModel:
         except (PlanLoadError, ValueError) as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self._check_config(name, config)
-        self.input_names = [spec.name for spec in self.model.inputs]
         self.output_names = [spec.name for spec in self.model.outputs]
 
     def _check_config(self, name, config):
@@ -83,14 +82,8 @@ class TritonPythonModel:
                     )
 
     def execute(self, requests):
-        batch = []
-        for request in requests:
-            tensors = {}
-            for name in self.input_names:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    tensors[name] = input_array(tensor)
-            batch.append(tensors)
+        # request.inputs() once per request: get_input_tensor_by_name would rebuild it per input.
+        batch = [{tensor.name(): input_array(tensor) for tensor in request.inputs()} for request in requests]
         try:
             results = self.model.execute(batch)
         except Exception as e:  # a fault of the plan itself: fail these requests, keep serving

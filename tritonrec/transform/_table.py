@@ -19,19 +19,16 @@ MAX_CODE = 2**31 - 1
 MAX_COLUMNS = 2**31 - 1
 _LOW = np.int64(0xFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX_2 = np.uint64(0x94D049BB133111EB)
 
 
-def _slot_hash(columns: Any, keys: Any, mask: int) -> Any:
-    """Home slot of each (column, key): splitmix64 of ``key ^ (column * golden)``, masked; int64."""
-    h = keys.view(np.uint64) ^ (columns.astype(np.uint64) * _GOLDEN)
-    h ^= h >> np.uint64(30)
-    h *= _MIX_1
-    h ^= h >> np.uint64(27)
-    h *= _MIX_2
-    h ^= h >> np.uint64(31)
-    return (h & np.uint64(mask)).view(np.int64)
+def _slot_hash(tags: Any, keys: Any, shift: int) -> Any:
+    """Home slot of each (column, key): Fibonacci hashing of ``key ^ (column << 32)``; int64.
+
+    ``tags`` holds ``column << 32``. Two pairs may share a hash input; that only makes them
+    collide in the table, where both key and column are compared exactly.
+    """
+    h = (keys ^ tags).view(np.uint64) * _GOLDEN
+    return (h >> np.uint64(shift)).view(np.int64)
 
 
 class KeyTable:
@@ -48,6 +45,7 @@ class KeyTable:
         self.slots = slots
         self.max_probe = int(max_probe)
         self._mask = capacity - 1
+        self._shift = 64 - (capacity.bit_length() - 1)
         self.xp = xp
 
     @classmethod
@@ -80,7 +78,7 @@ class KeyTable:
         tags = (columns << np.int64(32)) | codes
 
         pending = np.arange(n, dtype=np.int64)
-        position = _slot_hash(columns, keys, capacity - 1)
+        position = _slot_hash(columns << np.int64(32), keys, 64 - (capacity.bit_length() - 1))
         probe = 0
         max_probe = 0
         while pending.size:
@@ -133,7 +131,7 @@ class KeyTable:
             int64 (m,) codes.
         """
         xp = self.xp
-        position = _slot_hash(columns >> np.int64(32), keys, self._mask)
+        position = _slot_hash(columns, keys, self._shift)
         rows = xp.take(self.slots, position, axis=0)
         tag = rows[:, 1]
         hit = (rows[:, 0] == keys) & ((tag & ~_LOW) == columns)
@@ -141,18 +139,17 @@ class KeyTable:
         searching = ~hit & (tag != EMPTY)
         if self.max_probe == 0 or not bool(searching.any()):
             return codes
+        # The rest: a present key sits within max_probe slots after its home (linear probing, no
+        # deletions), so one gather of that window per key settles every remaining search.
         active = xp.nonzero(searching)[0]
-        columns, keys, position = columns[active], keys[active], position[active]
-        for _ in range(self.max_probe):
-            position = (position + 1) & np.int64(self._mask)
-            rows = xp.take(self.slots, position, axis=0)
-            tag = rows[:, 1]
-            hit = (rows[:, 0] == keys) & ((tag & ~_LOW) == columns)
-            codes[active[hit]] = tag[hit] & _LOW
-            searching = ~hit & (tag != EMPTY)
-            if not bool(searching.any()):
-                break
-            active, columns, keys, position = active[searching], columns[searching], keys[searching], position[searching]
+        offsets = xp.arange(1, self.max_probe + 1, dtype=np.int64)
+        window = (position[active, None] + offsets) & np.int64(self._mask)  # (m, max_probe)
+        rows = xp.take(self.slots, window.reshape(-1), axis=0).reshape(active.shape[0], self.max_probe, 2)
+        hit = (rows[:, :, 0] == keys[active, None]) & ((rows[:, :, 1] & ~_LOW) == columns[active, None])
+        found = hit.any(axis=1)
+        if bool(found.any()):
+            column = hit.argmax(axis=1)[found]
+            codes[active[found]] = rows[found, column, 1] & _LOW
         return codes
 
     @staticmethod

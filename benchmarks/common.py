@@ -1,0 +1,86 @@
+"""Shared pieces of the benchmarks: the fitted Criteo-shaped workflow, timing, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine() -> str:
+    """One line: CPU model, cores, memory, OS, Python (GPU name when one is visible)."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration):
+        pass
+    gpu = ""
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        if names.returncode == 0 and names.stdout.strip():
+            gpu = f", GPU {names.stdout.strip().splitlines()[0]}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}{gpu}"
+
+
+def fitted_criteo(workdir: Path, train_rows: int = 200_000, eval_rows: int = 20_000):
+    """Fits (or reuses) the Criteo-shaped workflow: returns (workflow, workflow_dir, held-out columns)."""
+    from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator
+    from tritonrec.pipeline.workflow import criteo_workflow, fit_workflow
+
+    generator = CriteoGenerator()
+    inputs = CONTINUOUS + CATEGORICAL
+    workflow = fit_workflow(criteo_workflow(), generator.sample(train_rows, seed=0), inputs, workdir / "workflow")
+    held = generator.sample(eval_rows, seed=1)
+    return workflow, workdir / "workflow", {c: held[c] for c in inputs}
+
+
+def time_calls(fn: Callable[[], object], min_calls: int, min_seconds: float) -> np.ndarray:
+    """Seconds per call, at least ``min_calls`` calls and ``min_seconds`` in all (after 3 warm-ups)."""
+    for _ in range(3):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replaces (or appends) the section ``name`` of RESULTS.md, between marker comments."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is rewritten by the benchmark named in it.\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+
+
+def header(title: str) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    return f"## {title}\n\n- Machine: {machine()}\n- Date: {now}\n- Command: `{command}`\n"

@@ -1,0 +1,11 @@
+"""Runs every CPU benchmark in turn; each rewrites its own section of benchmarks/RESULTS.md."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+if __name__ == "__main__":
+    codes = [subprocess.call([sys.executable, str(HERE / script), *sys.argv[1:]]) for script in ("bench_transform.py", "bench_triton.py")]
+    sys.exit(max(codes))
