@@ -193,3 +193,12 @@ def test_nan_and_inf_follow_nvtabular(plan, criteo_small):
     got = plan.transform(columns)["I1"]
     np.testing.assert_array_equal(got, expected)  # NaN -> fill 0, +inf stays inf, -inf clipped to 0
     assert np.isinf(got[1]) and got[0] == got[2]
+
+
+def test_table_of_another_hash_is_refused(plan_copy):
+    manifest = json.loads((plan_copy / "manifest.json").read_text())
+    categorify = next(s for g in manifest["groups"] for s in g["steps"] if s["kind"] == "categorify")
+    categorify["params"]["table_hash"] = "splitmix64"
+    (plan_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PlanLoadError, match=r"manifest.json: categorify table built with hash 'splitmix64'.*re-export the plan"):
+        TransformPlan.load(plan_copy)

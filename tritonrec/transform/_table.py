@@ -19,6 +19,8 @@ MAX_CODE = 2**31 - 1
 MAX_COLUMNS = 2**31 - 1
 _LOW = np.int64(0xFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+HASH_NAME = "fibonacci64(key^(column<<32))"
+"""Names the slot hash: a saved table is only valid under the hash it was built with."""
 
 
 def _slot_hash(tags: Any, keys: Any, shift: int) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.transform.steps import Step, step_from_manifest
+from tritonrec.transform.steps import IncompatibleStepError, Step, step_from_manifest
 
 PLAN_FORMAT_VERSION = 1
 """Version of the plan directory layout; a plan of another version is refused at load."""
@@ -383,6 +383,8 @@ class TransformPlan:
             )
         except PlanLoadError:
             raise
+        except IncompatibleStepError as e:
+            raise PlanLoadError(f"{manifest_path}: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
             raise PlanLoadError(f"{manifest_path}: damaged manifest ({type(e).__name__}: {e})") from None
         if plan.fingerprint != manifest.get("fingerprint"):

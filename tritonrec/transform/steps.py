@@ -16,7 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tritonrec.transform._hashing import IndexHashCache, combine_with_index, pandas_hash_array
-from tritonrec.transform._table import KeyTable
+from tritonrec.transform._table import HASH_NAME, KeyTable
+
+class IncompatibleStepError(ValueError):
+    """A saved step this version of tritonrec cannot run as saved (e.g. a table built with another hash)."""
+
 
 NULL_CODE = 1
 """Categorify's code for a null value."""
@@ -269,6 +273,7 @@ class Categorify(Step):
             "vocab_dtype": self.vocab_dtype.name,
             "out_dtype": self.out_dtype.name,
             "max_probe": self.table.max_probe,
+            "table_hash": HASH_NAME,
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -296,6 +301,8 @@ def step_from_manifest(kind: str, params: dict[str, Any], arrays: dict[str, np.n
     if kind == Cast.kind:
         return Cast(params["dtype"])
     if kind == Categorify.kind:
+        if params["table_hash"] != HASH_NAME:
+            raise IncompatibleStepError(f"categorify table built with hash {params['table_hash']!r}; this tritonrec probes with {HASH_NAME!r}: re-export the plan")
         table = KeyTable(arrays["slots"], params["max_probe"])
         return Categorify(table, params["num_buckets"], params["vocab_dtype"], params["out_dtype"])
     raise KeyError(f"unknown step kind {kind!r}")
