@@ -1,7 +1,11 @@
 // pybind11 bindings of embedding_cache._core.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 #include "device/device_info.hpp"
+#include "transform/key_table.hpp"
 
 namespace py = pybind11;
 
@@ -10,6 +14,47 @@ PYBIND11_MODULE(_core, m) {
 
   m.attr("__version__") = TRITONREC_VERSION;
   m.attr("has_cuda") = py::bool_(TRITONREC_HAS_CUDA);
+
+  m.def(
+      "key_table_lookup",
+      [](py::array slots, int64_t max_probe, py::array keys, py::array out) {
+        auto require = [](const py::array& a, const char* name, int ndim) {
+          if (!py::isinstance<py::array_t<int64_t>>(a) || a.ndim() != ndim ||
+              !(a.flags() & py::array::c_style)) {
+            throw py::type_error(std::string(name) + ": expected a C-contiguous int64 array of " +
+                                 std::to_string(ndim) + " dimensions");
+          }
+        };
+        require(slots, "slots", 2);
+        require(keys, "keys", 2);
+        require(out, "out", 2);
+        const int64_t capacity = slots.shape(0);
+        if (slots.shape(1) != 2 || capacity <= 0 || (capacity & (capacity - 1)) != 0) {
+          throw py::value_error("slots: expected shape (power of two, 2)");
+        }
+        if (max_probe < 0 || max_probe >= capacity) {
+          throw py::value_error("max_probe: expected 0 <= max_probe < capacity");
+        }
+        if (out.shape(0) != keys.shape(0) || out.shape(1) != keys.shape(1)) {
+          throw py::value_error("out: expected the shape of keys");
+        }
+        if (!out.writeable()) throw py::value_error("out: expected a writeable array");
+        tritonrec::KeyTableView table{static_cast<const int64_t*>(slots.data()), capacity, max_probe};
+        const auto* key_data = static_cast<const int64_t*>(keys.data());
+        auto* out_data = static_cast<int64_t*>(out.mutable_data());
+        const int64_t rows = keys.shape(0), columns = keys.shape(1);
+        py::gil_scoped_release release;
+        tritonrec::key_table_lookup(table, key_data, rows, columns, out_data);
+      },
+      py::arg("slots"), py::arg("max_probe"), py::arg("keys"), py::arg("out"),
+      R"doc(Codes of a block of keys in a transform plan's key table (host memory, GIL released).
+
+Args:
+    slots: int64 (capacity, 2) C-contiguous table, rows [key, column << 32 | code].
+    max_probe: the table's longest displacement, in slots.
+    keys: int64 (rows, columns) C-contiguous; key (i, j) is looked up in column j.
+    out: int64 (rows, columns) C-contiguous, written with the code or -1 where absent.
+)doc");
 
   m.def(
       "cuda_device_count",

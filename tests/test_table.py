@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from embedding_cache import _core
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,3 +59,45 @@ def test_empty_table_finds_nothing():
 def test_bad_slot_shapes_are_refused():
     with pytest.raises(ValueError, match="power of two"):
         KeyTable(np.zeros((3, 2), dtype=np.int64), 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    entries=st.dictionaries(st.tuples(st.integers(0, 4), int64s), st.integers(0, 2**31 - 1), max_size=300),
+    extra=st.lists(int64s, min_size=5, max_size=100),
+)
+def test_native_and_numpy_blocks_agree(entries, extra):
+    """The compiled probe loop and the vectorised numpy probes give the same codes."""
+    cols = np.array([c for c, _ in entries], dtype=np.int64)
+    keys = np.array([k for _, k in entries], dtype=np.int64)
+    table = KeyTable.build(cols, keys, np.array(list(entries.values()), dtype=np.int64))
+    assert table.native
+    present = [k for _, k in entries]
+    block = np.resize(np.array(present + extra, dtype=np.int64), (max(1, (len(present) + len(extra)) // 5), 5))
+    native = table.lookup_block(block)
+    expected = np.array([[entries.get((j, int(k)), -1) for j, k in enumerate(row)] for row in block], dtype=np.int64)
+    np.testing.assert_array_equal(native, expected)
+    table.native = False
+    np.testing.assert_array_equal(table.lookup_block(block), expected)
+
+
+def test_native_lookup_checks_its_arguments():
+    table = KeyTable.build(np.array([0]), np.array([5]), np.array([9]))
+    keys = np.array([[5]], dtype=np.int64)
+    out = np.empty((1, 1), dtype=np.int64)
+    _core.key_table_lookup(table.slots, table.max_probe, keys, out)
+    assert out[0, 0] == 9
+    with pytest.raises(TypeError, match="keys: expected a C-contiguous int64 array of 2 dimensions"):
+        _core.key_table_lookup(table.slots, table.max_probe, keys.astype(np.int32), out)
+    with pytest.raises(TypeError, match="out: expected a C-contiguous int64 array"):
+        _core.key_table_lookup(table.slots, table.max_probe, keys, np.empty((2, 2), dtype=np.int64)[:, ::2])
+    with pytest.raises(ValueError, match="out: expected the shape of keys"):
+        _core.key_table_lookup(table.slots, table.max_probe, keys, np.empty((2, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="slots: expected shape"):
+        _core.key_table_lookup(np.zeros((3, 2), dtype=np.int64), 0, keys, out)
+    with pytest.raises(ValueError, match="max_probe"):
+        _core.key_table_lookup(table.slots, table.capacity, keys, out)
+    readonly = np.empty((1, 1), dtype=np.int64)
+    readonly.setflags(write=False)
+    with pytest.raises(ValueError, match="out: expected a writeable array"):
+        _core.key_table_lookup(table.slots, table.max_probe, keys, readonly)

@@ -287,6 +287,9 @@ class TritonServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=server_environment(self.install),
+            # The Python stub puts its working directory first on sys.path: run it where no
+            # source checkout can shadow the installed packages.
+            cwd=str(self.model_repository),
             start_new_session=True,
         )
         log.close()

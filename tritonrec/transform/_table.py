@@ -13,6 +13,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # the compiled probe loop; the numpy path below gives the same codes
+    from embedding_cache._core import key_table_lookup as _native_lookup
+except ImportError:  # pragma: no cover - a checkout without the built extension
+    _native_lookup = None
+
 EMPTY = np.int64(-1)
 """Second word of an empty slot (column -1, code 0xFFFFFFFF)."""
 MAX_CODE = 2**31 - 1
@@ -40,7 +45,7 @@ class KeyTable:
     ``max_probe`` is the longest displacement of any stored pair, which bounds every search.
     """
 
-    def __init__(self, slots: Any, max_probe: int, xp: Any = np) -> None:
+    def __init__(self, slots: Any, max_probe: int, xp: Any = np, native: bool | None = None) -> None:
         capacity = int(slots.shape[0])
         if slots.ndim != 2 or slots.shape[1] != 2 or capacity == 0 or capacity & (capacity - 1):
             raise ValueError(f"hash table slots must be (power of two, 2), got {tuple(slots.shape)}")
@@ -49,6 +54,12 @@ class KeyTable:
         self._mask = capacity - 1
         self._shift = 64 - (capacity.bit_length() - 1)
         self.xp = xp
+        self.native = (xp is np and _native_lookup is not None) if native is None else bool(native)
+        """Host lookups run the compiled probe loop of ``embedding_cache._core`` (else numpy)."""
+        if self.native and (xp is not np or _native_lookup is None):
+            raise ValueError("the native lookup needs host numpy arrays and embedding_cache._core")
+        if self.native:
+            self.slots = np.ascontiguousarray(slots, dtype=np.int64)
 
     @classmethod
     def build(cls, columns: np.ndarray, keys: np.ndarray, codes: np.ndarray, load_factor: float = 0.25) -> KeyTable:
@@ -119,7 +130,7 @@ class KeyTable:
 
     def to(self, xp: Any) -> KeyTable:
         """A copy of this table whose slots live in the memory of array module ``xp``."""
-        return KeyTable(xp.asarray(self.slots), self.max_probe, xp)
+        return KeyTable(xp.asarray(self.slots), self.max_probe, xp, native=None if xp is np else False)
 
     def lookup(self, columns: Any, keys: Any) -> Any:
         """Codes of (column, key) pairs; -1 where the pair is absent.
@@ -153,6 +164,22 @@ class KeyTable:
             column = hit.argmax(axis=1)[found]
             codes[active[found]] = rows[found, column, 1] & _LOW
         return codes
+
+    def lookup_block(self, keys: Any) -> Any:
+        """Codes of an (n, k) block of keys, key (i, j) looked up in column j; -1 where absent.
+
+        Args:
+            keys: int64 (n, k) keys in the table's memory space.
+
+        Returns:
+            int64 (n, k) codes.
+        """
+        n, k = keys.shape
+        if self.native:
+            out = np.empty((n, k), dtype=np.int64)
+            _native_lookup(self.slots, self.max_probe, np.ascontiguousarray(keys, dtype=np.int64), out)
+            return out
+        return self.lookup(self.column_tags(k, n, self.xp), self.xp.ascontiguousarray(keys).reshape(-1)).reshape(n, k)
 
     @staticmethod
     def column_tags(k: int, n: int, xp: Any = np) -> Any:

@@ -224,18 +224,9 @@ class Categorify(Step):
         if self.vocab_dtype.kind not in "iuf":
             raise ValueError(f"vocabulary dtype {self.vocab_dtype} is not numeric")
         self._hashed = bool((self.num_buckets > 0).any())
-        self._column_ids: dict[int, Any] = {}
 
     def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
         return self.out_dtype
-
-    def _columns_for(self, k: int, n: int, xp: Any) -> Any:
-        ids = self._column_ids.get(n)
-        if ids is None:
-            ids = KeyTable.column_tags(k, n, xp)
-            if n <= 65536:
-                self._column_ids[n] = ids
-        return ids
 
     def _keys(self, values: Any, nulls: Any, xp: Any) -> Any:
         if nulls is not None:
@@ -246,12 +237,12 @@ class Categorify(Step):
             keys = (keys.astype(np.float64) + 0.0).view(np.int64)
         else:
             keys = keys.astype(np.int64, copy=False)
-        return xp.ascontiguousarray(keys).reshape(-1)
+        return keys
 
     def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
         n, k = values.shape
         nulls = xp.isnan(values) if values.dtype.kind == "f" else None
-        codes = self.table.lookup(self._columns_for(k, n, xp), self._keys(values, nulls, xp)).reshape(n, k)
+        codes = self.table.lookup_block(self._keys(values, nulls, xp))
         missing = codes < 0
         if bool(missing.any()):
             if self._hashed:
