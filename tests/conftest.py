@@ -14,7 +14,10 @@ from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerato
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    import nvtabular  # noqa: F401  (nvtabular and merlin warn on import: not ours to fix)
+    try:  # nvtabular and merlin warn on import: not ours to fix
+        import nvtabular  # noqa: F401
+    except ImportError:  # the GPU machine runs the tests that need no NVTabular (-m gpu)
+        pass
 
 
 def _has_gpu() -> bool:

@@ -159,9 +159,9 @@ class KeyTable:
         window = (position[active, None] + offsets) & np.int64(self._mask)  # (m, max_probe)
         rows = xp.take(self.slots, window.reshape(-1), axis=0).reshape(active.shape[0], self.max_probe, 2)
         hit = (rows[:, :, 0] == keys[active, None]) & ((rows[:, :, 1] & ~_LOW) == columns[active, None])
-        found = hit.any(axis=1)
-        if bool(found.any()):
-            column = hit.argmax(axis=1)[found]
+        found = xp.nonzero(hit.any(axis=1))[0]
+        if found.shape[0]:
+            column = hit[found].argmax(axis=1)
             codes[active[found]] = rows[found, column, 1] & _LOW
         return codes
 

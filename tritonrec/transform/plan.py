@@ -113,6 +113,7 @@ class TransformPlan:
         groups: Sequence[PlanGroup],
         nvtabular_version: str,
         xp: Any = np,
+        fingerprint: str | None = None,
     ) -> None:
         self.input_schema = list(input_schema)
         self.output_schema = list(output_schema)
@@ -136,7 +137,7 @@ class TransformPlan:
         # Where each output column lives: (group number, column within the group).
         self._output_site = {name: (gi, j) for gi, g in enumerate(self.groups) for j, name in enumerate(g.outputs)}
         self._build_packing()
-        self.fingerprint = self._compute_fingerprint()
+        self.fingerprint = fingerprint or self._compute_fingerprint()
 
     # ----------------------------------------------------------------------------------- packing
     def _build_packing(self) -> None:
@@ -279,14 +280,14 @@ class TransformPlan:
             values = checked[in_dtype]
             if in_idx.size != values.shape[1] or not np.array_equal(in_idx, np.arange(values.shape[1])):
                 values = values[:, xp.asarray(in_idx)]
-            outputs[out_dtype][:, out_idx] = group.run(values, rows, xp)
+            outputs[out_dtype][:, out_idx if isinstance(out_idx, slice) else xp.asarray(out_idx)] = group.run(values, rows, xp)
         return outputs
 
     # ------------------------------------------------------------------------------ persistence
     def to(self, xp: Any) -> TransformPlan:
         """The same plan running on array module ``xp`` (e.g. cupy), its arrays moved there."""
         groups = [PlanGroup(g.inputs, g.outputs, g.input_dtype, [s.to(xp) for s in g.steps]) for g in self.groups]
-        return TransformPlan(self.input_schema, self.output_schema, groups, self.nvtabular_version, xp)
+        return TransformPlan(self.input_schema, self.output_schema, groups, self.nvtabular_version, xp, self.fingerprint)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the plan to directory ``path`` (created; existing plan files are replaced)."""

@@ -268,7 +268,8 @@ class Categorify(Step):
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"slots": np.asarray(self.table.slots)}
+        slots = self.table.slots
+        return {"slots": slots if isinstance(slots, np.ndarray) else slots.get()}  # cupy -> host
 
     def signature(self) -> tuple[Any, ...]:
         return (self.kind, self.vocab_dtype.name, self.out_dtype.name)
