@@ -228,12 +228,15 @@ class TransformPlan:
         n = next(iter(lengths.values()), 0)
         if any(length != n for length in lengths.values()):
             raise ValueError(f"input columns have different lengths: {lengths}")
-        rows = self._row_index(n, row_index)
+        return self.transform_unchecked(checked, self._row_index(n, row_index))
+
+    def transform_unchecked(self, columns: Mapping[str, Any], row_index: Any) -> dict[str, Any]:
+        """:meth:`transform` for inputs already checked: every input column present, 1-D, of the
+        schema's dtype and of one length n; ``row_index`` int64 (n,)."""
         xp = self.xp
-        results = []
-        for group in self.groups:
-            stacked = xp.stack([checked[name] for name in group.inputs], axis=1)
-            results.append(group.run(stacked, rows, xp))
+        results = [
+            group.run(xp.stack([columns[name] for name in group.inputs], axis=1), row_index, xp) for group in self.groups
+        ]
         out = {}
         for spec in self.output_schema:
             gi, j = self._output_site[spec.name]

@@ -137,7 +137,7 @@ class TransformModel:
             columns = {
                 spec.name: _concat([requests[i][spec.name] for i, _ in good]).reshape(-1) for spec in self.inputs
             }
-            transformed = self.plan.transform(columns, row_index=row_index)
+            transformed = self.plan.transform_unchecked(columns, row_index)  # checked per request above
             merged = {spec.name: transformed[spec.name].reshape(-1, 1) for spec in self.outputs}
         else:
             packed = {
