@@ -1,4 +1,5 @@
-"""GPU: the compiled module sees the device, and the plan runs on cupy arrays exactly as on numpy."""
+"""GPU: the compiled module sees the device, and the plan runs on cupy arrays as on numpy
+(categorical codes equal; floats within one ulp of the math library)."""
 
 from __future__ import annotations
 
@@ -51,5 +52,7 @@ def test_cupy_plan_equals_numpy_plan(rows):
     gpu_plan = plan.to(cupy)
     got = gpu_plan.transform_packed({"float32": cupy.asarray(dense), "int64": cupy.asarray(ids)})
     np.testing.assert_array_equal(cupy.asnumpy(got["int64"]), expected["int64"])
-    np.testing.assert_allclose(cupy.asnumpy(got["float32"]), expected["float32"], rtol=1e-6)
+    # CUDA's logf and glibc's differ by up to one ulp; after Normalize's subtraction that is up
+    # to ~1e-7 absolute near zero (seen on an H200), so floats compare with an absolute floor.
+    np.testing.assert_allclose(cupy.asnumpy(got["float32"]), expected["float32"], rtol=1e-6, atol=1e-6)
     assert isinstance(got["int64"], cupy.ndarray)

@@ -2,7 +2,8 @@
 
 A plan is a directory: ``manifest.json`` (schemas, steps, parameters, fingerprint) and ``arrays/``
 (one ``.npy`` file per large parameter, e.g. a vocabulary's hash table). Running it needs numpy
-only (cupy on a GPU); nvtabular, dask and pandas are needed only to compile it.
+(cupy on a GPU) and, for the fastest categorical lookups on the CPU, tritonrec's own compiled core;
+nvtabular, dask and pandas are needed only to compile it.
 
 Columns that go through the same chain of ops run together as one *group*: the group's values are
 one (n, k) array and each op is one array operation over all k columns.
@@ -78,6 +79,11 @@ class PlanGroup:
             for step in self.steps:
                 values = step.apply(values, row_index, xp)
         return values
+
+
+def missing_and_extra(given: Mapping[str, Any], expected: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Names of ``expected`` absent from ``given`` (in order), and names in ``given`` not expected (sorted)."""
+    return [name for name in expected if name not in given], sorted(set(given) - set(expected))
 
 
 def _sha256_file(path: Path) -> str:
@@ -217,10 +223,9 @@ class TransformPlan:
             KeyError: an input column is missing. ValueError: an unexpected column, a wrong shape
             or columns of different lengths. TypeError: a dtype that does not cast safely.
         """
-        missing = [c.name for c in self.input_schema if c.name not in columns]
+        missing, extra = missing_and_extra(columns, list(self._input_dtypes))
         if missing:
             raise KeyError(f"input column(s) {missing} missing: expected {[c.name for c in self.input_schema]}")
-        extra = sorted(set(columns) - set(self._input_dtypes))
         if extra:
             raise ValueError(f"unexpected input column(s) {extra}: expected {[c.name for c in self.input_schema]}")
         checked = {name: self._check_column(name, columns[name]) for name in self._input_dtypes}
@@ -255,10 +260,9 @@ class TransformPlan:
             dtype name -> (n, k) C-contiguous array whose columns are ``packed_outputs[dtype]``.
         """
         xp = self.xp
-        missing = [d for d in self.packed_inputs if d not in tensors]
+        missing, extra = missing_and_extra(tensors, list(self.packed_inputs))
         if missing:
             raise KeyError(f"packed input(s) {missing} missing: expected {sorted(self.packed_inputs)}")
-        extra = sorted(set(tensors) - set(self.packed_inputs))
         if extra:
             raise ValueError(f"unexpected packed input(s) {extra}: expected {sorted(self.packed_inputs)}")
         n = None

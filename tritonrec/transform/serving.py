@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.transform.plan import TransformPlan
+from tritonrec.transform.plan import TransformPlan, missing_and_extra
 from tritonrec.triton_types import triton_dtype
 
 LAYOUTS = ("per-column", "packed")
@@ -90,10 +90,9 @@ class TransformModel:
             RequestError: a missing or unexpected input, a wrong dtype or shape, rows that differ
                 between inputs, or more rows than ``max_batch_size``; the message names the input.
         """
-        missing = [name for name in self._input_by_name if name not in tensors]
+        missing, extra = missing_and_extra(tensors, list(self._input_by_name))
         if missing:
             raise RequestError(f"missing input(s) {missing}: this model takes {sorted(self._input_by_name)}")
-        extra = sorted(set(tensors) - set(self._input_by_name))
         if extra:
             raise RequestError(f"unexpected input(s) {extra}: this model takes {sorted(self._input_by_name)}")
         rows = None
