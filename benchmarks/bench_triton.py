@@ -159,10 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if (1, 1) in packed:
         p99 = packed[(1, 1)]["p99_ms"]
         verdicts.append(f"- packed p99 <= 1 ms at batch 1 (concurrency 1): {p99:.3f} ms, {'met' if p99 <= 1.0 else 'MISSED'}")
-    rates = [m["infer_s"] for (b, _), m in packed.items() if b == 1024]  # perf_analyzer counts rows
-    if rates:
-        best = max(rates)
-        verdicts.append(f"- packed >= 500k rows/s at batch 1024: {best:,.0f} rows/s (best concurrency), {'met' if best >= 500_000 else 'MISSED'}")
+    for (b, c), m in sorted(packed.items()):
+        if b == 1024:  # perf_analyzer's infer/s counts rows
+            verdicts.append(f"- packed >= 500k rows/s at batch 1024, concurrency {c}: {m['infer_s']:,.0f} rows/s, {'met' if m['infer_s'] >= 500_000 else 'MISSED'}")
     verdicts.append(f"- Served outputs equal Workflow.transform on a sample before and after the runs: {'yes' if checked_before and checked_after else 'NO'}")
     body = "\n".join([
         header("Transform through tritonserver (perf_analyzer) vs the Triton floor"),
