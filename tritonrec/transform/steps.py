@@ -177,27 +177,6 @@ class Normalize(Step):
         return (self.kind, self.out_dtype.name)
 
 
-class Cast(Step):
-    """A plain dtype cast (``astype``)."""
-
-    kind = "cast"
-
-    def __init__(self, dtype: Any) -> None:
-        self.dtype = np.dtype(dtype)
-
-    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
-        return self.dtype
-
-    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
-        return values.astype(self.dtype)
-
-    def params(self) -> dict[str, Any]:
-        return {"dtype": self.dtype.name}
-
-    def signature(self) -> tuple[Any, ...]:
-        return (self.kind, self.dtype.name)
-
-
 class Categorify(Step):
     """``nvtabular.ops.Categorify`` at transform time, for numeric columns.
 
@@ -290,8 +269,6 @@ def step_from_manifest(kind: str, params: dict[str, Any], arrays: dict[str, np.n
         return LogOp()
     if kind == Normalize.kind:
         return Normalize(params["means"], params["stds"], params["out_dtype"])
-    if kind == Cast.kind:
-        return Cast(params["dtype"])
     if kind == Categorify.kind:
         if params["table_hash"] != HASH_NAME:
             raise IncompatibleStepError(f"categorify table built with hash {params['table_hash']!r}; this tritonrec probes with {HASH_NAME!r}: re-export the plan")
