@@ -66,6 +66,14 @@ class Step(ABC):
         """This step with its arrays in the memory space of ``xp`` (itself when nothing moves)."""
         return self
 
+    def _vectors(self, dtype: np.dtype, xp: Any, make: Any) -> Any:
+        """Per-column parameters cast to ``dtype`` in ``xp``'s memory, made once per (dtype, xp)."""
+        cache = self.__dict__.setdefault("_vector_cache", {})
+        key = (dtype.str, xp.__name__)
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
 
 def _vector(values: Any, dtype: Any) -> np.ndarray:
     return np.asarray(values, dtype=dtype).reshape(-1)
@@ -90,8 +98,8 @@ class FillMissing(Step):
     def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
         if values.dtype.kind != "f":
             return values
-        missing = xp.isnan(values)
-        return xp.where(missing, xp.asarray(self.fill_values.astype(values.dtype)), values)
+        fill = self._vectors(values.dtype, xp, lambda: xp.asarray(self.fill_values.astype(values.dtype)))
+        return xp.where(xp.isnan(values), fill, values)
 
     def params(self) -> dict[str, Any]:
         return {"fill_values": self.fill_values.tolist()}
@@ -113,11 +121,14 @@ class Clip(Step):
         return input_dtype
 
     def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
-        if self.min_values is not None:
-            low = xp.asarray(self.min_values.astype(values.dtype))
+        low, high = self._vectors(
+            values.dtype,
+            xp,
+            lambda: tuple(None if v is None else xp.asarray(v.astype(values.dtype)) for v in (self.min_values, self.max_values)),
+        )
+        if low is not None:
             values = xp.where(values < low, low, values)
-        if self.max_values is not None:
-            high = xp.asarray(self.max_values.astype(values.dtype))
+        if high is not None:
             values = xp.where(values > high, high, values)
         return values
 
@@ -165,10 +176,12 @@ class Normalize(Step):
 
     def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
         compute = _float_compute_dtype(values.dtype)
-        divisor = np.where(self.stds > 0, self.stds, 1.0).astype(compute)
-        mean = xp.asarray(self.means.astype(compute))
-        out = (values - mean) / xp.asarray(divisor)
-        return out.astype(self.out_dtype, copy=False)
+        mean, divisor = self._vectors(
+            compute,
+            xp,
+            lambda: (xp.asarray(self.means.astype(compute)), xp.asarray(np.where(self.stds > 0, self.stds, 1.0).astype(compute))),
+        )
+        return ((values - mean) / divisor).astype(self.out_dtype, copy=False)
 
     def params(self) -> dict[str, Any]:
         return {"means": self.means.tolist(), "stds": self.stds.tolist(), "out_dtype": self.out_dtype.name}
@@ -219,7 +232,6 @@ class Categorify(Step):
         return keys
 
     def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
-        n, k = values.shape
         nulls = xp.isnan(values) if values.dtype.kind == "f" else None
         codes = self.table.lookup_block(self._keys(values, nulls, xp))
         missing = codes < 0
