@@ -9,11 +9,17 @@
 
 namespace py = pybind11;
 
+namespace tritonrec {
+void bind_host_store(py::module_& m);
+}  // namespace tritonrec
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "C++/CUDA core of embedding_cache.";
 
   m.attr("__version__") = TRITONREC_VERSION;
   m.attr("has_cuda") = py::bool_(TRITONREC_HAS_CUDA);
+
+  tritonrec::bind_host_store(m);
 
   m.def(
       "key_table_lookup",

@@ -1,12 +1,20 @@
-"""embedding_cache: a hierarchical embedding store (GPU cache, host store, persistent tier).
+"""embedding_cache: embedding tables behind one batched lookup API.
 
-This release carries the compiled core's identity and device discovery; the host store, the
-RocksDB tier and the GPU cache build on it.
+Now: the host store (tables in host memory, C++ core, lookups on a thread pool with the GIL
+released), the store directory format, and device discovery for the GPU tier to come.
 """
 
 from __future__ import annotations
 
 from embedding_cache import _core
+from embedding_cache.store import (
+    EmbeddingStore,
+    MissingPolicy,
+    StoreFormatError,
+    TableInfo,
+    build_store,
+    build_store_from_parquet,
+)
 
 __version__: str = _core.__version__
 has_cuda: bool = bool(_core.has_cuda)
@@ -29,4 +37,15 @@ def cuda_device_status() -> tuple[int, str | None]:
     return int(count), error
 
 
-__all__ = ["__version__", "has_cuda", "cuda_device_count", "cuda_device_status"]
+__all__ = [
+    "EmbeddingStore",
+    "MissingPolicy",
+    "StoreFormatError",
+    "TableInfo",
+    "__version__",
+    "build_store",
+    "build_store_from_parquet",
+    "cuda_device_count",
+    "cuda_device_status",
+    "has_cuda",
+]

@@ -1,0 +1,116 @@
+// pybind11 bindings of the host store: ThreadPool and HostTable.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "host_store/host_table.hpp"
+#include "host_store/thread_pool.hpp"
+
+namespace py = pybind11;
+
+namespace tritonrec {
+namespace {
+
+template <typename T>
+py::array_t<T> require(const py::handle& obj, const char* name, int ndim, bool writeable = false) {
+  if (!py::isinstance<py::array_t<T>>(obj)) {
+    throw py::type_error(std::string(name) + ": expected a numpy array of " + py::str(py::dtype::of<T>()).cast<std::string>());
+  }
+  auto array = py::reinterpret_borrow<py::array>(obj);
+  if (array.ndim() != ndim || !(array.flags() & py::array::c_style)) {
+    throw py::type_error(std::string(name) + ": expected a C-contiguous array of " + std::to_string(ndim) + " dimension(s)");
+  }
+  if (writeable && !array.writeable()) throw py::value_error(std::string(name) + ": expected a writeable array");
+  return py::reinterpret_borrow<py::array_t<T>>(obj);
+}
+
+}  // namespace
+
+void bind_host_store(py::module_& m) {
+  py::class_<ThreadPool>(m, "ThreadPool", "Worker threads for batched host lookups.")
+      .def(py::init<int>(), py::arg("threads") = 0,
+           "threads: total threads per call (0: the machine's hardware threads).")
+      .def_property_readonly("threads", &ThreadPool::threads);
+
+  py::enum_<RowDtype>(m, "RowDtype").value("float32", RowDtype::kFloat32).value("float16", RowDtype::kFloat16);
+
+  py::class_<HostTable>(m, "HostTable",
+                        "One embedding table in host memory: int64 key -> row of dim values (fp32 or fp16 storage).")
+      .def(py::init([](int64_t dim, RowDtype dtype, int64_t slab_rows, int64_t expected_rows) {
+             try {
+               return new HostTable(HostTableOptions{dim, dtype, slab_rows, expected_rows});
+             } catch (const std::invalid_argument& e) {
+               throw py::value_error(e.what());
+             }
+           }),
+           py::arg("dim"), py::arg("dtype") = RowDtype::kFloat32, py::arg("slab_rows") = 1 << 16,
+           py::arg("expected_rows") = 0)
+      .def(
+          "insert_or_assign",
+          [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
+            auto keys = require<int64_t>(keys_obj, "keys", 1);
+            auto rows = require<float>(rows_obj, "rows", 2);
+            if (rows.shape(0) != keys.shape(0) || rows.shape(1) != table.dim()) {
+              throw py::value_error("rows: expected shape (" + std::to_string(keys.shape(0)) + ", " +
+                                    std::to_string(table.dim()) + ")");
+            }
+            const int64_t n = keys.shape(0);
+            py::gil_scoped_release release;
+            table.insert_or_assign(keys.data(), rows.data(), n);
+          },
+          py::arg("keys"), py::arg("rows"),
+          "Inserts or overwrites rows. keys: int64 (n,); rows: float32 (n, dim), both C-contiguous host arrays.")
+      .def(
+          "erase",
+          [](HostTable& table, py::handle keys_obj) {
+            auto keys = require<int64_t>(keys_obj, "keys", 1);
+            const int64_t n = keys.shape(0);
+            py::gil_scoped_release release;
+            return table.erase(keys.data(), n);
+          },
+          py::arg("keys"), "Erases keys (int64 (n,)); returns how many were present.")
+      .def(
+          "find",
+          [](const HostTable& table, py::handle keys_obj, py::handle out_obj, py::handle found_obj, ThreadPool& pool) {
+            auto keys = require<int64_t>(keys_obj, "keys", 1);
+            auto out = require<float>(out_obj, "out", 2, true);
+            auto found = require<uint8_t>(found_obj, "found", 1, true);
+            const int64_t n = keys.shape(0);
+            if (out.shape(0) != n || out.shape(1) != table.dim()) {
+              throw py::value_error("out: expected shape (" + std::to_string(n) + ", " + std::to_string(table.dim()) + ")");
+            }
+            if (found.shape(0) != n) throw py::value_error("found: expected shape (" + std::to_string(n) + ",)");
+            const int64_t* key_data = keys.data();
+            float* out_data = out.mutable_data();
+            uint8_t* found_data = found.mutable_data();
+            py::gil_scoped_release release;
+            return table.find(key_data, n, out_data, found_data, pool);
+          },
+          py::arg("keys"), py::arg("out"), py::arg("found"), py::arg("pool"),
+          R"doc(Looks up keys with the GIL released.
+
+Args:
+    keys: int64 (n,) host array.
+    out: float32 (n, dim) C-contiguous host array: rows of found keys, zeros for missing ones.
+    found: uint8 (n,) host array: 1 where found.
+    pool: the ThreadPool to split the batch over.
+
+Returns:
+    The number of keys found.
+)doc")
+      .def_property_readonly("dim", &HostTable::dim)
+      .def_property_readonly("dtype", &HostTable::dtype)
+      .def_property_readonly("size", &HostTable::size, "Rows held.")
+      .def_property_readonly("bytes", &HostTable::bytes, "Host memory held in bytes (slabs and index).")
+      .def("stats", [](const HostTable& table) {
+        HostTableStats s = table.stats();
+        py::dict d;
+        d["lookups"] = s.lookups;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        return d;
+      }, "Counters since creation: lookups, hits, misses (keys).");
+}
+
+}  // namespace tritonrec

@@ -1,0 +1,85 @@
+// HostTable: one embedding table in host memory: int64 key -> row of `dim` values, stored fp32 or
+// fp16 in large slabs, read and written in batches.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "host_store/detail/index.hpp"
+#include "host_store/thread_pool.hpp"
+
+namespace tritonrec {
+
+/// How a HostTable stores its rows.
+enum class RowDtype : int { kFloat32 = 0, kFloat16 = 1 };
+
+/// Options of a HostTable; validated by its constructor.
+struct HostTableOptions {
+  int64_t dim = 0;                      ///< values per row, >= 1
+  RowDtype dtype = RowDtype::kFloat32;  ///< storage dtype; lookups always return fp32
+  int64_t slab_rows = 1 << 16;          ///< rows per slab (allocation unit), >= 1
+  int64_t expected_rows = 0;            ///< rows to size the index for up front
+};
+
+/// Counters of a HostTable since it was made (monotonic, relaxed atomics).
+struct HostTableStats {
+  int64_t lookups = 0;  ///< keys looked up
+  int64_t hits = 0;     ///< keys found
+  int64_t misses = 0;   ///< keys not found
+};
+
+/// One table. Lookups run concurrently with each other; insert_or_assign and erase take the table
+/// exclusively for their whole batch, so a lookup sees each write batch entirely or not at all and
+/// never a torn row. Copy deleted.
+class HostTable {
+ public:
+  /// @throw std::invalid_argument when an option is out of range.
+  explicit HostTable(const HostTableOptions& options);
+  HostTable(const HostTable&) = delete;
+  HostTable& operator=(const HostTable&) = delete;
+
+  /// Inserts or overwrites rows. Synchronous.
+  /// @param keys host (n,) keys; a key repeated in the batch ends with its last row.
+  /// @param rows host (n, dim) fp32 values, C-contiguous (rounded to fp16 when stored as fp16).
+  void insert_or_assign(const int64_t* keys, const float* rows, int64_t n);
+
+  /// Erases keys (absent keys are ignored); returns how many were present. Synchronous.
+  int64_t erase(const int64_t* keys, int64_t n);
+
+  /// Looks up n keys on `pool`. Synchronous.
+  /// @param keys host (n,) keys.
+  /// @param out host (n, dim) fp32, C-contiguous: the row of each found key; zeros for a missing one.
+  /// @param found host (n,) bytes: 1 where the key was found, else 0.
+  /// @return number of keys found.
+  int64_t find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool) const;
+
+  int64_t dim() const noexcept { return dim_; }
+  RowDtype dtype() const noexcept { return dtype_; }
+  int64_t size() const;
+  /// Host memory held, in bytes: allocated slabs plus the index.
+  int64_t bytes() const;
+  HostTableStats stats() const noexcept;
+
+ private:
+  uint8_t* row_address(int64_t row) const noexcept;
+  int64_t allocate_row();
+  void store_row(int64_t row, const float* values) noexcept;
+  void load_row(int64_t row, float* out) const noexcept;
+
+  int64_t dim_;
+  RowDtype dtype_;
+  int64_t slab_rows_;
+  int64_t row_bytes_;
+  detail::KeyIndex index_;
+  std::vector<std::unique_ptr<uint8_t[]>> slabs_;
+  int64_t next_row_ = 0;
+  std::vector<int64_t> free_rows_;
+  mutable std::shared_mutex mutex_;
+  mutable std::atomic<int64_t> lookups_{0}, hits_{0}, misses_{0};
+};
+
+}  // namespace tritonrec

@@ -1,0 +1,90 @@
+"""The ``embedding-cache`` command: build, info, lookup."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _build(args: argparse.Namespace) -> int:
+    from embedding_cache.store import build_store_from_parquet  # noqa: PLC0415
+
+    sources = {}
+    for spec in args.table:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise ValueError(f"--table {spec!r}: expected NAME=FILE.parquet")
+        sources[name] = file
+    path = build_store_from_parquet(
+        args.store, sources, key_column=args.key_column, vector_column=args.vector_column,
+        dtype=args.dtype, missing=args.missing, overwrite=args.overwrite,
+    )
+    print(f"wrote {path} ({len(sources)} table(s))")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from embedding_cache.store import FORMAT_VERSION, EmbeddingStore  # noqa: PLC0415
+
+    with EmbeddingStore(args.store, threads=1, verify=args.verify) as store:
+        stats = store.stats()
+        print(f"{store.path}: embedding store, format version {FORMAT_VERSION}")
+        if store.metadata:
+            print(f"metadata: {store.metadata}")
+        print(f"{'table':<20} {'rows':>12} {'dim':>5} {'dtype':>8} {'missing':>8} {'host MiB':>10}")
+        for t in store.tables:
+            mib = stats[t.name]["tiers"]["host"]["bytes"] / 2**20
+            print(f"{t.name:<20} {t.rows:>12,} {t.dim:>5} {t.dtype:>8} {t.missing:>8} {mib:>10.1f}")
+    return 0
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    from embedding_cache.store import EmbeddingStore  # noqa: PLC0415
+
+    with EmbeddingStore(args.store, threads=1) as store:
+        keys = np.array(args.keys, dtype=np.int64)
+        rows = store.lookup(args.table, keys)
+        for key, row in zip(keys.tolist(), rows):
+            print(f"{key}: " + " ".join(f"{v:.7g}" for v in row))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedding-cache", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build a store from parquet files (a key column and a list-of-float column)")
+    build.add_argument("store")
+    build.add_argument("--table", action="append", required=True, metavar="NAME=FILE.parquet")
+    build.add_argument("--key-column", default="key")
+    build.add_argument("--vector-column", default="vector")
+    build.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    build.add_argument("--missing", choices=("zeros", "error"), default="zeros", help="missing-key policy")
+    build.add_argument("--overwrite", action="store_true")
+    build.set_defaults(func=_build)
+    info = sub.add_parser("info", help="tables, sizes and policies of a store")
+    info.add_argument("store")
+    info.add_argument("--verify", action="store_true", help="check every file's CRC32")
+    info.set_defaults(func=_info)
+    lookup = sub.add_parser("lookup", help="print the rows of keys")
+    lookup.add_argument("store")
+    lookup.add_argument("table")
+    lookup.add_argument("keys", nargs="+", type=int)
+    lookup.set_defaults(func=_lookup)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"embedding-cache {args.command}: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""EmbeddingStore: embedding tables in host memory behind one batched lookup API.
+
+A store is a directory (see :func:`build_store` and the README's "Store format"): ``store.json``
+(format version, tables, missing-key policies, free-form metadata) and ``tables/<i>.keys.npy``
+(int64 (n,)) and ``tables/<i>.rows.npy`` ((n, dim) float32 or float16) per table. Opening a store
+loads every table into a :class:`embedding_cache._core.HostTable`: rows in slabs, a hash index,
+lookups on a thread pool with the GIL released.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedding_cache import _core
+
+FORMAT = "tritonrec.embedding_store"
+FORMAT_VERSION = 1
+MANIFEST = "store.json"
+DTYPES = ("float32", "float16")
+POLICIES = ("zeros", "vector", "error")
+_LOAD_CHUNK = 1 << 20  # rows inserted per call while opening
+
+
+class StoreFormatError(OSError):
+    """A store directory cannot be opened; the message names the file and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TableInfo:
+    """A table of a store: name, rows held now, dim, storage dtype, missing-key policy."""
+
+    name: str
+    rows: int
+    dim: int
+    dtype: str
+    missing: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingPolicy:
+    """What a lookup returns for a key that exists nowhere.
+
+    ``zeros``: a zero row; ``vector``: the fixed ``vector`` (float32 (dim,)); ``error``: KeyError
+    listing up to 10 of the missing keys.
+    """
+
+    policy: str = "zeros"
+    vector: tuple[float, ...] | None = None
+
+    @classmethod
+    def parse(cls, value: Any, dim: int, table: str) -> MissingPolicy:
+        """From ``"zeros"``, ``"error"``, a (dim,) vector, or a MissingPolicy."""
+        if isinstance(value, MissingPolicy):
+            policy = value
+        elif isinstance(value, str):
+            if value not in ("zeros", "error"):
+                raise ValueError(f"table {table!r}: missing-key policy {value!r}: expected 'zeros', 'error' or a vector of {dim} floats")
+            policy = cls(value)
+        else:
+            vector = np.asarray(value, dtype=np.float64)
+            if vector.shape != (dim,):
+                raise ValueError(f"table {table!r}: default vector has shape {vector.shape}: expected ({dim},)")
+            policy = cls("vector", tuple(float(v) for v in vector))
+        if policy.policy == "vector" and (policy.vector is None or len(policy.vector) != dim):
+            raise ValueError(f"table {table!r}: default vector must have {dim} values")
+        return policy
+
+    def to_json(self) -> dict[str, Any]:
+        return {"policy": self.policy, **({"vector": list(self.vector)} if self.vector is not None else {})}
+
+
+def _crc32_file(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _as_keys(keys: Any, what: str) -> np.ndarray:
+    if not isinstance(keys, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy array of int64 keys, got {type(keys).__name__}")
+    if keys.dtype.kind not in "iu":
+        raise TypeError(f"{what}: expected integer keys (int64), got dtype {keys.dtype}")
+    if keys.ndim != 1:
+        raise ValueError(f"{what}: expected a 1-D array of keys, got shape {keys.shape}")
+    if keys.dtype.kind == "u" and keys.size and int(keys.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{what}: keys above 2**63-1 do not fit int64")
+    return np.ascontiguousarray(keys, dtype=np.int64)
+
+
+def _as_rows(rows: Any, n: int, dim: int | None, what: str) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.dtype.kind != "f":
+        raise TypeError(f"{what}: expected floating-point rows, got dtype {rows.dtype}")
+    if rows.ndim != 2 or rows.shape[0] != n or (dim is not None and rows.shape[1] != dim):
+        expected = f"({n}, {dim if dim is not None else 'dim'})"
+        raise ValueError(f"{what}: expected rows of shape {expected}, got {rows.shape}")
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------- building
+def build_store(
+    path: str | os.PathLike[str],
+    tables: Mapping[str, tuple[Any, Any]],
+    *,
+    dtype: str = "float32",
+    missing: Any = "zeros",
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes a store directory from in-memory tables.
+
+    Args:
+        path: the store directory to create.
+        tables: table name -> ``(keys, rows)``: keys an integer (n,) array of unique keys, rows a
+            float (n, dim) array.
+        dtype: storage dtype, ``"float32"`` or ``"float16"`` (rows are rounded to nearest even).
+        missing: the missing-key policy (``"zeros"``, ``"error"`` or a (dim,) default vector), or a
+            dict table name -> policy.
+        metadata: JSON-serialisable data stored with the tables (e.g. the transform plan's fingerprint).
+        overwrite: replace an existing store at ``path``.
+
+    Returns:
+        The store directory.
+
+    Raises:
+        TypeError, ValueError: bad tables or options. FileExistsError: ``path`` exists. OSError: the
+        disk is full or unwritable; then nothing is left at ``path`` (the build goes to a temporary
+        sibling directory and is renamed into place only when complete).
+    """
+    path = Path(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
+    if not tables:
+        raise ValueError("tables: expected at least one table")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+    prepared = []
+    for name, pair in tables.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"table name {name!r}: expected a non-empty string")
+        try:
+            keys, rows = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"table {name!r}: expected a (keys, rows) pair") from None
+        keys = _as_keys(keys, f"table {name!r} keys")
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] < 1:
+            raise ValueError(f"table {name!r} rows: expected shape (n, dim) with dim >= 1, got {rows.shape}")
+        rows = _as_rows(rows, keys.shape[0], rows.shape[1], f"table {name!r} rows")
+        unique, counts = np.unique(keys, return_counts=True)
+        if unique.size != keys.size:
+            raise ValueError(f"table {name!r}: duplicate keys {unique[counts > 1][:10].tolist()}")
+        policy_value = missing.get(name, "zeros") if isinstance(missing, Mapping) else missing
+        prepared.append((name, keys, rows, MissingPolicy.parse(policy_value, rows.shape[1], name)))
+    if isinstance(missing, Mapping) and set(missing) - set(tables):
+        raise ValueError(f"missing-key policies for unknown tables {sorted(set(missing) - set(tables))}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "tables").mkdir(parents=True)
+        entries = []
+        for i, (name, keys, rows, policy) in enumerate(prepared):
+            keys_file, rows_file = f"tables/{i}.keys.npy", f"tables/{i}.rows.npy"
+            np.save(staging / keys_file, keys, allow_pickle=False)
+            np.save(staging / rows_file, rows.astype(dtype), allow_pickle=False)
+            entries.append({
+                "name": name,
+                "rows": int(keys.shape[0]),
+                "dim": int(rows.shape[1]),
+                "dtype": dtype,
+                "missing": policy.to_json(),
+                "keys": {"file": keys_file, "bytes": (staging / keys_file).stat().st_size, "crc32": _crc32_file(staging / keys_file)},
+                "values": {"file": rows_file, "bytes": (staging / rows_file).stat().st_size, "crc32": _crc32_file(staging / rows_file)},
+            })
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "tables": entries, "metadata": dict(metadata or {})}
+        with open(staging / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            old = path.parent / f".{path.name}.replaced-{os.getpid()}"
+            os.rename(path, old)
+            os.rename(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def build_store_from_parquet(
+    path: str | os.PathLike[str],
+    sources: Mapping[str, str | os.PathLike[str]],
+    *,
+    key_column: str = "key",
+    vector_column: str = "vector",
+    **options: Any,
+) -> Path:
+    """:func:`build_store` from parquet files: per table, a file with an integer key column and a
+    list-of-float vector column (all lists of one length). ``options`` go to :func:`build_store`."""
+    import pyarrow.parquet as pq  # noqa: PLC0415 - optional dependency
+
+    tables = {}
+    for name, source in sources.items():
+        table = pq.read_table(source)
+        for column in (key_column, vector_column):
+            if column not in table.column_names:
+                raise ValueError(f"{source}: no column {column!r} (columns: {table.column_names})")
+        keys = table.column(key_column).to_numpy()
+        vectors = table.column(vector_column).combine_chunks()
+        lengths = np.asarray(vectors.value_lengths())
+        if lengths.size and (lengths != lengths[0]).any():
+            raise ValueError(f"{source}: column {vector_column!r} holds vectors of different lengths {sorted(set(lengths.tolist()))[:5]}")
+        dim = int(lengths[0]) if lengths.size else 0
+        values = np.asarray(vectors.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim if dim else 1)
+        tables[name] = (keys, values)
+    return build_store(path, tables, **options)
+
+
+# ------------------------------------------------------------------------------------- the store
+class EmbeddingStore:
+    """An opened store: batched lookups, online updates and erases, per-tier statistics.
+
+    Args:
+        path: the store directory.
+        threads: threads per lookup (default: the machine's cores).
+        verify: check every table file's CRC32 against the manifest while opening.
+
+    Raises:
+        StoreFormatError: a missing, truncated or damaged file, or another format version; the
+            message names the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None, verify: bool = False) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise StoreFormatError(f"{manifest_path}: no such file: {self.path} is not an embedding store") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StoreFormatError(f"{manifest_path}: damaged (not valid JSON: {e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise StoreFormatError(f"{manifest_path}: not a tritonrec embedding store manifest")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{manifest_path}: store format version {manifest.get('format_version')!r}; this "
+                f"embedding_cache reads version {FORMAT_VERSION}"
+            )
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads {threads}: expected >= 1")
+        self.metadata: dict[str, Any] = dict(manifest.get("metadata", {}))
+        self._pool = _core.ThreadPool(threads or 0)
+        self._tables: dict[str, _core.HostTable] = {}
+        self._info: dict[str, dict[str, Any]] = {}
+        self._policies: dict[str, MissingPolicy] = {}
+        try:
+            for entry in manifest["tables"]:
+                self._open_table(entry, manifest_path, verify)
+        except StoreFormatError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreFormatError(f"{manifest_path}: damaged ({type(e).__name__}: {e})") from None
+        self._closed = False
+
+    def _load_array(self, ref: dict[str, Any], dtype: np.dtype, shape: tuple[int, ...], verify: bool) -> np.ndarray:
+        file = self.path / ref["file"]
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            raise StoreFormatError(f"{file}: missing (listed in {MANIFEST})") from None
+        if size != ref["bytes"]:
+            raise StoreFormatError(f"{file}: {size} bytes, {MANIFEST} says {ref['bytes']}: truncated or damaged")
+        if verify and _crc32_file(file) != ref["crc32"]:
+            raise StoreFormatError(f"{file}: damaged (CRC32 differs from {MANIFEST})")
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise StoreFormatError(f"{file}: damaged ({e})") from None
+        if array.dtype != dtype or array.shape != shape:
+            raise StoreFormatError(f"{file}: holds {array.dtype} {array.shape}, expected {dtype} {shape}")
+        return array
+
+    def _open_table(self, entry: dict[str, Any], manifest_path: Path, verify: bool) -> None:
+        name, n, dim, dtype = entry["name"], int(entry["rows"]), int(entry["dim"]), entry["dtype"]
+        if dtype not in DTYPES:
+            raise StoreFormatError(f"{manifest_path}: table {name!r} has dtype {dtype!r}: expected one of {DTYPES}")
+        keys = self._load_array(entry["keys"], np.dtype(np.int64), (n,), verify)
+        rows = self._load_array(entry["values"], np.dtype(dtype), (n, dim), verify)
+        table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=int(min(max(n, 1024), 1 << 16)), expected_rows=n)
+        for start in range(0, n, _LOAD_CHUNK):
+            table.insert_or_assign(np.ascontiguousarray(keys[start : start + _LOAD_CHUNK]), np.ascontiguousarray(rows[start : start + _LOAD_CHUNK], dtype=np.float32))
+        policy = entry.get("missing", {"policy": "zeros"})
+        self._policies[name] = MissingPolicy(policy["policy"], tuple(policy["vector"]) if "vector" in policy else None)
+        if self._policies[name].policy not in POLICIES:
+            raise StoreFormatError(f"{manifest_path}: table {name!r} has missing-key policy {policy['policy']!r}")
+        self._tables[name] = table
+        self._info[name] = {"dim": dim, "dtype": dtype}
+
+    # ------------------------------------------------------------------------------------ API
+    def _table(self, name: str) -> _core.HostTable:
+        if self._closed:
+            raise ValueError(f"EmbeddingStore {self.path} is closed")
+        try:
+            return self._tables[name]
+        except KeyError:
+            raise KeyError(f"no table {name!r} in {self.path}: tables are {sorted(self._tables)}") from None
+
+    def lookup(self, table: str, keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows of ``keys`` in ``table``, float32 (n, dim), host memory; the GIL is released.
+
+        Args:
+            table: table name.
+            keys: int64 (n,) host array (any integer dtype that fits int64 is accepted).
+            out: optional preallocated C-contiguous float32 (n, dim) array to write into.
+
+        Returns:
+            ``out`` (or a new array): the true row of every key present; for absent keys, the
+            table's policy (zeros or the default vector; ``error`` raises KeyError after filling).
+
+        Raises:
+            TypeError: keys not integer, ``out`` not float32 or not C-contiguous. ValueError: keys
+            not 1-D, ``out`` of the wrong shape, a closed store. KeyError: an unknown table, or
+            missing keys under the ``error`` policy (up to 10 listed).
+        """
+        host = self._table(table)
+        keys = _as_keys(keys, "keys")
+        dim = host.dim
+        if out is None:
+            out = np.empty((keys.shape[0], dim), dtype=np.float32)
+        else:
+            if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+                raise TypeError(f"out: expected a float32 numpy array, got {getattr(out, 'dtype', type(out).__name__)}")
+            if out.shape != (keys.shape[0], dim):
+                raise ValueError(f"out: expected shape ({keys.shape[0]}, {dim}), got {out.shape}")
+            if not out.flags.c_contiguous or not out.flags.writeable:
+                raise ValueError("out: expected a C-contiguous, writeable array")
+        found = np.empty(keys.shape[0], dtype=np.uint8)
+        hits = host.find(keys, out, found, self._pool)
+        if hits != keys.shape[0]:
+            policy = self._policies[table]
+            if policy.policy == "vector":
+                out[found == 0] = np.asarray(policy.vector, dtype=np.float32)
+            elif policy.policy == "error":
+                absent = keys[found == 0]
+                raise KeyError(f"{absent.size} key(s) not in table {table!r}: {absent[:10].tolist()}{' ...' if absent.size > 10 else ''}")
+        return out
+
+    def update(self, table: str, keys: np.ndarray, rows: Any) -> None:
+        """Inserts or overwrites rows (in memory): keys int64 (n,), rows float (n, dim).
+        A lookup running meanwhile returns each row whole, old or new."""
+        host = self._table(table)
+        keys = _as_keys(keys, "keys")
+        host.insert_or_assign(keys, _as_rows(rows, keys.shape[0], host.dim, "rows"))
+
+    def erase(self, table: str, keys: np.ndarray) -> int:
+        """Erases keys (int64 (n,)) from the table (in memory); returns how many were present."""
+        host = self._table(table)
+        return int(host.erase(_as_keys(keys, "keys")))
+
+    @property
+    def tables(self) -> list[TableInfo]:
+        """Name, rows held, dim, storage dtype and missing-key policy of every table."""
+        if self._closed:
+            raise ValueError(f"EmbeddingStore {self.path} is closed")
+        return [
+            TableInfo(name, int(t.size), int(t.dim), self._info[name]["dtype"], self._policies[name].policy)
+            for name, t in self._tables.items()
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        """Per table: ``lookups`` (keys), and per tier (``host``) ``hits``, ``misses``, ``rows``, ``bytes``."""
+        if self._closed:
+            raise ValueError(f"EmbeddingStore {self.path} is closed")
+        result = {}
+        for name, t in self._tables.items():
+            counters = t.stats()
+            result[name] = {
+                "lookups": counters["lookups"],
+                "tiers": {"host": {"hits": counters["hits"], "misses": counters["misses"], "rows": int(t.size), "bytes": int(t.bytes)}},
+            }
+        return result
+
+    def close(self) -> None:
+        """Frees the tables; later calls raise ValueError. Closing twice is allowed."""
+        if not getattr(self, "_closed", True):
+            self._tables.clear()
+            self._closed = True
+
+    def __enter__(self) -> EmbeddingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._tables)} tables"
+        return f"EmbeddingStore({str(self.path)!r}, {state})"

@@ -1,0 +1,289 @@
+"""EmbeddingStore and build_store against a pure-numpy reference; format, bad input, concurrency."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from embedding_cache import EmbeddingStore, StoreFormatError, build_store, build_store_from_parquet
+from embedding_cache import _core
+
+
+def _reference(keys, rows, dtype):
+    stored = rows.astype(dtype).astype(np.float32)
+    return {int(k): stored[i] for i, k in enumerate(keys)}
+
+
+def _expected(ref, queries, dim, default):
+    return np.stack([ref.get(int(q), default) for q in queries]) if len(queries) else np.zeros((0, dim), np.float32)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(0, 3000),
+    dim=st.integers(1, 24),
+    dtype=st.sampled_from(["float32", "float16"]),
+    seed=st.integers(0, 2**32 - 1),
+    missing_fraction=st.floats(0, 1),
+)
+def test_lookup_matches_numpy_reference(tmp_path_factory, n, dim, dtype, seed, missing_fraction):
+    rng = np.random.default_rng(seed)
+    keys = rng.choice(np.arange(-(2**40), 2**40, 7919), size=n, replace=False) if n else np.zeros(0, np.int64)
+    rows = rng.normal(0, 3, size=(n, dim))
+    path = build_store(tmp_path_factory.mktemp("s") / "store", {"t": (keys, rows)}, dtype=dtype)
+    ref = _reference(keys, rows, dtype)
+    queries = np.where(rng.random(500) < missing_fraction, rng.integers(-(2**62), 2**62, size=500), rng.choice(keys, size=500) if n else 1)
+    with EmbeddingStore(path, threads=2) as store:
+        got = store.lookup("t", queries.astype(np.int64))
+        np.testing.assert_array_equal(got, _expected(ref, queries, dim, np.zeros(dim, np.float32)))
+        stats = store.stats()["t"]
+        hits = sum(int(q) in ref for q in queries)
+        assert stats["lookups"] == 500 and stats["tiers"]["host"]["hits"] == hits and stats["tiers"]["host"]["misses"] == 500 - hits
+
+
+def test_fp16_storage_rounds_exactly_like_numpy():
+    specials = np.array([0.0, -0.0, 1.0, 65504.0, 65519.99, 65520.0, 1e9, -1e9, np.inf, -np.inf, 5.96e-8, 2.98e-8, 2.99e-8, 6.1e-5, 1e-10, 0.1, 1 / 3], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    values = np.concatenate([specials, rng.normal(0, 1, 20000).astype(np.float32), (rng.normal(0, 1, 20000) * 1e-5).astype(np.float32), rng.normal(0, 3e4, 20000).astype(np.float32)])
+    table = _core.HostTable(1, _core.RowDtype.float16)
+    keys = np.arange(values.size, dtype=np.int64)
+    table.insert_or_assign(keys, values.reshape(-1, 1))
+    out = np.empty((values.size, 1), np.float32)
+    found = np.empty(values.size, np.uint8)
+    table.find(keys, out, found, _core.ThreadPool(2))
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(out[:, 0].view(np.uint32), expected.view(np.uint32))
+    nan = np.array([[np.nan]], np.float32)
+    table.insert_or_assign(np.array([-1], np.int64), nan)
+    table.find(np.array([-1], np.int64), out[:1], found[:1], _core.ThreadPool(1))
+    assert np.isnan(out[0, 0])
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    rng = np.random.default_rng(1)
+    tables = {
+        "users": (np.arange(100, dtype=np.int64) * 3, rng.normal(size=(100, 8))),
+        "items": (np.arange(50, dtype=np.int64), rng.normal(size=(50, 4))),
+        "strict": (np.arange(20, dtype=np.int64), rng.normal(size=(20, 2))),
+    }
+    return build_store(tmp_path / "store", tables, missing={"items": [1.0, 2.0, 3.0, 4.0], "strict": "error"}, metadata={"plan_fingerprint": "abc"})
+
+
+def test_missing_key_policies(store_path):
+    with EmbeddingStore(store_path) as store:
+        np.testing.assert_array_equal(store.lookup("users", np.array([1, 2])), np.zeros((2, 8), np.float32))
+        np.testing.assert_array_equal(store.lookup("items", np.array([1000]))[0], [1, 2, 3, 4])
+        with pytest.raises(KeyError, match=r"12 key\(s\) not in table 'strict': \[100, 101, 102, 103, 104, 105, 106, 107, 108, 109\] \.\.\."):
+            store.lookup("strict", np.arange(100, 112))
+        assert store.metadata == {"plan_fingerprint": "abc"}
+        assert [(t.name, t.rows, t.dim, t.dtype, t.missing) for t in store.tables] == [
+            ("users", 100, 8, "float32", "zeros"), ("items", 50, 4, "float32", "vector"), ("strict", 20, 2, "float32", "error")
+        ]
+
+
+def test_update_and_erase_follow_the_reference(store_path):
+    with EmbeddingStore(store_path) as store:
+        before = store.lookup("users", np.array([0, 3]))
+        new = np.full((2, 8), 7.5)
+        store.update("users", np.array([3, 1_000_000]), new)
+        got = store.lookup("users", np.array([0, 3, 1_000_000]))
+        np.testing.assert_array_equal(got[0], before[0])
+        np.testing.assert_array_equal(got[1:], new.astype(np.float32))
+        assert store.erase("users", np.array([0, 0, 5, 1_000_000])) == 2
+        np.testing.assert_array_equal(store.lookup("users", np.array([0, 1_000_000])), np.zeros((2, 8), np.float32))
+        assert store.tables[0].rows == 99
+
+
+def test_out_parameter(store_path):
+    with EmbeddingStore(store_path) as store:
+        out = np.full((3, 8), np.nan, np.float32)
+        result = store.lookup("users", np.array([0, 3, 4]), out=out)
+        assert result is out and not np.isnan(out).any()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda s: s.lookup("users", np.array([1.0, 2.0])), TypeError, "expected integer keys"),
+        (lambda s: s.lookup("users", [1, 2]), TypeError, "expected a numpy array"),
+        (lambda s: s.lookup("users", np.zeros((2, 2), np.int64)), ValueError, r"expected a 1-D array of keys, got shape \(2, 2\)"),
+        (lambda s: s.lookup("users", np.array([1]), out=np.empty((1, 7), np.float32)), ValueError, r"out: expected shape \(1, 8\)"),
+        (lambda s: s.lookup("users", np.array([1]), out=np.empty((1, 8), np.float64)), TypeError, "out: expected a float32"),
+        (lambda s: s.lookup("users", np.array([1, 2]), out=np.empty((8, 2), np.float32).T), ValueError, "C-contiguous"),
+        (lambda s: s.lookup("nope", np.array([1])), KeyError, r"no table 'nope'.*tables are \['items', 'strict', 'users'\]"),
+        (lambda s: s.update("users", np.array([1]), np.zeros((1, 3))), ValueError, r"rows: expected rows of shape \(1, 8\)"),
+        (lambda s: s.update("users", np.array([1]), np.zeros((1, 8), np.int64)), TypeError, "floating-point rows"),
+        (lambda s: s.erase("users", np.array(["a"])), TypeError, "expected integer keys"),
+    ],
+)
+def test_bad_input_is_named_and_the_store_stays_valid(store_path, call, error, message):
+    with EmbeddingStore(store_path) as store:
+        reference = store.lookup("users", np.array([0, 3]))
+        with pytest.raises(error, match=message):
+            call(store)
+        np.testing.assert_array_equal(store.lookup("users", np.array([0, 3])), reference)
+
+
+def test_zero_keys_and_closed_store(store_path):
+    store = EmbeddingStore(store_path)
+    assert store.lookup("users", np.zeros(0, np.int64)).shape == (0, 8)
+    store.close()
+    store.close()
+    with pytest.raises(ValueError, match="is closed"):
+        store.lookup("users", np.array([1]))
+    with pytest.raises(ValueError, match="is closed"):
+        store.stats()
+
+
+def test_reopen_in_another_process(store_path):
+    with EmbeddingStore(store_path) as store:
+        expected = store.lookup("users", np.arange(0, 300, 3))
+    code = (
+        "import numpy as np, sys; from embedding_cache import EmbeddingStore\n"
+        f"s = EmbeddingStore({str(store_path)!r}); np.save(sys.stdout.buffer, s.lookup('users', np.arange(0, 300, 3)))"
+    )
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, timeout=120, check=True)
+    import io
+
+    np.testing.assert_array_equal(np.load(io.BytesIO(result.stdout)), expected)
+
+
+def test_lookups_during_updates_never_see_a_torn_row(tmp_path):
+    dim, n = 64, 2000
+    keys = np.arange(n, dtype=np.int64)
+    path = build_store(tmp_path / "s", {"t": (keys, np.zeros((n, dim)))})
+    stop = threading.Event()
+    errors = []
+    with EmbeddingStore(path, threads=2) as store:
+        def reader():
+            while not stop.is_set():
+                rows = store.lookup("t", keys)
+                first = rows[:, :1]
+                if not (rows == first).all():  # every row is one version written whole
+                    errors.append("torn row")
+                    return
+        def writer():
+            for version in range(1, 200):
+                store.update("t", keys, np.full((n, dim), float(version)))
+            stop.set()
+        threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors
+        assert (store.lookup("t", keys) == 199.0).all()
+
+
+# --------------------------------------------------------------------------------------- format
+def test_build_refuses_bad_tables(tmp_path):
+    with pytest.raises(ValueError, match=r"duplicate keys \[1\]"):
+        build_store(tmp_path / "a", {"t": (np.array([1, 1]), np.zeros((2, 2)))})
+    with pytest.raises(ValueError, match=r"expected rows of shape \(3, 2\)"):
+        build_store(tmp_path / "a", {"t": (np.array([1, 2, 3]), np.zeros((2, 2)))})
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        build_store(tmp_path / "a", {"t": (np.array([1]), np.zeros((1, 2)))}, dtype="int8")
+    with pytest.raises(ValueError, match=r"default vector has shape \(3,\)"):
+        build_store(tmp_path / "a", {"t": (np.array([1]), np.zeros((1, 2)))}, missing=[1, 2, 3])
+    assert not (tmp_path / "a").exists()
+    build_store(tmp_path / "a", {"t": (np.array([1]), np.zeros((1, 2)))})
+    with pytest.raises(FileExistsError):
+        build_store(tmp_path / "a", {"t": (np.array([1]), np.zeros((1, 2)))})
+
+
+def test_other_format_version_is_refused(store_path):
+    manifest = json.loads((store_path / "store.json").read_text())
+    manifest["format_version"] = 2
+    (store_path / "store.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreFormatError, match=r"store.json: store format version 2"):
+        EmbeddingStore(store_path)
+
+
+def test_truncated_file_is_named(store_path):
+    rows = store_path / "tables" / "0.rows.npy"
+    rows.write_bytes(rows.read_bytes()[:-10])
+    with pytest.raises(StoreFormatError, match=r"0.rows.npy: \d+ bytes, store.json says \d+: truncated"):
+        EmbeddingStore(store_path)
+
+
+def test_damaged_file_is_named_when_verifying(store_path):
+    keys = store_path / "tables" / "1.keys.npy"
+    data = bytearray(keys.read_bytes())
+    data[-1] ^= 0xFF
+    keys.write_bytes(bytes(data))
+    EmbeddingStore(store_path).close()  # same size: only the checksum can tell
+    with pytest.raises(StoreFormatError, match=r"1.keys.npy: damaged \(CRC32"):
+        EmbeddingStore(store_path, verify=True)
+
+
+def test_missing_file_and_missing_store(store_path, tmp_path):
+    (store_path / "tables" / "2.keys.npy").unlink()
+    with pytest.raises(StoreFormatError, match=r"2.keys.npy: missing"):
+        EmbeddingStore(store_path)
+    with pytest.raises(StoreFormatError, match="is not an embedding store"):
+        EmbeddingStore(tmp_path / "nowhere")
+
+
+def test_a_build_that_fails_on_a_full_disk_leaves_no_store(tmp_path):
+    """The build runs with a 64 KiB file-size limit, so writing the rows fails like a full disk."""
+    code = (
+        "import resource, signal, numpy as np\n"
+        "from embedding_cache import build_store\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
+        "try:\n"
+        f"    build_store({str(tmp_path / 'store')!r}, {{'t': (np.arange(10000), np.ones((10000, 16)))}})\n"
+        "except OSError as e:\n"
+        "    print('OSError', e.errno)\n"
+    )
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("OSError"), result.stderr
+    assert not (tmp_path / "store").exists()
+    assert not list(tmp_path.iterdir())  # the staging directory is gone too
+    with pytest.raises(StoreFormatError):
+        EmbeddingStore(tmp_path / "store")
+
+
+def test_build_from_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    keys = np.arange(30, dtype=np.int64) * 11
+    vectors = rng.normal(size=(30, 5)).astype(np.float32)
+    pq.write_table(pa.table({"id": keys, "emb": list(vectors)}), tmp_path / "t.parquet")
+    path = build_store_from_parquet(tmp_path / "s", {"t": tmp_path / "t.parquet"}, key_column="id", vector_column="emb")
+    with EmbeddingStore(path) as store:
+        np.testing.assert_array_equal(store.lookup("t", keys), vectors)
+    with pytest.raises(ValueError, match="no column 'key'"):
+        build_store_from_parquet(tmp_path / "s2", {"t": tmp_path / "t.parquet"})
+
+
+def test_cli_build_info_lookup(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).parent / "embedding-cache")
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    pq.write_table(pa.table({"key": np.array([5, 6, 7, 8]), "vector": list(vectors)}), tmp_path / "t.parquet")
+    store = tmp_path / "store"
+    built = subprocess.run([cli, "build", str(store), "--table", f"emb={tmp_path / 't.parquet'}", "--dtype", "float16", "--missing", "error"], capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    info = subprocess.run([cli, "info", str(store), "--verify"], capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and "emb" in info.stdout and "float16" in info.stdout and "error" in info.stdout
+    looked = subprocess.run([cli, "lookup", str(store), "emb", "6", "8"], capture_output=True, text=True, timeout=120)
+    assert looked.stdout.splitlines() == ["6: 3 4 5", "8: 9 10 11"]
+    missing = subprocess.run([cli, "lookup", str(store), "emb", "99"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "1 key(s) not in table 'emb': [99]" in missing.stderr
+    bad = subprocess.run([cli, "info", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not an embedding store" in bad.stderr
