@@ -28,6 +28,7 @@ MANIFEST = "store.json"
 DTYPES = ("float32", "float16")
 POLICIES = ("zeros", "vector", "error")
 _LOAD_CHUNK = 1 << 20  # rows inserted per call while opening
+_SLAB_ROWS = 1 << 16  # most rows per slab
 
 
 class StoreFormatError(OSError):
@@ -157,7 +158,9 @@ def build_store(
         rows = np.asarray(rows)
         if rows.ndim != 2 or rows.shape[1] < 1:
             raise ValueError(f"table {name!r} rows: expected shape (n, dim) with dim >= 1, got {rows.shape}")
-        rows = _as_rows(rows, keys.shape[0], rows.shape[1], f"table {name!r} rows")
+        _as_rows(rows[:0], 0, rows.shape[1], f"table {name!r} rows")  # dtype check
+        if rows.shape[0] != keys.shape[0]:
+            raise ValueError(f"table {name!r} rows: expected rows of shape ({keys.shape[0]}, {rows.shape[1]}), got {rows.shape}")
         unique, counts = np.unique(keys, return_counts=True)
         if unique.size != keys.size:
             raise ValueError(f"table {name!r}: duplicate keys {unique[counts > 1][:10].tolist()}")
@@ -175,7 +178,7 @@ def build_store(
         for i, (name, keys, rows, policy) in enumerate(prepared):
             keys_file, rows_file = f"tables/{i}.keys.npy", f"tables/{i}.rows.npy"
             np.save(staging / keys_file, keys, allow_pickle=False)
-            np.save(staging / rows_file, rows.astype(dtype), allow_pickle=False)
+            np.save(staging / rows_file, rows.astype(dtype), allow_pickle=False)  # one rounding, from the input
             entries.append({
                 "name": name,
                 "rows": int(keys.shape[0]),
@@ -302,7 +305,9 @@ class EmbeddingStore:
             raise StoreFormatError(f"{manifest_path}: table {name!r} has dtype {dtype!r}: expected one of {DTYPES}")
         keys = self._load_array(entry["keys"], np.dtype(np.int64), (n,), verify)
         rows = self._load_array(entry["values"], np.dtype(dtype), (n, dim), verify)
-        table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=int(min(max(n, 1024), 1 << 16)), expected_rows=n)
+        slabs = max(1, -(-n // _SLAB_ROWS))
+        slab_rows = max(1024, -(-n // slabs))  # n rows fill whole slabs: no slack after loading
+        table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=slab_rows, expected_rows=n)
         for start in range(0, n, _LOAD_CHUNK):
             table.insert_or_assign(np.ascontiguousarray(keys[start : start + _LOAD_CHUNK]), np.ascontiguousarray(rows[start : start + _LOAD_CHUNK], dtype=np.float32))
         policy = entry.get("missing", {"policy": "zeros"})
@@ -366,7 +371,11 @@ class EmbeddingStore:
         A lookup running meanwhile returns each row whole, old or new."""
         host = self._table(table)
         keys = _as_keys(keys, "keys")
-        host.insert_or_assign(keys, _as_rows(rows, keys.shape[0], host.dim, "rows"))
+        checked = _as_rows(rows, keys.shape[0], host.dim, "rows")
+        if self._info[table]["dtype"] == "float16":
+            # Round once, from the caller's values; the core then stores that fp16 value exactly.
+            checked = np.ascontiguousarray(np.asarray(rows).astype(np.float16), dtype=np.float32)
+        host.insert_or_assign(keys, checked)
 
     def erase(self, table: str, keys: np.ndarray) -> int:
         """Erases keys (int64 (n,)) from the table (in memory); returns how many were present."""

@@ -287,3 +287,14 @@ def test_cli_build_info_lookup(tmp_path):
     assert missing.returncode == 1 and "1 key(s) not in table 'emb': [99]" in missing.stderr
     bad = subprocess.run([cli, "info", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not an embedding store" in bad.stderr
+
+
+def test_fp16_tables_round_once_from_float64(tmp_path):
+    # 1 + 2**-11 + 2**-40 in float64 rounds up to 1 + 2**-10 in fp16; through float32 it would
+    # first become the tie 1 + 2**-11 and then round to even, 1.0.
+    value = np.array([[1 + 2**-11 + 2**-40]])
+    path = build_store(tmp_path / "s", {"t": (np.array([1]), value)}, dtype="float16")
+    with EmbeddingStore(path) as store:
+        assert store.lookup("t", np.array([1]))[0, 0] == np.float32(1 + 2**-10)
+        store.update("t", np.array([2]), value)
+        assert store.lookup("t", np.array([2]))[0, 0] == np.float32(1 + 2**-10)

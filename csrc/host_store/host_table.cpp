@@ -32,6 +32,7 @@ int64_t HostTable::allocate_row() {
     free_rows_.pop_back();
     return row;
   }
+  if (next_row_ > detail::KeyIndex::kMaxRow) throw std::length_error("a HostTable holds at most 2^31 rows");
   if (next_row_ == static_cast<int64_t>(slabs_.size()) * slab_rows_) {
     slabs_.emplace_back(new uint8_t[static_cast<size_t>(slab_rows_ * row_bytes_)]);
   }

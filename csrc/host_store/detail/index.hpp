@@ -1,4 +1,4 @@
-// Open-addressing index int64 key -> int64 row id (linear probing, tombstones). Not thread-safe on
+// Open-addressing index int64 key -> row id < 2^31 (linear probing, tombstones; 12 bytes a slot). Not thread-safe on
 // its own: HostTable guards it with a reader-writer lock.
 #pragma once
 
@@ -9,8 +9,9 @@ namespace tritonrec::detail {
 
 class KeyIndex {
  public:
-  static constexpr int64_t kEmpty = -1;
-  static constexpr int64_t kTombstone = -2;
+  static constexpr int32_t kEmpty = -1;
+  static constexpr int32_t kTombstone = -2;
+  static constexpr int64_t kMaxRow = INT32_MAX;
 
   explicit KeyIndex(int64_t expected = 0) { rehash(capacity_for(expected)); }
 
@@ -18,14 +19,14 @@ class KeyIndex {
   int64_t find(int64_t key) const noexcept {
     uint64_t slot = home(key);
     for (;;) {
-      const int64_t row = rows_[slot];
+      const int32_t row = rows_[slot];
       if (row == kEmpty) return -1;
       if (row != kTombstone && keys_[slot] == key) return row;
       slot = (slot + 1) & mask_;
     }
   }
 
-  /// Sets key -> row (inserting or replacing); returns the previous row id or -1.
+  /// Sets key -> row (0 <= row <= kMaxRow; inserting or replacing); returns the previous row id or -1.
   int64_t assign(int64_t key, int64_t row) {
     if ((size_ + tombstones_ + 1) * 2 > static_cast<int64_t>(keys_.size())) {
       rehash(capacity_for(size_ + 1));
@@ -33,12 +34,12 @@ class KeyIndex {
     uint64_t slot = home(key);
     int64_t reuse = -1;
     for (;;) {
-      const int64_t current = rows_[slot];
+      const int32_t current = rows_[slot];
       if (current == kEmpty) break;
       if (current == kTombstone) {
         if (reuse < 0) reuse = static_cast<int64_t>(slot);
       } else if (keys_[slot] == key) {
-        rows_[slot] = row;
+        rows_[slot] = static_cast<int32_t>(row);
         return current;
       }
       slot = (slot + 1) & mask_;
@@ -48,7 +49,7 @@ class KeyIndex {
       --tombstones_;
     }
     keys_[slot] = key;
-    rows_[slot] = row;
+    rows_[slot] = static_cast<int32_t>(row);
     ++size_;
     return -1;
   }
@@ -57,7 +58,7 @@ class KeyIndex {
   int64_t erase(int64_t key) noexcept {
     uint64_t slot = home(key);
     for (;;) {
-      const int64_t row = rows_[slot];
+      const int32_t row = rows_[slot];
       if (row == kEmpty) return -1;
       if (row != kTombstone && keys_[slot] == key) {
         rows_[slot] = kTombstone;
@@ -72,7 +73,7 @@ class KeyIndex {
   int64_t size() const noexcept { return size_; }
   int64_t capacity() const noexcept { return static_cast<int64_t>(keys_.size()); }
   /// Memory of the index in bytes.
-  int64_t bytes() const noexcept { return capacity() * static_cast<int64_t>(sizeof(int64_t) * 2); }
+  int64_t bytes() const noexcept { return capacity() * static_cast<int64_t>(sizeof(int64_t) + sizeof(int32_t)); }
 
  private:
   static int64_t capacity_for(int64_t n) noexcept {
@@ -92,7 +93,8 @@ class KeyIndex {
   }
 
   void rehash(int64_t capacity) {
-    std::vector<int64_t> old_keys = std::move(keys_), old_rows = std::move(rows_);
+    std::vector<int64_t> old_keys = std::move(keys_);
+    std::vector<int32_t> old_rows = std::move(rows_);
     keys_.assign(static_cast<size_t>(capacity), 0);
     rows_.assign(static_cast<size_t>(capacity), kEmpty);
     mask_ = static_cast<uint64_t>(capacity - 1);
@@ -110,7 +112,7 @@ class KeyIndex {
   }
 
   std::vector<int64_t> keys_;
-  std::vector<int64_t> rows_;
+  std::vector<int32_t> rows_;
   uint64_t mask_ = 0;
   int64_t size_ = 0;
   int64_t tombstones_ = 0;
