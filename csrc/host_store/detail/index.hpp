@@ -28,7 +28,7 @@ class KeyIndex {
 
   /// Sets key -> row (0 <= row <= kMaxRow; inserting or replacing); returns the previous row id or -1.
   int64_t assign(int64_t key, int64_t row) {
-    if ((size_ + tombstones_ + 1) * 2 > static_cast<int64_t>(keys_.size())) {
+    if ((size_ + tombstones_ + 1) * 10 > static_cast<int64_t>(keys_.size()) * 7) {  // load factor <= 0.7
       rehash(capacity_for(size_ + 1));
     }
     uint64_t slot = home(key);
@@ -78,7 +78,7 @@ class KeyIndex {
  private:
   static int64_t capacity_for(int64_t n) noexcept {
     int64_t capacity = 16;
-    while (capacity < 2 * n + 2) capacity *= 2;
+    while (capacity * 7 < (n + 1) * 10) capacity *= 2;  // the smallest power of two at load <= 0.7
     return capacity;
   }
 
