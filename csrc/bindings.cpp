@@ -11,6 +11,9 @@ namespace py = pybind11;
 
 namespace tritonrec {
 void bind_host_store(py::module_& m);
+#if TRITONREC_HAS_ROCKSDB
+void bind_persistent(py::module_& m);
+#endif
 }  // namespace tritonrec
 
 PYBIND11_MODULE(_core, m) {
@@ -19,7 +22,11 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = TRITONREC_VERSION;
   m.attr("has_cuda") = py::bool_(TRITONREC_HAS_CUDA);
 
+  m.attr("has_rocksdb") = py::bool_(TRITONREC_HAS_ROCKSDB);
   tritonrec::bind_host_store(m);
+#if TRITONREC_HAS_ROCKSDB
+  tritonrec::bind_persistent(m);
+#endif
 
   m.def(
       "key_table_lookup",

@@ -29,6 +29,11 @@ DTYPES = ("float32", "float16")
 POLICIES = ("zeros", "vector", "error")
 _LOAD_CHUNK = 1 << 20  # rows inserted per call while opening
 _SLAB_ROWS = 1 << 16  # most rows per slab
+_NO_ROCKSDB = (
+    "this build of embedding_cache has no RocksDB tier (built with TRITONREC_ROCKSDB=OFF or without "
+    "librocksdb-dev); see embedding_cache._core.has_rocksdb"
+)
+_ROW_OVERHEAD = 24  # host bytes per cached row beyond its values (index slot, key, flags), for budgets
 
 
 class StoreFormatError(OSError):
@@ -118,6 +123,7 @@ def build_store(
     missing: Any = "zeros",
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    persistent: bool = False,
 ) -> Path:
     """Writes a store directory from in-memory tables.
 
@@ -130,6 +136,8 @@ def build_store(
             dict table name -> policy.
         metadata: JSON-serialisable data stored with the tables (e.g. the transform plan's fingerprint).
         overwrite: replace an existing store at ``path``.
+        persistent: keep the rows in a RocksDB tier (``rocksdb/``) instead of ``.npy`` files: the
+            store can then be opened with a host memory budget, and updates and erases persist.
 
     Returns:
         The store directory.
@@ -140,6 +148,8 @@ def build_store(
         sibling directory and is renamed into place only when complete).
     """
     path = Path(path)
+    if persistent and not _core.has_rocksdb:
+        raise RuntimeError(_NO_ROCKSDB)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
     if not tables:
@@ -175,20 +185,27 @@ def build_store(
     try:
         (staging / "tables").mkdir(parents=True)
         entries = []
+        tier = _core.PersistentTier(str(staging / "rocksdb"), create_if_missing=True) if persistent else None
         for i, (name, keys, rows, policy) in enumerate(prepared):
-            keys_file, rows_file = f"tables/{i}.keys.npy", f"tables/{i}.rows.npy"
-            np.save(staging / keys_file, keys, allow_pickle=False)
-            np.save(staging / rows_file, rows.astype(dtype), allow_pickle=False)  # one rounding, from the input
-            entries.append({
-                "name": name,
-                "rows": int(keys.shape[0]),
-                "dim": int(rows.shape[1]),
-                "dtype": dtype,
-                "missing": policy.to_json(),
-                "keys": {"file": keys_file, "bytes": (staging / keys_file).stat().st_size, "crc32": _crc32_file(staging / keys_file)},
-                "values": {"file": rows_file, "bytes": (staging / rows_file).stat().st_size, "crc32": _crc32_file(staging / rows_file)},
-            })
+            entry = {"name": name, "rows": int(keys.shape[0]), "dim": int(rows.shape[1]), "dtype": dtype, "missing": policy.to_json()}
+            if tier is not None:
+                for start in range(0, keys.shape[0], _LOAD_CHUNK):
+                    chunk = slice(start, start + _LOAD_CHUNK)
+                    try:
+                        tier.put(i, keys[chunk], np.ascontiguousarray(rows[chunk].astype(dtype)))
+                    except RuntimeError as e:
+                        raise OSError(f"{path}: writing table {name!r} to RocksDB failed: {e}") from None
+            else:
+                keys_file, rows_file = f"tables/{i}.keys.npy", f"tables/{i}.rows.npy"
+                np.save(staging / keys_file, keys, allow_pickle=False)
+                np.save(staging / rows_file, rows.astype(dtype), allow_pickle=False)  # one rounding, from the input
+                entry["keys"] = {"file": keys_file, "bytes": (staging / keys_file).stat().st_size, "crc32": _crc32_file(staging / keys_file)}
+                entry["values"] = {"file": rows_file, "bytes": (staging / rows_file).stat().st_size, "crc32": _crc32_file(staging / rows_file)}
+            entries.append(entry)
+        del tier  # closes the database before the directory moves
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "tables": entries, "metadata": dict(metadata or {})}
+        if persistent:
+            manifest["persistent"] = {"kind": "rocksdb", "dir": "rocksdb"}
         with open(staging / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -243,13 +260,25 @@ class EmbeddingStore:
         path: the store directory.
         threads: threads per lookup (default: the machine's cores).
         verify: check every table file's CRC32 against the manifest while opening.
+        host_budget_bytes: for a store with a persistent (RocksDB) tier: the host memory its tables
+            may use; the host tier then keeps the most frequently used rows and reads the rest
+            from RocksDB. None: every row in host memory.
+        block_cache_bytes: RocksDB's block cache, in bytes.
 
     Raises:
-        StoreFormatError: a missing, truncated or damaged file, or another format version; the
-            message names the file.
+        StoreFormatError: a missing, truncated or damaged file, another format version, or a store
+            that needs the RocksDB tier in a build without it; the message names the file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None, verify: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        verify: bool = False,
+        host_budget_bytes: int | None = None,
+        block_cache_bytes: int = 64 << 20,
+    ) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         try:
@@ -272,9 +301,28 @@ class EmbeddingStore:
         self._tables: dict[str, _core.HostTable] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._policies: dict[str, MissingPolicy] = {}
+        self._tier = None
+        self._budget = host_budget_bytes
+        if host_budget_bytes is not None and host_budget_bytes < 1:
+            raise ValueError(f"host_budget_bytes {host_budget_bytes}: expected >= 1")
+        persistent = manifest.get("persistent")
+        if persistent is not None:
+            if not _core.has_rocksdb:
+                raise StoreFormatError(f"{manifest_path}: this store keeps its rows in RocksDB, but {_NO_ROCKSDB}")
+            tier_dir = self.path / persistent.get("dir", "rocksdb")
+            if not tier_dir.is_dir():
+                raise StoreFormatError(f"{tier_dir}: missing (the store's RocksDB tier, listed in {MANIFEST})")
+            try:
+                self._tier = _core.PersistentTier(str(tier_dir), create_if_missing=False, block_cache_bytes=block_cache_bytes)
+            except RuntimeError as e:
+                raise StoreFormatError(f"{tier_dir}: {e}") from None
+        elif host_budget_bytes is not None:
+            raise ValueError("host_budget_bytes needs a store with a persistent tier (build_store(..., persistent=True))")
         try:
-            for entry in manifest["tables"]:
-                self._open_table(entry, manifest_path, verify)
+            entries = manifest["tables"]
+            total = sum(int(e["rows"]) * int(e["dim"]) * np.dtype(e["dtype"]).itemsize for e in entries) or 1
+            for i, entry in enumerate(entries):
+                self._open_table(i, entry, manifest_path, verify, total)
         except StoreFormatError:
             raise
         except (KeyError, TypeError, ValueError) as e:
@@ -299,23 +347,34 @@ class EmbeddingStore:
             raise StoreFormatError(f"{file}: holds {array.dtype} {array.shape}, expected {dtype} {shape}")
         return array
 
-    def _open_table(self, entry: dict[str, Any], manifest_path: Path, verify: bool) -> None:
+    def _open_table(self, i: int, entry: dict[str, Any], manifest_path: Path, verify: bool, total_bytes: int) -> None:
         name, n, dim, dtype = entry["name"], int(entry["rows"]), int(entry["dim"]), entry["dtype"]
         if dtype not in DTYPES:
             raise StoreFormatError(f"{manifest_path}: table {name!r} has dtype {dtype!r}: expected one of {DTYPES}")
-        keys = self._load_array(entry["keys"], np.dtype(np.int64), (n,), verify)
-        rows = self._load_array(entry["values"], np.dtype(dtype), (n, dim), verify)
-        slabs = max(1, -(-n // _SLAB_ROWS))
-        slab_rows = max(1024, -(-n // slabs))  # n rows fill whole slabs: no slack after loading
-        table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=slab_rows, expected_rows=n)
-        for start in range(0, n, _LOAD_CHUNK):
-            table.insert_or_assign(np.ascontiguousarray(keys[start : start + _LOAD_CHUNK]), np.ascontiguousarray(rows[start : start + _LOAD_CHUNK], dtype=np.float32))
+        row_bytes = dim * np.dtype(dtype).itemsize
+        if self._tier is not None:
+            n = int(self._tier.count(i))
+        max_rows = 0
+        if self._budget is not None:  # the budget is shared in proportion to each table's raw size
+            share = self._budget * (int(entry["rows"]) * row_bytes) / total_bytes
+            max_rows = max(1, int(share // (row_bytes + _ROW_OVERHEAD)))
+        resident = min(n, max_rows) if max_rows else n
+        slabs = max(1, -(-resident // _SLAB_ROWS))
+        slab_rows = max(1024, -(-resident // slabs))  # the rows fill whole slabs: no slack after loading
+        table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=slab_rows, expected_rows=resident, max_rows=max_rows)
+        if self._tier is None:
+            keys = self._load_array(entry["keys"], np.dtype(np.int64), (n,), verify)
+            rows = self._load_array(entry["values"], np.dtype(dtype), (n, dim), verify)
+            for start in range(0, n, _LOAD_CHUNK):
+                table.insert_or_assign(np.ascontiguousarray(keys[start : start + _LOAD_CHUNK]), np.ascontiguousarray(rows[start : start + _LOAD_CHUNK], dtype=np.float32))
+        elif not max_rows:  # no budget: every row from RocksDB into host memory
+            self._tier.scan(i, dim, dtype, _LOAD_CHUNK, lambda k, r: table.insert_or_assign(k, np.ascontiguousarray(r, dtype=np.float32)))
         policy = entry.get("missing", {"policy": "zeros"})
         self._policies[name] = MissingPolicy(policy["policy"], tuple(policy["vector"]) if "vector" in policy else None)
         if self._policies[name].policy not in POLICIES:
             raise StoreFormatError(f"{manifest_path}: table {name!r} has missing-key policy {policy['policy']!r}")
         self._tables[name] = table
-        self._info[name] = {"dim": dim, "dtype": dtype}
+        self._info[name] = {"dim": dim, "dtype": dtype, "id": i, "tier_hits": 0, "tier_misses": 0}
 
     # ------------------------------------------------------------------------------------ API
     def _table(self, name: str) -> _core.HostTable:
@@ -357,6 +416,8 @@ class EmbeddingStore:
                 raise ValueError("out: expected a C-contiguous, writeable array")
         found = np.empty(keys.shape[0], dtype=np.uint8)
         hits = host.find(keys, out, found, self._pool)
+        if hits != keys.shape[0] and self._tier is not None and host.max_rows:
+            hits += self._read_through(table, host, keys, out, found)
         if hits != keys.shape[0]:
             policy = self._policies[table]
             if policy.policy == "vector":
@@ -366,21 +427,52 @@ class EmbeddingStore:
                 raise KeyError(f"{absent.size} key(s) not in table {table!r}: {absent[:10].tolist()}{' ...' if absent.size > 10 else ''}")
         return out
 
+    def _read_through(self, table: str, host: Any, keys: np.ndarray, out: np.ndarray, found: np.ndarray) -> int:
+        """Reads the keys the host tier missed from RocksDB, fills them in, offers them to host."""
+        info = self._info[table]
+        missed = np.flatnonzero(found == 0)
+        missed_keys = np.ascontiguousarray(keys[missed])
+        buffer = np.empty((missed.size, info["dim"]), dtype=info["dtype"])
+        in_tier = np.empty(missed.size, dtype=np.uint8)
+        got = int(self._tier.multi_get(info["id"], missed_keys, buffer, in_tier))
+        info["tier_hits"] += got
+        info["tier_misses"] += missed.size - got
+        if got:
+            present = in_tier.astype(bool)
+            rows = np.ascontiguousarray(buffer[present], dtype=np.float32)
+            out[missed[present]] = rows
+            found[missed[present]] = 1
+            host.admit(np.ascontiguousarray(missed_keys[present]), rows)
+        return got
+
     def update(self, table: str, keys: np.ndarray, rows: Any) -> None:
         """Inserts or overwrites rows (in memory): keys int64 (n,), rows float (n, dim).
         A lookup running meanwhile returns each row whole, old or new."""
         host = self._table(table)
         keys = _as_keys(keys, "keys")
         checked = _as_rows(rows, keys.shape[0], host.dim, "rows")
-        if self._info[table]["dtype"] == "float16":
+        info = self._info[table]
+        if info["dtype"] == "float16":
             # Round once, from the caller's values; the core then stores that fp16 value exactly.
             checked = np.ascontiguousarray(np.asarray(rows).astype(np.float16), dtype=np.float32)
-        host.insert_or_assign(keys, checked)
+        if self._tier is not None:  # write through: the persistent tier first
+            try:
+                self._tier.put(info["id"], keys, np.ascontiguousarray(checked.astype(info["dtype"])))
+            except RuntimeError as e:
+                raise OSError(f"{self.path}: writing to RocksDB failed: {e}") from None
+        if host.max_rows:
+            host.assign_if_present(keys, checked)  # rows not held are read from RocksDB on demand
+        else:
+            host.insert_or_assign(keys, checked)
 
     def erase(self, table: str, keys: np.ndarray) -> int:
-        """Erases keys (int64 (n,)) from the table (in memory); returns how many were present."""
+        """Erases keys (int64 (n,)) from the table; returns how many were present."""
         host = self._table(table)
-        return int(host.erase(_as_keys(keys, "keys")))
+        keys = _as_keys(keys, "keys")
+        erased = int(host.erase(keys))
+        if self._tier is not None:
+            erased = int(self._tier.erase(self._info[table]["id"], keys))
+        return erased
 
     @property
     def tables(self) -> list[TableInfo]:
@@ -388,27 +480,34 @@ class EmbeddingStore:
         if self._closed:
             raise ValueError(f"EmbeddingStore {self.path} is closed")
         return [
-            TableInfo(name, int(t.size), int(t.dim), self._info[name]["dtype"], self._policies[name].policy)
+            TableInfo(name, self._rows(name), int(t.dim), self._info[name]["dtype"], self._policies[name].policy)
             for name, t in self._tables.items()
         ]
 
+    def _rows(self, name: str) -> int:
+        return int(self._tier.count(self._info[name]["id"])) if self._tier is not None else int(self._tables[name].size)
+
     def stats(self) -> dict[str, Any]:
-        """Per table: ``lookups`` (keys), and per tier (``host``) ``hits``, ``misses``, ``rows``, ``bytes``."""
+        """Per table: ``lookups`` (keys), and per tier (``host``, and ``rocksdb`` when the store has
+        one) ``hits``, ``misses``, ``rows`` and ``bytes`` (host memory; RocksDB's live data on disk,
+        shared by all tables)."""
         if self._closed:
             raise ValueError(f"EmbeddingStore {self.path} is closed")
         result = {}
         for name, t in self._tables.items():
             counters = t.stats()
-            result[name] = {
-                "lookups": counters["lookups"],
-                "tiers": {"host": {"hits": counters["hits"], "misses": counters["misses"], "rows": int(t.size), "bytes": int(t.bytes)}},
-            }
+            tiers = {"host": {"hits": counters["hits"], "misses": counters["misses"], "rows": int(t.size), "bytes": int(t.bytes)}}
+            if self._tier is not None:
+                info = self._info[name]
+                tiers["rocksdb"] = {"hits": info["tier_hits"], "misses": info["tier_misses"], "rows": self._rows(name), "bytes": int(self._tier.disk_bytes)}
+            result[name] = {"lookups": counters["lookups"], "tiers": tiers}
         return result
 
     def close(self) -> None:
         """Frees the tables; later calls raise ValueError. Closing twice is allowed."""
         if not getattr(self, "_closed", True):
             self._tables.clear()
+            self._tier = None  # closes the database
             self._closed = True
 
     def __enter__(self) -> EmbeddingStore:

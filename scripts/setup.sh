@@ -18,6 +18,16 @@ fi
 py="$venv/bin/python"
 pip=("$py" -m pip --disable-pip-version-check -q)
 
+# 0. System libraries: RocksDB (the embedding store's persistent tier), from Debian.
+if [ ! -f /usr/include/rocksdb/db.h ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing librocksdb-dev"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq librocksdb-dev >/dev/null
+  else
+    log "librocksdb-dev is missing and cannot be installed here (needs root and apt-get): building without the RocksDB tier"
+  fi
+fi
+
 # 1. Dependencies, keyed by the requirement files' contents.
 deps_hash=$(cat requirements/constraints.txt requirements/dev.txt | sha256sum | cut -c1-16)
 if [ ! -f "$venv/.deps-$deps_hash" ]; then
@@ -28,8 +38,9 @@ if [ ! -f "$venv/.deps-$deps_hash" ]; then
 fi
 
 # 2. tritonrec from source, keyed by the sources' contents.
-src_hash=$(find pyproject.toml CMakeLists.txt csrc tritonrec embedding_cache backends model_repository_templates \
-             -type f -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+src_hash=$( (find pyproject.toml CMakeLists.txt csrc tritonrec embedding_cache backends model_repository_templates \
+              -type f -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
+             ls /usr/include/rocksdb/db.h 2>/dev/null || true) | sha256sum | cut -c1-16)
 if [ ! -f "$venv/.build-$src_hash" ]; then
   log "building and installing tritonrec (C++/CUDA core)"
   "${pip[@]}" install --no-build-isolation --no-deps "$root"

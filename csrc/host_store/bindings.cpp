@@ -37,15 +37,16 @@ void bind_host_store(py::module_& m) {
 
   py::class_<HostTable>(m, "HostTable",
                         "One embedding table in host memory: int64 key -> row of dim values (fp32 or fp16 storage).")
-      .def(py::init([](int64_t dim, RowDtype dtype, int64_t slab_rows, int64_t expected_rows) {
+      .def(py::init([](int64_t dim, RowDtype dtype, int64_t slab_rows, int64_t expected_rows, int64_t max_rows) {
              try {
-               return new HostTable(HostTableOptions{dim, dtype, slab_rows, expected_rows});
+               return new HostTable(HostTableOptions{dim, dtype, slab_rows, expected_rows, max_rows});
              } catch (const std::invalid_argument& e) {
                throw py::value_error(e.what());
              }
            }),
            py::arg("dim"), py::arg("dtype") = RowDtype::kFloat32, py::arg("slab_rows") = 1 << 16,
-           py::arg("expected_rows") = 0)
+           py::arg("expected_rows") = 0, py::arg("max_rows") = 0,
+           "max_rows > 0 makes the table a frequency-aware cache of at most max_rows rows (see admit).")
       .def(
           "insert_or_assign",
           [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
@@ -61,6 +62,30 @@ void bind_host_store(py::module_& m) {
           },
           py::arg("keys"), py::arg("rows"),
           "Inserts or overwrites rows. keys: int64 (n,); rows: float32 (n, dim), both C-contiguous host arrays.")
+      .def(
+          "assign_if_present",
+          [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
+            auto keys = require<int64_t>(keys_obj, "keys", 1);
+            auto rows = require<float>(rows_obj, "rows", 2);
+            if (rows.shape(0) != keys.shape(0) || rows.shape(1) != table.dim()) throw py::value_error("rows: expected shape (n, dim)");
+            const int64_t n = keys.shape(0);
+            py::gil_scoped_release release;
+            table.assign_if_present(keys.data(), rows.data(), n);
+          },
+          py::arg("keys"), py::arg("rows"), "Overwrites the rows of keys already held; others are left out.")
+      .def(
+          "admit",
+          [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
+            auto keys = require<int64_t>(keys_obj, "keys", 1);
+            auto rows = require<float>(rows_obj, "rows", 2);
+            if (rows.shape(0) != keys.shape(0) || rows.shape(1) != table.dim()) throw py::value_error("rows: expected shape (n, dim)");
+            const int64_t n = keys.shape(0);
+            py::gil_scoped_release release;
+            return table.admit(keys.data(), rows.data(), n);
+          },
+          py::arg("keys"), py::arg("rows"),
+          "Offers rows read from a lower tier: taken while there is room, else by frequency (TinyLFU admission, "
+          "sampled-LFU eviction). Returns how many were taken.")
       .def(
           "erase",
           [](HostTable& table, py::handle keys_obj) {
@@ -100,6 +125,7 @@ Returns:
     The number of keys found.
 )doc")
       .def_property_readonly("dim", &HostTable::dim)
+      .def_property_readonly("max_rows", &HostTable::max_rows)
       .def_property_readonly("dtype", &HostTable::dtype)
       .def_property_readonly("size", &HostTable::size, "Rows held.")
       .def_property_readonly("bytes", &HostTable::bytes, "Host memory held in bytes (slabs and index).")

@@ -1,5 +1,6 @@
 #include "host_store/host_table.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
@@ -13,13 +14,52 @@ HostTable::HostTable(const HostTableOptions& options)
       dtype_(options.dtype),
       slab_rows_(options.slab_rows),
       row_bytes_(options.dim * (options.dtype == RowDtype::kFloat16 ? 2 : 4)),
-      index_(options.expected_rows) {
+      index_(options.expected_rows),
+      max_rows_(options.max_rows) {
   if (options.dim < 1) throw std::invalid_argument("dim must be >= 1, got " + std::to_string(options.dim));
   if (options.slab_rows < 1) throw std::invalid_argument("slab_rows must be >= 1");
   if (options.dtype != RowDtype::kFloat32 && options.dtype != RowDtype::kFloat16) {
     throw std::invalid_argument("dtype must be float32 or float16");
   }
   if (options.expected_rows < 0) throw std::invalid_argument("expected_rows must be >= 0");
+  if (options.max_rows < 0) throw std::invalid_argument("max_rows must be >= 0");
+  if (max_rows_ > 0) {
+    sketch_width_ = 1024;
+    while (sketch_width_ < 4 * max_rows_) sketch_width_ *= 2;
+    sketch_.reset(new std::atomic<uint16_t>[static_cast<size_t>(4 * sketch_width_)]);
+    for (int64_t i = 0; i < 4 * sketch_width_; ++i) sketch_[static_cast<size_t>(i)].store(0, std::memory_order_relaxed);
+    sketch_period_ = 10 * std::max<int64_t>(max_rows_, 1024);
+  }
+}
+
+namespace {
+inline uint64_t mix(uint64_t h) noexcept {
+  h ^= h >> 33;
+  h *= 0xFF51AFD7ED558CCDull;
+  h ^= h >> 33;
+  h *= 0xC4CEB9FE1A85EC53ull;
+  h ^= h >> 33;
+  return h;
+}
+}  // namespace
+
+void HostTable::count_access(int64_t key) const noexcept {
+  const uint64_t h = mix(static_cast<uint64_t>(key));
+  for (int d = 0; d < 4; ++d) {
+    auto& counter = sketch_[static_cast<size_t>(d * sketch_width_ + ((h >> (16 * d)) & static_cast<uint64_t>(sketch_width_ - 1)))];
+    if (counter.load(std::memory_order_relaxed) < 0xFFFF) counter.fetch_add(1, std::memory_order_relaxed);
+  }
+  sketch_accesses_.fetch_add(1, std::memory_order_relaxed);
+}
+
+uint32_t HostTable::frequency(int64_t key) const noexcept {
+  const uint64_t h = mix(static_cast<uint64_t>(key));
+  uint32_t least = 0xFFFF;
+  for (int d = 0; d < 4; ++d) {
+    const auto& counter = sketch_[static_cast<size_t>(d * sketch_width_ + ((h >> (16 * d)) & static_cast<uint64_t>(sketch_width_ - 1)))];
+    least = std::min<uint32_t>(least, counter.load(std::memory_order_relaxed));
+  }
+  return least;
 }
 
 uint8_t* HostTable::row_address(int64_t row) const noexcept {
@@ -36,7 +76,21 @@ int64_t HostTable::allocate_row() {
   if (next_row_ == static_cast<int64_t>(slabs_.size()) * slab_rows_) {
     slabs_.emplace_back(new uint8_t[static_cast<size_t>(slab_rows_ * row_bytes_)]);
   }
+  if (max_rows_ > 0) {  // eviction needs the key of each row; unlimited tables skip the cost
+    row_keys_.push_back(0);
+    row_used_.push_back(0);
+  }
   return next_row_++;
+}
+
+void HostTable::insert_row(int64_t key, const float* values) {
+  const int64_t row = allocate_row();
+  index_.assign(key, row);
+  if (max_rows_ > 0) {
+    row_keys_[static_cast<size_t>(row)] = key;
+    row_used_[static_cast<size_t>(row)] = 1;
+  }
+  store_row(row, values);
 }
 
 void HostTable::store_row(int64_t row, const float* values) noexcept {
@@ -62,13 +116,63 @@ void HostTable::load_row(int64_t row, float* out) const noexcept {
 void HostTable::insert_or_assign(const int64_t* keys, const float* rows, int64_t n) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   for (int64_t i = 0; i < n; ++i) {
-    int64_t row = index_.find(keys[i]);
+    const int64_t row = index_.find(keys[i]);
     if (row < 0) {
-      row = allocate_row();
-      index_.assign(keys[i], row);
+      insert_row(keys[i], rows + i * dim_);
+    } else {
+      store_row(row, rows + i * dim_);
     }
-    store_row(row, rows + i * dim_);
   }
+}
+
+void HostTable::assign_if_present(const int64_t* keys, const float* rows, int64_t n) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = index_.find(keys[i]);
+    if (row >= 0) store_row(row, rows + i * dim_);
+  }
+}
+
+int64_t HostTable::admit(const int64_t* keys, const float* rows, int64_t n) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  if (max_rows_ > 0 && sketch_accesses_.load(std::memory_order_relaxed) >= sketch_period_) {
+    for (int64_t i = 0; i < 4 * sketch_width_; ++i) {
+      auto& counter = sketch_[static_cast<size_t>(i)];
+      counter.store(static_cast<uint16_t>(counter.load(std::memory_order_relaxed) >> 1), std::memory_order_relaxed);
+    }
+    sketch_accesses_.store(0, std::memory_order_relaxed);
+  }
+  int64_t taken = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (index_.find(keys[i]) >= 0) continue;
+    if (max_rows_ == 0 || index_.size() < max_rows_) {
+      insert_row(keys[i], rows + i * dim_);
+      ++taken;
+      continue;
+    }
+    // Sample held rows; the least frequent is the eviction candidate.
+    int64_t victim = -1;
+    uint32_t victim_frequency = 0;
+    for (int s = 0; s < 8; ++s) {
+      sample_state_ ^= sample_state_ << 13;
+      sample_state_ ^= sample_state_ >> 7;
+      sample_state_ ^= sample_state_ << 17;
+      const int64_t row = static_cast<int64_t>(sample_state_ % static_cast<uint64_t>(next_row_));
+      if (!row_used_[static_cast<size_t>(row)]) continue;
+      const uint32_t f = frequency(row_keys_[static_cast<size_t>(row)]);
+      if (victim < 0 || f < victim_frequency) {
+        victim = row;
+        victim_frequency = f;
+      }
+    }
+    if (victim < 0 || frequency(keys[i]) <= victim_frequency) continue;
+    index_.erase(row_keys_[static_cast<size_t>(victim)]);
+    row_used_[static_cast<size_t>(victim)] = 0;
+    free_rows_.push_back(victim);
+    insert_row(keys[i], rows + i * dim_);
+    ++taken;
+  }
+  return taken;
 }
 
 int64_t HostTable::erase(const int64_t* keys, int64_t n) {
@@ -77,6 +181,7 @@ int64_t HostTable::erase(const int64_t* keys, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t row = index_.erase(keys[i]);
     if (row >= 0) {
+      if (max_rows_ > 0) row_used_[static_cast<size_t>(row)] = 0;
       free_rows_.push_back(row);
       ++erased;
     }
@@ -90,6 +195,7 @@ int64_t HostTable::find(const int64_t* keys, int64_t n, float* out, uint8_t* fou
   pool.parallel_for(n, 4096, [&](int64_t begin, int64_t end) {
     int64_t local = 0;
     for (int64_t i = begin; i < end; ++i) {
+      if (max_rows_ > 0) count_access(keys[i]);
       const int64_t row = index_.find(keys[i]);
       float* target = out + i * dim_;
       if (row >= 0) {
@@ -117,7 +223,9 @@ int64_t HostTable::size() const {
 
 int64_t HostTable::bytes() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return static_cast<int64_t>(slabs_.size()) * slab_rows_ * row_bytes_ + index_.bytes();
+  return static_cast<int64_t>(slabs_.size()) * slab_rows_ * row_bytes_ + index_.bytes() +
+         static_cast<int64_t>(row_keys_.capacity() * sizeof(int64_t) + row_used_.capacity()) +
+         4 * sketch_width_ * static_cast<int64_t>(sizeof(uint16_t));
 }
 
 HostTableStats HostTable::stats() const noexcept {

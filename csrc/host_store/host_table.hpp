@@ -23,6 +23,7 @@ struct HostTableOptions {
   RowDtype dtype = RowDtype::kFloat32;  ///< storage dtype; lookups always return fp32
   int64_t slab_rows = 1 << 16;          ///< rows per slab (allocation unit), >= 1
   int64_t expected_rows = 0;            ///< rows to size the index for up front
+  int64_t max_rows = 0;                 ///< most rows held (a cache of a lower tier); 0: no limit
 };
 
 /// Counters of a HostTable since it was made (monotonic, relaxed atomics).
@@ -47,6 +48,15 @@ class HostTable {
   /// @param rows host (n, dim) fp32 values, C-contiguous (rounded to fp16 when stored as fp16).
   void insert_or_assign(const int64_t* keys, const float* rows, int64_t n);
 
+  /// Overwrites the rows of keys already held; others are left out. Synchronous.
+  void assign_if_present(const int64_t* keys, const float* rows, int64_t n);
+
+  /// Offers rows read from a lower tier to a table with max_rows: each key is taken while there is
+  /// room, else only if its estimated access frequency beats that of the least frequent of a
+  /// sample of held rows, which it then replaces (TinyLFU admission, sampled-LFU eviction).
+  /// Keys already held are left as they are. Returns how many were taken. Synchronous.
+  int64_t admit(const int64_t* keys, const float* rows, int64_t n);
+
   /// Erases keys (absent keys are ignored); returns how many were present. Synchronous.
   int64_t erase(const int64_t* keys, int64_t n);
 
@@ -58,6 +68,7 @@ class HostTable {
   int64_t find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool) const;
 
   int64_t dim() const noexcept { return dim_; }
+  int64_t max_rows() const noexcept { return max_rows_; }
   RowDtype dtype() const noexcept { return dtype_; }
   int64_t size() const;
   /// Host memory held, in bytes: allocated slabs plus the index.
@@ -69,6 +80,9 @@ class HostTable {
   int64_t allocate_row();
   void store_row(int64_t row, const float* values) noexcept;
   void load_row(int64_t row, float* out) const noexcept;
+  void insert_row(int64_t key, const float* values);
+  void count_access(int64_t key) const noexcept;
+  uint32_t frequency(int64_t key) const noexcept;
 
   int64_t dim_;
   RowDtype dtype_;
@@ -78,6 +92,16 @@ class HostTable {
   std::vector<std::unique_ptr<uint8_t[]>> slabs_;
   int64_t next_row_ = 0;
   std::vector<int64_t> free_rows_;
+  int64_t max_rows_;
+  std::vector<int64_t> row_keys_;        // key held in each row (valid where row_used_)
+  std::vector<uint8_t> row_used_;
+  // Count-min sketch of access frequencies (4 hashed counters per key), halved every
+  // `sketch_period_` accesses so that old popularity fades.
+  int64_t sketch_width_ = 0;
+  std::unique_ptr<std::atomic<uint16_t>[]> sketch_;
+  mutable std::atomic<int64_t> sketch_accesses_{0};
+  int64_t sketch_period_ = 0;
+  uint64_t sample_state_ = 0x9E3779B97F4A7C15ull;
   mutable std::shared_mutex mutex_;
   mutable std::atomic<int64_t> lookups_{0}, hits_{0}, misses_{0};
 };

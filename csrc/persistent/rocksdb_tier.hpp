@@ -1,0 +1,61 @@
+// PersistentTier: embedding rows on disk in RocksDB, read in batches with MultiGet.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace rocksdb {
+class DB;
+}
+
+namespace tritonrec {
+
+/// Options of a PersistentTier, validated by its constructor.
+struct PersistentTierOptions {
+  std::string path;                        ///< RocksDB directory
+  bool create_if_missing = false;          ///< create an empty database when none exists
+  int64_t block_cache_bytes = 64ll << 20;  ///< LRU block cache, in bytes
+  int bloom_bits_per_key = 10;             ///< bloom filter bits per key (point lookups)
+};
+
+/// One RocksDB database holding the rows of every table of a store: key = 4-byte table id and
+/// 8-byte key (big-endian), value = the row's bytes in the table's storage dtype, plus one count
+/// record per table. RAII: the constructor opens, the destructor closes. Copy deleted. All calls
+/// are synchronous and safe to make from several threads.
+class PersistentTier {
+ public:
+  /// @throw std::runtime_error with RocksDB's status when the database cannot be opened.
+  explicit PersistentTier(const PersistentTierOptions& options);
+  ~PersistentTier();
+  PersistentTier(const PersistentTier&) = delete;
+  PersistentTier& operator=(const PersistentTier&) = delete;
+
+  /// Writes n rows of row_bytes each (one atomic batch) and keeps the table's row count.
+  /// @throw std::runtime_error on a write error (e.g. a full disk); nothing of the batch is written.
+  void put(uint32_t table, const int64_t* keys, const uint8_t* rows, int64_t n, int64_t row_bytes);
+
+  /// Erases keys (one atomic batch); returns how many existed.
+  int64_t erase(uint32_t table, const int64_t* keys, int64_t n);
+
+  /// Reads n keys: row bytes into out (n * row_bytes), found[i] = 1 where present. Returns the
+  /// number found. @throw std::runtime_error on a read error or a stored row of another size.
+  int64_t multi_get(uint32_t table, const int64_t* keys, int64_t n, uint8_t* out, uint8_t* found,
+                    int64_t row_bytes) const;
+
+  /// Calls fn(keys, rows, count) over every row of a table, in chunks of at most `chunk` rows.
+  void scan(uint32_t table, int64_t row_bytes, int64_t chunk,
+            const std::function<void(const int64_t*, const uint8_t*, int64_t)>& fn) const;
+
+  /// Rows held for a table.
+  int64_t count(uint32_t table) const;
+
+  /// RocksDB's estimate of its live data on disk, in bytes.
+  int64_t disk_bytes() const;
+
+ private:
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+}  // namespace tritonrec

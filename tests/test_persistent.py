@@ -1,0 +1,146 @@
+"""The RocksDB tier: persistence, a host memory budget with frequency-aware caching, failures."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from embedding_cache import EmbeddingStore, StoreFormatError, build_store
+from embedding_cache import _core
+
+
+def test_this_build_has_the_rocksdb_tier():
+    assert _core.has_rocksdb, "scripts/setup.sh installs librocksdb-dev; the build must include the tier"
+
+
+@pytest.fixture
+def persistent_store(tmp_path):
+    rng = np.random.default_rng(5)
+    keys = rng.permutation(np.arange(20_000, dtype=np.int64) * 13)
+    rows = rng.normal(size=(20_000, 16))
+    path = build_store(tmp_path / "s", {"emb": (keys, rows), "small": (np.arange(10), np.ones((10, 2)))}, persistent=True, missing={"small": "error"})
+    return path, keys, rows.astype(np.float32)
+
+
+def test_layout_and_full_load(persistent_store):
+    path, keys, rows = persistent_store
+    assert (path / "rocksdb").is_dir() and not list((path / "tables").glob("*.npy"))
+    with EmbeddingStore(path) as store:
+        np.testing.assert_array_equal(store.lookup("emb", keys), rows)
+        assert [(t.name, t.rows) for t in store.tables] == [("emb", 20_000), ("small", 10)]
+        stats = store.stats()["emb"]["tiers"]
+        assert stats["host"]["rows"] == 20_000 and stats["rocksdb"]["rows"] == 20_000 and stats["rocksdb"]["bytes"] > 0
+
+
+@pytest.mark.parametrize("budget_rows", [1, 500, 5_000])
+def test_budget_smaller_than_the_data_returns_true_rows(persistent_store, budget_rows):
+    path, keys, rows = persistent_store
+    reference = dict(zip(keys.tolist(), rows))
+    rng = np.random.default_rng(budget_rows)
+    budget = budget_rows * (16 * 4 + 24) + 10 * (2 * 4 + 24)
+    with EmbeddingStore(path, host_budget_bytes=budget) as store:
+        for _ in range(20):
+            query = np.where(rng.random(3000) < 0.9, keys[np.minimum(rng.zipf(1.2, 3000), keys.size) - 1], rng.integers(-(10**9), 0, 3000))
+            got = store.lookup("emb", query)
+            expected = np.stack([reference.get(int(q), np.zeros(16, np.float32)) for q in query])
+            np.testing.assert_array_equal(got, expected)
+        tiers = store.stats()["emb"]["tiers"]
+        assert tiers["host"]["rows"] <= budget // (16 * 4 + 24)  # the most the budget can hold
+        assert tiers["rocksdb"]["hits"] > 0 and tiers["rocksdb"]["misses"] > 0
+        with pytest.raises(KeyError, match=r"1 key\(s\) not in table 'small': \[99\]"):
+            store.lookup("small", np.array([1, 99]))
+
+
+def test_host_tier_hit_rate_near_the_static_optimum(tmp_path):
+    """10% of the rows in host memory, Zipf(1.05) lookups: the host tier's hit rate over the second
+    half is >= 0.95 of the static optimum (the most frequent 10% pinned)."""
+    n, dim = 50_000, 8
+    keys = np.arange(n, dtype=np.int64)
+    path = build_store(tmp_path / "s", {"t": (keys, np.zeros((n, dim)))}, persistent=True)
+    rng = np.random.default_rng(0)
+    weights = np.arange(1, n + 1, dtype=np.float64) ** -1.05
+    cdf = np.cumsum(weights) / weights.sum()
+    scramble = rng.permutation(n)  # popularity unrelated to key order
+    lookups = scramble[np.minimum(np.searchsorted(cdf, rng.random(600_000)), n - 1)]
+    budget_rows = n // 10
+    with EmbeddingStore(path, host_budget_bytes=budget_rows * (dim * 4 + 24), threads=1) as store:
+        half = lookups.size // 2
+        for start in range(0, lookups.size, 4000):
+            if start == half:
+                before = store.stats()["t"]["tiers"]["host"]
+            store.lookup("t", lookups[start : start + 4000])
+        after = store.stats()["t"]["tiers"]["host"]
+    hit_rate = (after["hits"] - before["hits"]) / (lookups.size - half)
+    optimum = np.isin(lookups[half:], scramble[:budget_rows]).mean()
+    assert hit_rate >= 0.95 * optimum, (hit_rate, optimum)
+
+
+def test_updates_and_erases_persist_across_processes(persistent_store):
+    path, keys, rows = persistent_store
+    with EmbeddingStore(path, host_budget_bytes=100 * 88) as store:
+        store.update("emb", np.array([keys[0], 7]), np.full((2, 16), 2.5))
+        assert store.erase("emb", np.array([keys[1], keys[1], -5])) == 1
+        assert store.tables[0].rows == 20_000  # one added, one erased
+    code = (
+        "import numpy as np, sys; from embedding_cache import EmbeddingStore\n"
+        f"s = EmbeddingStore({str(path)!r})\n"
+        f"np.save(sys.stdout.buffer, s.lookup('emb', np.array([{int(keys[0])}, 7, {int(keys[1])}, {int(keys[2])}])))"
+    )
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, timeout=120, check=True)
+    got = np.load(io.BytesIO(result.stdout))
+    np.testing.assert_array_equal(got[:2], np.full((2, 16), 2.5, np.float32))
+    np.testing.assert_array_equal(got[2], np.zeros(16, np.float32))
+    np.testing.assert_array_equal(got[3], rows[2])
+
+
+def test_update_during_budgeted_lookups_is_seen_whole(persistent_store):
+    path, keys, _ = persistent_store
+    with EmbeddingStore(path, host_budget_bytes=1000 * 88) as store:
+        hot = keys[:50]
+        store.lookup("emb", np.repeat(hot, 20))  # make them resident
+        store.update("emb", hot, np.full((50, 16), 9.0))
+        assert (store.lookup("emb", hot) == 9.0).all()
+
+
+def test_budget_needs_a_persistent_store(tmp_path):
+    path = build_store(tmp_path / "s", {"t": (np.arange(3), np.zeros((3, 2)))})
+    with pytest.raises(ValueError, match="host_budget_bytes needs a store with a persistent tier"):
+        EmbeddingStore(path, host_budget_bytes=1000)
+
+
+def test_missing_rocksdb_directory_is_named(persistent_store):
+    path, _, _ = persistent_store
+    shutil.rmtree(path / "rocksdb")
+    with pytest.raises(StoreFormatError, match=r"rocksdb: missing"):
+        EmbeddingStore(path)
+
+
+def test_a_build_without_rocksdb_refuses_such_stores(persistent_store, monkeypatch):
+    import embedding_cache.store as store_module
+
+    monkeypatch.setattr(store_module._core, "has_rocksdb", False)
+    with pytest.raises(StoreFormatError, match=r"store.json: this store keeps its rows in RocksDB, but this build of embedding_cache has no RocksDB tier"):
+        EmbeddingStore(persistent_store[0])
+    with pytest.raises(RuntimeError, match="no RocksDB tier"):
+        build_store(persistent_store[0].parent / "other", {"t": (np.arange(3), np.zeros((3, 2)))}, persistent=True)
+
+
+def test_a_persistent_build_that_fails_on_a_full_disk_leaves_no_store(tmp_path):
+    code = (
+        "import resource, signal, numpy as np\n"
+        "from embedding_cache import build_store\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "try:\n"
+        f"    build_store({str(tmp_path / 'store')!r}, {{'t': (np.arange(200000), np.ones((200000, 16)))}}, persistent=True)\n"
+        "except OSError as e:\n"
+        "    print('OSError', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.startswith("OSError"), (result.stdout, result.stderr)
+    assert not list(tmp_path.iterdir())
