@@ -202,6 +202,11 @@ def build_store(
                 entry["keys"] = {"file": keys_file, "bytes": (staging / keys_file).stat().st_size, "crc32": _crc32_file(staging / keys_file)}
                 entry["values"] = {"file": rows_file, "bytes": (staging / rows_file).stat().st_size, "crc32": _crc32_file(staging / rows_file)}
             entries.append(entry)
+        if tier is not None:
+            try:
+                tier.compact()  # a bulk-loaded database reads faster compacted
+            except RuntimeError as e:
+                raise OSError(f"{path}: compacting RocksDB failed: {e}") from None
         del tier  # closes the database before the directory moves
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "tables": entries, "metadata": dict(metadata or {})}
         if persistent:

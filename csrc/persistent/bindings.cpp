@@ -89,6 +89,8 @@ void bind_persistent(py::module_& m) {
           },
           py::arg("table"), py::arg("dim"), py::arg("dtype"), py::arg("chunk"), py::arg("fn"),
           "Calls fn(keys, rows) over every row of a table, in chunks (copies).")
+      .def("compact", &PersistentTier::compact, py::call_guard<py::gil_scoped_release>(),
+           "Compacts the whole database (after a bulk load).")
       .def("count", &PersistentTier::count,
            py::arg("table"), "Rows held for a table.")
       .def_property_readonly("disk_bytes", &PersistentTier::disk_bytes, "Live data on disk, in bytes (estimate).");

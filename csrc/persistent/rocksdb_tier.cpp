@@ -46,6 +46,8 @@ PersistentTier::PersistentTier(const PersistentTierOptions& options) {
   rocksdb::Options db_options;
   db_options.create_if_missing = options.create_if_missing;
   db_options.IncreaseParallelism(2);
+  // Embedding rows are random floats: compression costs a decompression per read and saves nothing.
+  db_options.compression = rocksdb::kNoCompression;
   rocksdb::BlockBasedTableOptions table_options;
   table_options.block_cache = rocksdb::NewLRUCache(static_cast<size_t>(options.block_cache_bytes));
   table_options.filter_policy.reset(rocksdb::NewBloomFilterPolicy(options.bloom_bits_per_key, false));
@@ -178,6 +180,12 @@ void PersistentTier::scan(uint32_t table, int64_t row_bytes, int64_t chunk,
   }
   check(it->status(), "scanning RocksDB");
   if (!keys.empty()) fn(keys.data(), rows.data(), static_cast<int64_t>(keys.size()));
+}
+
+void PersistentTier::compact() {
+  rocksdb::CompactRangeOptions options;
+  options.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  check(db_->CompactRange(options, nullptr, nullptr), "compacting RocksDB");
 }
 
 int64_t PersistentTier::disk_bytes() const {

@@ -48,6 +48,10 @@ class PersistentTier {
   void scan(uint32_t table, int64_t row_bytes, int64_t chunk,
             const std::function<void(const int64_t*, const uint8_t*, int64_t)>& fn) const;
 
+  /// Compacts the whole database (after a bulk load: fewer files per read, no background
+  /// compaction competing with the first lookups).
+  void compact();
+
   /// Rows held for a table.
   int64_t count(uint32_t table) const;
 
