@@ -1,7 +1,8 @@
 """embedding_cache: embedding tables behind one batched lookup API.
 
 Now: the host store (tables in host memory, C++ core, lookups on a thread pool with the GIL
-released), the store directory format, and device discovery for the GPU tier to come.
+released), the RocksDB persistent tier with a host memory budget, the store directory format,
+and device discovery for the GPU tier to come.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from embedding_cache.store import (
     TableInfo,
     build_store,
     build_store_from_parquet,
+    build_store_from_state_dict,
 )
 
 __version__: str = _core.__version__
@@ -45,6 +47,7 @@ __all__ = [
     "__version__",
     "build_store",
     "build_store_from_parquet",
+    "build_store_from_state_dict",
     "cuda_device_count",
     "cuda_device_status",
     "has_cuda",

@@ -20,7 +20,7 @@ def _build(args: argparse.Namespace) -> int:
         sources[name] = file
     path = build_store_from_parquet(
         args.store, sources, key_column=args.key_column, vector_column=args.vector_column,
-        dtype=args.dtype, missing=args.missing, overwrite=args.overwrite,
+        dtype=args.dtype, missing=args.missing, overwrite=args.overwrite, persistent=args.persistent,
     )
     print(f"wrote {path} ({len(sources)} table(s))")
     return 0
@@ -38,6 +38,9 @@ def _info(args: argparse.Namespace) -> int:
         for t in store.tables:
             mib = stats[t.name]["tiers"]["host"]["bytes"] / 2**20
             print(f"{t.name:<20} {t.rows:>12,} {t.dim:>5} {t.dtype:>8} {t.missing:>8} {mib:>10.1f}")
+        rocksdb = next(iter(stats.values()), {}).get("tiers", {}).get("rocksdb")
+        if rocksdb is not None:
+            print(f"RocksDB tier: {rocksdb['bytes'] / 2**20:.1f} MiB on disk")
     return 0
 
 
@@ -63,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     build.add_argument("--missing", choices=("zeros", "error"), default="zeros", help="missing-key policy")
     build.add_argument("--overwrite", action="store_true")
+    build.add_argument("--persistent", action="store_true", help="keep the rows in a RocksDB tier")
     build.set_defaults(func=_build)
     info = sub.add_parser("info", help="tables, sizes and policies of a store")
     info.add_argument("store")

@@ -257,6 +257,46 @@ def build_store_from_parquet(
     return build_store(path, tables, **options)
 
 
+def build_store_from_state_dict(
+    path: str | os.PathLike[str],
+    source: Any,
+    tables: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Path:
+    """:func:`build_store` from PyTorch ``nn.Embedding`` weights: row i of a weight is key i.
+
+    Args:
+        path: the store directory.
+        source: a ``torch.nn.Module`` or a state_dict (name -> tensor).
+        tables: table name -> state_dict key of a (num_embeddings, dim) weight. Default, for a
+            module: every ``nn.Embedding`` in it, named by its module path; required for a state_dict.
+        options: passed to :func:`build_store`.
+    """
+    import torch  # noqa: PLC0415 - optional dependency
+
+    if isinstance(source, torch.nn.Module):
+        state = source.state_dict()
+        if tables is None:
+            tables = {name: f"{name}.weight" for name, module in source.named_modules() if isinstance(module, torch.nn.Embedding)}
+    elif isinstance(source, Mapping):
+        state = source
+        if tables is None:
+            raise ValueError("tables: name the state_dict key of each table (e.g. {'users': 'emb.users.weight'})")
+    else:
+        raise TypeError(f"source: expected a torch.nn.Module or a state_dict, got {type(source).__name__}")
+    if not tables:
+        raise ValueError("no embedding tables found in the module")
+    arrays = {}
+    for name, key in tables.items():
+        if key not in state:
+            raise KeyError(f"table {name!r}: no {key!r} in the state_dict (keys: {sorted(state)[:10]})")
+        weight = state[key].detach().to("cpu", torch.float32).numpy()
+        if weight.ndim != 2:
+            raise ValueError(f"table {name!r}: {key!r} has shape {tuple(weight.shape)}: expected (num_embeddings, dim)")
+        arrays[name] = (np.arange(weight.shape[0], dtype=np.int64), weight)
+    return build_store(path, arrays, **options)
+
+
 # ------------------------------------------------------------------------------------- the store
 class EmbeddingStore:
     """An opened store: batched lookups, online updates and erases, per-tier statistics.

@@ -298,3 +298,25 @@ def test_fp16_tables_round_once_from_float64(tmp_path):
         assert store.lookup("t", np.array([1]))[0, 0] == np.float32(1 + 2**-10)
         store.update("t", np.array([2]), value)
         assert store.lookup("t", np.array([2]))[0, 0] == np.float32(1 + 2**-10)
+
+
+def test_build_from_a_torch_module_and_state_dict(tmp_path):
+    import torch
+
+    from embedding_cache import build_store_from_state_dict
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"users": torch.nn.Embedding(40, 6), "products": torch.nn.Embedding(25, 3), "dense": torch.nn.Linear(4, 2)})
+    path = build_store_from_state_dict(tmp_path / "m", model)
+    with EmbeddingStore(path) as store:
+        assert sorted(t.name for t in store.tables) == ["products", "users"]
+        np.testing.assert_array_equal(store.lookup("users", np.array([0, 39])), model["users"].weight.detach().numpy()[[0, 39]])
+    path = build_store_from_state_dict(tmp_path / "s", model.state_dict(), {"emb": "products.weight"}, dtype="float16")
+    with EmbeddingStore(path) as store:
+        np.testing.assert_array_equal(store.lookup("emb", np.arange(25)), model["products"].weight.detach().numpy().astype(np.float16).astype(np.float32))
+    with pytest.raises(ValueError, match="tables: name the state_dict key"):
+        build_store_from_state_dict(tmp_path / "x", model.state_dict())
+    with pytest.raises(ValueError, match=r"'dense.bias' has shape \(2,\)"):
+        build_store_from_state_dict(tmp_path / "x", model.state_dict(), {"d": "dense.bias"})
+    with pytest.raises(KeyError, match="no 'nope.weight'"):
+        build_store_from_state_dict(tmp_path / "x", model.state_dict(), {"d": "nope.weight"})
