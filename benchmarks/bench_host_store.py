@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         header("Embedding store, host tier: lookup vs numpy searchsorted and a dict"),
         f"{args.keys:,} keys per call (best of {args.repeats}); keys scattered int64; rows fp32. Every lookup checked against the rows it should return: {'yes' if checks else 'NO'}.\n",
         *table, "", *verdicts,
-        "- Not measured yet: the comparison against abseil's flat_hash_map, the RocksDB tier against rocksdict, Zipf with a memory budget.",
+        "- The index against abseil's flat_hash_map, and the RocksDB tier against rocksdict: their own sections (bench_index.py, bench_rocksdb.py).",
     ])
     print(body)
     if not args.no_write:
