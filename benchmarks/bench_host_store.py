@@ -1,6 +1,6 @@
 """Host tier of the embedding store: keys/s of EmbeddingStore.lookup against numpy and a dict.
 
-Tables of 1M rows at dim 32, 64, 128 (fp32), and 10M rows at dim 32; 1M keys per call, uniform and
+Tables of 1M and 10M rows at dim 32, 64, 128 (fp32); 1M keys per call, uniform and
 Zipf(1.05) over the table's keys; 1 and 2 threads. Baselines, measured in the same run on the same
 keys: sorted keys + np.searchsorted + take (the simplest honest numpy lookup) and a Python dict of
 key -> row index followed by a take. Every result is checked against the baseline's rows. Also the
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from embedding_cache import EmbeddingStore, build_store
 
     rng = np.random.default_rng(0)
-    configs = [(1_000_000, 32), (1_000_000, 64), (1_000_000, 128)] + ([] if args.no_large else [(10_000_000, 32)])
+    configs = [(1_000_000, 32), (1_000_000, 64), (1_000_000, 128)] + ([] if args.no_large else [(10_000_000, 32), (10_000_000, 64), (10_000_000, 128)])
     lines = []
     verdicts = []
     checks = True
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {n_rows:,} | {dim} | {dist} | {threads} | {rate / 1e6:.1f} | {rate * dim * 4 / 1e9:.2f} | "
                     f"{args.keys / numpy_s / 1e6:.1f} | {'-' if np.isnan(dict_s) else f'{args.keys / dict_s / 1e6:.2f}'} | {numpy_s / ours:.1f}x |"
                 )
-                if dim == 64 and threads == 2 and dist == "zipf" and n_rows == 1_000_000:
-                    verdicts.append(f"- >= 20 M keys/s at dim 64, 2 threads, Zipf (1M rows): {rate / 1e6:.1f} M keys/s, {'met' if rate >= 20e6 else 'MISSED'}")
+                if dim == 64 and threads == 2 and dist == "zipf":
+                    verdicts.append(f"- >= 20 M keys/s at dim 64, 2 threads, Zipf ({n_rows:,} rows): {rate / 1e6:.1f} M keys/s, {'met' if rate >= 20e6 else 'MISSED'}")
                     verdicts.append(f"- numpy baseline beaten >= 5x there: {numpy_s / ours:.1f}x, {'met' if numpy_s / ours >= 5 else 'MISSED'}")
             memory = store.stats()["t"]["tiers"]["host"]["bytes"]
             store.close()

@@ -320,3 +320,41 @@ def test_build_from_a_torch_module_and_state_dict(tmp_path):
         build_store_from_state_dict(tmp_path / "x", model.state_dict(), {"d": "dense.bias"})
     with pytest.raises(KeyError, match="no 'nope.weight'"):
         build_store_from_state_dict(tmp_path / "x", model.state_dict(), {"d": "nope.weight"})
+
+
+def test_lookups_release_the_gil(tmp_path):
+    """While lookups run in one thread, Python code runs in another at close to full speed."""
+    import time
+
+    n, dim = 200_000, 64
+    path = build_store(tmp_path / "s", {"t": (np.arange(n), np.zeros((n, dim)))})
+    keys = np.random.default_rng(0).integers(0, n, 1_000_000)
+    out = np.empty((keys.size, dim), np.float32)
+
+    def spin(seconds):
+        count, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            count += 1
+        return count
+
+    with EmbeddingStore(path, threads=1) as store:
+        start = time.perf_counter()
+        store.lookup("t", keys, out=out)
+        per_call = time.perf_counter() - start
+        alone = spin(0.3)
+        started, stop = threading.Event(), threading.Event()
+
+        def look():
+            store.lookup("t", keys, out=out)
+            started.set()
+            while not stop.is_set():
+                store.lookup("t", keys, out=out)
+
+        worker = threading.Thread(target=look)
+        worker.start()
+        started.wait()
+        beside = spin(0.3)  # the worker is inside its lookup loop for the whole spin
+        stop.set()
+        worker.join()
+    assert per_call > 0.02  # long enough that a held GIL would starve the spinner
+    assert beside > 0.3 * alone, (beside, alone)
