@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <utility>
 
 #include "host_store/host_table.hpp"
 #include "host_store/thread_pool.hpp"
@@ -23,6 +24,17 @@ py::array_t<T> require(const py::handle& obj, const char* name, int ndim, bool w
   }
   if (writeable && !array.writeable()) throw py::value_error(std::string(name) + ": expected a writeable array");
   return py::reinterpret_borrow<py::array_t<T>>(obj);
+}
+
+/// Keys (n,) int64 and rows (n, dim) float32 for a table, both C-contiguous, or a named error.
+std::pair<py::array_t<int64_t>, py::array_t<float>> require_keys_rows(const HostTable& table, const py::handle& keys_obj,
+                                                                      const py::handle& rows_obj) {
+  auto keys = require<int64_t>(keys_obj, "keys", 1);
+  auto rows = require<float>(rows_obj, "rows", 2);
+  if (rows.shape(0) != keys.shape(0) || rows.shape(1) != table.dim()) {
+    throw py::value_error("rows: expected shape (" + std::to_string(keys.shape(0)) + ", " + std::to_string(table.dim()) + ")");
+  }
+  return {keys, rows};
 }
 
 }  // namespace
@@ -50,12 +62,7 @@ void bind_host_store(py::module_& m) {
       .def(
           "insert_or_assign",
           [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
-            auto keys = require<int64_t>(keys_obj, "keys", 1);
-            auto rows = require<float>(rows_obj, "rows", 2);
-            if (rows.shape(0) != keys.shape(0) || rows.shape(1) != table.dim()) {
-              throw py::value_error("rows: expected shape (" + std::to_string(keys.shape(0)) + ", " +
-                                    std::to_string(table.dim()) + ")");
-            }
+            auto [keys, rows] = require_keys_rows(table, keys_obj, rows_obj);
             const int64_t n = keys.shape(0);
             py::gil_scoped_release release;
             table.insert_or_assign(keys.data(), rows.data(), n);
@@ -65,9 +72,7 @@ void bind_host_store(py::module_& m) {
       .def(
           "assign_if_present",
           [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
-            auto keys = require<int64_t>(keys_obj, "keys", 1);
-            auto rows = require<float>(rows_obj, "rows", 2);
-            if (rows.shape(0) != keys.shape(0) || rows.shape(1) != table.dim()) throw py::value_error("rows: expected shape (n, dim)");
+            auto [keys, rows] = require_keys_rows(table, keys_obj, rows_obj);
             const int64_t n = keys.shape(0);
             py::gil_scoped_release release;
             table.assign_if_present(keys.data(), rows.data(), n);
@@ -76,9 +81,7 @@ void bind_host_store(py::module_& m) {
       .def(
           "admit",
           [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
-            auto keys = require<int64_t>(keys_obj, "keys", 1);
-            auto rows = require<float>(rows_obj, "rows", 2);
-            if (rows.shape(0) != keys.shape(0) || rows.shape(1) != table.dim()) throw py::value_error("rows: expected shape (n, dim)");
+            auto [keys, rows] = require_keys_rows(table, keys_obj, rows_obj);
             const int64_t n = keys.shape(0);
             py::gil_scoped_release release;
             return table.admit(keys.data(), rows.data(), n);
