@@ -14,29 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, write_section  # noqa: E402
+from common import best_seconds, header, write_section  # noqa: E402
 
 
 def _zipf_ranks(n_rows: int, n_keys: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
     weights = np.arange(1, n_rows + 1, dtype=np.float64) ** -alpha
     cdf = np.cumsum(weights)
     return np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n_keys)), n_rows - 1)
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             for dist in ("uniform", "zipf"):
                 ranks = rng.integers(0, n_rows, args.keys) if dist == "uniform" else _zipf_ranks(n_rows, args.keys, 1.05, rng)
                 query = keys[ranks]
-                ours = _best(lambda: store.lookup("t", query, out=out), args.repeats)
+                ours = best_seconds(lambda: store.lookup("t", query, out=out), args.repeats)
                 checks &= bool(np.array_equal(out, rows[ranks]))
                 if threads == 1:
-                    numpy_s = _best(lambda: rows[order[np.searchsorted(sorted_keys, query)]], args.repeats)
-                    dict_s = _best(lambda: rows[np.fromiter((lookup_dict[k] for k in query.tolist()), np.int64, query.size)], 1) if lookup_dict else float("nan")
+                    numpy_s = best_seconds(lambda: rows[order[np.searchsorted(sorted_keys, query)]], args.repeats)
+                    dict_s = best_seconds(lambda: rows[np.fromiter((lookup_dict[k] for k in query.tolist()), np.int64, query.size)], 1) if lookup_dict else float("nan")
                     baseline = (numpy_s, dict_s)
                 numpy_s, dict_s = baseline
                 rate = args.keys / ours

@@ -14,23 +14,12 @@ import argparse
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, write_section  # noqa: E402
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from common import best_seconds, header, write_section  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
             out = np.empty((args.keys, args.dim), np.float32)
             found = np.empty(args.keys, np.uint8)
-            t_direct = _best(via_rocksdict, 3)
-            t_tier = _best(lambda: tier.multi_get(0, query, out, found), 3)
+            t_direct = best_seconds(via_rocksdict, 3)
+            t_tier = best_seconds(lambda: tier.multi_get(0, query, out, found), 3)
             checks &= bool(np.array_equal(out, expected))
-            t_store = _best(lambda: store.lookup("t", query), 3)
+            t_store = best_seconds(lambda: store.lookup("t", query), 3)
             checks &= bool(np.array_equal(store.lookup("t", query), expected)) and bool(np.array_equal(via_rocksdict(), expected))
             for label, seconds in (("rocksdict multi-get (direct)", t_direct), ("tritonrec tier MultiGet", t_tier), ("tritonrec EmbeddingStore.lookup, 1-row host budget", t_store)):
                 lines.append(f"| {dist} | {label} | {args.keys / seconds / 1e6:.2f} | {seconds / t_direct:.2f} |")

@@ -68,6 +68,17 @@ def time_calls(fn: Callable[[], object], min_calls: int, min_seconds: float) -> 
     return np.asarray(times)
 
 
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn``, in seconds, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def write_section(name: str, body: str) -> None:
     """Replaces (or appends) the section ``name`` of RESULTS.md, between marker comments."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -56,17 +55,8 @@ def criteo_small(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def start_server() -> Iterator[Callable[..., contextlib.AbstractContextManager]]:
+def start_server() -> Callable[..., contextlib.AbstractContextManager]:
     """Factory: ``with start_server(repo) as server:`` runs a real tritonserver, stopped after."""
-    from tritonrec.serve import TritonServer
+    from tritonrec.serve import running_server
 
-    @contextlib.contextmanager
-    def run(repository: Path, **kwargs: object) -> Iterator[TritonServer]:
-        server = TritonServer(repository, **kwargs)  # type: ignore[arg-type]
-        server.start(timeout_s=120)
-        try:
-            yield server
-        finally:
-            server.stop()
-
-    yield run
+    return running_server

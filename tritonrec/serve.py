@@ -333,12 +333,6 @@ class TritonServer:
                 process.wait()
         return process.returncode
 
-    def wait(self) -> int:
-        """Blocks until the server exits; returns its exit code."""
-        if self._process is None:
-            raise ServerError("the server is not running")
-        return self._process.wait()
-
     def __enter__(self) -> TritonServer:
         return self.start()
 

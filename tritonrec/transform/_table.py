@@ -123,11 +123,6 @@ class KeyTable:
         """Number of slots."""
         return int(self.slots.shape[0])
 
-    @property
-    def nbytes(self) -> int:
-        """Memory of the table in bytes."""
-        return int(self.slots.nbytes)
-
     def to(self, xp: Any) -> KeyTable:
         """A copy of this table whose slots live in the memory of array module ``xp``."""
         return KeyTable(xp.asarray(self.slots), self.max_probe, xp, native=None if xp is np else False)
