@@ -16,6 +16,7 @@ from embedding_cache.store import (
     build_store,
     build_store_from_parquet,
     build_store_from_state_dict,
+    read_store_info,
 )
 
 __version__: str = _core.__version__
@@ -51,4 +52,5 @@ __all__ = [
     "cuda_device_count",
     "cuda_device_status",
     "has_cuda",
+    "read_store_info",
 ]

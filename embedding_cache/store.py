@@ -297,6 +297,32 @@ def build_store_from_state_dict(
     return build_store(path, arrays, **options)
 
 
+def read_store_info(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[TableInfo]]:
+    """A store's metadata and tables from its manifest, without loading any rows.
+
+    Returns:
+        ``(metadata, tables)``: the free-form metadata given to :func:`build_store`, and per
+        table its name, rows at build time, dim, dtype and missing-key policy.
+
+    Raises:
+        StoreFormatError: no store at ``path``, or a damaged manifest.
+    """
+    manifest_path = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise StoreFormatError(f"{manifest_path}: not a tritonrec embedding store manifest")
+        tables = [
+            TableInfo(e["name"], int(e["rows"]), int(e["dim"]), e["dtype"], e.get("missing", {"policy": "zeros"})["policy"])
+            for e in manifest["tables"]
+        ]
+        return dict(manifest.get("metadata", {})), tables
+    except FileNotFoundError:
+        raise StoreFormatError(f"{manifest_path}: no such file: {path} is not an embedding store") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise StoreFormatError(f"{manifest_path}: damaged ({type(e).__name__}: {e})") from None
+
+
 # ------------------------------------------------------------------------------------- the store
 class EmbeddingStore:
     """An opened store: batched lookups, online updates and erases, per-tier statistics.
@@ -430,13 +456,22 @@ class EmbeddingStore:
         except KeyError:
             raise KeyError(f"no table {name!r} in {self.path}: tables are {sorted(self._tables)}") from None
 
-    def lookup(self, table: str, keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def lookup(
+        self,
+        table: str,
+        keys: np.ndarray,
+        out: np.ndarray | None = None,
+        missing: MissingPolicy | None = None,
+        found: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Rows of ``keys`` in ``table``, float32 (n, dim), host memory; the GIL is released.
 
         Args:
             table: table name.
             keys: int64 (n,) host array (any integer dtype that fits int64 is accepted).
             out: optional preallocated C-contiguous float32 (n, dim) array to write into.
+            missing: a policy for this call instead of the table's (see :meth:`MissingPolicy.parse`).
+            found: optional C-contiguous uint8 (n,) array: set to 1 where the key exists in some tier.
 
         Returns:
             ``out`` (or a new array): the true row of every key present; for absent keys, the
@@ -459,12 +494,15 @@ class EmbeddingStore:
                 raise ValueError(f"out: expected shape ({keys.shape[0]}, {dim}), got {out.shape}")
             if not out.flags.c_contiguous or not out.flags.writeable:
                 raise ValueError("out: expected a C-contiguous, writeable array")
-        found = np.empty(keys.shape[0], dtype=np.uint8)
+        if found is None:
+            found = np.empty(keys.shape[0], dtype=np.uint8)
+        elif not isinstance(found, np.ndarray) or found.dtype != np.uint8 or found.shape != keys.shape or not found.flags.c_contiguous:
+            raise ValueError(f"found: expected a C-contiguous uint8 array of shape {keys.shape}")
         hits = host.find(keys, out, found, self._pool)
         if hits != keys.shape[0] and self._tier is not None and host.max_rows:
             hits += self._read_through(table, host, keys, out, found)
         if hits != keys.shape[0]:
-            policy = self._policies[table]
+            policy = self._policies[table] if missing is None else missing
             if policy.policy == "vector":
                 out[found == 0] = np.asarray(policy.vector, dtype=np.float32)
             elif policy.policy == "error":

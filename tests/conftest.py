@@ -60,3 +60,30 @@ def start_server() -> Callable[..., contextlib.AbstractContextManager]:
     from tritonrec.serve import running_server
 
     return running_server
+
+
+@pytest.fixture(scope="session")
+def criteo_trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small trained pipeline: workflow, plan, DLRM, its store and scorer, and held-out rows.
+
+    Keys: pipeline (a TrainedPipeline), held_out (raw columns and label, 2000 rows), dense and
+    ids (the held-out rows' features), expected (the DLRM's offline probabilities, float32 (n,)).
+    """
+    from tritonrec.pipeline.synthetic import LABEL
+    from tritonrec.pipeline.train import plan_features, train_pipeline
+    from tritonrec.scorer.dlrm import DLRMConfig, TrainOptions, predict
+
+    generator = CriteoGenerator(SMALL_SHAPE)
+    train = generator.sample(20_000, seed=21)
+    held = generator.sample(2_000, seed=22)
+    pipeline = train_pipeline(
+        tmp_path_factory.mktemp("trained"), train, dlrm_config=DLRMConfig(), train_options=TrainOptions(epochs=1, threads=2)
+    )
+    dense, ids = plan_features(pipeline.plan, held)
+    return {
+        "pipeline": pipeline,
+        "held_out": {c: held[c] for c in [*CONTINUOUS, *CATEGORICAL, LABEL]},
+        "dense": dense,
+        "ids": ids,
+        "expected": predict(pipeline.model, dense, ids),
+    }

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import string
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tritonrec.transform.plan import TransformPlan
 from tritonrec.transform.serving import LAYOUTS, TensorSpec, TransformModel
@@ -50,6 +56,7 @@ def export_transform(
     max_batch_size: int = 16384,
     instance_count: int = 1,
     max_queue_delay_us: int = 0,
+    output_layout: str | None = None,
 ) -> Path:
     """Writes a transform model into a Triton model repository.
 
@@ -62,6 +69,7 @@ def export_transform(
         max_batch_size: the most rows per request (Triton's ``max_batch_size``).
         instance_count: CPU instances of the model.
         max_queue_delay_us: dynamic batcher's queue delay in microseconds.
+        output_layout: layout of the outputs (default: ``layout``).
 
     Returns:
         The model directory ``repository/name``.
@@ -69,18 +77,17 @@ def export_transform(
     Raises:
         ValueError: a bad layout, name or size. UnsupportedOpError: the workflow cannot be compiled.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"model name {name!r}: expected a plain directory name")
+    output_layout = output_layout or layout
+    for what, value in (("layout", layout), ("output_layout", output_layout)):
+        if value not in LAYOUTS:
+            raise ValueError(f"{what} {value!r}: expected one of {LAYOUTS}")
+    _check_name(name)
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size {max_batch_size}: expected >= 1")
     plan = load_or_compile(workflow)
-    model = TransformModel(plan, layout, max_batch_size)
+    model = TransformModel(plan, layout, max_batch_size, output_layout)
     model_dir = Path(repository) / name
-    version_dir = model_dir / str(next_version(model_dir))
-    version_dir.mkdir(parents=True)
-    try:
+    with _new_version(model_dir) as version_dir:
         plan.save(version_dir / "plan")
         config = render_template(
             "nvtabular_transform",
@@ -91,13 +98,28 @@ def export_transform(
             instance_count=instance_count,
             max_queue_delay_us=max_queue_delay_us,
             layout=layout,
+            output_layout=output_layout,
             fingerprint=plan.fingerprint,
         )
         (model_dir / "config.pbtxt").write_text(config)
+    return model_dir
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"model name {name!r}: expected a plain directory name")
+
+
+@contextlib.contextmanager
+def _new_version(model_dir: Path) -> Iterator[Path]:
+    """Creates ``model_dir/<N+1>``; removes it again if the block fails."""
+    version_dir = model_dir / str(next_version(model_dir))
+    version_dir.mkdir(parents=True)
+    try:
+        yield version_dir
     except BaseException:
         shutil.rmtree(version_dir, ignore_errors=True)
         raise
-    return model_dir
 
 
 def load_or_compile(source: Any) -> TransformPlan:
@@ -109,3 +131,244 @@ def load_or_compile(source: Any) -> TransformPlan:
     from tritonrec.transform.compile import compile_workflow  # noqa: PLC0415 - needs nvtabular
 
     return compile_workflow(source)
+
+
+# ------------------------------------------------------------------------------------- ensembles
+@dataclasses.dataclass(frozen=True)
+class ServedScorer:
+    """A scoring model the user already serves from the same model repository (any Triton model:
+    TensorFlow SavedModel, TorchScript on the pytorch backend, ONNX, TensorRT, Python...).
+
+    Attributes:
+        model: its name in the repository (``<repository>/<model>/config.pbtxt`` must exist).
+        dense_input: its input that takes the dense features, FP32 [batch, n_dense].
+        embeddings_input: its input that takes the embeddings, FP32 [batch, n_tables, dim].
+        output: its output holding the probability, FP32 [batch, 1].
+        version: the version the ensemble calls (-1: the latest).
+    """
+
+    model: str
+    dense_input: str
+    embeddings_input: str
+    output: str
+    version: int = -1
+
+
+def _config_tensors(config_path: Path) -> tuple[list[TensorSpec], list[TensorSpec], int]:
+    """Inputs, outputs and max_batch_size of a config.pbtxt (dims without the batch dim)."""
+    from google.protobuf import text_format  # noqa: PLC0415
+    from tritonclient.grpc import model_config_pb2  # noqa: PLC0415
+
+    try:
+        config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{config_path}: no such file (the scoring model must be in the repository)") from None
+    except text_format.ParseError as e:
+        raise ValueError(f"{config_path}: not a valid model configuration ({e})") from None
+
+    def specs(tensors: Any) -> list[TensorSpec]:
+        out = []
+        for t in tensors:
+            name = model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_")
+            dtype = np.dtype(_TRITON_TO_NUMPY.get(name, "object"))
+            dims = tuple(int(d) for d in t.dims)
+            if config.max_batch_size == 0 and dims:
+                dims = dims[1:]  # no batching: the first dim is the batch
+            out.append(TensorSpec(t.name, dtype, dims))
+        return out
+
+    return specs(config.input), specs(config.output), int(config.max_batch_size)
+
+
+_TRITON_TO_NUMPY = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32", "BOOL": "bool"}
+
+
+def export_ensemble(
+    workflow: Any,
+    store: str | os.PathLike[str],
+    scorer: str | os.PathLike[str] | ServedScorer,
+    repository: str | os.PathLike[str],
+    name: str,
+    *,
+    layout: str = "packed",
+    max_batch_size: int = 16384,
+    instance_count: int = 1,
+    max_queue_delay_us: int = 0,
+    host_budget_bytes: int | None = None,
+    missing_key_policy: str = "store",
+    lookup_threads: int | None = None,
+    scorer_threads: int | None = None,
+    scorer_kind: str = "KIND_CPU",
+) -> Path:
+    """Writes transform -> embedding lookup -> scorer as one Triton ensemble.
+
+    Models written (each under a new version directory N+1; the ensemble pins those versions):
+    ``<name>_transform`` (nvtabular_transform; ``layout`` inputs, packed outputs ``OUTPUT_INT64``
+    ids [batch, n_tables] and ``OUTPUT_FP32`` dense [batch, n_dense]), ``<name>_embeddings``
+    (embedding_lookup; a copy of the store), ``<name>_scorer`` (torch_scorer; a copy of the
+    scorer; not written for a :class:`ServedScorer`), and ``<name>`` (the ensemble: the
+    transform's inputs in -> ``probability`` FP32 [batch, 1] out).
+
+    Args:
+        workflow: a fitted workflow, its directory, a :class:`TransformPlan` or a plan directory.
+        store: an embedding store directory whose tables are the plan's categorical output
+            columns, recording the plan's fingerprint and table sizes (``metadata``).
+        scorer: a tritonrec scorer directory (see :mod:`tritonrec.scorer.artifact`), or a
+            :class:`ServedScorer` already in ``repository``.
+        repository: the model repository.
+        name: the ensemble's name.
+        layout: the ensemble's input layout, ``"per-column"`` or ``"packed"``.
+        host_budget_bytes: host memory for a store with a RocksDB tier (None: all rows in memory).
+        missing_key_policy: ``"store"``, ``"zeros"`` or ``"error"`` for ids no tier holds.
+        scorer_kind: ``"KIND_CPU"`` or ``"KIND_GPU"`` instances of the torch scorer.
+
+    Returns:
+        The ensemble's model directory.
+
+    Raises:
+        FingerprintMismatchError: the store or scorer was trained against another plan (names both).
+        ValueError: tensors that do not chain (names the tensor, dtype and dims), tables or
+            sizes that differ from the plan's, bad options.
+        StoreFormatError, ScorerFormatError, FileNotFoundError: unreadable parts.
+    """
+    from embedding_cache import read_store_info  # noqa: PLC0415
+    from tritonrec.embeddings import MISSING_CHOICES, check_fingerprint  # noqa: PLC0415
+    from tritonrec.scorer.artifact import ScorerInfo, check_scorer_tensors, read_scorer_info  # noqa: PLC0415
+
+    _check_name(name)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
+    if missing_key_policy not in MISSING_CHOICES:
+        raise ValueError(f"missing_key_policy {missing_key_policy!r}: expected one of {MISSING_CHOICES}")
+    if scorer_kind not in ("KIND_CPU", "KIND_GPU"):
+        raise ValueError(f"scorer_kind {scorer_kind!r}: expected KIND_CPU or KIND_GPU")
+    repository = Path(repository)
+    plan = load_or_compile(workflow)
+
+    # The transform's packed outputs: ids (every int64 output a Categorify code) and dense floats.
+    codes = plan.categorical_codes()
+    other = sorted(set(plan.packed_outputs) - {"int64", "float32"})
+    if other:
+        raise ValueError(f"the plan outputs columns of dtype {other}: the ensemble passes only int64 ids and float32 dense features")
+    tables = plan.packed_outputs.get("int64", [])
+    not_ids = [c for c in tables if c not in codes]
+    if not_ids:
+        raise ValueError(f"int64 output column(s) {not_ids} are not Categorify codes: the ensemble looks every int64 output up as an id")
+    if not tables:
+        raise ValueError("the plan has no Categorify output: nothing to look up")
+    n_dense = len(plan.packed_outputs.get("float32", []))
+    sizes = {c: codes[c][0] for c in tables}
+
+    # The store: trained against this plan, one table per id column with the plan's size.
+    metadata, store_tables = read_store_info(store)
+    check_fingerprint(f"embedding store {store}", metadata.get("plan_fingerprint"), plan.fingerprint)
+    by_name = {t.name: t for t in store_tables}
+    absent = [c for c in tables if c not in by_name]
+    if absent:
+        raise ValueError(f"embedding store {store} has no table(s) {absent} (it has {sorted(by_name)})")
+    recorded = metadata.get("table_sizes", {})
+    for column in tables:
+        if int(recorded.get(column, -1)) != sizes[column]:
+            raise ValueError(
+                f"embedding store {store}: table {column!r} was built for {recorded.get(column)} codes; the plan encodes {sizes[column]}"
+            )
+    dims = {by_name[c].dim for c in tables}
+    if len(dims) != 1:
+        raise ValueError(f"embedding store {store}: the id tables have different dims {sorted(dims)}")
+    dim = dims.pop()
+    ids_spec = TensorSpec("ids", np.dtype(np.int64), (len(tables),))
+    dense_spec = TensorSpec("dense", np.dtype(np.float32), (n_dense,))
+    embeddings_spec = TensorSpec("embeddings", np.dtype(np.float32), (len(tables), dim))
+
+    # The scorer: its inputs must take exactly these tensors.
+    if isinstance(scorer, ServedScorer):
+        _check_name(scorer.model)
+        inputs, outputs, _ = _config_tensors(repository / scorer.model / "config.pbtxt")
+        what = f"scoring model {scorer.model!r}"
+        check_scorer_tensors(inputs, [dataclasses.replace(dense_spec, name=scorer.dense_input), dataclasses.replace(embeddings_spec, name=scorer.embeddings_input)], what)
+        check_scorer_tensors(outputs, [TensorSpec(scorer.output, np.dtype(np.float32), (1,))], what)
+        scorer_name, scorer_version = scorer.model, scorer.version
+        dense_input, embeddings_input, scorer_output = scorer.dense_input, scorer.embeddings_input, scorer.output
+    else:
+        info: ScorerInfo = read_scorer_info(scorer)
+        check_fingerprint(f"scorer {scorer}", info.plan_fingerprint, plan.fingerprint)
+        if list(info.tables) != tables:
+            raise ValueError(f"scorer {scorer} takes embeddings of tables {list(info.tables)}; the plan's ids are {tables}")
+        for column in tables:
+            if int(info.table_sizes.get(column, -1)) != sizes[column]:
+                raise ValueError(f"scorer {scorer}: table {column!r} was trained with {info.table_sizes.get(column)} codes; the plan encodes {sizes[column]}")
+        what = f"scorer {scorer}"
+        check_scorer_tensors(info.inputs, [dataclasses.replace(dense_spec, name=info.dense_input), dataclasses.replace(embeddings_spec, name=info.embeddings_input)], what)
+        scorer_name, scorer_version = f"{name}_scorer", None
+        dense_input, embeddings_input, scorer_output = info.dense_input, info.embeddings_input, info.output
+    _check_name(f"{name}_transform")
+
+    transform_dir = export_transform(
+        plan, repository, f"{name}_transform", layout=layout, max_batch_size=max_batch_size,
+        instance_count=instance_count, max_queue_delay_us=max_queue_delay_us, output_layout="packed",
+    )
+    transform_version = next_version(transform_dir) - 1
+    written = [transform_dir / str(transform_version)]
+    try:
+        embeddings_dir = repository / f"{name}_embeddings"
+        with _new_version(embeddings_dir) as version_dir:
+            _copy_tree(Path(store), version_dir / "store")
+            (embeddings_dir / "config.pbtxt").write_text(render_template(
+                "embedding_lookup", name=f"{name}_embeddings", max_batch_size=max_batch_size, n_tables=len(tables),
+                dim=dim, instance_count=instance_count, max_queue_delay_us=max_queue_delay_us, store="store",
+                tables=",".join(tables), missing_key_policy=missing_key_policy,
+                host_budget_bytes="" if host_budget_bytes is None else int(host_budget_bytes),
+                threads="" if lookup_threads is None else int(lookup_threads), fingerprint=plan.fingerprint,
+            ))
+        embeddings_version = int(version_dir.name)
+        written.append(version_dir)
+        if scorer_version is None:
+            scorer_dir = repository / scorer_name
+            with _new_version(scorer_dir) as version_dir:
+                _copy_tree(Path(scorer), version_dir / "scorer")
+                (scorer_dir / "config.pbtxt").write_text(render_template(
+                    "torch_scorer", name=scorer_name, max_batch_size=max_batch_size, dense_input=dense_input,
+                    embeddings_input=embeddings_input, output=scorer_output, n_dense=n_dense, n_tables=len(tables), dim=dim,
+                    instance_count=instance_count, instance_kind=scorer_kind, max_queue_delay_us=max_queue_delay_us,
+                    threads="" if scorer_threads is None else int(scorer_threads), fingerprint=plan.fingerprint,
+                ))
+            scorer_version = int(version_dir.name)
+            written.append(version_dir)
+        transform = TransformModel(plan, layout, max_batch_size, "packed")
+        ensemble_dir = repository / name
+        with _new_version(ensemble_dir):
+            transform_inputs = "\n".join(
+                f'      input_map {{ key: "{s.name}" value: "{s.name}" }}' for s in transform.inputs
+            )
+            packed_inputs = json.dumps(plan.packed_inputs, separators=(",", ":")).replace('"', '\\"')
+            (ensemble_dir / "config.pbtxt").write_text(render_template(
+                "ensemble", name=name, max_batch_size=max_batch_size, inputs=tensor_block("input", transform.inputs),
+                transform=transform_dir.name, transform_version=transform_version, transform_inputs=transform_inputs,
+                embeddings=embeddings_dir.name, embeddings_version=embeddings_version,
+                scorer=scorer_name, scorer_version=scorer_version, dense_input=dense_input,
+                embeddings_input=embeddings_input, scorer_output=scorer_output,
+                fingerprint=plan.fingerprint, layout=layout, packed_inputs=packed_inputs,
+            ))
+    except BaseException:
+        for version_dir in written:
+            shutil.rmtree(version_dir, ignore_errors=True)
+        raise
+    return ensemble_dir
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copies a directory; ``.npy`` files (never written after a store is built) are hard-linked
+    where the filesystem allows, everything else (RocksDB's files change in place) is copied."""
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such directory")
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if src.endswith(".npy"):
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                pass
+        shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy)

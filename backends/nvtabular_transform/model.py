@@ -2,7 +2,9 @@
 
 A model selects it with ``backend: "nvtabular_transform"``; the plan lives in the model version
 directory (``<model>/<version>/plan`` unless the ``plan`` parameter names another path). Parameters:
-``layout`` (``per-column`` or ``packed``) and ``plan``. All logic is in
+``layout`` (inputs: ``per-column`` or ``packed``), ``output_layout`` (default: ``layout``), ``plan``,
+and ``plan_fingerprint`` (when set, the plan must have it). Metrics: ``tritonrec_transform_rows_total``
+and ``tritonrec_transform_oov_total`` (see :mod:`tritonrec.triton_metrics`). All logic is in
 :class:`tritonrec.transform.serving.TransformModel`; this file moves tensors by DLPack.
 """
 
@@ -14,14 +16,13 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
+from tritonrec.model_config import ConfigError, check_declared_tensors
+from tritonrec.model_config import parameter as _parameter
 from tritonrec.transform.plan import PlanLoadError
 from tritonrec.transform.serving import TransformModel
+from tritonrec.triton_metrics import TransformMetrics
 from tritonrec.triton_tensors import input_array, output_tensor
-
-
-def _parameter(config: dict, key: str, default: str) -> str:
-    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
-    return value or default
 
 
 class TritonPythonModel:
@@ -34,7 +35,7 @@ class TritonPythonModel:
             # resolved in initialize(), and the exported config.pbtxt lists the tensors itself.
             return auto_complete_model_config
         layout = _parameter(config, "layout", "per-column")
-        model = TransformModel.from_directory(plan_parameter, layout)
+        model = TransformModel.from_directory(plan_parameter, layout, output_layout=_parameter(config, "output_layout", layout))
         if not config.get("input"):
             for spec in model.inputs:
                 auto_complete_model_config.add_input({"name": spec.name, "data_type": f"TYPE_{spec.triton_dtype}", "dims": list(spec.dims)})
@@ -55,31 +56,17 @@ class TritonPythonModel:
         if not plan_dir.is_absolute():
             plan_dir = version_dir / plan_dir
         layout = _parameter(config, "layout", "per-column")
+        output_layout = _parameter(config, "output_layout", layout)
         try:
-            self.model = TransformModel.from_directory(plan_dir, layout, int(config.get("max_batch_size", 0)))
-        except (PlanLoadError, ValueError) as e:
+            self.model = TransformModel.from_directory(plan_dir, layout, int(config.get("max_batch_size", 0)), output_layout)
+            check_fingerprint("parameter plan_fingerprint of config.pbtxt", _parameter(config, "plan_fingerprint", self.model.plan.fingerprint), self.model.plan.fingerprint)
+            what = f"the plan ({layout} inputs, {output_layout} outputs)"
+            check_declared_tensors(config, "input", self.model.inputs, what)
+            check_declared_tensors(config, "output", self.model.outputs, what)
+        except (PlanLoadError, ConfigError, FingerprintMismatchError, ValueError) as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
-        self._check_config(name, config)
         self.output_names = [spec.name for spec in self.model.outputs]
-
-    def _check_config(self, name, config):
-        """The tensors in config.pbtxt must be the plan's, name for name, dtype and dims."""
-        for field, specs in (("input", self.model.inputs), ("output", self.model.outputs)):
-            declared = {t["name"]: t for t in config.get(field, [])}
-            expected = {s.name: s for s in specs}
-            if set(declared) != set(expected):
-                raise pb_utils.TritonModelException(
-                    f"model '{name}': config {field}s {sorted(declared)} differ from the plan's "
-                    f"{sorted(expected)} (layout {self.model.layout!r})"
-                )
-            for tensor_name, spec in expected.items():
-                got = declared[tensor_name]
-                dims = [int(d) for d in got.get("dims", [])]
-                if got["data_type"] != f"TYPE_{spec.triton_dtype}" or dims != list(spec.dims):
-                    raise pb_utils.TritonModelException(
-                        f"model '{name}': {field} '{tensor_name}' is {got['data_type']} {dims} in config.pbtxt; "
-                        f"the plan needs TYPE_{spec.triton_dtype} {list(spec.dims)}"
-                    )
+        self.metrics = TransformMetrics(pb_utils, name, list(self.model.oov_total))
 
     def execute(self, requests):
         # request.inputs() once per request: get_input_tensor_by_name would rebuild it per input.
@@ -96,4 +83,5 @@ class TritonPythonModel:
                 continue
             outputs = [output_tensor(pb_utils, name, result[name]) for name in self.output_names]
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        self.metrics.record(self.model.rows_total, self.model.oov_total)
         return responses

@@ -13,14 +13,17 @@ import numpy as np
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
 
 
-def criteo_workflow(continuous: list[str] = CONTINUOUS, categorical: list[str] = CATEGORICAL) -> Any:
+def criteo_workflow(
+    continuous: list[str] = CONTINUOUS, categorical: list[str] = CATEGORICAL, freq_threshold: int = 0
+) -> Any:
     """An unfitted workflow: continuous FillMissing >> Clip(0) >> LogOp >> Normalize(float32);
-    categorical Categorify."""
+    categorical Categorify (values seen fewer than ``freq_threshold`` times while fitting are
+    encoded out of vocabulary)."""
     import nvtabular as nvt  # noqa: PLC0415
     from nvtabular import ops  # noqa: PLC0415
 
     dense = continuous >> ops.FillMissing() >> ops.Clip(min_value=0) >> ops.LogOp() >> ops.Normalize(out_dtype=np.float32)
-    cats = categorical >> ops.Categorify()
+    cats = categorical >> (ops.Categorify(freq_threshold=freq_threshold) if freq_threshold else ops.Categorify())
     return nvt.Workflow(dense + cats)
 
 

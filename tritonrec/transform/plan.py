@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.transform.steps import IncompatibleStepError, Step, step_from_manifest
+from tritonrec.transform.steps import Categorify, IncompatibleStepError, Step, step_from_manifest
 
 PLAN_FORMAT_VERSION = 1
 """Version of the plan directory layout; a plan of another version is refused at load."""
@@ -169,6 +169,20 @@ class TransformPlan:
             self._group_packed_out.append(
                 (out_dtype, slice(int(out_idx[0]), int(out_idx[-1]) + 1) if contiguous else out_idx)
             )
+
+    # ------------------------------------------------------------------------------ categorical
+    def categorical_codes(self) -> dict[str, tuple[int, int, int]]:
+        """Output columns encoded by Categorify, in output order: name -> ``(cardinality,
+        oov_first, oov_end)``. ``cardinality`` is the embedding table size a model needs (codes
+        ``0 .. cardinality-1``); codes in ``[oov_first, oov_end)`` are out-of-vocabulary values."""
+
+        found = {}
+        for group in self.groups:
+            encoders = [s for s in group.steps if isinstance(s, Categorify)]
+            if encoders:
+                for name, ranges in zip(group.outputs, encoders[-1].code_ranges()):
+                    found[name] = ranges
+        return {c.name: found[c.name] for c in self.output_schema if c.name in found}
 
     # ------------------------------------------------------------------------------ fingerprint
     def _compute_fingerprint(self) -> str:

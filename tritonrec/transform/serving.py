@@ -54,34 +54,69 @@ class TransformModel:
     dtype, ``INPUT_<TYPE>`` [batch, k], columns in ``plan.packed_inputs`` order; outputs
     ``OUTPUT_<TYPE>`` [batch, k] in ``plan.packed_outputs`` order.
 
+    The output layout may differ from the input layout (``output_layout``): an ensemble takes
+    either input layout and passes packed tensors to its next step.
+
     Args:
         plan: the compiled transform.
-        layout: ``"per-column"`` or ``"packed"``.
+        layout: input layout, ``"per-column"`` or ``"packed"``.
         max_batch_size: the most rows one request may carry (0: no limit).
+        output_layout: output layout (default: ``layout``).
+
+    Attributes:
+        rows_total: rows transformed so far (requests that were rejected do not count).
+        oov_total: output column -> values encoded out of vocabulary so far, for every
+            Categorify output (see :meth:`TransformPlan.categorical_codes`).
     """
 
-    def __init__(self, plan: TransformPlan, layout: str = "per-column", max_batch_size: int = 0) -> None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
+    def __init__(
+        self, plan: TransformPlan, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None
+    ) -> None:
+        output_layout = output_layout or layout
+        for what, value in (("layout", layout), ("output_layout", output_layout)):
+            if value not in LAYOUTS:
+                raise ValueError(f"{what} {value!r}: expected one of {LAYOUTS}")
         self.plan = plan
         self.layout = layout
+        self.output_layout = output_layout
         self.max_batch_size = int(max_batch_size)
         if layout == "per-column":
             self.inputs = [TensorSpec(c.name, c.dtype, (1,)) for c in plan.input_schema]
-            self.outputs = [TensorSpec(c.name, c.dtype, (1,)) for c in plan.output_schema]
         else:
             self.inputs = [
                 TensorSpec(packed_input_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_inputs.items()
             ]
+        if output_layout == "per-column":
+            self.outputs = [TensorSpec(c.name, c.dtype, (1,)) for c in plan.output_schema]
+        else:
             self.outputs = [
                 TensorSpec(packed_output_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_outputs.items()
             ]
         self._input_by_name = {s.name: s for s in self.inputs}
+        self.rows_total = 0
+        self.oov_total: dict[str, int] = {}
+        self._oov_checks: list[tuple[str, str, int | None, int, int]] = []  # (column, tensor, index, first, end)
+        positions = {n: (d, j) for d, names in plan.packed_outputs.items() for j, n in enumerate(names)}
+        for column, (_, first, end) in plan.categorical_codes().items():
+            self.oov_total[column] = 0
+            if output_layout == "per-column":
+                self._oov_checks.append((column, column, None, first, end))
+            else:
+                dtype_name, j = positions[column]
+                self._oov_checks.append((column, packed_output_name(dtype_name), j, first, end))
+
+    def _count(self, merged: Mapping[str, np.ndarray], rows: int) -> None:
+        self.rows_total += rows
+        for column, tensor, j, first, end in self._oov_checks:
+            codes = merged[tensor] if j is None else merged[tensor][:, j]
+            self.oov_total[column] += int(np.count_nonzero((codes >= first) & (codes < end)))
 
     @classmethod
-    def from_directory(cls, plan_dir: str | Path, layout: str = "per-column", max_batch_size: int = 0) -> TransformModel:
+    def from_directory(
+        cls, plan_dir: str | Path, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None
+    ) -> TransformModel:
         """Loads the plan in ``plan_dir`` (see :meth:`TransformPlan.load` for its errors)."""
-        return cls(TransformPlan.load(plan_dir), layout, max_batch_size)
+        return cls(TransformPlan.load(plan_dir), layout, max_batch_size, output_layout)
 
     def check_request(self, tensors: Mapping[str, Any]) -> int:
         """Checks one request's inputs; returns its number of rows.
@@ -137,13 +172,26 @@ class TransformModel:
                 spec.name: _concat([requests[i][spec.name] for i, _ in good]).reshape(-1) for spec in self.inputs
             }
             transformed = self.plan.transform_unchecked(columns, row_index)  # checked per request above
-            merged = {spec.name: transformed[spec.name].reshape(-1, 1) for spec in self.outputs}
+            if self.output_layout == "per-column":
+                merged = {spec.name: transformed[spec.name].reshape(-1, 1) for spec in self.outputs}
+            else:
+                merged = {
+                    spec.name: np.stack([transformed[c] for c in self.plan.packed_outputs[spec.dtype.name]], axis=1)
+                    for spec in self.outputs
+                }
         else:
             packed = {
                 spec.dtype.name: _concat([requests[i][spec.name] for i, _ in good]) for spec in self.inputs
             }
             transformed = self.plan.transform_packed(packed, row_index=row_index)
-            merged = {spec.name: transformed[spec.dtype.name] for spec in self.outputs}
+            if self.output_layout == "packed":
+                merged = {spec.name: transformed[spec.dtype.name] for spec in self.outputs}
+            else:
+                merged = {}
+                for dtype_name, names in self.plan.packed_outputs.items():
+                    for j, name in enumerate(names):
+                        merged[name] = np.ascontiguousarray(transformed[dtype_name][:, j : j + 1])
+        self._count(merged, int(row_index.shape[0]))
         start = 0
         for i, rows in good:
             if len(good) == 1:
@@ -170,7 +218,7 @@ def pack_request(model: TransformModel, columns: Mapping[str, np.ndarray]) -> di
 
 def unpack_response(model: TransformModel, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Client side: the model's output tensors -> output column name -> (n,) array."""
-    if model.layout == "per-column":
+    if model.output_layout == "per-column":
         return {s.name: np.asarray(outputs[s.name]).reshape(-1) for s in model.outputs}
     columns = {}
     for s in model.outputs:

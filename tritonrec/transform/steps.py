@@ -249,6 +249,21 @@ class Categorify(Step):
             codes = xp.where(nulls, NULL_CODE, codes)
         return codes.astype(self.out_dtype, copy=False)
 
+    def code_ranges(self) -> list[tuple[int, int, int]]:
+        """Per column of the group: ``(cardinality, oov_first, oov_end)``: codes lie in
+        ``[0, cardinality)``; codes in ``[oov_first, oov_end)`` mean out of vocabulary (the OOV
+        code, or the hash buckets)."""
+        slots = self.table.slots
+        slots = slots if isinstance(slots, np.ndarray) else slots.get()
+        tags = slots[:, 1][slots[:, 1] != -1]
+        columns = tags >> np.int64(32)
+        codes = tags & np.int64(0xFFFFFFFF)
+        k = self.num_buckets.shape[0]
+        max_code = np.full(k, -1, dtype=np.int64)
+        np.maximum.at(max_code, columns, codes)
+        oov_end = OOV_CODE + np.maximum(self.num_buckets, 1)
+        return [(int(max(m + 1, e)), OOV_CODE, int(e)) for m, e in zip(max_code, oov_end)]
+
     def params(self) -> dict[str, Any]:
         return {
             "num_buckets": self.num_buckets.tolist(),

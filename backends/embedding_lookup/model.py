@@ -1,0 +1,72 @@
+"""Triton Python-based backend "embedding_lookup": ids [batch, n_tables] INT64 -> embeddings
+[batch, n_tables, dim] FP32 from an ``embedding_cache`` store.
+
+Parameters (config.pbtxt): ``store`` (store directory; relative paths are inside the version
+directory; default ``store``), ``tables`` (comma-separated table names, one per ids column),
+``missing_key_policy`` (``store``: each table's own, ``zeros`` or ``error``), ``host_budget_bytes``
+(host memory for a store with a RocksDB tier; empty: every row in memory), ``threads`` (lookup
+threads; default all cores), ``plan_fingerprint`` (when set, the store must record it). Metrics:
+``tritonrec_embedding_lookups_total``, ``tritonrec_embedding_misses_total``,
+``tritonrec_embedding_lookup_duration_us``. All logic is in :class:`tritonrec.embeddings.EmbeddingLookupModel`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from embedding_cache import StoreFormatError
+from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError
+from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, parameter
+from tritonrec.triton_metrics import LookupMetrics
+from tritonrec.triton_tensors import input_array, output_tensor
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        name = args["model_name"]
+        store_dir = Path(parameter(config, "store", "store"))
+        if not store_dir.is_absolute():
+            store_dir = Path(args["model_repository"]) / args["model_version"] / store_dir
+        tables = [t.strip() for t in parameter(config, "tables").split(",") if t.strip()]
+        try:
+            if not tables:
+                raise ConfigError("parameter 'tables' is empty: expected the table name of each ids column, comma-separated")
+            self.model = EmbeddingLookupModel.open(
+                store_dir,
+                tables,
+                max_batch_size=int(config.get("max_batch_size", 0)),
+                missing=parameter(config, "missing_key_policy", "store"),
+                fingerprint=parameter(config, "plan_fingerprint") or None,
+                host_budget_bytes=int_parameter(config, "host_budget_bytes", None),
+                threads=int_parameter(config, "threads", None),
+            )
+            check_declared_tensors(config, "input", self.model.inputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
+            check_declared_tensors(config, "output", self.model.outputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
+        except (StoreFormatError, ConfigError, FingerprintMismatchError, KeyError, ValueError) as e:
+            raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
+        self.metrics = LookupMetrics(pb_utils, name, list(self.model.take_counter_deltas()))
+
+    def execute(self, requests):
+        t0 = time.perf_counter()
+        batch = [{tensor.name(): input_array(tensor) for tensor in request.inputs()} for request in requests]
+        try:
+            results = self.model.execute(batch)
+        except Exception as e:  # a fault of the store itself: fail these requests, keep serving
+            message = f"embedding lookup failed: {type(e).__name__}: {e}"
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+        responses = []
+        for result in results:
+            if isinstance(result, Exception):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
+            else:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[output_tensor(pb_utils, "embeddings", result["embeddings"])]))
+        self.metrics.record(self.model.take_counter_deltas(), (time.perf_counter() - t0) * 1e6)
+        return responses
+
+    def finalize(self):
+        self.model.close()

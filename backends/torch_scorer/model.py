@@ -1,0 +1,62 @@
+"""Triton Python-based backend "torch_scorer": serves a tritonrec scorer (TorchScript dense model).
+
+Inputs ``dense`` FP32 [batch, n_dense] and ``embeddings`` FP32 [batch, n_tables, dim] (names from
+the scorer's ``scorer.json``); output ``probability`` FP32 [batch, 1]. KIND_CPU instances run on
+the host, KIND_GPU instances on their device. Parameters: ``scorer`` (directory; relative paths are
+inside the version directory; default ``scorer``), ``threads`` (torch CPU threads),
+``plan_fingerprint`` (when set, the scorer must record it). All logic is in
+:class:`tritonrec.scorer.artifact.TorchScorerModel`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import to_dlpack
+
+from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
+from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, parameter
+from tritonrec.scorer.artifact import ScorerFormatError, TorchScorerModel
+from tritonrec.triton_tensors import output_tensor
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        name = args["model_name"]
+        scorer_dir = Path(parameter(config, "scorer", "scorer"))
+        if not scorer_dir.is_absolute():
+            scorer_dir = Path(args["model_repository"]) / args["model_version"] / scorer_dir
+        self.gpu = args["model_instance_kind"] == "GPU"
+        device = f"cuda:{args['model_instance_device_id']}" if self.gpu else "cpu"
+        try:
+            self.model = TorchScorerModel(scorer_dir, device, int(config.get("max_batch_size", 0)), int_parameter(config, "threads", None))
+            check_fingerprint(f"scorer {scorer_dir}", self.model.info.plan_fingerprint, parameter(config, "plan_fingerprint") or None)
+            check_declared_tensors(config, "input", self.model.inputs, f"the scorer {scorer_dir}")
+            check_declared_tensors(config, "output", self.model.outputs, f"the scorer {scorer_dir}")
+        except (ScorerFormatError, ConfigError, FingerprintMismatchError, ValueError) as e:
+            raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
+        self.output = self.model.info.output
+
+    def execute(self, requests):
+        batch = [{tensor.name(): torch.from_dlpack(tensor) for tensor in request.inputs()} for request in requests]
+        try:
+            results = self.model.execute(batch)
+        except Exception as e:  # a fault of the model itself: fail these requests, keep serving
+            message = f"scoring failed: {type(e).__name__}: {e}"
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+        responses = []
+        for result in results:
+            if isinstance(result, Exception):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
+                continue
+            scores = result[self.output].contiguous()
+            if self.gpu:
+                tensor = pb_utils.Tensor.from_dlpack(self.output, to_dlpack(scores))
+            else:
+                tensor = output_tensor(pb_utils, self.output, scores.numpy())
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+        return responses

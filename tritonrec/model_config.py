@@ -1,0 +1,47 @@
+"""Reading and checking a model's ``config.pbtxt`` (as the JSON dict Triton hands a Python model)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config.pbtxt that does not fit the model; the message names the field and the value."""
+
+
+def parameter(config: Mapping[str, Any], key: str, default: str = "") -> str:
+    """The ``parameters { key: ... value: { string_value: ... } }`` entry, or ``default`` when absent or empty."""
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    return value or default
+
+
+def int_parameter(config: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    """An integer parameter; ``default`` when absent. Raises :class:`ConfigError` for a non-integer."""
+    text = parameter(config, key)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"parameter {key!r} is {text!r}: expected an integer") from None
+
+
+def check_declared_tensors(config: Mapping[str, Any], field: str, specs: Sequence[Any], what: str) -> None:
+    """The ``input``/``output`` tensors of the config must be ``specs`` (TensorSpec), name, dtype and dims.
+
+    Raises:
+        ConfigError: naming the tensor and both declarations.
+    """
+    declared = {t["name"]: t for t in config.get(field, [])}
+    expected = {s.name: s for s in specs}
+    if set(declared) != set(expected):
+        raise ConfigError(f"config {field}s {sorted(declared)} differ from {what}'s {sorted(expected)}")
+    for name, spec in expected.items():
+        got = declared[name]
+        dims = [int(d) for d in got.get("dims", [])]
+        if got["data_type"] != f"TYPE_{spec.triton_dtype}" or dims != list(spec.dims):
+            raise ConfigError(
+                f"{field} '{name}' is {got['data_type']} {dims} in config.pbtxt; {what} needs "
+                f"TYPE_{spec.triton_dtype} {list(spec.dims)}"
+            )

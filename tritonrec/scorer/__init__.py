@@ -1,0 +1,1 @@
+"""Scoring models: the DLRM trained here, and the scorer artifact the torch_scorer backend serves."""

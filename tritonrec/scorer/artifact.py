@@ -1,0 +1,226 @@
+"""The scorer artifact: a TorchScript dense model plus what it was trained against.
+
+A scorer is a directory::
+
+    model.pt      TorchScript: forward(dense float32 [batch, n_dense], embeddings float32
+                  [batch, n_tables, dim]) -> probability float32 [batch, 1]
+    scorer.json   format, the transform plan's fingerprint, the embedding tables (names, in ids
+                  column order, and sizes), n_dense, dim, tensor names
+
+:class:`TorchScorerModel` is the scorer as the ``torch_scorer`` Triton backend serves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonrec.transform.serving import RequestError, TensorSpec
+from tritonrec.triton_types import triton_dtype
+
+FORMAT = "tritonrec.scorer"
+FORMAT_VERSION = 1
+MANIFEST = "scorer.json"
+MODEL_FILE = "model.pt"
+
+
+class ScorerFormatError(OSError):
+    """A scorer directory cannot be read; the message names the file and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScorerInfo:
+    """What a scorer takes and what it was trained with.
+
+    Attributes:
+        plan_fingerprint: fingerprint of the transform plan whose outputs it was trained on.
+        tables: embedding table names, in the order of the embeddings input's second dim.
+        table_sizes: table name -> rows (Categorify cardinality) it was trained with.
+        n_dense: continuous features (dense input [batch, n_dense]).
+        dim: embedding dim (embeddings input [batch, n_tables, dim]).
+        dense_input, embeddings_input, output: tensor names.
+    """
+
+    plan_fingerprint: str
+    tables: tuple[str, ...]
+    table_sizes: Mapping[str, int]
+    n_dense: int
+    dim: int
+    dense_input: str = "dense"
+    embeddings_input: str = "embeddings"
+    output: str = "probability"
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec(self.dense_input, np.dtype(np.float32), (self.n_dense,)),
+            TensorSpec(self.embeddings_input, np.dtype(np.float32), (len(self.tables), self.dim)),
+        ]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(self.output, np.dtype(np.float32), (1,))]
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["tables"] = list(self.tables)
+        data["table_sizes"] = dict(self.table_sizes)
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
+
+
+def save_scorer(path: str | os.PathLike[str], module: Any, info: ScorerInfo) -> Path:
+    """Scripts ``module`` (a ``torch.nn.Module`` taking (dense, embeddings)) and writes the scorer directory."""
+    import torch  # noqa: PLC0415
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # torch 2.10+ deprecates TorchScript, but it is what Triton's pytorch backend (libtorch)
+        # serves, so a scorer stays usable outside tritonrec's own backend.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit", category=DeprecationWarning)
+        scripted = torch.jit.script(module.eval())
+        scripted.save(str(path / MODEL_FILE))
+    (path / MANIFEST).write_text(json.dumps(info.to_json(), indent=1))
+    return path
+
+
+def read_scorer_info(path: str | os.PathLike[str]) -> ScorerInfo:
+    """The ``scorer.json`` of a scorer directory.
+
+    Raises:
+        ScorerFormatError: no such file, not valid JSON, another format, or missing fields.
+    """
+    manifest = Path(path) / MANIFEST
+    try:
+        data = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise ScorerFormatError(f"{manifest}: no such file: {path} is not a tritonrec scorer") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScorerFormatError(f"{manifest}: damaged (not valid JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ScorerFormatError(f"{manifest}: not a tritonrec scorer manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ScorerFormatError(f"{manifest}: scorer format version {data.get('format_version')!r}; this tritonrec reads {FORMAT_VERSION}")
+    try:
+        return ScorerInfo(
+            plan_fingerprint=str(data["plan_fingerprint"]),
+            tables=tuple(data["tables"]),
+            table_sizes={str(k): int(v) for k, v in data["table_sizes"].items()},
+            n_dense=int(data["n_dense"]),
+            dim=int(data["dim"]),
+            dense_input=str(data.get("dense_input", "dense")),
+            embeddings_input=str(data.get("embeddings_input", "embeddings")),
+            output=str(data.get("output", "probability")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ScorerFormatError(f"{manifest}: damaged ({type(e).__name__}: {e})") from None
+
+
+class TorchScorerModel:
+    """A scorer served batch by batch: dense [batch, n_dense] + embeddings [batch, n_tables, dim]
+    (float32, host or the model's device) -> probability [batch, 1] float32.
+
+    Args:
+        path: the scorer directory.
+        device: ``"cpu"`` or ``"cuda:N"``.
+        max_batch_size: the most rows per request (0: no limit).
+        threads: torch intra-op threads on the CPU (None: torch's default).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], device: str = "cpu", max_batch_size: int = 0, threads: int | None = None) -> None:
+        import torch  # noqa: PLC0415
+
+        self.info = read_scorer_info(path)
+        model_file = Path(path) / MODEL_FILE
+        if not model_file.is_file():
+            raise ScorerFormatError(f"{model_file}: missing (the scorer's TorchScript model)")
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.10+ (see save_scorer)
+                warnings.filterwarnings("ignore", message=r".*torch\.jit", category=DeprecationWarning)
+                self.module = torch.jit.load(str(model_file), map_location=device).eval()
+        except RuntimeError as e:
+            raise ScorerFormatError(f"{model_file}: not a loadable TorchScript model ({str(e).splitlines()[0]})") from None
+        self.device = torch.device(device)
+        self.max_batch_size = int(max_batch_size)
+        self.inputs = self.info.inputs
+        self.outputs = self.info.outputs
+        self._torch = torch
+
+    def check_request(self, tensors: Mapping[str, Any]) -> int:
+        """Checks one request's inputs (arrays or tensors); returns its rows. Raises RequestError naming the input."""
+        expected = [s.name for s in self.inputs]
+        if set(tensors) != set(expected):
+            raise RequestError(f"inputs {sorted(tensors)}: this model takes {sorted(expected)}")
+        rows = None
+        for spec in self.inputs:
+            value = tensors[spec.name]
+            dtype = str(value.dtype).replace("torch.", "")
+            if dtype != "float32":
+                raise RequestError(f"input {spec.name!r} has dtype {dtype}: expected FP32")
+            shape = tuple(value.shape)
+            if len(shape) != 1 + len(spec.dims) or shape[1:] != spec.dims:
+                raise RequestError(f"input {spec.name!r} has shape {list(shape)}: expected [batch, {', '.join(map(str, spec.dims))}]")
+            if rows is None:
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise RequestError(f"input {spec.name!r} has {shape[0]} rows, input {self.inputs[0].name!r} has {rows}")
+        if self.max_batch_size and rows > self.max_batch_size:
+            raise RequestError(f"request has {rows} rows: the maximum batch size is {self.max_batch_size}")
+        return int(rows or 0)
+
+    def score(self, dense: Any, embeddings: Any) -> Any:
+        """One forward pass on torch tensors (any device; moved to the model's); returns a [batch, 1] tensor."""
+        torch = self._torch
+        with torch.inference_mode():
+            return self.module(dense.to(self.device), embeddings.to(self.device))
+
+    def execute(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | Exception]:
+        """Per request: ``{output name: [batch, 1] float32 torch tensor}`` or the error that rejects it.
+
+        Inputs are torch tensors (zero-copy from DLPack) or numpy arrays; all good requests are
+        scored in one forward pass.
+        """
+        torch = self._torch
+        results: list[dict[str, Any] | Exception] = []
+        good: list[tuple[int, int]] = []
+        for i, tensors in enumerate(requests):
+            try:
+                good.append((i, self.check_request(tensors)))
+                results.append({})
+            except RequestError as e:
+                results.append(e)
+        if not good:
+            return results
+        merged = []
+        for spec in self.inputs:
+            parts = [requests[i][spec.name] for i, _ in good]
+            parts = [p if isinstance(p, torch.Tensor) else torch.from_numpy(np.asarray(p)) for p in parts]
+            merged.append(parts[0] if len(parts) == 1 else torch.cat(parts))
+        scores = self.score(*merged)
+        start = 0
+        for i, rows in good:
+            results[i] = {self.info.output: scores[start : start + rows]}
+            start += rows
+        return results
+
+
+def check_scorer_tensors(specs: Sequence[TensorSpec], expected: Sequence[TensorSpec], what: str) -> None:
+    """Raises ValueError naming the first tensor of ``expected`` that ``specs`` lacks or declares differently."""
+    by_name = {s.name: s for s in specs}
+    for spec in expected:
+        got = by_name.get(spec.name)
+        if got is None:
+            raise ValueError(f"{what} has no tensor {spec.name!r} (it has {sorted(by_name)})")
+        if got.dtype != spec.dtype or tuple(got.dims) != tuple(spec.dims):
+            raise ValueError(
+                f"{what}: tensor {spec.name!r} is {got.triton_dtype} {list(got.dims)}; the chain needs {triton_dtype(spec.dtype)} {list(spec.dims)}"
+            )
