@@ -13,11 +13,7 @@ batch 1 and >= 500k rows/s at batch 1024.
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,49 +21,19 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fitted_criteo, header, write_section  # noqa: E402
+from common import fitted_criteo, header, perf_point, write_input_data, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
 def _input_data(model, columns: dict[str, np.ndarray], rows: int, path: Path) -> None:
-    """perf_analyzer input data: ``rows`` single-row samples, raw bytes in base64 (NaN-safe)."""
     from tritonrec.transform.serving import pack_request
 
-    tensors = pack_request(model, {c: v[:rows] for c, v in columns.items()})
-    data = []
-    for i in range(rows):
-        sample = {}
-        for spec in model.inputs:
-            row = np.ascontiguousarray(tensors[spec.name][i])
-            sample[spec.name] = {"b64": base64.b64encode(row.tobytes()).decode(), "shape": list(spec.dims)}
-        data.append(sample)
-    path.write_text(json.dumps({"data": data}))
+    write_input_data(pack_request(model, {c: v[:rows] for c, v in columns.items()}), rows, path)
 
 
 def _perf(server, model: str, batch: int, concurrency: int, data: Path, out: Path, seconds: float) -> dict[str, float]:
-    """One perf_analyzer point (stabilised on average latency; p50 and p99 from its CSV report).
-    A point that does not stabilise is measured again with windows twice as long."""
-    perf = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
-    for window in (seconds, 2 * seconds):
-        command = [
-            perf, "-m", model, "-i", "grpc", "-u", server.grpc_url, "-b", str(batch),
-            f"--concurrency-range={concurrency}:{concurrency}", f"--input-data={data}",
-            f"--measurement-interval={int(window * 1000)}", "--stability-percentage=25", "--max-trials=10",
-            "-f", str(out),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        if result.returncode == 0:
-            break
-    if result.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed for {model} b{batch} c{concurrency}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    with open(out) as f:
-        row = next(csv.DictReader(f))
-    return {
-        "infer_s": float(row["Inferences/Second"]),
-        "p50_ms": float(row["p50 latency"]) / 1e3,
-        "p99_ms": float(row["p99 latency"]) / 1e3,
-    }
+    return perf_point(server.grpc_url, model, batch, concurrency, data, out, seconds)
 
 
 def _check_sample(client, models, columns, expected) -> bool:

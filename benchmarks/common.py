@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import csv
 import datetime
+import json
 import os
+import shutil
 import platform
 import re
 import subprocess
@@ -95,3 +99,43 @@ def header(title: str) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = " ".join([Path(sys.executable).name, *sys.argv])
     return f"## {title}\n\n- Machine: {machine()}\n- Date: {now}\n- Command: `{command}`\n"
+
+
+def write_input_data(tensors: dict[str, np.ndarray], rows: int, path: Path) -> None:
+    """perf_analyzer input data: ``rows`` single-row samples of each tensor ([n, ...] arrays), raw
+    bytes in base64 (NaN-safe)."""
+    data = []
+    for i in range(rows):
+        sample = {}
+        for name, array in tensors.items():
+            row = np.ascontiguousarray(array[i])
+            sample[name] = {"b64": base64.b64encode(row.tobytes()).decode(), "shape": list(row.shape)}
+        data.append(sample)
+    path.write_text(json.dumps({"data": data}))
+
+
+def perf_point(grpc_url: str, model: str, batch: int, concurrency: int, data: Path, out: Path, seconds: float) -> dict[str, float]:
+    """One perf_analyzer point over gRPC (stabilised on average latency; percentiles from its CSV
+    report, in ms; ``infer_s`` counts rows). A point that does not stabilise is measured again with
+    windows twice as long."""
+    perf = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
+    for window in (seconds, 2 * seconds):
+        command = [
+            perf, "-m", model, "-i", "grpc", "-u", grpc_url, "-b", str(batch),
+            f"--concurrency-range={concurrency}:{concurrency}", f"--input-data={data}",
+            f"--measurement-interval={int(window * 1000)}", "--stability-percentage=25", "--max-trials=10",
+            "-f", str(out),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if result.returncode == 0:
+            break
+    if result.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed for {model} b{batch} c{concurrency}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    with open(out) as f:
+        row = next(csv.DictReader(f))
+    return {
+        "infer_s": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / 1e3,
+        "p95_ms": float(row["p95 latency"]) / 1e3,
+        "p99_ms": float(row["p99 latency"]) / 1e3,
+    }

@@ -510,6 +510,62 @@ class EmbeddingStore:
                 raise KeyError(f"{absent.size} key(s) not in table {table!r}: {absent[:10].tolist()}{' ...' if absent.size > 10 else ''}")
         return out
 
+    def lookup_columns(
+        self,
+        tables: list[str],
+        keys: np.ndarray,
+        out: np.ndarray | None = None,
+        missing: list[MissingPolicy | None] | None = None,
+        found: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Column ``j`` of ``keys`` looked up in ``tables[j]``, all in one call (GIL released).
+
+        Args:
+            tables: k table names of one dim.
+            keys: int64 (n, k) C-contiguous host array.
+            out: optional float32 (n, k, dim) C-contiguous array to write into.
+            missing: per table, a policy for this call instead of the table's (None: the table's).
+            found: optional uint8 (n, k) C-contiguous array: set to 1 where the key exists in some tier.
+
+        Returns:
+            float32 (n, k, dim): as :meth:`lookup` for each column.
+
+        Raises:
+            KeyError: an unknown table, or missing keys in a table whose policy is ``error``.
+        """
+        hosts = [self._table(t) for t in tables]
+        if not isinstance(keys, np.ndarray) or keys.dtype != np.int64 or keys.ndim != 2 or keys.shape[1] != len(tables):
+            raise ValueError(f"keys: expected an int64 array of shape (n, {len(tables)})")
+        keys = np.ascontiguousarray(keys)
+        n, k = keys.shape
+        dim = hosts[0].dim if hosts else 0
+        if out is None:
+            out = np.empty((n, k, dim), dtype=np.float32)
+        if found is None:
+            found = np.empty((n, k), dtype=np.uint8)
+        hits = _core.find_columns(hosts, keys, out, found, self._pool)
+        for j in np.flatnonzero(hits != n):
+            table, host = tables[j], hosts[j]
+            column_found = found[:, j]
+            got = int(hits[j])
+            if self._tier is not None and host.max_rows:
+                column_keys = np.ascontiguousarray(keys[:, j])
+                column_out = np.empty((n, dim), dtype=np.float32)
+                flags = np.ascontiguousarray(column_found)
+                got += self._read_through(table, host, column_keys, column_out, flags)
+                newly = (flags == 1) & (column_found == 0)
+                out[newly, j] = column_out[newly]
+                found[:, j] = flags
+                column_found = found[:, j]
+            if got != n:
+                policy = self._policies[table] if missing is None or missing[j] is None else missing[j]
+                if policy.policy == "vector":
+                    out[column_found == 0, j] = np.asarray(policy.vector, dtype=np.float32)
+                elif policy.policy == "error":
+                    absent = keys[column_found == 0, j]
+                    raise KeyError(f"{absent.size} key(s) not in table {table!r}: {absent[:10].tolist()}{' ...' if absent.size > 10 else ''}")
+        return out
+
     def _read_through(self, table: str, host: Any, keys: np.ndarray, out: np.ndarray, found: np.ndarray) -> int:
         """Reads the keys the host tier missed from RocksDB, fills them in, offers them to host."""
         info = self._info[table]
@@ -584,6 +640,21 @@ class EmbeddingStore:
                 info = self._info[name]
                 tiers["rocksdb"] = {"hits": info["tier_hits"], "misses": info["tier_misses"], "rows": self._rows(name), "bytes": int(self._tier.disk_bytes)}
             result[name] = {"lookups": counters["lookups"], "tiers": tiers}
+        return result
+
+    def counters(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Cumulative key counts, cheaply (no sizes): table -> tier (``host``, and ``rocksdb``
+        when the store has one) -> (keys looked up in that tier, keys it did not hold)."""
+        if self._closed:
+            raise ValueError(f"EmbeddingStore {self.path} is closed")
+        result = {}
+        for name, t in self._tables.items():
+            counters = t.stats()
+            tiers = {"host": (int(counters["lookups"]), int(counters["misses"]))}
+            if self._tier is not None:
+                info = self._info[name]
+                tiers["rocksdb"] = (info["tier_hits"] + info["tier_misses"], info["tier_misses"])
+            result[name] = tiers
         return result
 
     def close(self) -> None:

@@ -144,3 +144,29 @@ def test_a_persistent_build_that_fails_on_a_full_disk_leaves_no_store(tmp_path):
     result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.startswith("OSError"), (result.stdout, result.stderr)
     assert not list(tmp_path.iterdir())
+
+
+def test_lookup_columns_reads_through_under_a_budget(tmp_path):
+    rng = np.random.default_rng(9)
+    tables = {name: (np.arange(3_000, dtype=np.int64), rng.normal(size=(3_000, 8))) for name in ("a", "b", "c")}
+    path = build_store(tmp_path / "s", tables, persistent=True, missing={"a": "zeros", "b": "error", "c": [1.0] * 8})
+    ids = rng.integers(0, 3_000, size=(5_000, 3))
+    ids[7, 0] = ids[9, 2] = 10**9  # absent from a (zeros) and c (vector)
+    with EmbeddingStore(path, host_budget_bytes=60_000) as store:
+        found = np.empty(ids.shape, dtype=np.uint8)
+        out = store.lookup_columns(["a", "b", "c"], ids, found=found)
+        counters = store.counters()
+    for j, name in enumerate("abc"):
+        expected = tables[name][1][np.minimum(ids[:, j], 2_999)].astype(np.float32)
+        if name == "a":
+            expected[7] = 0
+        if name == "c":
+            expected[9] = 1
+        np.testing.assert_array_equal(out[:, j], expected)
+    assert found.sum() == ids.size - 2 and found[7, 0] == 0 and found[9, 2] == 0
+    assert counters["a"]["rocksdb"][0] > 0  # the budget holds a fraction: the rest came from RocksDB
+    assert counters["a"]["host"][0] == 5_000
+    with EmbeddingStore(path) as store, pytest.raises(KeyError, match=r"1 key\(s\) not in table 'b': \[1000000000\]"):
+        bad = ids.copy()
+        bad[3, 1] = 10**9
+        store.lookup_columns(["a", "b", "c"], bad)

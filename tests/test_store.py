@@ -358,3 +358,19 @@ def test_lookups_release_the_gil(tmp_path):
         worker.join()
     assert per_call > 0.02  # long enough that a held GIL would starve the spinner
     assert beside > 0.3 * alone, (beside, alone)
+
+
+def test_lookup_columns_equals_one_lookup_per_table(tmp_path):
+    rng = np.random.default_rng(2)
+    tables = {name: (rng.permutation(50_000)[:4_000].astype(np.int64), rng.normal(size=(4_000, 16))) for name in ("x", "y")}
+    path = build_store(tmp_path / "s", tables, missing={"x": "zeros", "y": [0.5] * 16})
+    ids = np.stack([rng.choice(tables["x"][0], 10_000), rng.integers(0, 50_000, 10_000)], axis=1)
+    with EmbeddingStore(path, threads=2) as store:
+        out = store.lookup_columns(["x", "y"], ids)
+        np.testing.assert_array_equal(out[:, 0], store.lookup("x", ids[:, 0]))
+        np.testing.assert_array_equal(out[:, 1], store.lookup("y", ids[:, 1]))
+        assert out.shape == (10_000, 2, 16) and out.flags.c_contiguous
+        with pytest.raises(ValueError, match=r"keys: expected an int64 array of shape \(n, 2\)"):
+            store.lookup_columns(["x", "y"], ids[:, :1])
+        with pytest.raises(KeyError, match="no table 'z'"):
+            store.lookup_columns(["x", "z"], ids)

@@ -1,4 +1,4 @@
-"""The ``tritonrec`` command: serve, export-transform, demo."""
+"""The ``tritonrec`` command: serve, export, export-transform, query, demo."""
 
 from __future__ import annotations
 
@@ -63,6 +63,57 @@ def _export_transform(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from embedding_cache import StoreFormatError  # noqa: PLC0415
+    from tritonrec.export import ServedScorer, export_ensemble  # noqa: PLC0415
+    from tritonrec.scorer.artifact import ScorerFormatError  # noqa: PLC0415
+    from tritonrec.transform.compile import UnsupportedOpError  # noqa: PLC0415
+    from tritonrec.transform.plan import PlanLoadError  # noqa: PLC0415
+
+    if (args.scorer is None) == (args.scorer_model is None):
+        print("tritonrec export: give either --scorer DIR or --scorer-model NAME", file=sys.stderr)
+        return 2
+    scorer = args.scorer
+    if args.scorer_model is not None:
+        missing = [f"--{n}" for n in ("dense-input", "embeddings-input", "scorer-output") if getattr(args, n.replace("-", "_")) is None]
+        if missing:
+            print(f"tritonrec export: --scorer-model needs {', '.join(missing)}", file=sys.stderr)
+            return 2
+        scorer = ServedScorer(args.scorer_model, args.dense_input, args.embeddings_input, args.scorer_output, args.scorer_version)
+    try:
+        model_dir = export_ensemble(
+            args.workflow, args.store, scorer, args.repository, args.name,
+            layout=args.layout, max_batch_size=args.max_batch_size, instance_count=args.instances,
+            host_budget_bytes=args.host_budget_bytes, missing_key_policy=args.missing_key_policy,
+            scorer_kind="KIND_GPU" if args.scorer_gpu else "KIND_CPU",
+        )
+    except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError) as e:
+        print(f"tritonrec export: {e}", file=sys.stderr)
+        return 1
+    version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    print(f"wrote ensemble {model_dir} (version {version}, {args.layout} inputs) and its steps {args.name}_transform, {args.name}_embeddings"
+          + ("" if args.scorer_model else f", {args.name}_scorer"))
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+
+    from tritonrec.query import QueryError, query  # noqa: PLC0415
+
+    try:
+        predictions = query(args.url, args.model, args.file, batch_size=args.batch_size, output=args.output, log_dir=args.log)
+    except (QueryError, InferenceServerException) as e:
+        print(f"tritonrec query: {e}", file=sys.stderr)
+        return 1
+    where = f" to {args.output}" if args.output else ""
+    logged = f"; logged under {args.log}/{args.model}" if args.log else ""
+    print(f"scored {len(predictions):,} rows with {args.model}{where}{logged}")
+    if not args.output:
+        print(predictions.head(10).to_string())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tritonrec.pipeline.demo import DemoOptions, run_demo  # noqa: PLC0415
 
@@ -74,6 +125,8 @@ def _demo(args: argparse.Namespace) -> int:
             requests=args.requests,
             keep_serving=args.keep_serving,
             seed=args.seed,
+            epochs=args.epochs,
+            host_budget=args.host_budget,
         )
     )
 
@@ -100,12 +153,43 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--instances", type=int, default=1, help="CPU instances")
     export.set_defaults(func=_export_transform)
 
-    demo = sub.add_parser("demo", help="fit, compile, export and serve the Criteo-shaped workflow, then check it")
-    demo.add_argument("--workdir", default="demo-output", help="where data, workflow and repository go")
-    demo.add_argument("--train-rows", type=int, default=200_000)
+    ensemble = sub.add_parser("export", help="export transform -> embedding lookup -> scorer as one Triton ensemble")
+    ensemble.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
+    ensemble.add_argument("repository", help="model repository to write into")
+    ensemble.add_argument("--name", required=True, help="ensemble name (its steps: NAME_transform, NAME_embeddings, NAME_scorer)")
+    ensemble.add_argument("--store", required=True, help="embedding store directory (trained against the workflow)")
+    ensemble.add_argument("--scorer", help="tritonrec scorer directory (TorchScript + scorer.json)")
+    ensemble.add_argument("--scorer-model", help="instead: a scoring model already in the repository")
+    ensemble.add_argument("--dense-input", help="with --scorer-model: its input for the dense features")
+    ensemble.add_argument("--embeddings-input", help="with --scorer-model: its input for the embeddings")
+    ensemble.add_argument("--scorer-output", help="with --scorer-model: its probability output")
+    ensemble.add_argument("--scorer-version", type=int, default=-1, help="with --scorer-model: version to call (-1: latest)")
+    ensemble.add_argument("--layout", choices=("per-column", "packed"), default="packed", help="the ensemble's input layout")
+    ensemble.add_argument("--max-batch-size", type=int, default=16384)
+    ensemble.add_argument("--instances", type=int, default=1, help="instances of each step")
+    ensemble.add_argument("--host-budget-bytes", type=int, help="host memory for a store with a RocksDB tier")
+    ensemble.add_argument("--missing-key-policy", choices=("store", "zeros", "error"), default="store")
+    ensemble.add_argument("--scorer-gpu", action="store_true", help="KIND_GPU instances of the torch scorer")
+    ensemble.set_defaults(func=_export)
+
+    query = sub.add_parser("query", help="score a parquet or CSV file of raw rows through a served model")
+    query.add_argument("file", help=".parquet or .csv of raw rows (a 'label' column is carried along)")
+    query.add_argument("--url", default="127.0.0.1:8001", help="gRPC address of tritonserver")
+    query.add_argument("--model", required=True)
+    query.add_argument("--batch-size", type=int, default=1024, help="rows per request")
+    query.add_argument("--output", help="write the predictions here (.parquet or .csv)")
+    query.add_argument("--log", help="append requests, predictions and labels as parquet under LOG/<model>/")
+    query.set_defaults(func=_query)
+
+    demo = sub.add_parser("demo", help="data -> fit -> train DLRM -> export the ensemble -> serve -> AUC, parity, latency")
+    demo.add_argument("--workdir", default="demo-output", help="where data, workflow, model and repository go")
+    demo.add_argument("--train-rows", type=int, default=500_000)
     demo.add_argument("--eval-rows", type=int, default=20_000)
-    demo.add_argument("--requests", type=int, default=300, help="timed requests per batch size and layout")
+    demo.add_argument("--requests", type=int, default=300, help="timed requests per batch size")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=1, help="DLRM training epochs")
+    demo.add_argument("--host-budget", type=float, default=0.25,
+                      help="host memory for embedding rows as a fraction of their size, the rest in RocksDB (0: all in memory)")
     demo.add_argument("--keep-serving", action="store_true", help="leave the server up until Ctrl-C")
     demo.set_defaults(func=_demo)
     return parser

@@ -84,9 +84,11 @@ class EmbeddingLookupModel:
         self._policy = None if missing == "store" else MissingPolicy(missing)
         policies = {t.name: t.missing for t in store.tables}
         self._strict = [missing == "error" or (missing == "store" and policies[t] == "error") for t in self.tables]
+        # per table: zeros where strict (absent ids are reported per request), else the model's
+        # policy (None: the table's own)
+        self._policies = [_ZEROS if strict else self._policy for strict in self._strict]
         self.inputs = [TensorSpec(IDS, np.dtype(np.int64), (len(self.tables),))]
         self.outputs = [TensorSpec(EMBEDDINGS, np.dtype(np.float32), (len(self.tables), self.dim))]
-        self.tiers = ["host", *(["rocksdb"] if "rocksdb" in next(iter(store.stats().values()))["tiers"] else [])]
         self._last = self._read_counters()
 
     @classmethod
@@ -133,16 +135,11 @@ class EmbeddingLookupModel:
             for each table ``j`` whose policy is ``error`` and that lacks some ids, a bool (n,)
             mask of those rows (their vectors read as zeros).
         """
-        n = ids.shape[0]
-        by_table = np.empty((len(self.tables), n, self.dim), dtype=np.float32)
-        found = np.empty(n, dtype=np.uint8)
-        absent: dict[int, np.ndarray] = {}
-        for j, table in enumerate(self.tables):
-            strict = self._strict[j]
-            self.store.lookup(table, np.ascontiguousarray(ids[:, j]), out=by_table[j], missing=_ZEROS if strict else self._policy, found=found)
-            if strict and not found.all():
-                absent[j] = found == 0
-        return np.ascontiguousarray(by_table.transpose(1, 0, 2)), absent
+        ids = np.ascontiguousarray(ids)
+        found = np.empty(ids.shape, dtype=np.uint8)
+        out = self.store.lookup_columns(self.tables, ids, missing=self._policies, found=found)
+        absent = {j: found[:, j] == 0 for j in range(len(self.tables)) if self._strict[j] and not found[:, j].all()}
+        return out, absent
 
     def _refusal(self, ids: np.ndarray, absent: Mapping[int, np.ndarray]) -> RequestError:
         """The error of a request whose ``ids`` (n, n_tables) hold ids missing where ``absent`` (n,) says."""
@@ -180,16 +177,8 @@ class EmbeddingLookupModel:
 
     def _read_counters(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(table, tier) -> (keys looked up in that tier, keys that tier missed), cumulative."""
-        counters = {}
-        stats = self.store.stats()
-        for table in self.tables:
-            tiers = stats[table]["tiers"]
-            host = tiers["host"]
-            counters[(table, "host")] = (host["hits"] + host["misses"], host["misses"])
-            if "rocksdb" in tiers:
-                rocks = tiers["rocksdb"]
-                counters[(table, "rocksdb")] = (rocks["hits"] + rocks["misses"], rocks["misses"])
-        return counters
+        counters = self.store.counters()
+        return {(table, tier): value for table in self.tables for tier, value in counters[table].items()}
 
     def take_counter_deltas(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(table, tier) -> (lookups, misses) since the previous call (or since opening)."""

@@ -9,21 +9,66 @@ Families (Prometheus names, as scraped from ``/metrics``):
 - ``tritonrec_transform_rows_total{model}``: rows transformed (counter).
 - ``tritonrec_transform_oov_total{model,column}``: values encoded out of vocabulary (counter).
 
+Every metric call of the Python backend is a synchronous round trip from the stub to the server
+(about 0.1 ms here), so nothing is sent from ``execute``: counters are read from the model's own
+cumulative totals, durations are queued, and a background thread sends the differences every
+``interval_s`` (0.5 s) and once more when the model is unloaded. The metrics endpoint therefore
+lags by up to ``interval_s``; the counts themselves are exact.
+
 The backends pass their ``pb_utils`` module in; nothing here imports Triton.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 LOOKUP_DURATION_BUCKETS_US = [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 100000.0]
+FLUSH_INTERVAL_S = 0.5
+
+
+class _Flusher:
+    """Calls ``flush`` every ``interval_s`` on a daemon thread, and once more from :meth:`close`."""
+
+    def __init__(self, flush: Callable[[], None], interval_s: float) -> None:
+        self._flush = flush
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="tritonrec-metrics", daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.flush()
 
 
 class LookupMetrics:
-    """Counters and the duration histogram of one embedding_lookup model."""
+    """Counters and the duration histogram of one embedding_lookup model.
 
-    def __init__(self, pb_utils: Any, model: str, counters: Sequence[tuple[str, str]]) -> None:
+    Args:
+        pb_utils: the ``triton_python_backend_utils`` module.
+        model: the model's name (label ``model``).
+        read_deltas: returns (table, tier) -> (lookups, misses) since its previous call.
+        interval_s: seconds between sends.
+    """
+
+    def __init__(
+        self,
+        pb_utils: Any,
+        model: str,
+        read_deltas: Callable[[], Mapping[tuple[str, str], tuple[int, int]]],
+        interval_s: float = FLUSH_INTERVAL_S,
+    ) -> None:
         family = pb_utils.MetricFamily
         self._families = [
             family("tritonrec_embedding_lookups_total", "Embedding keys looked up, per table and tier", family.COUNTER),
@@ -31,41 +76,74 @@ class LookupMetrics:
             family("tritonrec_embedding_lookup_duration_us", "Duration of one batched embedding lookup, in microseconds", family.HISTOGRAM),
         ]
         lookups, misses, duration = self._families
-        self._lookups = {key: lookups.Metric(labels={"model": model, "table": key[0], "tier": key[1]}) for key in counters}
-        self._misses = {key: misses.Metric(labels={"model": model, "table": key[0], "tier": key[1]}) for key in counters}
+        self._read_deltas = read_deltas
+        keys = list(read_deltas())
+        self._lookups = {key: lookups.Metric(labels={"model": model, "table": key[0], "tier": key[1]}) for key in keys}
+        self._misses = {key: misses.Metric(labels={"model": model, "table": key[0], "tier": key[1]}) for key in keys}
         self._duration = duration.Metric(labels={"model": model}, buckets=LOOKUP_DURATION_BUCKETS_US)
+        self._durations: list[float] = []
+        self._flusher = _Flusher(self._send, interval_s)
 
-    def record(self, deltas: Mapping[tuple[str, str], tuple[int, int]], duration_us: float) -> None:
-        """Adds one execute's (table, tier) -> (lookups, misses) and its duration; zeros are skipped."""
-        for key, (lookups, misses) in deltas.items():
+    def observe_duration(self, duration_us: float) -> None:
+        """Queues one execute's lookup duration, in microseconds (cheap: no call to the server)."""
+        self._durations.append(duration_us)
+
+    def _send(self) -> None:
+        durations, self._durations = self._durations, []
+        for key, (lookups, misses) in self._read_deltas().items():
             if lookups:
                 self._lookups[key].increment(lookups)
             if misses:
                 self._misses[key].increment(misses)
-        self._duration.observe(duration_us)
+        for value in durations:
+            self._duration.observe(value)
+
+    def close(self) -> None:
+        """Sends what is pending and stops the thread."""
+        self._flusher.close()
 
 
 class TransformMetrics:
-    """Row and out-of-vocabulary counters of one nvtabular_transform model."""
+    """Row and out-of-vocabulary counters of one nvtabular_transform model.
 
-    def __init__(self, pb_utils: Any, model: str, columns: Sequence[str]) -> None:
+    Args:
+        pb_utils: the ``triton_python_backend_utils`` module.
+        model: the model's name.
+        read_totals: returns (rows transformed, column -> out-of-vocabulary values), cumulative.
+        interval_s: seconds between sends.
+    """
+
+    def __init__(
+        self,
+        pb_utils: Any,
+        model: str,
+        read_totals: Callable[[], tuple[int, Mapping[str, int]]],
+        interval_s: float = FLUSH_INTERVAL_S,
+    ) -> None:
         family = pb_utils.MetricFamily
         self._families = [
             family("tritonrec_transform_rows_total", "Rows transformed", family.COUNTER),
             family("tritonrec_transform_oov_total", "Categorical values encoded out of vocabulary, per column", family.COUNTER),
         ]
         rows, oov = self._families
+        self._read_totals = read_totals
+        _, columns = read_totals()
         self._rows = rows.Metric(labels={"model": model})
         self._oov = {c: oov.Metric(labels={"model": model, "column": c}) for c in columns}
         self._last_rows = 0
         self._last_oov = dict.fromkeys(columns, 0)
+        self._flusher = _Flusher(self._send, interval_s)
 
-    def record(self, rows_total: int, oov_total: Mapping[str, int]) -> None:
-        """Brings the counters up to the model's cumulative totals."""
+    def _send(self) -> None:
+        rows_total, oov_total = self._read_totals()
         if rows_total != self._last_rows:
             self._rows.increment(rows_total - self._last_rows)
             self._last_rows = rows_total
-        for column, total in oov_total.items():
+        for column, total in list(oov_total.items()):
             if total != self._last_oov[column]:
                 self._oov[column].increment(total - self._last_oov[column])
                 self._last_oov[column] = total
+
+    def close(self) -> None:
+        """Sends what is pending and stops the thread."""
+        self._flusher.close()

@@ -49,7 +49,7 @@ class TritonPythonModel:
             check_declared_tensors(config, "output", self.model.outputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
         except (StoreFormatError, ConfigError, FingerprintMismatchError, KeyError, ValueError) as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
-        self.metrics = LookupMetrics(pb_utils, name, list(self.model.take_counter_deltas()))
+        self.metrics = LookupMetrics(pb_utils, name, self.model.take_counter_deltas)
 
     def execute(self, requests):
         t0 = time.perf_counter()
@@ -65,8 +65,9 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
             else:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[output_tensor(pb_utils, "embeddings", result["embeddings"])]))
-        self.metrics.record(self.model.take_counter_deltas(), (time.perf_counter() - t0) * 1e6)
+        self.metrics.observe_duration((time.perf_counter() - t0) * 1e6)
         return responses
 
     def finalize(self):
+        self.metrics.close()
         self.model.close()

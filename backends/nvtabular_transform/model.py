@@ -66,7 +66,7 @@ class TritonPythonModel:
         except (PlanLoadError, ConfigError, FingerprintMismatchError, ValueError) as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self.output_names = [spec.name for spec in self.model.outputs]
-        self.metrics = TransformMetrics(pb_utils, name, list(self.model.oov_total))
+        self.metrics = TransformMetrics(pb_utils, name, lambda: (self.model.rows_total, self.model.oov_total))
 
     def execute(self, requests):
         # request.inputs() once per request: get_input_tensor_by_name would rebuild it per input.
@@ -83,5 +83,7 @@ class TritonPythonModel:
                 continue
             outputs = [output_tensor(pb_utils, name, result[name]) for name in self.output_names]
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
-        self.metrics.record(self.model.rows_total, self.model.oov_total)
         return responses
+
+    def finalize(self):
+        self.metrics.close()

@@ -2,8 +2,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "host_store/host_table.hpp"
 #include "host_store/thread_pool.hpp"
@@ -39,7 +42,71 @@ std::pair<py::array_t<int64_t>, py::array_t<float>> require_keys_rows(const Host
 
 }  // namespace
 
+/// Looks up column j of keys (n, k) in tables[j], writing out (n, k, dim) and found (n, k).
+py::array_t<int64_t> find_columns(const py::list& tables_obj, const py::handle& keys_obj, const py::handle& out_obj,
+                                  const py::handle& found_obj, ThreadPool& pool) {
+  std::vector<const HostTable*> tables;
+  for (const auto& t : tables_obj) tables.push_back(&t.cast<const HostTable&>());
+  auto keys = require<int64_t>(keys_obj, "keys", 2);
+  auto out = require<float>(out_obj, "out", 3, true);
+  auto found = require<uint8_t>(found_obj, "found", 2, true);
+  const int64_t n = keys.shape(0);
+  const int64_t k = keys.shape(1);
+  if (static_cast<int64_t>(tables.size()) != k) {
+    throw py::value_error("tables: expected one table per keys column (" + std::to_string(k) + "), got " + std::to_string(tables.size()));
+  }
+  const int64_t dim = k ? tables[0]->dim() : 0;
+  for (const auto* t : tables) {
+    if (t->dim() != dim) throw py::value_error("tables: every table must have the same dim");
+  }
+  if (out.shape(0) != n || out.shape(1) != k || out.shape(2) != dim) {
+    throw py::value_error("out: expected shape (" + std::to_string(n) + ", " + std::to_string(k) + ", " + std::to_string(dim) + ")");
+  }
+  if (found.shape(0) != n || found.shape(1) != k) {
+    throw py::value_error("found: expected shape (" + std::to_string(n) + ", " + std::to_string(k) + ")");
+  }
+  py::array_t<int64_t> hits(k);
+  int64_t* hit_data = hits.mutable_data();
+  const int64_t* key_data = keys.data();
+  float* out_data = out.mutable_data();
+  uint8_t* found_data = found.mutable_data();
+  {
+    py::gil_scoped_release release;
+    // Work items: (table, block of rows); small batches stay on the calling thread.
+    const int64_t block = 2048;
+    const int64_t blocks = (n + block - 1) / block;
+    std::vector<std::atomic<int64_t>> counts(static_cast<size_t>(k));
+    for (auto& c : counts) c.store(0);
+    pool.parallel_for(k * blocks, n * k <= 4096 ? k * blocks : 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t j = item / blocks;
+        const int64_t start = (item % blocks) * block;
+        const int64_t rows = std::min(block, n - start);
+        counts[static_cast<size_t>(j)].fetch_add(
+            tables[static_cast<size_t>(j)]->find_strided(key_data + start * k + j, k, rows, out_data + (start * k + j) * dim, k * dim,
+                                                         found_data + start * k + j, k),
+            std::memory_order_relaxed);
+      }
+    });
+    for (int64_t j = 0; j < k; ++j) hit_data[j] = counts[static_cast<size_t>(j)].load();
+  }
+  return hits;
+}
+
 void bind_host_store(py::module_& m) {
+  m.def("find_columns", &find_columns, py::arg("tables"), py::arg("keys"), py::arg("out"), py::arg("found"), py::arg("pool"),
+        R"doc(Looks up column j of keys in tables[j], all columns in one call, the GIL released.
+
+Args:
+    tables: k HostTables of one dim.
+    keys: int64 (n, k) C-contiguous host array.
+    out: float32 (n, k, dim) C-contiguous host array: rows of found keys, zeros for missing ones.
+    found: uint8 (n, k) host array: 1 where found.
+    pool: the ThreadPool to spread (table, row block) items over.
+
+Returns:
+    int64 (k,): keys found per table.
+)doc");
   py::class_<ThreadPool>(m, "ThreadPool", "Worker threads for batched host lookups.")
       .def(py::init<int>(), py::arg("threads") = 0,
            "threads: total threads per call (0: the machine's hardware threads).")

@@ -216,6 +216,30 @@ int64_t HostTable::find(const int64_t* keys, int64_t n, float* out, uint8_t* fou
   return total;
 }
 
+int64_t HostTable::find_strided(const int64_t* keys, int64_t key_stride, int64_t n, float* out, int64_t out_stride,
+                                uint8_t* found, int64_t found_stride) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t key = keys[i * key_stride];
+    if (max_rows_ > 0) count_access(key);
+    const int64_t row = index_.find(key);
+    float* target = out + i * out_stride;
+    if (row >= 0) {
+      load_row(row, target);
+      found[i * found_stride] = 1;
+      ++total;
+    } else {
+      std::memset(target, 0, static_cast<size_t>(dim_) * sizeof(float));
+      found[i * found_stride] = 0;
+    }
+  }
+  lookups_.fetch_add(n, std::memory_order_relaxed);
+  hits_.fetch_add(total, std::memory_order_relaxed);
+  misses_.fetch_add(n - total, std::memory_order_relaxed);
+  return total;
+}
+
 int64_t HostTable::size() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   return index_.size();

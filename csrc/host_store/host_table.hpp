@@ -67,6 +67,12 @@ class HostTable {
   /// @return number of keys found.
   int64_t find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool) const;
 
+  /// `find` over strided host arrays: key i at keys[i * key_stride], its row at out + i * out_stride
+  /// (floats; out_stride >= dim), its flag at found[i * found_stride]. Runs on the calling thread.
+  /// Lets one call fill column j of ids (n, tables) into embeddings (n, tables, dim) in place.
+  int64_t find_strided(const int64_t* keys, int64_t key_stride, int64_t n, float* out, int64_t out_stride, uint8_t* found,
+                       int64_t found_stride) const;
+
   int64_t dim() const noexcept { return dim_; }
   int64_t max_rows() const noexcept { return max_rows_; }
   RowDtype dtype() const noexcept { return dtype_; }

@@ -1,136 +1,206 @@
-"""The README's main job: fit the Criteo-shaped workflow, compile it, serve it on the embedded
-Triton in both layouts, check every served row against NVTabular, and print a latency table."""
+"""The README's main job: Criteo-shaped data -> fit -> train a DLRM -> export the ensemble ->
+serve it on the embedded Triton -> score held-out rows over gRPC, and report AUC, parity,
+latency and cache hit rates."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import signal
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator
+from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, HIDDEN, LABEL, CriteoGenerator
+from tritonrec.triton_metrics import FLUSH_INTERVAL_S
+
+ENSEMBLE = "criteo"
 
 
 @dataclasses.dataclass
 class DemoOptions:
+    """Sizes and switches of the demo (see ``tritonrec demo --help``)."""
+
     workdir: str = "demo-output"
-    train_rows: int = 200_000
+    train_rows: int = 500_000
     eval_rows: int = 20_000
     requests: int = 300
     keep_serving: bool = False
     seed: int = 0
+    epochs: int = 1
+    host_budget: float = 0.25
+    """Host memory for the embedding rows, as a fraction of their size; the rest stays in the
+    RocksDB tier (0 or a build without RocksDB: every row in host memory)."""
     batch_sizes: tuple[int, ...] = (1, 64, 1024)
 
 
-def _percentiles(latencies_s: list[float]) -> tuple[float, float]:
+def _percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
     ms = np.asarray(latencies_s) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99))
+
+
+def scrape_metrics(metrics_url: str) -> dict[str, float]:
+    """Triton's metrics endpoint as ``{'name{labels}': value}`` for the tritonrec_ families."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("tritonrec_"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    return values
+
+
+def hit_rates(metrics: dict[str, float], model: str) -> dict[str, tuple[int, int]]:
+    """tier -> (keys looked up there, keys it held), summed over tables, for one embedding model."""
+    tiers: dict[str, list[int]] = {}
+    pattern = re.compile(r'tritonrec_embedding_(lookups|misses)_total\{model="([^"]+)",table="[^"]+",tier="([^"]+)"\}')
+    for key, value in metrics.items():
+        match = pattern.fullmatch(key)
+        if match and match.group(2) == model:
+            entry = tiers.setdefault(match.group(3), [0, 0])
+            entry[0 if match.group(1) == "lookups" else 1] += int(value)
+    return {tier: (lookups, lookups - misses) for tier, (lookups, misses) in tiers.items()}
 
 
 def run_demo(options: DemoOptions) -> int:
     """Runs the demo; returns the process exit code (0 when every parity check passes)."""
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+    import embedding_cache  # noqa: PLC0415
     from tritonrec.client import infer  # noqa: PLC0415
-    from tritonrec.export import export_transform  # noqa: PLC0415
-    from tritonrec.pipeline.workflow import criteo_workflow, fit_workflow, nvtabular_transform  # noqa: PLC0415
+    from tritonrec.export import export_ensemble  # noqa: PLC0415
+    from tritonrec.pipeline.train import train_pipeline  # noqa: PLC0415
+    from tritonrec.pipeline.workflow import nvtabular_transform  # noqa: PLC0415
+    from tritonrec.scorer.dlrm import TrainOptions, predict, roc_auc  # noqa: PLC0415
     from tritonrec.serve import ServerError, TritonServer  # noqa: PLC0415
-    from tritonrec.transform import compile_workflow  # noqa: PLC0415
     from tritonrec.transform.parity import compare  # noqa: PLC0415
-    from tritonrec.transform.serving import TransformModel, pack_request, unpack_response  # noqa: PLC0415
+    from tritonrec.transform.serving import TransformModel, pack_request  # noqa: PLC0415
 
+    started = time.perf_counter()
     work = Path(options.workdir).resolve()
     repository = work / "model_repository"
-    inputs = CONTINUOUS + CATEGORICAL
+    raw = CONTINUOUS + CATEGORICAL
     ok = True
-    progress = tqdm(total=6, desc="demo", unit="step", file=sys.stdout)
+    steps = tqdm(total=7, desc="demo", unit="step", file=sys.stdout)
 
-    progress.set_postfix_str("generating Criteo-shaped data")
+    steps.set_postfix_str(f"generating {options.train_rows:,} + {options.eval_rows:,} Criteo-shaped rows")
     generator = CriteoGenerator()
     train = generator.sample(options.train_rows, seed=options.seed)
-    held_out = generator.sample(options.eval_rows, seed=options.seed + 1)
-    held_cols = {c: held_out[c] for c in inputs}
-    progress.update()
+    held_out = generator.sample(options.eval_rows, seed=options.seed + 1, hidden_probability=True)
+    held_cols = {c: held_out[c] for c in raw}
+    steps.update()
 
-    progress.set_postfix_str(f"fitting the NVTabular workflow on {options.train_rows:,} rows")
-    workflow = fit_workflow(criteo_workflow(), train, inputs, work / "workflow")
-    progress.update()
+    steps.set_postfix_str("fitting the workflow, training the DLRM")
+    persistent = options.host_budget > 0 and embedding_cache._core.has_rocksdb
+    with tqdm(total=options.train_rows * options.epochs, desc="training DLRM", unit="row", unit_scale=True, file=sys.stdout, leave=False) as bar:
+        done = [0]
 
-    progress.set_postfix_str("compiling the plan")
-    plan = compile_workflow(work / "workflow")
-    expected = nvtabular_transform(workflow, held_cols)
-    in_process = compare(expected, plan.transform(held_cols))
+        def progress(rows: int, loss: float) -> None:
+            bar.update(rows - done[0] if rows >= done[0] else rows)
+            done[0] = rows
+            bar.set_postfix_str(f"loss {loss:.4f}")
+
+        pipeline = train_pipeline(work, train, train_options=TrainOptions(epochs=options.epochs, seed=options.seed), persistent=persistent, progress=progress)
+    steps.update()
+
+    steps.set_postfix_str("checking the plan against nvtabular, scoring offline")
+    expected_features = nvtabular_transform(pipeline.workflow, held_cols)
+    in_process = compare(expected_features, pipeline.plan.transform(held_cols))
     ok &= in_process.ok
-    progress.update()
+    # The offline reference: the PyTorch model on NVTabular's own transform of the raw rows.
+    plan = pipeline.plan
+    offline_dense = np.stack([expected_features[c] for c in plan.packed_outputs["float32"]], axis=1)
+    offline_ids = np.stack([expected_features[c] for c in plan.packed_outputs["int64"]], axis=1).astype(np.int64)
+    offline = predict(pipeline.model, offline_dense, offline_ids)
+    steps.update()
 
-    progress.set_postfix_str("exporting the model repository")
+    steps.set_postfix_str("exporting the ensemble")
     if repository.exists():
         shutil.rmtree(repository)
-    models = {}
-    for layout, name in (("per-column", "criteo_transform"), ("packed", "criteo_transform_packed")):
-        export_transform(plan, repository, name, layout=layout)
-        models[name] = TransformModel(plan, layout)
-    progress.update()
+    budget = None
+    if persistent:
+        _, tables = embedding_cache.read_store_info(pipeline.store_dir)
+        budget = max(1, int(options.host_budget * sum(t.rows * t.dim * 4 for t in tables)))
+    export_ensemble(pipeline.plan, pipeline.store_dir, pipeline.scorer_dir, repository, ENSEMBLE, layout="packed", host_budget_bytes=budget)
+    transform = TransformModel(plan, "packed")
+    steps.update()
 
-    progress.set_postfix_str("starting tritonserver")
+    steps.set_postfix_str("starting tritonserver")
     try:
         server = TritonServer(repository, log_path=work / "tritonserver.log").start()
     except ServerError as e:
-        progress.close()
+        steps.close()
         print(f"demo: {e}", file=sys.stderr)
         return 1
-    progress.update()
+    steps.update()
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        progress.set_postfix_str("serving the held-out rows")
-        served = {}
-        for name, model in models.items():
-            outputs = [s.name for s in model.outputs]
-            parts = []
-            for start in range(0, options.eval_rows, 1024):
-                batch = {c: v[start : start + 1024] for c, v in held_cols.items()}
-                parts.append(unpack_response(model, infer(client, name, pack_request(model, batch), outputs)))
-            got = {c.name: np.concatenate([p[c.name] for p in parts]) for c in plan.output_schema}
-            served[name] = compare(expected, got)
-            ok &= served[name].ok
-        progress.update()
-        progress.close()
+        steps.set_postfix_str("scoring the held-out rows through the ensemble")
+        served = []
+        for start in tqdm(range(0, options.eval_rows, 1024), desc="serving", unit="batch", file=sys.stdout, leave=False):
+            batch = {c: v[start : start + 1024] for c, v in held_cols.items()}
+            served.append(infer(client, ENSEMBLE, pack_request(transform, batch), ["probability"])["probability"].reshape(-1))
+        served_p = np.concatenate(served)
+        parity = float(np.abs(served_p - offline).max())
+        parity_ok = parity <= 1e-5
+        ok &= parity_ok
+        steps.update()
 
-        rows = []
-        for name, model in models.items():
-            outputs = [s.name for s in model.outputs]
-            for batch_size in options.batch_sizes:
-                tensors = pack_request(model, {c: v[:batch_size] for c, v in held_cols.items()})
-                for _ in range(10):
-                    infer(client, name, tensors, outputs)
-                latencies = []
-                for _ in range(options.requests):
-                    t0 = time.perf_counter()
-                    infer(client, name, tensors, outputs)
-                    latencies.append(time.perf_counter() - t0)
-                p50, p99 = _percentiles(latencies)
-                rows.append((model.layout, batch_size, p50, p99, batch_size * len(latencies) / sum(latencies)))
+        steps.set_postfix_str("measuring latency")
+        latency_rows = []
+        for batch_size in options.batch_sizes:
+            tensors = pack_request(transform, {c: v[:batch_size] for c, v in held_cols.items()})
+            for _ in range(10):
+                infer(client, ENSEMBLE, tensors, ["probability"])
+            latencies = []
+            for _ in range(options.requests):
+                t0 = time.perf_counter()
+                infer(client, ENSEMBLE, tensors, ["probability"])
+                latencies.append(time.perf_counter() - t0)
+            latency_rows.append((batch_size, *_percentiles(latencies), batch_size * len(latencies) / sum(latencies)))
+        time.sleep(2 * FLUSH_INTERVAL_S)  # the backends send their counts every FLUSH_INTERVAL_S
+        rates = hit_rates(scrape_metrics(server.metrics_url), f"{ENSEMBLE}_embeddings")
+        steps.update()
+        steps.close()
 
+        labels = held_out[LABEL]
+        auc_served = roc_auc(labels, served_p)
+        auc_hidden = roc_auc(labels, held_out[HIDDEN])
+        ratio = auc_served / auc_hidden
         print()
         print(f"Plan: {plan}")
+        print(f"Training: {options.train_rows:,} rows, {options.epochs} epoch(s), loss {pipeline.losses[-1]:.4f}")
         print(f"Parity, in process, plan vs nvtabular.Workflow.transform: {in_process.summary()}")
-        for name, report in served.items():
-            print(f"Parity, served by tritonserver ({models[name].layout}, model '{name}'): {report.summary()}")
+        print(
+            f"Parity, served ensemble vs PyTorch on Workflow.transform ({options.eval_rows:,} rows): "
+            f"max |difference| {parity:.2e} ({'within' if parity_ok else 'NOT within'} 1e-5)"
+        )
+        print(
+            f"AUC on {options.eval_rows:,} held-out rows: served DLRM {auc_served:.4f}, hidden model {auc_hidden:.4f}, "
+            f"ratio {ratio:.4f} (target >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'})"
+        )
         print()
-        print(f"Latency through tritonserver (gRPC, Python client, concurrency 1, {options.requests} requests each):")
-        print(f"| {'layout':<10} | {'batch':>5} | {'p50 ms':>7} | {'p99 ms':>7} | {'rows/s':>10} |")
-        print(f"|{'-' * 12}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 12}|")
-        for layout, batch_size, p50, p99, rate in rows:
-            print(f"| {layout:<10} | {batch_size:>5} | {p50:>7.3f} | {p99:>7.3f} | {rate:>10,.0f} |")
+        print(f"Latency of the ensemble '{ENSEMBLE}' (packed inputs, gRPC, Python client, concurrency 1, {options.requests} requests each):")
+        print(f"| {'batch':>5} | {'p50 ms':>7} | {'p95 ms':>7} | {'p99 ms':>7} | {'rows/s':>10} |")
+        print(f"|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 12}|")
+        for batch_size, p50, p95, p99, rate in latency_rows:
+            print(f"| {batch_size:>5} | {p50:>7.3f} | {p95:>7.3f} | {p99:>7.3f} | {rate:>10,.0f} |")
+        print()
+        where = f"host budget {budget / 2**20:.1f} MiB of {budget / options.host_budget / 2**20:.1f} MiB, rest in RocksDB" if budget else "every row in host memory"
+        print(f"Embedding cache ({where}), keys looked up since the server started:")
+        for tier, (lookups, hits) in rates.items():
+            print(f"  {tier:>8}: {lookups:,} lookups, {hits:,} hits, hit rate {hits / max(lookups, 1):.4f}")
         print()
         print(f"Model repository: {repository}")
         print(f"Server endpoints: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
+        print(f"Elapsed: {time.perf_counter() - started:.0f} s")
         if options.keep_serving:
             print("Serving until Ctrl-C or SIGTERM.", flush=True)
             stop = threading.Event()

@@ -65,8 +65,8 @@ class TransformModel:
 
     Attributes:
         rows_total: rows transformed so far (requests that were rejected do not count).
-        oov_total: output column -> values encoded out of vocabulary so far, for every
-            Categorify output (see :meth:`TransformPlan.categorical_codes`).
+        oov_columns: the Categorify output columns (see :meth:`TransformPlan.categorical_codes`),
+            whose out-of-vocabulary values :attr:`oov_total` counts.
     """
 
     def __init__(
@@ -94,22 +94,43 @@ class TransformModel:
             ]
         self._input_by_name = {s.name: s for s in self.inputs}
         self.rows_total = 0
-        self.oov_total: dict[str, int] = {}
-        self._oov_checks: list[tuple[str, str, int | None, int, int]] = []  # (column, tensor, index, first, end)
+        codes = plan.categorical_codes()
+        self.oov_columns = list(codes)
+        self._oov_counts = np.zeros(len(codes), dtype=np.int64)
+        self._oov_first = np.array([c[1] for c in codes.values()], dtype=np.int64)
+        self._oov_end = np.array([c[2] for c in codes.values()], dtype=np.int64)
+        # Packed outputs: per output tensor, the Categorify columns in it and their counter slots.
         positions = {n: (d, j) for d, names in plan.packed_outputs.items() for j, n in enumerate(names)}
-        for column, (_, first, end) in plan.categorical_codes().items():
-            self.oov_total[column] = 0
-            if output_layout == "per-column":
-                self._oov_checks.append((column, column, None, first, end))
-            else:
+        self._oov_blocks: list[tuple[str, Any, np.ndarray]] = []  # (tensor, its columns, counter slots)
+        if output_layout == "packed":
+            by_dtype: dict[str, list[tuple[int, int]]] = {}
+            for slot, column in enumerate(self.oov_columns):
                 dtype_name, j = positions[column]
-                self._oov_checks.append((column, packed_output_name(dtype_name), j, first, end))
+                by_dtype.setdefault(dtype_name, []).append((j, slot))
+            for dtype_name, pairs in by_dtype.items():
+                idx = np.array([j for j, _ in pairs], dtype=np.int64)
+                slots = np.array([slot for _, slot in pairs], dtype=np.int64)
+                width = len(plan.packed_outputs[dtype_name])
+                columns = slice(None) if np.array_equal(idx, np.arange(width)) else idx
+                self._oov_blocks.append((packed_output_name(dtype_name), columns, slots))
+
+    @property
+    def oov_total(self) -> dict[str, int]:
+        """Output column -> values encoded out of vocabulary so far (Categorify outputs)."""
+        return dict(zip(self.oov_columns, self._oov_counts.tolist()))
 
     def _count(self, merged: Mapping[str, np.ndarray], rows: int) -> None:
         self.rows_total += rows
-        for column, tensor, j, first, end in self._oov_checks:
-            codes = merged[tensor] if j is None else merged[tensor][:, j]
-            self.oov_total[column] += int(np.count_nonzero((codes >= first) & (codes < end)))
+        if not self.oov_columns or rows == 0:
+            return
+        if self.output_layout == "packed":
+            for tensor, columns, slots in self._oov_blocks:
+                block = merged[tensor][:, columns]
+                self._oov_counts[slots] += ((block >= self._oov_first[slots]) & (block < self._oov_end[slots])).sum(axis=0)
+        else:
+            for slot, column in enumerate(self.oov_columns):
+                codes = merged[column]
+                self._oov_counts[slot] += int(np.count_nonzero((codes >= self._oov_first[slot]) & (codes < self._oov_end[slot])))
 
     @classmethod
     def from_directory(

@@ -1,0 +1,145 @@
+"""export_ensemble and ``tritonrec export``: the repository layout, versions, and every refusal."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import textwrap
+
+import pytest
+
+from tritonrec.cli import main
+from tritonrec.embeddings import FingerprintMismatchError
+from tritonrec.export import ServedScorer, export_ensemble
+
+
+@pytest.fixture
+def parts(criteo_trained):
+    pipeline = criteo_trained["pipeline"]
+    return pipeline.plan, pipeline.store_dir, pipeline.scorer_dir
+
+
+def _served_scorer_config(repo, dims_embeddings="26, 16", name="onnx_ranker"):
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(textwrap.dedent(f'''
+        name: "{name}"
+        platform: "onnxruntime_onnx"
+        max_batch_size: 1024
+        input [ {{ name: "x_dense", data_type: TYPE_FP32, dims: [ 13 ] }},
+                {{ name: "x_emb", data_type: TYPE_FP32, dims: [ {dims_embeddings} ] }} ]
+        output [ {{ name: "y", data_type: TYPE_FP32, dims: [ 1 ] }} ]
+    '''))
+
+
+def test_export_writes_four_models_and_each_export_adds_versions(parts, tmp_path):
+    plan, store, scorer = parts
+    repo = tmp_path / "repo"
+    export_ensemble(plan, store, scorer, repo, "rank")
+    export_ensemble(plan, store, scorer, repo, "rank", layout="per-column")
+    for model in ("rank", "rank_transform", "rank_embeddings", "rank_scorer"):
+        assert sorted(p.name for p in (repo / model).iterdir()) == ["1", "2", "config.pbtxt"]
+    assert (repo / "rank_embeddings" / "2" / "store" / "store.json").is_file()
+    assert (repo / "rank_scorer" / "2" / "scorer" / "model.pt").is_file()
+    config = (repo / "rank" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in config and 'string_value: "per-column"' in config
+    for step in ("rank_transform", "rank_embeddings", "rank_scorer"):
+        assert re.search(rf'model_name: "{step}"\s+model_version: 2\b', config)
+    assert '{ name: "I1", data_type: TYPE_FP32, dims: [ 1 ] }' in config
+    transform = (repo / "rank_transform" / "config.pbtxt").read_text()
+    assert 'key: "output_layout" value: { string_value: "packed" }' in transform
+    lookup = (repo / "rank_embeddings" / "config.pbtxt").read_text()
+    assert f'string_value: "{",".join(plan.packed_outputs["int64"])}"' in lookup
+    assert 'dims: [ 26, 16 ]' in lookup
+
+
+def test_a_served_scorer_is_chained_by_name(parts, tmp_path):
+    plan, store, _ = parts
+    repo = tmp_path / "repo"
+    _served_scorer_config(repo)
+    export_ensemble(plan, store, ServedScorer("onnx_ranker", "x_dense", "x_emb", "y"), repo, "rank")
+    assert not (repo / "rank_scorer").exists()
+    config = (repo / "rank" / "config.pbtxt").read_text()
+    assert re.search(r'model_name: "onnx_ranker"\s+model_version: -1', config)
+    assert 'input_map { key: "x_emb" value: "embeddings" }' in config and 'output_map { key: "y" value: "probability" }' in config
+
+
+@pytest.mark.parametrize(
+    ("scorer", "dims", "message"),
+    [
+        (ServedScorer("onnx_ranker", "x_dense", "x_emb", "y"), "26, 8", r"tensor 'x_emb' is FP32 \[26, 8\]; the chain needs FP32 \[26, 16\]"),
+        (ServedScorer("onnx_ranker", "dense", "x_emb", "y"), "26, 16", r"has no tensor 'dense'"),
+        (ServedScorer("onnx_ranker", "x_dense", "x_emb", "z"), "26, 16", r"has no tensor 'z'"),
+    ],
+)
+def test_a_served_scorer_whose_tensors_do_not_chain_is_refused(parts, tmp_path, scorer, dims, message):
+    plan, store, _ = parts
+    repo = tmp_path / "repo"
+    _served_scorer_config(repo, dims_embeddings=dims)
+    with pytest.raises(ValueError, match=message):
+        export_ensemble(plan, store, scorer, repo, "rank")
+    assert sorted(p.name for p in repo.iterdir()) == ["onnx_ranker"]  # nothing written
+
+
+def test_a_served_scorer_not_in_the_repository(parts, tmp_path):
+    plan, store, _ = parts
+    with pytest.raises(FileNotFoundError, match="the scoring model must be in the repository"):
+        export_ensemble(plan, store, ServedScorer("absent", "a", "b", "c"), tmp_path, "rank")
+
+
+def _edited(source, tmp_path, file, edit):
+    copy = tmp_path / source.name
+    shutil.copytree(source, copy)
+    data = json.loads((copy / file).read_text())
+    edit(data)
+    (copy / file).unlink()
+    (copy / file).write_text(json.dumps(data))
+    return copy
+
+
+def test_parts_of_another_plan_are_refused_naming_both_fingerprints(parts, tmp_path):
+    plan, store, scorer = parts
+    other_store = _edited(store, tmp_path, "store.json", lambda d: d["metadata"].update(plan_fingerprint="ab" * 32))
+    with pytest.raises(FingerprintMismatchError, match=f"fingerprint '{'ab' * 32}'.*fingerprint '{plan.fingerprint}'"):
+        export_ensemble(plan, other_store, scorer, tmp_path / "repo", "rank")
+    other_scorer = _edited(scorer, tmp_path, "scorer.json", lambda d: d.update(plan_fingerprint="cd" * 32))
+    with pytest.raises(FingerprintMismatchError, match=f"scorer .*fingerprint '{'cd' * 32}'.*fingerprint '{plan.fingerprint}'"):
+        export_ensemble(plan, store, other_scorer, tmp_path / "repo", "rank")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_tables_and_sizes_must_match_the_plan(parts, tmp_path):
+    plan, store, scorer = parts
+    resized = _edited(store, tmp_path, "store.json", lambda d: d["metadata"]["table_sizes"].update(C4=7))
+    with pytest.raises(ValueError, match=r"table 'C4' was built for 7 codes; the plan encodes \d+"):
+        export_ensemble(plan, resized, scorer, tmp_path / "repo", "rank")
+    shutil.rmtree(resized)
+    renamed = _edited(store, tmp_path, "store.json", lambda d: d["tables"][0].update(name="users"))
+    with pytest.raises(ValueError, match=r"has no table\(s\) \['C1'\]"):
+        export_ensemble(plan, renamed, scorer, tmp_path / "repo", "rank")
+    reordered = _edited(scorer, tmp_path, "scorer.json", lambda d: d.update(tables=d["tables"][::-1]))
+    with pytest.raises(ValueError, match="takes embeddings of tables"):
+        export_ensemble(plan, store, reordered, tmp_path / "repo", "rank")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"layout": "wide"}, "layout 'wide'"), ({"name": "a/b"}, "model name 'a/b'"), ({"missing_key_policy": "skip"}, "missing_key_policy 'skip'")],
+)
+def test_bad_arguments(parts, tmp_path, kwargs, message):
+    plan, store, scorer = parts
+    with pytest.raises(ValueError, match=message):
+        export_ensemble(plan, store, scorer, tmp_path, **{"name": "rank", **kwargs})
+
+
+def test_cli_export(criteo_trained, tmp_path, capsys):
+    pipeline = criteo_trained["pipeline"]
+    args = ["export", str(pipeline.workflow_dir), str(tmp_path / "repo"), "--name", "rank", "--store", str(pipeline.store_dir)]
+    assert main([*args, "--scorer", str(pipeline.scorer_dir)]) == 0
+    assert "wrote ensemble" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "give either --scorer DIR or --scorer-model NAME" in capsys.readouterr().err
+    assert main([*args, "--scorer-model", "x"]) == 2
+    assert "--scorer-model needs --dense-input, --embeddings-input, --scorer-output" in capsys.readouterr().err
+    assert main([*args, "--scorer", str(tmp_path)]) == 1
+    assert "scorer.json: no such file" in capsys.readouterr().err
