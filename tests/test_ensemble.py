@@ -16,7 +16,7 @@ import pytest
 
 from embedding_cache import EmbeddingStore, build_store
 from tritonrec.client import infer
-from tritonrec.export import export_ensemble
+from tritonrec.export import ServedScorer, export_ensemble
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
 from tritonrec.serve import ServerError, TritonServer
 from tritonrec.transform.serving import TransformModel, pack_request
@@ -107,6 +107,8 @@ def served(criteo_trained, tmp_path_factory, start_server):
         export_ensemble(pipeline.workflow_dir, pipeline.store_dir, pipeline.scorer_dir, repo, name, layout=layout, max_batch_size=512)
     pipeline.plan.save(work / "plan")
     _foreign_models(repo, work / "plan", pipeline.store_dir, pipeline.plan.packed_outputs["int64"])
+    # an exported ensemble whose scorer is a model already served (the hand-written Python ranker)
+    export_ensemble(pipeline.plan, pipeline.store_dir, ServedScorer("ranker", "features", "vectors", "score"), repo, "criteo_ranker", max_batch_size=256)
     with start_server(repo) as server:
         yield {"client": grpcclient.InferenceServerClient(server.grpc_url), "server": server, "repo": repo}
 
@@ -185,6 +187,7 @@ def test_bad_inputs_at_the_ensemble_name_the_input_and_the_server_serves_on(serv
         ({**good, "INPUT_FP32": good["INPUT_FP32"].astype(np.float64)}, "INPUT_FP32"),
         ({"INPUT_FP32": good["INPUT_FP32"]}, "INPUT_INT64"),
         ({**good, "INPUT_INT64": good["INPUT_INT64"][:3]}, "batch size does not match other inputs"),
+        (pack_request(model, _rows(criteo_trained, 0, 513)), "batch-size must be <= 512"),
     ]
     for tensors, name in cases:
         with pytest.raises(InferenceServerException, match=name):
@@ -226,6 +229,13 @@ def test_backends_reused_in_a_hand_written_ensemble(served, criteo_trained):
     np.testing.assert_allclose(score.reshape(-1), 1 / (1 + np.exp(-logit)), rtol=1e-5, atol=1e-6)
 
 
+def test_an_exported_ensemble_chains_a_served_scorer(served, criteo_trained):
+    model = TransformModel(criteo_trained["pipeline"].plan, "packed")
+    tensors = pack_request(model, _rows(criteo_trained, 0, 20))
+    got = infer(served["client"], "criteo_ranker", tensors, ["probability"])["probability"]
+    np.testing.assert_array_equal(got, infer(served["client"], "shop_ranker", tensors, ["score"])["score"])
+
+
 def test_ensemble_config_pins_the_exported_versions(served):
     config = (served["repo"] / "criteo" / "config.pbtxt").read_text()
     for step in ("criteo_transform", "criteo_embeddings", "criteo_scorer"):
@@ -250,6 +260,18 @@ def test_a_store_of_another_plan_is_refused_at_load(served, tmp_path):
     manifest.unlink()  # a hard link to the source store's file: replace, never edit in place
     manifest.write_text(json.dumps(data))
     with pytest.raises(ServerError, match=f"model 'criteo_embeddings'.*fingerprint '0{{64}}'.*fingerprint '{fingerprint}'"):
+        TritonServer(repo).start(timeout_s=60)
+
+
+@pytest.mark.parametrize(("model", "part", "message"), [
+    ("criteo_embeddings", "store", "store.json: no such file: .* is not an embedding store"),
+    ("criteo_scorer", "scorer", "scorer.json: no such file: .* is not a tritonrec scorer"),
+    ("criteo_transform", "plan", "manifest.json"),
+])
+def test_a_missing_part_is_named_at_load(served, tmp_path, model, part, message):
+    repo = _one_model_repo(tmp_path, served["repo"], model)
+    shutil.rmtree(repo / model / "1" / part)
+    with pytest.raises(ServerError, match=f"model '{model}'.*{message}"):
         TritonServer(repo).start(timeout_s=60)
 
 

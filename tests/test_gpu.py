@@ -56,3 +56,24 @@ def test_cupy_plan_equals_numpy_plan(rows):
     # to ~1e-7 absolute near zero (seen on an H200), so floats compare with an absolute floor.
     np.testing.assert_allclose(cupy.asnumpy(got["float32"]), expected["float32"], rtol=1e-6, atol=1e-6)
     assert isinstance(got["int64"], cupy.ndarray)
+
+
+def test_torch_scorer_on_the_gpu_equals_the_cpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    from tritonrec.scorer.artifact import ScorerInfo, TorchScorerModel, save_scorer
+    from tritonrec.scorer.dlrm import DLRM
+
+    torch.manual_seed(0)
+    model = DLRM(13, [10] * 26)
+    tables = tuple(f"C{j}" for j in range(1, 27))
+    save_scorer(tmp_path, model.dense, ScorerInfo("f" * 64, tables, dict.fromkeys(tables, 10), 13, 16))
+    rng = np.random.default_rng(1)
+    dense = rng.normal(size=(512, 13)).astype(np.float32)
+    embeddings = rng.normal(0, 0.1, size=(512, 26, 16)).astype(np.float32)
+    cpu = TorchScorerModel(tmp_path).execute([{"dense": dense, "embeddings": embeddings}])[0]["probability"]
+    gpu_model = TorchScorerModel(tmp_path, "cuda:0")
+    inputs = {"dense": torch.from_numpy(dense).cuda(), "embeddings": torch.from_numpy(embeddings).cuda()}
+    gpu = gpu_model.execute([inputs, inputs])
+    assert gpu[0]["probability"].device.type == "cuda" and gpu[1]["probability"].shape == (512, 1)
+    # TF32 is off by default for matmuls in torch: fp32 on both sides, summation order aside
+    np.testing.assert_allclose(gpu[0]["probability"].cpu().numpy(), cpu.numpy(), atol=1e-5, rtol=0)

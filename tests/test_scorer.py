@@ -118,3 +118,20 @@ def test_predict_is_the_model_in_batches(criteo_trained):
     model = criteo_trained["pipeline"].model
     dense, ids = criteo_trained["dense"][:100], criteo_trained["ids"][:100]
     np.testing.assert_allclose(predict(model, dense, ids, batch_size=7), criteo_trained["expected"][:100], atol=1e-6, rtol=0)
+
+
+def test_small_batches_run_on_one_thread(criteo_trained):
+    before = torch.get_num_threads()
+    try:
+        scorer = TorchScorerModel(criteo_trained["pipeline"].scorer_dir, threads=2, parallel_rows=32)
+        dense, ids = criteo_trained["dense"], criteo_trained["ids"]
+        embeddings = np.stack([w[ids[:64, j]] for j, w in enumerate(criteo_trained["pipeline"].model.table_weights())], axis=1)
+        one = scorer.execute([{"dense": dense[:1], "embeddings": embeddings[:1]}])[0]["probability"]
+        assert torch.get_num_threads() == 1
+        many = scorer.execute([{"dense": dense[:64], "embeddings": embeddings}])[0]["probability"]
+        assert torch.get_num_threads() == 2
+        np.testing.assert_allclose(one.numpy(), many[:1].numpy(), atol=1e-6, rtol=0)
+        with pytest.raises(ValueError, match="threads 0: expected >= 1"):
+            TorchScorerModel(criteo_trained["pipeline"].scorer_dir, threads=0)
+    finally:
+        torch.set_num_threads(before)

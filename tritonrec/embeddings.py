@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import EmbeddingStore, MissingPolicy
-from tritonrec.transform.serving import RequestError, TensorSpec
+from tritonrec.transform.serving import RequestError, TensorSpec, check_requests
 from tritonrec.triton_types import triton_dtype
 
 IDS = "ids"
@@ -153,14 +153,7 @@ class EmbeddingLookupModel:
 
     def execute(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray] | Exception]:
         """Per request, in order: ``{"embeddings": array}`` or the error that rejects it (others are served)."""
-        results: list[dict[str, np.ndarray] | Exception] = []
-        good: list[tuple[int, int]] = []
-        for i, tensors in enumerate(requests):
-            try:
-                good.append((i, self.check_request(tensors)))
-                results.append({})
-            except RequestError as e:
-                results.append(e)
+        results, good = check_requests(requests, self.check_request)
         if not good:
             return results
         ids = requests[good[0][0]][IDS] if len(good) == 1 else np.concatenate([requests[i][IDS] for i, _ in good])

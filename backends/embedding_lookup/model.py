@@ -22,7 +22,7 @@ from embedding_cache import StoreFormatError
 from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError
 from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, parameter
 from tritonrec.triton_metrics import LookupMetrics
-from tritonrec.triton_tensors import input_array, output_tensor
+from tritonrec.triton_tensors import input_array, output_tensor, respond
 
 
 class TritonPythonModel:
@@ -53,18 +53,10 @@ class TritonPythonModel:
 
     def execute(self, requests):
         t0 = time.perf_counter()
-        batch = [{tensor.name(): input_array(tensor) for tensor in request.inputs()} for request in requests]
-        try:
-            results = self.model.execute(batch)
-        except Exception as e:  # a fault of the store itself: fail these requests, keep serving
-            message = f"embedding lookup failed: {type(e).__name__}: {e}"
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
-        responses = []
-        for result in results:
-            if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
-            else:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[output_tensor(pb_utils, "embeddings", result["embeddings"])]))
+        responses = respond(
+            pb_utils, requests, self.model.execute, input_array,
+            lambda result: [output_tensor(pb_utils, "embeddings", result["embeddings"])], "embedding lookup",
+        )
         self.metrics.observe_duration((time.perf_counter() - t0) * 1e6)
         return responses
 

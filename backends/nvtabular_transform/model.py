@@ -22,7 +22,7 @@ from tritonrec.model_config import parameter as _parameter
 from tritonrec.transform.plan import PlanLoadError
 from tritonrec.transform.serving import TransformModel
 from tritonrec.triton_metrics import TransformMetrics
-from tritonrec.triton_tensors import input_array, output_tensor
+from tritonrec.triton_tensors import input_array, output_tensor, respond
 
 
 class TritonPythonModel:
@@ -69,21 +69,10 @@ class TritonPythonModel:
         self.metrics = TransformMetrics(pb_utils, name, lambda: (self.model.rows_total, self.model.oov_total))
 
     def execute(self, requests):
-        # request.inputs() once per request: get_input_tensor_by_name would rebuild it per input.
-        batch = [{tensor.name(): input_array(tensor) for tensor in request.inputs()} for request in requests]
-        try:
-            results = self.model.execute(batch)
-        except Exception as e:  # a fault of the plan itself: fail these requests, keep serving
-            message = f"transform failed: {type(e).__name__}: {e}"
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
-        responses = []
-        for result in results:
-            if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
-                continue
-            outputs = [output_tensor(pb_utils, name, result[name]) for name in self.output_names]
-            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
-        return responses
+        return respond(
+            pb_utils, requests, self.model.execute, input_array,
+            lambda result: [output_tensor(pb_utils, name, result[name]) for name in self.output_names], "transform",
+        )
 
     def finalize(self):
         self.metrics.close()

@@ -20,7 +20,7 @@ from torch.utils.dlpack import to_dlpack
 from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
 from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, parameter
 from tritonrec.scorer.artifact import ScorerFormatError, TorchScorerModel
-from tritonrec.triton_tensors import output_tensor
+from tritonrec.triton_tensors import output_tensor, respond
 
 
 class TritonPythonModel:
@@ -42,21 +42,10 @@ class TritonPythonModel:
         self.output = self.model.info.output
 
     def execute(self, requests):
-        batch = [{tensor.name(): torch.from_dlpack(tensor) for tensor in request.inputs()} for request in requests]
-        try:
-            results = self.model.execute(batch)
-        except Exception as e:  # a fault of the model itself: fail these requests, keep serving
-            message = f"scoring failed: {type(e).__name__}: {e}"
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
-        responses = []
-        for result in results:
-            if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
-                continue
-            scores = result[self.output].contiguous()
-            if self.gpu:
-                tensor = pb_utils.Tensor.from_dlpack(self.output, to_dlpack(scores))
-            else:
-                tensor = output_tensor(pb_utils, self.output, scores.numpy())
-            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
-        return responses
+        return respond(pb_utils, requests, self.model.execute, torch.from_dlpack, self._outputs, "scoring")
+
+    def _outputs(self, result):
+        scores = result[self.output].contiguous()
+        if self.gpu:
+            return [pb_utils.Tensor.from_dlpack(self.output, to_dlpack(scores))]
+        return [output_tensor(pb_utils, self.output, scores.numpy())]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.transform.serving import RequestError, TensorSpec
+from tritonrec.transform.serving import RequestError, TensorSpec, check_requests
 from tritonrec.triton_types import triton_dtype
 
 FORMAT = "tritonrec.scorer"
@@ -131,18 +131,32 @@ class TorchScorerModel:
         path: the scorer directory.
         device: ``"cpu"`` or ``"cuda:N"``.
         max_batch_size: the most rows per request (0: no limit).
-        threads: torch intra-op threads on the CPU (None: torch's default).
+        threads: torch intra-op threads on the CPU for batches of ``parallel_rows`` rows or more
+            (None: torch's default); smaller batches run on one thread, where waking a second
+            costs more than it saves and a descheduled one stalls the call.
+        parallel_rows: the smallest batch scored on ``threads`` threads.
     """
 
-    def __init__(self, path: str | os.PathLike[str], device: str = "cpu", max_batch_size: int = 0, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "cpu",
+        max_batch_size: int = 0,
+        threads: int | None = None,
+        parallel_rows: int = 32,
+    ) -> None:
         import torch  # noqa: PLC0415
 
         self.info = read_scorer_info(path)
         model_file = Path(path) / MODEL_FILE
         if not model_file.is_file():
             raise ScorerFormatError(f"{model_file}: missing (the scorer's TorchScript model)")
-        if threads:
-            torch.set_num_threads(threads)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads {threads}: expected >= 1")
+        self.threads = threads or torch.get_num_threads()
+        self.parallel_rows = int(parallel_rows)
+        self._threads_now = self.threads
+        torch.set_num_threads(self.threads)
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.10+ (see save_scorer)
                 warnings.filterwarnings("ignore", message=r".*torch\.jit", category=DeprecationWarning)
@@ -180,6 +194,11 @@ class TorchScorerModel:
     def score(self, dense: Any, embeddings: Any) -> Any:
         """One forward pass on torch tensors (any device; moved to the model's); returns a [batch, 1] tensor."""
         torch = self._torch
+        if self.device.type == "cpu":
+            wanted = self.threads if dense.shape[0] >= self.parallel_rows else 1
+            if wanted != self._threads_now:
+                torch.set_num_threads(wanted)
+                self._threads_now = wanted
         with torch.inference_mode():
             return self.module(dense.to(self.device), embeddings.to(self.device))
 
@@ -190,14 +209,7 @@ class TorchScorerModel:
         scored in one forward pass.
         """
         torch = self._torch
-        results: list[dict[str, Any] | Exception] = []
-        good: list[tuple[int, int]] = []
-        for i, tensors in enumerate(requests):
-            try:
-                good.append((i, self.check_request(tensors)))
-                results.append({})
-            except RequestError as e:
-                results.append(e)
+        results, good = check_requests(requests, self.check_request)
         if not good:
             return results
         merged = []

@@ -7,7 +7,7 @@ each request's input arrays in and sends the arrays or the error it gets back ou
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,14 +177,7 @@ class TransformModel:
             Per request, in order: output name -> C-contiguous array the caller owns, or the
             :class:`RequestError` that rejects that request (the others are still served).
         """
-        results: list[dict[str, np.ndarray] | RequestError] = []
-        good: list[tuple[int, int]] = []  # (request number, rows)
-        for i, tensors in enumerate(requests):
-            try:
-                good.append((i, self.check_request(tensors)))
-                results.append({})
-            except RequestError as e:
-                results.append(e)
+        results, good = check_requests(requests, self.check_request)
         if not good:
             return results
         row_index = np.concatenate([np.arange(rows, dtype=np.int64) for _, rows in good])
@@ -221,6 +214,26 @@ class TransformModel:
                 results[i] = {name: np.ascontiguousarray(a[start : start + rows]) for name, a in merged.items()}
             start += rows
         return results
+
+
+def check_requests(
+    requests: Sequence[Mapping[str, Any]], check: Callable[[Mapping[str, Any]], int]
+) -> tuple[list[Any], list[tuple[int, int]]]:
+    """Checks each request of one execute with ``check`` (returns its rows or raises RequestError).
+
+    Returns:
+        ``(results, good)``: per request, the RequestError that rejects it or a placeholder to
+        replace with its outputs; and (request number, rows) of every request that passed.
+    """
+    results: list[Any] = []
+    good: list[tuple[int, int]] = []
+    for i, tensors in enumerate(requests):
+        try:
+            good.append((i, check(tensors)))
+            results.append({})
+        except RequestError as e:
+            results.append(e)
+    return results, good
 
 
 def _concat(arrays: list[Any]) -> Any:
