@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,2,4")
     parser.add_argument("--steps", action=argparse.BooleanOptionalAction, default=True, help="also measure each composing model alone")
     parser.add_argument("--scorer-threads", type=int, default=None, help="torch threads of the scorer (default: the export's)")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only: leave RESULTS.md and the plots as they are")
     args = parser.parse_args(argv)
 
     import tritonclient.grpc as grpcclient
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if big:
         verdicts.append(f"- >= 200k rows/s at batch 1024: best {max(big):,.0f} rows/s, {'met' if max(big) >= 200_000 else 'MISSED'}")
     verdicts.append(f"- Served probabilities equal the offline PyTorch model within 1e-5 before and after the runs: {'yes' if checked else 'NO'} (max |difference| {max(before_check, after_check):.2e})")
-    plots = _plots(results, batches, concurrencies)
+    plots = [] if args.no_write else _plots(results, batches, concurrencies)
     body = "\n".join([
         header("Full ensemble through tritonserver (perf_analyzer) vs the Triton floor"),
         f"tritonserver 2.51 (nvidia-pytriton 0.7.0 wheel), one KIND_CPU instance per step, dynamic batching; perf_analyzer 2.44 over gRPC on loopback, "
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "`q+c ms`: Triton's queue + compute time per execution of each step during that point. "
         "Rows `criteo_<step>` measure one step alone (its own inputs over gRPC).\n",
         *table, "", *floor_rows, "", *verdicts, "",
-        "Plots: " + ", ".join(f"[{p.name}](plots/{p.name})" for p in plots),
+        "Plots: " + (", ".join(f"[{p.name}](plots/{p.name})" for p in plots) or "not drawn (--no-write)"),
     ])
     print(body)
     if not args.no_write:
