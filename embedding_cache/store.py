@@ -92,6 +92,11 @@ def _crc32_file(path: Path) -> int:
     return crc
 
 
+def _on_device(keys: Any) -> bool:
+    """True for a cupy array or a torch CUDA tensor."""
+    return hasattr(keys, "__cuda_array_interface__") or bool(getattr(keys, "is_cuda", False))
+
+
 def _as_keys(keys: Any, what: str) -> np.ndarray:
     if not isinstance(keys, np.ndarray):
         raise TypeError(f"{what}: expected a numpy array of int64 keys, got {type(keys).__name__}")
@@ -335,6 +340,11 @@ class EmbeddingStore:
             may use; the host tier then keeps the most frequently used rows and reads the rest
             from RocksDB. None: every row in host memory.
         block_cache_bytes: RocksDB's block cache, in bytes.
+        device: CUDA device of a GPU tier (needs ``gpu_cache_bytes``); lookups of device keys
+            (cupy arrays, torch CUDA tensors) then go through it.
+        gpu_cache_bytes: device memory for the GPU caches of all tables (shared by row count).
+        gpu_cache_dtype: GPU row storage, ``"float32"`` or ``"float16"``.
+        gpu_eviction: ``"lru"`` or ``"lfu"``.
 
     Raises:
         StoreFormatError: a missing, truncated or damaged file, another format version, or a store
@@ -349,6 +359,10 @@ class EmbeddingStore:
         verify: bool = False,
         host_budget_bytes: int | None = None,
         block_cache_bytes: int = 64 << 20,
+        device: int | None = None,
+        gpu_cache_bytes: int | None = None,
+        gpu_cache_dtype: str = "float32",
+        gpu_eviction: str = "lru",
     ) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
@@ -399,6 +413,20 @@ class EmbeddingStore:
         except (KeyError, TypeError, ValueError) as e:
             raise StoreFormatError(f"{manifest_path}: damaged ({type(e).__name__}: {e})") from None
         self._closed = False
+        self._gpu = None
+        if (device is None) != (gpu_cache_bytes is None):
+            raise ValueError("device and gpu_cache_bytes: give both for a GPU tier, or neither")
+        if device is not None:
+            from embedding_cache.gpu import GpuTier  # noqa: PLC0415 - needs cupy
+
+            self._gpu = GpuTier(
+                {name: int(t.dim) for name, t in self._tables.items()},
+                int(device),
+                int(gpu_cache_bytes),
+                {e["name"]: float(e["rows"]) for e in entries},
+                gpu_cache_dtype,
+                gpu_eviction,
+            )
 
     def _load_array(self, ref: dict[str, Any], dtype: np.dtype, shape: tuple[int, ...], verify: bool) -> np.ndarray:
         file = self.path / ref["file"]
@@ -463,8 +491,13 @@ class EmbeddingStore:
         out: np.ndarray | None = None,
         missing: MissingPolicy | None = None,
         found: np.ndarray | None = None,
-    ) -> np.ndarray:
+        stream: Any = None,
+    ) -> Any:
         """Rows of ``keys`` in ``table``, float32 (n, dim), host memory; the GIL is released.
+
+        Device keys (a cupy array or a torch CUDA tensor, int64 (n,)) go through the GPU tier and
+        come back on the device as the same kind of array, float32 (n, dim); ``stream`` (a cupy or
+        torch stream, or a raw handle; default: cupy's current stream) orders the work.
 
         Args:
             table: table name.
@@ -483,6 +516,8 @@ class EmbeddingStore:
             missing keys under the ``error`` policy (up to 10 listed).
         """
         host = self._table(table)
+        if _on_device(keys):
+            return self._lookup_device(table, keys, out, missing, stream)
         keys = _as_keys(keys, "keys")
         dim = host.dim
         if out is None:
@@ -509,6 +544,32 @@ class EmbeddingStore:
                 absent = keys[found == 0]
                 raise KeyError(f"{absent.size} key(s) not in table {table!r}: {absent[:10].tolist()}{' ...' if absent.size > 10 else ''}")
         return out
+
+    def _lookup_device(self, table: str, keys: Any, out: Any, missing: MissingPolicy | None, stream: Any) -> Any:
+        if self._gpu is None:
+            raise ValueError(f"keys are on a GPU but {self.path} was opened without a GPU tier (pass device= and gpu_cache_bytes=)")
+        cp = self._gpu.cp
+        is_torch = type(keys).__module__.startswith("torch")
+        device_keys = cp.from_dlpack(keys) if is_torch else keys
+        if device_keys.dtype != cp.int64 or device_keys.ndim != 1:
+            raise TypeError(f"keys: expected device int64 keys of shape (n,), got {device_keys.dtype} {tuple(device_keys.shape)}")
+        if device_keys.device.id != self._gpu.device:
+            raise ValueError(f"keys are on device {device_keys.device.id}; the GPU tier is on device {self._gpu.device}")
+        device_keys = cp.ascontiguousarray(device_keys)
+
+        def read_host(host_keys: np.ndarray, found: np.ndarray) -> np.ndarray:
+            return self.lookup(table, host_keys, missing=missing, found=found)
+
+        result = self._gpu.lookup(table, device_keys, read_host, cp.from_dlpack(out) if is_torch and out is not None else out, stream)
+        if is_torch:
+            import torch  # noqa: PLC0415
+
+            return torch.from_dlpack(result)
+        return result
+
+    def prefetch(self, table: str, keys: Any, stream: Any = None) -> None:
+        """Brings the rows of device ``keys`` into the GPU tier (a lookup whose output is dropped)."""
+        self._lookup_device(table, keys, None, None, stream)
 
     def lookup_columns(
         self,
@@ -603,6 +664,8 @@ class EmbeddingStore:
             host.assign_if_present(keys, checked)  # rows not held are read from RocksDB on demand
         else:
             host.insert_or_assign(keys, checked)
+        if self._gpu is not None:  # the next device lookup reads the new rows from the host
+            self._gpu.invalidate(table, keys)
 
     def erase(self, table: str, keys: np.ndarray) -> int:
         """Erases keys (int64 (n,)) from the table; returns how many were present."""
@@ -611,6 +674,8 @@ class EmbeddingStore:
         erased = int(host.erase(keys))
         if self._tier is not None:
             erased = int(self._tier.erase(self._info[table]["id"], keys))
+        if self._gpu is not None:
+            self._gpu.invalidate(table, keys)
         return erased
 
     @property
@@ -639,6 +704,9 @@ class EmbeddingStore:
             if self._tier is not None:
                 info = self._info[name]
                 tiers["rocksdb"] = {"hits": info["tier_hits"], "misses": info["tier_misses"], "rows": self._rows(name), "bytes": int(self._tier.disk_bytes)}
+            if self._gpu is not None:
+                gpu = self._gpu.stats(name)
+                tiers = {"gpu": {"hits": gpu["hits"], "misses": gpu["misses"], "rows": gpu["capacity_rows"], "bytes": gpu["bytes"]}, **tiers}
             result[name] = {"lookups": counters["lookups"], "tiers": tiers}
         return result
 
@@ -662,6 +730,7 @@ class EmbeddingStore:
         if not getattr(self, "_closed", True):
             self._tables.clear()
             self._tier = None  # closes the database
+            self._gpu = None  # frees the device memory
             self._closed = True
 
     def __enter__(self) -> EmbeddingStore:

@@ -1,0 +1,116 @@
+// pybind11 bindings of the GPU cache (CUDA builds) and of its host twin, the policy simulator (all builds).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "gpu_cache/set_cache_sim.hpp"
+#if TRITONREC_HAS_CUDA
+#include "gpu_cache/gpu_cache.hpp"
+#endif
+
+namespace py = pybind11;
+
+namespace tritonrec {
+namespace {
+
+Eviction parse_eviction(const std::string& name) {
+  if (name == "lru") return Eviction::kLru;
+  if (name == "lfu") return Eviction::kLfu;
+  throw py::value_error("eviction " + name + ": expected 'lru' or 'lfu'");
+}
+
+}  // namespace
+
+void bind_gpu_cache(py::module_& m) {
+  m.def(
+      "simulate_set_cache",
+      [](py::array_t<int64_t, py::array::c_style> trace, int64_t capacity_rows, int ways, const std::string& eviction,
+         int64_t batch) {
+        if (trace.ndim() != 1) throw py::value_error("trace: expected a 1-D int64 array");
+        if (batch < 1) throw py::value_error("batch: expected >= 1");
+        SetCacheSim sim = [&] {
+          try {
+            return SetCacheSim(capacity_rows, ways, parse_eviction(eviction));
+          } catch (const std::invalid_argument& e) {
+            throw py::value_error(e.what());
+          }
+        }();
+        const int64_t n = trace.shape(0);
+        py::array_t<uint8_t> hits(n);
+        const int64_t* keys = trace.data();
+        uint8_t* out = hits.mutable_data();
+        {
+          py::gil_scoped_release release;
+          for (int64_t i = 0; i < n; ++i) out[i] = sim.access(keys[i], static_cast<uint32_t>(i / batch + 1)) ? 1 : 0;
+        }
+        return hits;
+      },
+      py::arg("trace"), py::arg("capacity_rows"), py::arg("ways") = 16, py::arg("eviction") = "lru", py::arg("batch") = 1,
+      R"doc(Replays keys through the GPU cache's bookkeeping on the host (same sets, ways and policy code).
+
+Args:
+    trace: int64 (n,) keys in access order.
+    capacity_rows: rows the cache holds (whole sets of `ways`).
+    ways: rows per set (the GPU cache uses 16).
+    eviction: 'lru' or 'lfu'.
+    batch: accesses per lookup call (one LRU clock tick per call).
+
+Returns:
+    uint8 (n,): 1 where the access hit.
+)doc");
+
+#if TRITONREC_HAS_CUDA
+  py::enum_<GpuRowDtype>(m, "GpuRowDtype").value("float32", GpuRowDtype::kFloat32).value("float16", GpuRowDtype::kFloat16);
+  py::class_<GpuCache>(m, "GpuCache",
+                       "One table's GPU cache: int64 keys in 16-way sets, rows in device memory. Pointers are device "
+                       "addresses (e.g. cupy's array.data.ptr) and streams are cudaStream_t handles as integers.")
+      .def(py::init([](int64_t capacity_rows, int64_t dim, GpuRowDtype dtype, const std::string& eviction, int device) {
+             try {
+               return new GpuCache(GpuCacheOptions{capacity_rows, dim, dtype, parse_eviction(eviction), device});
+             } catch (const std::invalid_argument& e) {
+               throw py::value_error(e.what());
+             }
+           }),
+           py::arg("capacity_rows"), py::arg("dim"), py::arg("dtype") = GpuRowDtype::kFloat32, py::arg("eviction") = "lru",
+           py::arg("device") = 0)
+      .def(
+          "find",
+          [](const GpuCache& cache, uintptr_t keys, int64_t n, uintptr_t out, uintptr_t miss_index, uintptr_t miss_count,
+             uint32_t tick, uintptr_t stream) {
+            py::gil_scoped_release release;
+            cache.find_async(reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<float*>(out),
+                             reinterpret_cast<int32_t*>(miss_index), reinterpret_cast<int32_t*>(miss_count), tick,
+                             reinterpret_cast<cudaStream_t>(stream));
+          },
+          py::arg("keys"), py::arg("n"), py::arg("out"), py::arg("miss_index"), py::arg("miss_count"), py::arg("tick"),
+          py::arg("stream"),
+          "Asynchronous on `stream`: keys device int64 (n,) -> out device fp32 (n, dim) (zeros for misses), "
+          "miss_index device int32 (n,) (first *miss_count entries), miss_count device int32 scalar.")
+      .def(
+          "insert",
+          [](GpuCache& cache, uintptr_t keys, uintptr_t rows, int64_t n, uint32_t tick, uintptr_t stream) {
+            py::gil_scoped_release release;
+            cache.insert_async(reinterpret_cast<const int64_t*>(keys), reinterpret_cast<const float*>(rows), n, tick,
+                               reinterpret_cast<cudaStream_t>(stream));
+          },
+          py::arg("keys"), py::arg("rows"), py::arg("n"), py::arg("tick"), py::arg("stream"),
+          "Asynchronous on `stream`: inserts or overwrites keys device int64 (n,) (unique) with rows device fp32 (n, dim).")
+      .def(
+          "invalidate",
+          [](GpuCache& cache, uintptr_t keys, int64_t n, uintptr_t stream) {
+            py::gil_scoped_release release;
+            cache.invalidate_async(reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<cudaStream_t>(stream));
+          },
+          py::arg("keys"), py::arg("n"), py::arg("stream"), "Asynchronous on `stream`: drops keys device int64 (n,).")
+      .def_property_readonly("capacity_rows", &GpuCache::capacity_rows)
+      .def_property_readonly("dim", &GpuCache::dim)
+      .def_property_readonly("device", &GpuCache::device)
+      .def_property_readonly("bytes", &GpuCache::bytes, "Device memory held, in bytes.");
+  m.def("gpu_cache_slot_bytes", &gpu_cache_slot_bytes, py::arg("dim"), py::arg("dtype"),
+        "Device bytes per cached row (row, key, meta, lock share).");
+#endif
+}
+
+}  // namespace tritonrec

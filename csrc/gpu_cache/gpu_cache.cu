@@ -1,0 +1,148 @@
+#include "gpu_cache/gpu_cache.hpp"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "gpu_cache/detail/insert.cuh"
+#include "gpu_cache/detail/invalidate.cuh"
+#include "gpu_cache/detail/lookup.cuh"
+
+namespace tritonrec {
+namespace {
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
+  }
+}
+
+/// Makes `device` current for a scope and restores the previous device.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() { (void)cudaSetDevice(previous_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+constexpr int kThreads = 256;  // 8 warps per block
+
+int blocks_for(int64_t warps_needed, int device) {
+  int sms = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  const int64_t needed = (warps_needed + kThreads / 32 - 1) / (kThreads / 32);  // 8 warps per block
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, static_cast<int64_t>(sms) * 16)));
+}
+
+__global__ void fill_keys(int64_t* keys, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    keys[i] = kEmptyKey;
+  }
+}
+
+int64_t row_bytes(int64_t dim, GpuRowDtype dtype) { return dim * (dtype == GpuRowDtype::kFloat16 ? 2 : 4); }
+
+}  // namespace
+
+int64_t gpu_cache_slot_bytes(int64_t dim, GpuRowDtype dtype) noexcept {
+  return row_bytes(dim, dtype) + static_cast<int64_t>(sizeof(int64_t) + sizeof(uint32_t)) + 1;
+}
+
+GpuCache::GpuCache(const GpuCacheOptions& options) : options_(options) {
+  if (options.dim < 1) throw std::invalid_argument("dim: expected >= 1");
+  if (options.capacity_rows < kWays) {
+    throw std::invalid_argument("capacity_rows: expected >= " + std::to_string(kWays) + " (one set), got " +
+                                std::to_string(options.capacity_rows));
+  }
+  if (options.dtype != GpuRowDtype::kFloat32 && options.dtype != GpuRowDtype::kFloat16) {
+    throw std::invalid_argument("dtype: expected float32 or float16");
+  }
+  if (options.eviction != Eviction::kLru && options.eviction != Eviction::kLfu) {
+    throw std::invalid_argument("eviction: expected LRU or LFU");
+  }
+  sets_ = options.capacity_rows / kWays;
+  DeviceGuard guard(options.device);
+  const int64_t slots = sets_ * kWays;
+  try {
+    check(cudaMalloc(&keys_, static_cast<size_t>(slots) * sizeof(int64_t)), "cudaMalloc(keys)");
+    check(cudaMalloc(&meta_, static_cast<size_t>(slots) * sizeof(uint32_t)), "cudaMalloc(meta)");
+    check(cudaMalloc(&locks_, static_cast<size_t>(sets_) * sizeof(int32_t)), "cudaMalloc(locks)");
+    check(cudaMalloc(&rows_, static_cast<size_t>(slots * row_bytes(options.dim, options.dtype))), "cudaMalloc(rows)");
+    fill_keys<<<blocks_for(slots / 32 + 1, options.device), kThreads>>>(keys_, slots);
+    check(cudaGetLastError(), "fill_keys");
+    check(cudaMemset(meta_, 0, static_cast<size_t>(slots) * sizeof(uint32_t)), "cudaMemset(meta)");
+    check(cudaMemset(locks_, 0, static_cast<size_t>(sets_) * sizeof(int32_t)), "cudaMemset(locks)");
+    check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
+  } catch (...) {
+    cudaFree(keys_);
+    cudaFree(meta_);
+    cudaFree(locks_);
+    cudaFree(rows_);
+    throw;
+  }
+}
+
+GpuCache::~GpuCache() {
+  int previous = 0;
+  if (cudaGetDevice(&previous) == cudaSuccess) (void)cudaSetDevice(options_.device);
+  cudaFree(keys_);
+  cudaFree(meta_);
+  cudaFree(locks_);
+  cudaFree(rows_);
+  (void)cudaSetDevice(previous);
+}
+
+int64_t GpuCache::bytes() const noexcept {
+  const int64_t slots = sets_ * kWays;
+  return slots * (row_bytes(options_.dim, options_.dtype) + static_cast<int64_t>(sizeof(int64_t) + sizeof(uint32_t))) +
+         sets_ * static_cast<int64_t>(sizeof(int32_t));
+}
+
+void GpuCache::find_async(const int64_t* keys, int64_t n, float* out, int32_t* miss_index, int32_t* miss_count,
+                          uint32_t tick, cudaStream_t stream) const {
+  DeviceGuard guard(options_.device);
+  check(cudaMemsetAsync(miss_count, 0, sizeof(int32_t), stream), "cudaMemsetAsync(miss_count)");
+  if (n == 0) return;
+  detail::LookupKernelParams p{keys_, meta_, sets_, options_.dim, options_.eviction, keys, n, out, miss_index, miss_count, tick};
+  const int blocks = blocks_for((n + 1) / 2, options_.device);  // two keys per warp
+  if (options_.dtype == GpuRowDtype::kFloat16) {
+    detail::lookup_kernel<__half><<<blocks, kThreads, 0, stream>>>(p, static_cast<const __half*>(rows_));
+  } else {
+    detail::lookup_kernel<float><<<blocks, kThreads, 0, stream>>>(p, static_cast<const float*>(rows_));
+  }
+  check(cudaGetLastError(), "lookup_kernel");
+}
+
+void GpuCache::insert_async(const int64_t* keys, const float* rows, int64_t n, uint32_t tick, cudaStream_t stream) {
+  if (n == 0) return;
+  DeviceGuard guard(options_.device);
+  detail::InsertKernelParams p{keys_, meta_, locks_, sets_, options_.dim, options_.eviction, keys, rows, n, tick};
+  const int blocks = blocks_for(n, options_.device);
+  if (options_.dtype == GpuRowDtype::kFloat16) {
+    detail::insert_kernel<__half><<<blocks, kThreads, 0, stream>>>(p, static_cast<__half*>(rows_));
+  } else {
+    detail::insert_kernel<float><<<blocks, kThreads, 0, stream>>>(p, static_cast<float*>(rows_));
+  }
+  check(cudaGetLastError(), "insert_kernel");
+}
+
+void GpuCache::invalidate_async(const int64_t* keys, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  DeviceGuard guard(options_.device);
+  detail::invalidate_kernel<<<blocks_for(n, options_.device), kThreads, 0, stream>>>(keys_, sets_, keys, n);
+  check(cudaGetLastError(), "invalidate_kernel");
+}
+
+}  // namespace tritonrec
+
+static_assert(tritonrec::GpuCache::kWays == tritonrec::detail::kWays, "one set size for the class and its kernels");

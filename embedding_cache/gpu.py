@@ -1,0 +1,157 @@
+"""The GPU tier: per table, a cache of hot rows in device memory ahead of the host store.
+
+A lookup of device keys runs the cache's lookup kernel on the caller's stream (hits gathered
+in-kernel, misses listed), then reads the misses from the host tiers (host store, RocksDB), writes
+them into the output and inserts the ones that exist into the cache. The output is always the true
+row of every key that exists anywhere; keys that exist nowhere get the table's missing-key policy
+and are not cached. Only the lookup's own stream is synchronised (to learn the number of misses),
+never the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import numpy as np
+
+from embedding_cache import _core
+
+DTYPES = ("float32", "float16")
+EVICTIONS = ("lru", "lfu")
+
+
+def _cupy() -> Any:
+    try:
+        import cupy  # noqa: PLC0415 - optional dependency (extra "gpu")
+    except ImportError as e:
+        raise ImportError("the GPU tier needs cupy (pip install 'tritonrec[gpu]')") from e
+    return cupy
+
+
+@dataclasses.dataclass
+class _TableCache:
+    cache: Any
+    dim: int
+    lookups: int = 0
+    misses: int = 0
+
+
+class GpuTier:
+    """GPU caches of a store's tables on one device.
+
+    Args:
+        tables: table name -> dim.
+        device: CUDA device number.
+        capacity_bytes: device memory for all tables' caches together, shared in proportion to
+            each table's ``weights`` entry (rows held = bytes / per-row bytes, at least one set of 16).
+        weights: table name -> share weight (e.g. the table's row count).
+        dtype: row storage, ``"float32"`` or ``"float16"`` (lookups return float32).
+        eviction: ``"lru"`` or ``"lfu"``.
+    """
+
+    def __init__(
+        self,
+        tables: dict[str, int],
+        device: int,
+        capacity_bytes: int,
+        weights: dict[str, float],
+        dtype: str = "float32",
+        eviction: str = "lru",
+    ) -> None:
+        if not _core.has_cuda:
+            raise RuntimeError("this build of embedding_cache has no CUDA sources (built without nvcc)")
+        if dtype not in DTYPES:
+            raise ValueError(f"gpu_cache_dtype {dtype!r}: expected one of {DTYPES}")
+        if eviction not in EVICTIONS:
+            raise ValueError(f"gpu_eviction {eviction!r}: expected one of {EVICTIONS}")
+        if capacity_bytes < 1:
+            raise ValueError(f"gpu_cache_bytes {capacity_bytes}: expected >= 1")
+        count, error = _core.cuda_device_count()
+        if not 0 <= device < count:
+            raise ValueError(f"device {device}: this process sees {count} CUDA device(s){f' ({error})' if error else ''}")
+        self.cp = _cupy()
+        self.device = device
+        row_dtype = getattr(_core.GpuRowDtype, dtype)
+        total = sum(weights.values()) or 1.0
+        self._tables: dict[str, _TableCache] = {}
+        for name, dim in tables.items():
+            share = capacity_bytes * weights[name] / total
+            rows = max(16, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype)))
+            self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, eviction, device), dim)
+        self._tick = 0
+
+    def _stream(self, stream: Any) -> Any:
+        cp = self.cp
+        if stream is None:
+            return cp.cuda.get_current_stream()
+        handle = stream if isinstance(stream, int) else getattr(stream, "cuda_stream", None)  # torch.cuda.Stream
+        if handle is None:
+            return stream  # a cupy stream
+        with warnings.catch_warnings():  # cupy 14 deprecates ExternalStream for objects; raw handles need it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return cp.cuda.ExternalStream(handle, self.device)
+
+    def lookup(self, table: str, keys: Any, read_host: Any, out: Any = None, stream: Any = None) -> Any:
+        """Rows of device ``keys`` (cupy int64 (n,)) as cupy float32 (n, dim) on the cache's device.
+
+        Args:
+            read_host: ``(keys int64 (m,) host, found uint8 (m,) host) -> float32 (m, dim) host``:
+                the host tiers' lookup (applies the table's missing-key policy).
+            out: optional cupy float32 (n, dim) C-contiguous array.
+            stream: a cupy stream, a torch CUDA stream or a raw handle; default cupy's current stream.
+        """
+        cp = self.cp
+        entry = self._tables[table]
+        n = int(keys.shape[0])
+        s = self._stream(stream)
+        self._tick += 1
+        with cp.cuda.Device(self.device), s:
+            if out is None:
+                out = cp.empty((n, entry.dim), dtype=cp.float32)
+            miss_index = cp.empty(max(n, 1), dtype=cp.int32)
+            miss_count = cp.empty(1, dtype=cp.int32)
+            entry.cache.find(keys.data.ptr, n, out.data.ptr, miss_index.data.ptr, miss_count.data.ptr, self._tick, s.ptr)
+            misses = int(miss_count.get(stream=s)[0])  # waits for this stream only
+            entry.lookups += n
+            entry.misses += misses
+            if misses:
+                index = miss_index[:misses]
+                missed_keys = cp.asnumpy(keys[index], stream=s)
+                found = np.empty(misses, dtype=np.uint8)
+                rows = read_host(missed_keys, found)
+                out[index] = cp.asarray(rows)
+                present = found == 1
+                if present.any():
+                    unique_keys, first = np.unique(missed_keys[present], return_index=True)
+                    unique_rows = np.ascontiguousarray(rows[present][first], dtype=np.float32)
+                    keys_dev = cp.asarray(unique_keys)
+                    rows_dev = cp.asarray(unique_rows)
+                    entry.cache.insert(keys_dev.data.ptr, rows_dev.data.ptr, unique_keys.size, self._tick, s.ptr)
+                    # keep the staging arrays alive until the insert has run on the stream
+                    s.synchronize()
+        return out
+
+    def invalidate(self, table: str, keys: np.ndarray) -> None:
+        """Drops host ``keys`` (int64 (n,)) from the table's cache; returns when done (a later
+        lookup on any stream cannot see the old rows)."""
+        cp = self.cp
+        if keys.size == 0:
+            return
+        with cp.cuda.Device(self.device):
+            s = cp.cuda.Stream(non_blocking=True)
+            with s:
+                keys_dev = cp.asarray(np.ascontiguousarray(keys, dtype=np.int64))
+                self._tables[table].cache.invalidate(keys_dev.data.ptr, keys.size, s.ptr)
+            s.synchronize()
+
+    def stats(self, table: str) -> dict[str, int]:
+        """``hits``, ``misses``, ``capacity_rows`` and ``bytes`` (device memory) of a table's cache."""
+        entry = self._tables[table]
+        return {
+            "hits": entry.lookups - entry.misses,
+            "misses": entry.misses,
+            "capacity_rows": int(entry.cache.capacity_rows),
+            "bytes": int(entry.cache.bytes),
+        }
