@@ -1,8 +1,9 @@
 """embedding_cache: embedding tables behind one batched lookup API.
 
-Now: the host store (tables in host memory, C++ core, lookups on a thread pool with the GIL
-released), the RocksDB persistent tier with a host memory budget, the store directory format,
-and device discovery for the GPU tier to come.
+Tiers: a GPU cache of hot rows (CUDA builds, with cupy; ``EmbeddingStore(device=...,
+gpu_cache_bytes=...)``), the host store (tables in host memory, C++ core, lookups on a thread pool
+with the GIL released) and the RocksDB persistent tier with a host memory budget; the store
+directory format; device discovery.
 """
 
 from __future__ import annotations

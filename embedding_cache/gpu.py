@@ -49,6 +49,8 @@ class GpuTier:
         weights: table name -> share weight (e.g. the table's row count).
         dtype: row storage, ``"float32"`` or ``"float16"`` (lookups return float32).
         eviction: ``"lru"`` or ``"lfu"``.
+        admission: TinyLFU admission: a missed row replaces a full set's victim only if a
+            frequency sketch of the misses saw its key more often than the victim was used.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class GpuTier:
         weights: dict[str, float],
         dtype: str = "float32",
         eviction: str = "lru",
+        admission: bool = False,
     ) -> None:
         if not _core.has_cuda:
             raise RuntimeError("this build of embedding_cache has no CUDA sources (built without nvcc)")
@@ -79,7 +82,7 @@ class GpuTier:
         for name, dim in tables.items():
             share = capacity_bytes * weights[name] / total
             rows = max(16, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype)))
-            self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, eviction, device), dim)
+            self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, eviction, device, bool(admission)), dim)
         self._tick = 0
 
     def _stream(self, stream: Any) -> Any:

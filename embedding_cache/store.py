@@ -345,6 +345,7 @@ class EmbeddingStore:
         gpu_cache_bytes: device memory for the GPU caches of all tables (shared by row count).
         gpu_cache_dtype: GPU row storage, ``"float32"`` or ``"float16"``.
         gpu_eviction: ``"lru"`` or ``"lfu"``.
+        gpu_admission: TinyLFU admission into the GPU caches (see :class:`embedding_cache.gpu.GpuTier`).
 
     Raises:
         StoreFormatError: a missing, truncated or damaged file, another format version, or a store
@@ -363,6 +364,7 @@ class EmbeddingStore:
         gpu_cache_bytes: int | None = None,
         gpu_cache_dtype: str = "float32",
         gpu_eviction: str = "lru",
+        gpu_admission: bool = False,
     ) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
@@ -426,6 +428,7 @@ class EmbeddingStore:
                 {e["name"]: float(e["rows"]) for e in entries},
                 gpu_cache_dtype,
                 gpu_eviction,
+                gpu_admission,
             )
 
     def _load_array(self, ref: dict[str, Any], dtype: np.dtype, shape: tuple[int, ...], verify: bool) -> np.ndarray:

@@ -40,9 +40,23 @@ def test_hit_rates_under_zipf_against_the_static_optimum(alpha):
     trace = rng.permutation(n_keys)[rng.choice(n_keys, size=400_000, p=weights)].astype(np.int64)
     optimum = np.sort(weights)[::-1][:capacity].sum()
     rates = {e: _core.simulate_set_cache(trace, capacity, 16, e, 1024)[200_000:].mean() for e in ("lru", "lfu")}
+    admitted = _core.simulate_set_cache(trace, capacity, 16, "lru", 1024, True)[200_000:].mean()
     assert 0.5 * optimum < rates["lru"] <= optimum + 0.01
     assert rates["lfu"] >= rates["lru"] - 0.005  # frequency beats recency under a stationary power law
     assert rates["lfu"] <= optimum + 0.01
+    assert rates["lru"] < admitted <= optimum + 0.01  # the admission filter keeps one-off keys out
+
+
+def test_admission_refuses_a_key_seen_less_often_than_the_victim():
+    # one set of 16 (LFU): 16 keys used 10 times each fill it; a new key missing once is refused
+    # (its sketch estimate, at most 2 with collisions, is below every held key's 10 uses), so all
+    # held keys still hit; missing again and again, its estimate passes the victim's and it gets in
+    held = np.repeat(np.arange(16, dtype=np.int64), 10)
+    trace = np.concatenate([held, [100], np.arange(16), [100] * 20])
+    hits = _core.simulate_set_cache(trace, 16, 16, "lfu", 1, True)
+    assert hits[len(held)] == 0  # key 100's first miss: refused
+    assert hits[len(held) + 1 : len(held) + 17].all()  # all 16 held keys still there
+    assert hits[-1] == 1  # admitted once its frequency passed the victim's
 
 
 def test_bad_arguments():

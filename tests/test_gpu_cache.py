@@ -33,13 +33,14 @@ def _reference(keys_all, rows_all, query):
     return out
 
 
+@pytest.mark.parametrize("admission", [False, True])
 @pytest.mark.parametrize("eviction", ["lru", "lfu"])
 @pytest.mark.parametrize("capacity_rows", [32, 4_096, 100_000])
-def test_lookups_equal_the_host_rows(table, eviction, capacity_rows):
+def test_lookups_equal_the_host_rows(table, eviction, capacity_rows, admission):
     cupy = _cupy()
     path, keys, rows = table
     rng = np.random.default_rng(capacity_rows)
-    with EmbeddingStore(path, device=0, gpu_cache_bytes=capacity_rows * 300, gpu_eviction=eviction) as store:
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=capacity_rows * 300, gpu_eviction=eviction, gpu_admission=admission) as store:
         for _ in range(4):
             hot = rng.choice(keys[:2_000], size=3_000)
             cold = rng.choice(keys, size=2_000)

@@ -27,12 +27,12 @@ void bind_gpu_cache(py::module_& m) {
   m.def(
       "simulate_set_cache",
       [](py::array_t<int64_t, py::array::c_style> trace, int64_t capacity_rows, int ways, const std::string& eviction,
-         int64_t batch) {
+         int64_t batch, bool admission) {
         if (trace.ndim() != 1) throw py::value_error("trace: expected a 1-D int64 array");
         if (batch < 1) throw py::value_error("batch: expected >= 1");
         SetCacheSim sim = [&] {
           try {
-            return SetCacheSim(capacity_rows, ways, parse_eviction(eviction));
+            return SetCacheSim(capacity_rows, ways, parse_eviction(eviction), admission);
           } catch (const std::invalid_argument& e) {
             throw py::value_error(e.what());
           }
@@ -43,11 +43,15 @@ void bind_gpu_cache(py::module_& m) {
         uint8_t* out = hits.mutable_data();
         {
           py::gil_scoped_release release;
-          for (int64_t i = 0; i < n; ++i) out[i] = sim.access(keys[i], static_cast<uint32_t>(i / batch + 1)) ? 1 : 0;
+          for (int64_t i = 0; i < n; ++i) {
+            out[i] = sim.access(keys[i], static_cast<uint32_t>(i / batch + 1)) ? 1 : 0;
+            if ((i + 1) % batch == 0 || i + 1 == n) sim.end_call();
+          }
         }
         return hits;
       },
       py::arg("trace"), py::arg("capacity_rows"), py::arg("ways") = 16, py::arg("eviction") = "lru", py::arg("batch") = 1,
+      py::arg("admission") = false,
       R"doc(Replays keys through the GPU cache's bookkeeping on the host (same sets, ways and policy code).
 
 Args:
@@ -55,7 +59,9 @@ Args:
     capacity_rows: rows the cache holds (whole sets of `ways`).
     ways: rows per set (the GPU cache uses 16).
     eviction: 'lru' or 'lfu'.
-    batch: accesses per lookup call (one LRU clock tick per call).
+    batch: accesses per lookup call (one LRU clock tick per call; aging is checked between calls).
+    admission: TinyLFU admission: a missed key replaces a full set's victim only if the frequency
+        sketch saw it more often than the victim was used.
 
 Returns:
     uint8 (n,): 1 where the access hit.
@@ -66,15 +72,16 @@ Returns:
   py::class_<GpuCache>(m, "GpuCache",
                        "One table's GPU cache: int64 keys in 16-way sets, rows in device memory. Pointers are device "
                        "addresses (e.g. cupy's array.data.ptr) and streams are cudaStream_t handles as integers.")
-      .def(py::init([](int64_t capacity_rows, int64_t dim, GpuRowDtype dtype, const std::string& eviction, int device) {
+      .def(py::init([](int64_t capacity_rows, int64_t dim, GpuRowDtype dtype, const std::string& eviction, int device,
+                       bool admission) {
              try {
-               return new GpuCache(GpuCacheOptions{capacity_rows, dim, dtype, parse_eviction(eviction), device});
+               return new GpuCache(GpuCacheOptions{capacity_rows, dim, dtype, parse_eviction(eviction), admission, device});
              } catch (const std::invalid_argument& e) {
                throw py::value_error(e.what());
              }
            }),
            py::arg("capacity_rows"), py::arg("dim"), py::arg("dtype") = GpuRowDtype::kFloat32, py::arg("eviction") = "lru",
-           py::arg("device") = 0)
+           py::arg("device") = 0, py::arg("admission") = false)
       .def(
           "find",
           [](const GpuCache& cache, uintptr_t keys, int64_t n, uintptr_t out, uintptr_t miss_index, uintptr_t miss_count,

@@ -82,12 +82,19 @@ GpuCache::GpuCache(const GpuCacheOptions& options) : options_(options) {
     check(cudaGetLastError(), "fill_keys");
     check(cudaMemset(meta_, 0, static_cast<size_t>(slots) * sizeof(uint32_t)), "cudaMemset(meta)");
     check(cudaMemset(locks_, 0, static_cast<size_t>(sets_) * sizeof(int32_t)), "cudaMemset(locks)");
+    if (options.admission) {
+      sketch_width_ = 1;
+      while (sketch_width_ < slots) sketch_width_ <<= 1;
+      check(cudaMalloc(&sketch_, static_cast<size_t>(4 * sketch_width_) * sizeof(uint32_t)), "cudaMalloc(sketch)");
+      check(cudaMemset(sketch_, 0, static_cast<size_t>(4 * sketch_width_) * sizeof(uint32_t)), "cudaMemset(sketch)");
+    }
     check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
   } catch (...) {
     cudaFree(keys_);
     cudaFree(meta_);
     cudaFree(locks_);
     cudaFree(rows_);
+    cudaFree(sketch_);
     throw;
   }
 }
@@ -99,13 +106,14 @@ GpuCache::~GpuCache() {
   cudaFree(meta_);
   cudaFree(locks_);
   cudaFree(rows_);
+  cudaFree(sketch_);
   (void)cudaSetDevice(previous);
 }
 
 int64_t GpuCache::bytes() const noexcept {
   const int64_t slots = sets_ * kWays;
   return slots * (row_bytes(options_.dim, options_.dtype) + static_cast<int64_t>(sizeof(int64_t) + sizeof(uint32_t))) +
-         sets_ * static_cast<int64_t>(sizeof(int32_t));
+         sets_ * static_cast<int64_t>(sizeof(int32_t)) + 4 * sketch_width_ * static_cast<int64_t>(sizeof(uint32_t));
 }
 
 void GpuCache::find_async(const int64_t* keys, int64_t n, float* out, int32_t* miss_index, int32_t* miss_count,
@@ -114,7 +122,7 @@ void GpuCache::find_async(const int64_t* keys, int64_t n, float* out, int32_t* m
   check(cudaMemsetAsync(miss_count, 0, sizeof(int32_t), stream), "cudaMemsetAsync(miss_count)");
   if (n == 0) return;
   detail::LookupKernelParams p{keys_, meta_, sets_, options_.dim, options_.eviction, keys, n, out, miss_index, miss_count, tick};
-  const int blocks = blocks_for((n + 1) / 2, options_.device);  // two keys per warp
+  const int blocks = blocks_for((n + 2 * detail::kUnroll - 1) / (2 * detail::kUnroll), options_.device);  // keys per warp step
   if (options_.dtype == GpuRowDtype::kFloat16) {
     detail::lookup_kernel<__half><<<blocks, kThreads, 0, stream>>>(p, static_cast<const __half*>(rows_));
   } else {
@@ -126,7 +134,8 @@ void GpuCache::find_async(const int64_t* keys, int64_t n, float* out, int32_t* m
 void GpuCache::insert_async(const int64_t* keys, const float* rows, int64_t n, uint32_t tick, cudaStream_t stream) {
   if (n == 0) return;
   DeviceGuard guard(options_.device);
-  detail::InsertKernelParams p{keys_, meta_, locks_, sets_, options_.dim, options_.eviction, keys, rows, n, tick};
+  detail::InsertKernelParams p{keys_, meta_, locks_, sets_, options_.dim, options_.eviction, keys, rows, n, tick,
+                               FrequencySketch{sketch_, sketch_width_}};
   const int blocks = blocks_for(n, options_.device);
   if (options_.dtype == GpuRowDtype::kFloat16) {
     detail::insert_kernel<__half><<<blocks, kThreads, 0, stream>>>(p, static_cast<__half*>(rows_));
@@ -134,6 +143,15 @@ void GpuCache::insert_async(const int64_t* keys, const float* rows, int64_t n, u
     detail::insert_kernel<float><<<blocks, kThreads, 0, stream>>>(p, static_cast<float*>(rows_));
   }
   check(cudaGetLastError(), "insert_kernel");
+  inserted_since_aging_ += n;
+  if (sketch_ != nullptr && inserted_since_aging_ >= aging_period(capacity_rows())) {  // as SetCacheSim::end_call
+    inserted_since_aging_ = 0;
+    detail::halve_kernel<<<blocks_for(sketch_width_ / 8, options_.device), kThreads, 0, stream>>>(sketch_, 4 * sketch_width_);
+    if (options_.eviction == Eviction::kLfu) {
+      detail::halve_kernel<<<blocks_for(capacity_rows() / 32 + 1, options_.device), kThreads, 0, stream>>>(meta_, capacity_rows());
+    }
+    check(cudaGetLastError(), "halve_kernel");
+  }
 }
 
 void GpuCache::invalidate_async(const int64_t* keys, int64_t n, cudaStream_t stream) {

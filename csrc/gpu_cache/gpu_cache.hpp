@@ -20,6 +20,7 @@ struct GpuCacheOptions {
   int64_t dim = 16;                          ///< values per row
   GpuRowDtype dtype = GpuRowDtype::kFloat32;  ///< storage dtype (lookups return fp32)
   Eviction eviction = Eviction::kLru;        ///< which row a full set gives up
+  bool admission = false;                    ///< TinyLFU admission (a frequency sketch of misses)
   int device = 0;                            ///< CUDA device of the cache's memory
 };
 
@@ -65,7 +66,10 @@ class GpuCache {
   int64_t* keys_ = nullptr;   // (sets, kWays)
   uint32_t* meta_ = nullptr;  // (sets, kWays)
   int32_t* locks_ = nullptr;  // (sets,)
-  void* rows_ = nullptr;      // (sets * 32, dim) in dtype
+  void* rows_ = nullptr;      // (sets * kWays, dim) in dtype
+  uint32_t* sketch_ = nullptr;  // (4, sketch_width_) with admission
+  int64_t sketch_width_ = 0;
+  int64_t inserted_since_aging_ = 0;
 };
 
 /// Bytes per row slot of a cache (row storage plus key, meta and the set's lock share).

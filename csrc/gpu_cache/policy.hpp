@@ -1,4 +1,4 @@
-// Replacement decisions of the set-associative caches (GPU cache and its host twin).
+// Replacement and admission decisions of the set-associative caches (GPU cache and its host twin).
 //
 // The same functions run in the CUDA kernels and in the host simulator that the CPU tests drive
 // with access traces, so the decision code tested on the CPU is the code the GPU runs.
@@ -69,5 +69,54 @@ TRITONREC_HD int choose_way(const int64_t* keys, const uint32_t* meta, int ways,
   if (empty >= 0) return empty;
   return victim;
 }
+
+/// Count-min sketch of how often keys missed: 4 rows of `width` uint32 counters (width a power
+/// of two). Held rows' frequencies are their LFU use counts (meta); for LRU, the sketch's estimate.
+struct FrequencySketch {
+  uint32_t* counters = nullptr;  ///< (4, width)
+  int64_t width = 0;
+
+  TRITONREC_HD int64_t index(int row, int64_t key) const {
+    return static_cast<int64_t>(mix64(static_cast<uint64_t>(key) + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(row + 1)) &
+                                static_cast<uint64_t>(width - 1));
+  }
+  /// The smallest of the key's 4 counters.
+  TRITONREC_HD uint32_t estimate(int64_t key) const {
+    uint32_t best = 0xFFFFFFFFu;
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t c = counters[r * width + index(r, key)];
+      best = c < best ? c : best;
+    }
+    return best;
+  }
+};
+
+/// TinyLFU admission: a missed key takes a full set's victim slot only if it was seen more often.
+TRITONREC_HD bool admits(uint32_t candidate_frequency, uint32_t victim_frequency) {
+  return candidate_frequency > victim_frequency;
+}
+
+/// Inserts (or refuses) `key` into a set, as the GPU insert kernel does once it holds the set:
+/// picks the way, applies admission when `sketch` is given (its counters already include this
+/// miss), writes key and meta. Returns the way written, or -1 when admission refused the key.
+TRITONREC_HD int insert_into_set(int64_t* keys, uint32_t* meta, int ways, int64_t key, Eviction policy, uint32_t tick,
+                                 const FrequencySketch* sketch) {
+  const int way = choose_way(keys, meta, ways, key);
+  uint32_t frequency = 1;
+  if (sketch != nullptr) {
+    frequency = sketch->estimate(key);
+    if (keys[way] != key && keys[way] != kEmptyKey) {
+      const uint32_t victim = policy == Eviction::kLfu ? meta[way] : sketch->estimate(keys[way]);
+      if (!admits(frequency, victim)) return -1;
+    }
+  }
+  keys[way] = key;
+  meta[way] = policy == Eviction::kLfu && sketch != nullptr ? frequency : inserted_meta(policy, tick);
+  return way;
+}
+
+/// Misses after which the sketch's counters (and LFU use counts) are halved, for a cache of
+/// `capacity_rows` rows: old popularity fades.
+TRITONREC_HD int64_t aging_period(int64_t capacity_rows) { return 10 * capacity_rows; }
 
 }  // namespace tritonrec

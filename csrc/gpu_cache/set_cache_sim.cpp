@@ -5,12 +5,19 @@
 
 namespace tritonrec {
 
-SetCacheSim::SetCacheSim(int64_t capacity_rows, int ways, Eviction policy) : ways_(ways), policy_(policy) {
+SetCacheSim::SetCacheSim(int64_t capacity_rows, int ways, Eviction policy, bool admission)
+    : ways_(ways), policy_(policy), admission_(admission) {
   if (ways < 1) throw std::invalid_argument("ways: expected >= 1");
   if (capacity_rows < 1) throw std::invalid_argument("capacity_rows: expected >= 1");
   sets_ = std::max<int64_t>(1, capacity_rows / ways);
   keys_.assign(static_cast<size_t>(sets_ * ways), kEmptyKey);
   meta_.assign(static_cast<size_t>(sets_ * ways), 0);
+  if (admission_) {
+    int64_t width = 1;
+    while (width < sets_ * ways) width <<= 1;
+    sketch_counters_.assign(static_cast<size_t>(4 * width), 0);
+    sketch_ = FrequencySketch{sketch_counters_.data(), width};
+  }
 }
 
 bool SetCacheSim::access(int64_t key, uint32_t tick) {
@@ -23,10 +30,22 @@ bool SetCacheSim::access(int64_t key, uint32_t tick) {
       return true;
     }
   }
-  const int way = choose_way(keys, meta, ways_, key);
-  keys[way] = key;
-  meta[way] = inserted_meta(policy_, tick);
+  ++misses_since_aging_;
+  if (admission_) {
+    for (int r = 0; r < 4; ++r) ++sketch_counters_[static_cast<size_t>(r * sketch_.width + sketch_.index(r, key))];
+  }
+  insert_into_set(keys, meta, ways_, key, policy_, tick, admission_ ? &sketch_ : nullptr);
   return false;
+}
+
+void SetCacheSim::end_call() {
+  if (misses_since_aging_ < aging_period(sets_ * ways_)) return;
+  misses_since_aging_ = 0;
+  if (!admission_) return;
+  for (auto& c : sketch_counters_) c >>= 1;
+  if (policy_ == Eviction::kLfu) {
+    for (auto& m : meta_) m >>= 1;
+  }
 }
 
 }  // namespace tritonrec

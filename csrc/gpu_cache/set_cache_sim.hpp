@@ -14,10 +14,16 @@ class SetCacheSim {
  public:
   /// @param capacity_rows rows the cache holds (rounded down to whole sets of `ways`; at least one set).
   /// @param ways rows per set (the GPU cache uses 16).
-  SetCacheSim(int64_t capacity_rows, int ways, Eviction policy);
+  /// @param admission TinyLFU admission (a frequency sketch of the misses) before eviction.
+  SetCacheSim(int64_t capacity_rows, int ways, Eviction policy, bool admission = false);
 
-  /// One lookup of `key`: true on a hit; a miss inserts the key. `tick` is the lookup call's clock.
+  /// One lookup of `key`: true on a hit; a miss offers the key for insertion. `tick` is the lookup
+  /// call's clock; call `end_call` after each call's accesses.
   bool access(int64_t key, uint32_t tick);
+
+  /// Ages the sketch and LFU counts when a period of misses has passed (the GPU cache does this
+  /// before an insert call).
+  void end_call();
 
   int64_t sets() const noexcept { return sets_; }
 
@@ -27,6 +33,10 @@ class SetCacheSim {
   Eviction policy_;
   std::vector<int64_t> keys_;
   std::vector<uint32_t> meta_;
+  bool admission_;
+  std::vector<uint32_t> sketch_counters_;
+  FrequencySketch sketch_{};
+  int64_t misses_since_aging_ = 0;
 };
 
 }  // namespace tritonrec

@@ -1,5 +1,6 @@
-// The GPU cache's insert kernel: one warp per row; lane 0 takes the set's lock and picks the way
-// with policy.hpp's choose_way (the code the host simulator runs), the warp writes the row.
+// The GPU cache's insert kernel: one warp per row; lane 0 counts the miss in the frequency sketch,
+// takes the set's lock and decides with policy.hpp's insert_into_set (the code the host simulator
+// runs), the warp writes the row.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,7 @@ struct InsertKernelParams {
   const float* values;  // (n, dim)
   int64_t n;
   uint32_t tick;
+  FrequencySketch sketch;  // counters == nullptr: no admission
 };
 
 template <typename T>
@@ -32,6 +34,9 @@ __global__ void insert_kernel(InsertKernelParams p, T* __restrict__ rows) {
     const int64_t set = set_of(key, p.sets);
     int way = 0;
     if (lane == 0) {
+      if (p.sketch.counters != nullptr) {
+        for (int r = 0; r < 4; ++r) atomicAdd(p.sketch.counters + r * p.sketch.width + p.sketch.index(r, key), 1u);
+      }
       while (atomicCAS(p.locks + set, 0, 1) != 0) {
       }
       __threadfence();
@@ -41,17 +46,34 @@ __global__ void insert_kernel(InsertKernelParams p, T* __restrict__ rows) {
         keys[w] = __ldcg(p.set_keys + set * kWays + w);
         meta[w] = __ldcg(p.meta + set * kWays + w);
       }
-      way = choose_way(keys, meta, kWays, key);
-      __stcg(p.set_keys + set * kWays + way, key);
-      __stcg(p.meta + set * kWays + way, inserted_meta(p.policy, p.tick));
+      way = insert_into_set(keys, meta, kWays, key, p.policy, p.tick, p.sketch.counters != nullptr ? &p.sketch : nullptr);
+      if (way >= 0) {
+        __stcg(p.set_keys + set * kWays + way, keys[way]);
+        __stcg(p.meta + set * kWays + way, meta[way]);
+      }
     }
     way = __shfl_sync(0xFFFFFFFFu, way, 0);
+    if (way < 0) {  // admission refused it: nothing to write
+      if (lane == 0) atomicExch(p.locks + set, 0);
+      continue;
+    }
     T* dst = rows + (set * kWays + way) * p.dim;
     const float* src = p.values + i * p.dim;
     for (int64_t d = lane; d < p.dim; d += 32) dst[d] = from_float<T>(src[d]);
     __threadfence();
     __syncwarp();
     if (lane == 0) atomicExch(p.locks + set, 0);
+  }
+}
+
+}  // namespace tritonrec::detail
+
+namespace tritonrec::detail {
+
+/// Halves every counter of `a` (n,): the sketch's aging (and LFU use counts').
+__global__ void halve_kernel(uint32_t* a, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    a[i] >>= 1;
   }
 }
 
