@@ -84,6 +84,10 @@ class GpuTier:
             rows = max(16, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype)))
             self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, eviction, device, bool(admission)), dim)
         self._tick = 0
+        self._pinned = None  # pinned staging memory for missed rows
+        self._pinned_bytes = 0
+        self._staging_done = None  # event: the staging buffer's last copy to the device
+        self._pending_inserts: list[Any] = []  # events of inserts that may not have run yet
 
     def _stream(self, stream: Any) -> Any:
         cp = self.cp
@@ -100,8 +104,8 @@ class GpuTier:
         """Rows of device ``keys`` (cupy int64 (n,)) as cupy float32 (n, dim) on the cache's device.
 
         Args:
-            read_host: ``(keys int64 (m,) host, found uint8 (m,) host) -> float32 (m, dim) host``:
-                the host tiers' lookup (applies the table's missing-key policy).
+            read_host: ``(keys int64 (m,) host, found uint8 (m,) host, out float32 (m, dim) host)``:
+                the host tiers' lookup into ``out`` (applies the table's missing-key policy).
             out: optional cupy float32 (n, dim) C-contiguous array.
             stream: a cupy stream, a torch CUDA stream or a raw handle; default cupy's current stream.
         """
@@ -120,28 +124,56 @@ class GpuTier:
             entry.lookups += n
             entry.misses += misses
             if misses:
-                index = miss_index[:misses]
-                missed_keys = cp.asnumpy(keys[index], stream=s)
-                found = np.empty(misses, dtype=np.uint8)
-                rows = read_host(missed_keys, found)
-                out[index] = cp.asarray(rows)
-                present = found == 1
-                if present.any():
-                    unique_keys, first = np.unique(missed_keys[present], return_index=True)
-                    unique_rows = np.ascontiguousarray(rows[present][first], dtype=np.float32)
-                    keys_dev = cp.asarray(unique_keys)
-                    rows_dev = cp.asarray(unique_rows)
-                    entry.cache.insert(keys_dev.data.ptr, rows_dev.data.ptr, unique_keys.size, self._tick, s.ptr)
-                    # keep the staging arrays alive until the insert has run on the stream
-                    s.synchronize()
+                self._fill_misses(entry, keys, out, miss_index[:misses], read_host, s)
         return out
+
+    def _staging(self, rows: int, dim: int) -> np.ndarray:
+        """A pinned host float32 (rows, dim) buffer, reused across lookups (grown when needed)."""
+        need = rows * dim * 4
+        if self._pinned is None or self._pinned_bytes < need:
+            self._pinned_bytes = max(need, 1 << 20)
+            self._pinned = self.cp.cuda.alloc_pinned_memory(self._pinned_bytes)
+        return np.frombuffer(self._pinned, dtype=np.float32, count=rows * dim).reshape(rows, dim)
+
+    def _fill_misses(self, entry: _TableCache, keys: Any, out: Any, index: Any, read_host: Any, s: Any) -> None:
+        """Reads the missed keys' rows from the host tiers into ``out`` and offers them to the cache.
+
+        Duplicates are removed on the device first; the host writes the rows straight into pinned
+        memory, from which one asynchronous copy takes them to the device.
+        """
+        cp = self.cp
+        if self._staging_done is not None:
+            self._staging_done.synchronize()  # the previous lookup's copy out of the staging buffer
+        unique_keys, inverse = cp.unique(keys[index], return_inverse=True)
+        host_keys = cp.asnumpy(unique_keys, stream=s)  # waits for this stream only
+        found = np.empty(host_keys.size, dtype=np.uint8)
+        staged = self._staging(host_keys.size, entry.dim)
+        read_host(host_keys, found, staged)
+        rows_dev = cp.empty((host_keys.size, entry.dim), dtype=cp.float32)
+        rows_dev.set(staged, stream=s)
+        self._staging_done = s.record()
+        out[index] = rows_dev[inverse.reshape(-1)]
+        present = np.flatnonzero(found)
+        if present.size:
+            if present.size != found.size:
+                take = cp.asarray(present)
+                unique_keys, rows_dev = unique_keys[take], rows_dev[take]
+            # cupy's memory pool reuses freed blocks on the same stream only, so these arrays may
+            # be released before the insert runs
+            entry.cache.insert(unique_keys.data.ptr, rows_dev.data.ptr, int(unique_keys.size), self._tick, s.ptr)
+            # an update must not be overtaken by this insert of rows read before it (see invalidate)
+            self._pending_inserts = [e for e in self._pending_inserts if not e.done] + [s.record()]
 
     def invalidate(self, table: str, keys: np.ndarray) -> None:
         """Drops host ``keys`` (int64 (n,)) from the table's cache; returns when done (a later
-        lookup on any stream cannot see the old rows)."""
+        lookup on any stream cannot see the old rows). Inserts that earlier lookups queued are
+        waited for first, so none can put back a row read before the update."""
         cp = self.cp
         if keys.size == 0:
             return
+        for event in self._pending_inserts:  # inserts queued by earlier lookups, on any stream, first
+            event.synchronize()
+        self._pending_inserts = []
         with cp.cuda.Device(self.device):
             s = cp.cuda.Stream(non_blocking=True)
             with s:

@@ -560,8 +560,8 @@ class EmbeddingStore:
             raise ValueError(f"keys are on device {device_keys.device.id}; the GPU tier is on device {self._gpu.device}")
         device_keys = cp.ascontiguousarray(device_keys)
 
-        def read_host(host_keys: np.ndarray, found: np.ndarray) -> np.ndarray:
-            return self.lookup(table, host_keys, missing=missing, found=found)
+        def read_host(host_keys: np.ndarray, found: np.ndarray, out_rows: np.ndarray) -> None:
+            self.lookup(table, host_keys, out=out_rows, missing=missing, found=found)
 
         result = self._gpu.lookup(table, device_keys, read_host, cp.from_dlpack(out) if is_torch and out is not None else out, stream)
         if is_torch:

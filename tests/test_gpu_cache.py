@@ -135,3 +135,17 @@ def test_bad_device_arguments(table):
         store.lookup("t", cupy.arange(3, dtype=cupy.int64))
     with EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 20) as store, pytest.raises(TypeError, match="expected device int64 keys"):
         store.lookup("t", cupy.arange(3, dtype=cupy.int32))
+
+
+def test_an_update_is_not_undone_by_an_insert_still_queued_on_another_stream(table):
+    cupy = _cupy()
+    path, keys, rows = table
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 26) as store:
+        first, second = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+        store.lookup("t", cupy.asarray(keys), stream=first)  # every key misses: a large insert is queued on `first`
+        new = np.full((100, 64), -3.0, np.float32)
+        store.update("t", keys[:100], new)
+        got = store.lookup("t", cupy.asarray(keys[:1000]), stream=second)
+        second.synchronize()
+        np.testing.assert_array_equal(cupy.asnumpy(got)[:100], new)
+        np.testing.assert_array_equal(cupy.asnumpy(got)[100:], rows[100:1000])
