@@ -714,14 +714,18 @@ class EmbeddingStore:
         return result
 
     def counters(self) -> dict[str, dict[str, tuple[int, int]]]:
-        """Cumulative key counts, cheaply (no sizes): table -> tier (``host``, and ``rocksdb``
-        when the store has one) -> (keys looked up in that tier, keys it did not hold)."""
+        """Cumulative key counts, cheaply (no sizes): table -> tier (``gpu`` with a GPU tier,
+        ``host``, and ``rocksdb`` when the store has one) -> (keys looked up in that tier, keys
+        it did not hold)."""
         if self._closed:
             raise ValueError(f"EmbeddingStore {self.path} is closed")
         result = {}
         for name, t in self._tables.items():
             counters = t.stats()
             tiers = {"host": (int(counters["lookups"]), int(counters["misses"]))}
+            if self._gpu is not None:
+                gpu = self._gpu.stats(name)
+                tiers = {"gpu": (gpu["hits"] + gpu["misses"], gpu["misses"]), **tiers}
             if self._tier is not None:
                 info = self._info[name]
                 tiers["rocksdb"] = (info["tier_hits"] + info["tier_misses"], info["tier_misses"])

@@ -143,3 +143,16 @@ def test_cli_export(criteo_trained, tmp_path, capsys):
     assert "--scorer-model needs --dense-input, --embeddings-input, --scorer-output" in capsys.readouterr().err
     assert main([*args, "--scorer", str(tmp_path)]) == 1
     assert "scorer.json: no such file" in capsys.readouterr().err
+
+
+def test_gpu_lookup_instances(parts, tmp_path):
+    plan, store, scorer = parts
+    with pytest.raises(ValueError, match="lookup_kind KIND_GPU needs gpu_cache_bytes"):
+        export_ensemble(plan, store, scorer, tmp_path, "rank", lookup_kind="KIND_GPU")
+    with pytest.raises(ValueError, match="lookup_kind 'GPU'"):
+        export_ensemble(plan, store, scorer, tmp_path, "rank", lookup_kind="GPU")
+    export_ensemble(plan, store, scorer, tmp_path, "rank", lookup_kind="KIND_GPU", gpu_cache_bytes=1 << 30, gpu_eviction="lfu", gpu_admission=True)
+    config = (tmp_path / "rank_embeddings" / "config.pbtxt").read_text()
+    assert "kind: KIND_GPU" in config
+    for key, value in (("gpu_cache_bytes", str(1 << 30)), ("gpu_eviction", "lfu"), ("gpu_admission", "true"), ("FORCE_CPU_ONLY_INPUT_TENSORS", "no")):
+        assert f'key: "{key}" value: {{ string_value: "{value}" }}' in config

@@ -149,3 +149,23 @@ def test_an_update_is_not_undone_by_an_insert_still_queued_on_another_stream(tab
         second.synchronize()
         np.testing.assert_array_equal(cupy.asnumpy(got)[:100], new)
         np.testing.assert_array_equal(cupy.asnumpy(got)[100:], rows[100:1000])
+
+
+def test_the_embedding_lookup_model_on_gpu_ids(tmp_path):
+    cupy = _cupy()
+    from tritonrec.embeddings import EmbeddingLookupModel
+
+    rng = np.random.default_rng(8)
+    tables = {name: (np.arange(5_000, dtype=np.int64), rng.normal(size=(5_000, 16)).astype(np.float32)) for name in ("a", "b", "c")}
+    path = build_store(tmp_path / "s", tables, missing={"a": "zeros", "b": "error", "c": "zeros"})
+    ids = rng.integers(0, 5_000, size=(300, 3))
+    bad = ids[:2].copy()
+    bad[1, 1] = 10**6  # absent from the strict table b
+    with EmbeddingLookupModel.open(path, ["a", "b", "c"], device=0, gpu_cache_bytes=1 << 20) as model:
+        results = model.execute([{"ids": cupy.asarray(ids[:100])}, {"ids": cupy.asarray(bad)}, {"ids": cupy.asarray(ids[100:])}])
+        got = cupy.asnumpy(cupy.concatenate([results[0]["embeddings"], results[2]["embeddings"]]))
+        expected = np.stack([tables[t][1][ids[:, j]] for j, t in enumerate("abc")], axis=1)
+        np.testing.assert_array_equal(got, expected)
+        assert "1 key(s) not in table 'b': [1000000]" in str(results[1])
+        counters = model.take_counter_deltas()
+        assert counters[("a", "gpu")][0] >= 300 and ("a", "host") in counters

@@ -86,6 +86,10 @@ def _export(args: argparse.Namespace) -> int:
             layout=args.layout, max_batch_size=args.max_batch_size, instance_count=args.instances,
             host_budget_bytes=args.host_budget_bytes, missing_key_policy=args.missing_key_policy,
             scorer_kind="KIND_GPU" if args.scorer_gpu else "KIND_CPU",
+            lookup_kind="KIND_GPU" if args.gpu_cache_bytes else "KIND_CPU",
+            gpu_cache_bytes=args.gpu_cache_bytes,
+            gpu_eviction=args.gpu_eviction,
+            gpu_admission=args.gpu_admission,
         )
     except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"tritonrec export: {e}", file=sys.stderr)
@@ -170,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--host-budget-bytes", type=int, help="host memory for a store with a RocksDB tier")
     ensemble.add_argument("--missing-key-policy", choices=("store", "zeros", "error"), default="store")
     ensemble.add_argument("--scorer-gpu", action="store_true", help="KIND_GPU instances of the torch scorer")
+    ensemble.add_argument("--gpu-cache-bytes", type=int, help="KIND_GPU lookup instances with a GPU cache of this many bytes")
+    ensemble.add_argument("--gpu-eviction", choices=("lru", "lfu"), default="lru", help="with --gpu-cache-bytes")
+    ensemble.add_argument("--gpu-admission", action="store_true", help="with --gpu-cache-bytes: TinyLFU-style admission")
     ensemble.set_defaults(func=_export)
 
     query = sub.add_parser("query", help="score a parquet or CSV file of raw rows through a served model")

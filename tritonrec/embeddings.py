@@ -102,9 +102,17 @@ class EmbeddingLookupModel:
         fingerprint: str | None = None,
         host_budget_bytes: int | None = None,
         threads: int | None = None,
+        device: int | None = None,
+        gpu_cache_bytes: int | None = None,
+        gpu_eviction: str = "lru",
+        gpu_admission: bool = False,
     ) -> EmbeddingLookupModel:
-        """Opens the store at ``store_path`` (see :class:`EmbeddingStore` for its errors) and wraps it."""
-        store = EmbeddingStore(Path(store_path), host_budget_bytes=host_budget_bytes, threads=threads)
+        """Opens the store at ``store_path`` (see :class:`EmbeddingStore` for its errors and the
+        GPU tier's options) and wraps it. With ``device``, ids on that GPU are looked up there."""
+        store = EmbeddingStore(
+            Path(store_path), host_budget_bytes=host_budget_bytes, threads=threads, device=device,
+            gpu_cache_bytes=gpu_cache_bytes, gpu_eviction=gpu_eviction, gpu_admission=gpu_admission,
+        )
         try:
             return cls(store, tables, max_batch_size, missing, fingerprint)
         except BaseException:
@@ -135,11 +143,29 @@ class EmbeddingLookupModel:
             for each table ``j`` whose policy is ``error`` and that lacks some ids, a bool (n,)
             mask of those rows (their vectors read as zeros).
         """
+        if hasattr(ids, "__cuda_array_interface__"):
+            return self._lookup_device(ids), {}
         ids = np.ascontiguousarray(ids)
         found = np.empty(ids.shape, dtype=np.uint8)
         out = self.store.lookup_columns(self.tables, ids, missing=self._policies, found=found)
         absent = {j: found[:, j] == 0 for j in range(len(self.tables)) if self._strict[j] and not found[:, j].all()}
         return out, absent
+
+    def _lookup_device(self, ids: Any) -> Any:
+        """ids cupy int64 (n, n_tables) on the GPU tier's device -> cupy float32 (n, n_tables, dim).
+
+        Raises:
+            KeyError: ids that exist nowhere in a table whose policy is ``error`` (the caller
+                then looks requests up one by one to fail only those holding them).
+        """
+        import cupy  # noqa: PLC0415 - GPU instances only
+
+        n = ids.shape[0]
+        by_table = cupy.empty((len(self.tables), n, self.dim), dtype=cupy.float32)
+        for j, table in enumerate(self.tables):
+            policy = MissingPolicy("error") if self._strict[j] else self._policy
+            self.store.lookup(table, cupy.ascontiguousarray(ids[:, j]), out=by_table[j], missing=policy)
+        return cupy.ascontiguousarray(by_table.transpose(1, 0, 2))
 
     def _refusal(self, ids: np.ndarray, absent: Mapping[int, np.ndarray]) -> RequestError:
         """The error of a request whose ``ids`` (n, n_tables) hold ids missing where ``absent`` (n,) says."""
@@ -156,15 +182,32 @@ class EmbeddingLookupModel:
         results, good = check_requests(requests, self.check_request)
         if not good:
             return results
-        ids = requests[good[0][0]][IDS] if len(good) == 1 else np.concatenate([requests[i][IDS] for i, _ in good])
-        merged, absent = self.lookup(ids)
+        parts = [requests[i][IDS] for i, _ in good]
+        on_device = hasattr(parts[0], "__cuda_array_interface__")
+        if on_device:
+            import cupy  # noqa: PLC0415 - GPU instances only
+
+            ids = parts[0] if len(parts) == 1 else cupy.concatenate(parts)
+            try:
+                merged, absent = self.lookup(ids)
+            except KeyError:  # a strict table lacks some ids: fail only the requests holding them
+                for i, _ in good:
+                    try:
+                        results[i] = {EMBEDDINGS: self._lookup_device(requests[i][IDS])}
+                    except KeyError as e:
+                        results[i] = RequestError(f"input '{IDS}': {e.args[0]}")
+                return results
+        else:
+            ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            merged, absent = self.lookup(ids)
         start = 0
         for i, rows in good:
             mine = {j: mask[start : start + rows] for j, mask in absent.items() if mask[start : start + rows].any()}
             if mine:
                 results[i] = self._refusal(requests[i][IDS], mine)
             else:
-                results[i] = {EMBEDDINGS: merged if len(good) == 1 else np.ascontiguousarray(merged[start : start + rows])}
+                # a block of whole rows of a C-contiguous (n, n_tables, dim) array is contiguous
+                results[i] = {EMBEDDINGS: merged if len(good) == 1 else merged[start : start + rows]}
             start += rows
         return results
 

@@ -199,6 +199,10 @@ def export_ensemble(
     lookup_threads: int | None = None,
     scorer_threads: int | None = None,
     scorer_kind: str = "KIND_CPU",
+    lookup_kind: str = "KIND_CPU",
+    gpu_cache_bytes: int | None = None,
+    gpu_eviction: str = "lru",
+    gpu_admission: bool = False,
 ) -> Path:
     """Writes transform -> embedding lookup -> scorer as one Triton ensemble.
 
@@ -221,6 +225,9 @@ def export_ensemble(
         host_budget_bytes: host memory for a store with a RocksDB tier (None: all rows in memory).
         missing_key_policy: ``"store"``, ``"zeros"`` or ``"error"`` for ids no tier holds.
         scorer_kind: ``"KIND_CPU"`` or ``"KIND_GPU"`` instances of the torch scorer.
+        lookup_kind: ``"KIND_CPU"`` or ``"KIND_GPU"`` instances of the embedding lookup; GPU
+            instances cache hot rows in ``gpu_cache_bytes`` of device memory (``gpu_eviction``
+            ``"lru"``/``"lfu"``, ``gpu_admission``) and keep their tensors on the device.
 
     Returns:
         The ensemble's model directory.
@@ -240,8 +247,11 @@ def export_ensemble(
         raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
     if missing_key_policy not in MISSING_CHOICES:
         raise ValueError(f"missing_key_policy {missing_key_policy!r}: expected one of {MISSING_CHOICES}")
-    if scorer_kind not in ("KIND_CPU", "KIND_GPU"):
-        raise ValueError(f"scorer_kind {scorer_kind!r}: expected KIND_CPU or KIND_GPU")
+    for what, kind in (("scorer_kind", scorer_kind), ("lookup_kind", lookup_kind)):
+        if kind not in ("KIND_CPU", "KIND_GPU"):
+            raise ValueError(f"{what} {kind!r}: expected KIND_CPU or KIND_GPU")
+    if lookup_kind == "KIND_GPU" and (gpu_cache_bytes is None or gpu_cache_bytes < 1):
+        raise ValueError("lookup_kind KIND_GPU needs gpu_cache_bytes >= 1 (device memory for the GPU cache)")
     repository = Path(repository)
     plan = load_or_compile(workflow)
 
@@ -319,6 +329,9 @@ def export_ensemble(
                 tables=",".join(tables), missing_key_policy=missing_key_policy,
                 host_budget_bytes="" if host_budget_bytes is None else int(host_budget_bytes),
                 threads="" if lookup_threads is None else int(lookup_threads), fingerprint=plan.fingerprint,
+                instance_kind=lookup_kind, gpu_cache_bytes="" if gpu_cache_bytes is None else int(gpu_cache_bytes),
+                gpu_eviction=gpu_eviction, gpu_admission="true" if gpu_admission else "false",
+                force_cpu_inputs="no" if lookup_kind == "KIND_GPU" else "yes",
             ))
         embeddings_version = int(version_dir.name)
         written.append(version_dir)

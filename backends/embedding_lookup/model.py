@@ -7,7 +7,10 @@ directory; default ``store``), ``tables`` (comma-separated table names, one per 
 (host memory for a store with a RocksDB tier; empty: every row in memory), ``threads`` (lookup
 threads; default all cores), ``plan_fingerprint`` (when set, the store must record it). Metrics:
 ``tritonrec_embedding_lookups_total``, ``tritonrec_embedding_misses_total``,
-``tritonrec_embedding_lookup_duration_us``. All logic is in :class:`tritonrec.embeddings.EmbeddingLookupModel`.
+``tritonrec_embedding_lookup_duration_us``. KIND_GPU instances put a GPU cache on their device ahead
+of the store (parameters ``gpu_cache_bytes``, required there, ``gpu_eviction`` ``lru``/``lfu``,
+``gpu_admission`` ``true``/``false``) and take and return tensors in device memory (inputs that
+arrive in host memory are copied over). All logic is in :class:`tritonrec.embeddings.EmbeddingLookupModel`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ class TritonPythonModel:
         if not store_dir.is_absolute():
             store_dir = Path(args["model_repository"]) / args["model_version"] / store_dir
         tables = [t.strip() for t in parameter(config, "tables").split(",") if t.strip()]
+        self.gpu = args["model_instance_kind"] == "GPU"
+        device = int(args["model_instance_device_id"]) if self.gpu else None
         try:
+            gpu_cache_bytes = int_parameter(config, "gpu_cache_bytes", None) if self.gpu else None
+            if self.gpu and gpu_cache_bytes is None:
+                raise ConfigError("KIND_GPU instances need the parameter 'gpu_cache_bytes' (device memory for the GPU cache)")
             if not tables:
                 raise ConfigError("parameter 'tables' is empty: expected the table name of each ids column, comma-separated")
             self.model = EmbeddingLookupModel.open(
@@ -44,22 +52,45 @@ class TritonPythonModel:
                 fingerprint=parameter(config, "plan_fingerprint") or None,
                 host_budget_bytes=int_parameter(config, "host_budget_bytes", None),
                 threads=int_parameter(config, "threads", None),
+                device=device,
+                gpu_cache_bytes=gpu_cache_bytes,
+                gpu_eviction=parameter(config, "gpu_eviction", "lru"),
+                gpu_admission=parameter(config, "gpu_admission", "false").lower() == "true",
             )
             check_declared_tensors(config, "input", self.model.inputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
             check_declared_tensors(config, "output", self.model.outputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
-        except (StoreFormatError, ConfigError, FingerprintMismatchError, KeyError, ValueError) as e:
+        except (StoreFormatError, ConfigError, FingerprintMismatchError, KeyError, ValueError, RuntimeError, ImportError) as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self.metrics = LookupMetrics(pb_utils, name, self.model.take_counter_deltas)
 
     def execute(self, requests):
         t0 = time.perf_counter()
-        responses = respond(
-            pb_utils, requests, self.model.execute, input_array,
-            lambda result: [output_tensor(pb_utils, "embeddings", result["embeddings"])], "embedding lookup",
-        )
+        if self.gpu:
+            responses = respond(pb_utils, requests, self.model.execute, _device_input, _device_outputs, "embedding lookup")
+        else:
+            responses = respond(
+                pb_utils, requests, self.model.execute, input_array,
+                lambda result: [output_tensor(pb_utils, "embeddings", result["embeddings"])], "embedding lookup",
+            )
         self.metrics.observe_duration((time.perf_counter() - t0) * 1e6)
         return responses
 
     def finalize(self):
         self.metrics.close()
         self.model.close()
+
+
+def _device_input(tensor):
+    """A pb_utils.Tensor as a cupy array on the instance's device (copied there if it is in host memory)."""
+    import cupy
+
+    return cupy.from_dlpack(tensor) if not tensor.is_cpu() else cupy.asarray(input_array(tensor))
+
+
+def _device_outputs(result):
+    # Through torch's capsule: the stub misreads cupy 14's toDlpack() capsule, and with the cupy
+    # array itself its capsule's deleter fails ("PyCapsule_GetPointer called with incorrect name").
+    import torch
+    from torch.utils.dlpack import to_dlpack
+
+    return [pb_utils.Tensor.from_dlpack("embeddings", to_dlpack(torch.as_tensor(result["embeddings"], device="cuda")))]
