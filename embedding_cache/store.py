@@ -302,6 +302,29 @@ def build_store_from_state_dict(
     return build_store(path, arrays, **options)
 
 
+def _read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
+    """``(path/store.json, its content)``, checked to be a store manifest of this format version.
+
+    Raises:
+        StoreFormatError: no such file, not JSON, another format or format version.
+    """
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise StoreFormatError(f"{manifest_path}: no such file: {path} is not an embedding store") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreFormatError(f"{manifest_path}: damaged (not valid JSON: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StoreFormatError(f"{manifest_path}: not a tritonrec embedding store manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{manifest_path}: store format version {manifest.get('format_version')!r}; this "
+            f"embedding_cache reads version {FORMAT_VERSION}"
+        )
+    return manifest_path, manifest
+
+
 def read_store_info(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[TableInfo]]:
     """A store's metadata and tables from its manifest, without loading any rows.
 
@@ -312,20 +335,21 @@ def read_store_info(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[
     Raises:
         StoreFormatError: no store at ``path``, or a damaged manifest.
     """
-    manifest_path = Path(path) / MANIFEST
+    manifest_path, manifest = _read_manifest(Path(path))
     try:
-        manifest = json.loads(manifest_path.read_text())
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise StoreFormatError(f"{manifest_path}: not a tritonrec embedding store manifest")
         tables = [
             TableInfo(e["name"], int(e["rows"]), int(e["dim"]), e["dtype"], e.get("missing", {"policy": "zeros"})["policy"])
             for e in manifest["tables"]
         ]
-        return dict(manifest.get("metadata", {})), tables
-    except FileNotFoundError:
-        raise StoreFormatError(f"{manifest_path}: no such file: {path} is not an embedding store") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise StoreFormatError(f"{manifest_path}: damaged ({type(e).__name__}: {e})") from None
+    return dict(manifest.get("metadata", {})), tables
+
+
+def absent_keys_message(table: str, keys: Any) -> str:
+    """``"<n> key(s) not in table '<table>': [up to 10 keys] ..."`` for keys (n,) that exist nowhere."""
+    listed = keys[:10].tolist()
+    return f"{keys.size} key(s) not in table {table!r}: {listed}{' ...' if keys.size > 10 else ''}"
 
 
 # ------------------------------------------------------------------------------------- the store
@@ -367,20 +391,7 @@ class EmbeddingStore:
         gpu_admission: bool = False,
     ) -> None:
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except FileNotFoundError:
-            raise StoreFormatError(f"{manifest_path}: no such file: {self.path} is not an embedding store") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StoreFormatError(f"{manifest_path}: damaged (not valid JSON: {e})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise StoreFormatError(f"{manifest_path}: not a tritonrec embedding store manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise StoreFormatError(
-                f"{manifest_path}: store format version {manifest.get('format_version')!r}; this "
-                f"embedding_cache reads version {FORMAT_VERSION}"
-            )
+        manifest_path, manifest = _read_manifest(self.path)
         if threads is not None and threads < 1:
             raise ValueError(f"threads {threads}: expected >= 1")
         self.metadata: dict[str, Any] = dict(manifest.get("metadata", {}))
@@ -540,13 +551,17 @@ class EmbeddingStore:
         if hits != keys.shape[0] and self._tier is not None and host.max_rows:
             hits += self._read_through(table, host, keys, out, found)
         if hits != keys.shape[0]:
-            policy = self._policies[table] if missing is None else missing
-            if policy.policy == "vector":
-                out[found == 0] = np.asarray(policy.vector, dtype=np.float32)
-            elif policy.policy == "error":
-                absent = keys[found == 0]
-                raise KeyError(f"{absent.size} key(s) not in table {table!r}: {absent[:10].tolist()}{' ...' if absent.size > 10 else ''}")
+            self._apply_missing(table, missing, keys, out, found == 0)
         return out
+
+    def _apply_missing(self, table: str, missing: MissingPolicy | None, keys: np.ndarray, out: np.ndarray, absent: np.ndarray) -> None:
+        """Applies ``missing`` (None: the table's policy) to the rows of ``out`` where ``absent``
+        (bool (n,)) is set: they hold zeros already; fills the default vector, or raises KeyError."""
+        policy = self._policies[table] if missing is None else missing
+        if policy.policy == "vector":
+            out[absent] = np.asarray(policy.vector, dtype=np.float32)
+        elif policy.policy == "error":
+            raise KeyError(absent_keys_message(table, keys[absent]))
 
     def _lookup_device(self, table: str, keys: Any, out: Any, missing: MissingPolicy | None, stream: Any) -> Any:
         if self._gpu is None:
@@ -622,12 +637,7 @@ class EmbeddingStore:
                 found[:, j] = flags
                 column_found = found[:, j]
             if got != n:
-                policy = self._policies[table] if missing is None or missing[j] is None else missing[j]
-                if policy.policy == "vector":
-                    out[column_found == 0, j] = np.asarray(policy.vector, dtype=np.float32)
-                elif policy.policy == "error":
-                    absent = keys[column_found == 0, j]
-                    raise KeyError(f"{absent.size} key(s) not in table {table!r}: {absent[:10].tolist()}{' ...' if absent.size > 10 else ''}")
+                self._apply_missing(table, None if missing is None else missing[j], keys[:, j], out[:, j], column_found == 0)
         return out
 
     def _read_through(self, table: str, host: Any, keys: np.ndarray, out: np.ndarray, found: np.ndarray) -> int:
@@ -695,22 +705,21 @@ class EmbeddingStore:
         return int(self._tier.count(self._info[name]["id"])) if self._tier is not None else int(self._tables[name].size)
 
     def stats(self) -> dict[str, Any]:
-        """Per table: ``lookups`` (keys), and per tier (``host``, and ``rocksdb`` when the store has
-        one) ``hits``, ``misses``, ``rows`` and ``bytes`` (host memory; RocksDB's live data on disk,
-        shared by all tables)."""
-        if self._closed:
-            raise ValueError(f"EmbeddingStore {self.path} is closed")
+        """Per table: ``lookups`` (keys), and per tier (``gpu`` with a GPU tier, ``host``, and
+        ``rocksdb`` when the store has one) ``hits``, ``misses``, ``rows`` and ``bytes`` (device
+        memory and capacity for the GPU; host memory; RocksDB's live data on disk, shared by all
+        tables)."""
+        counts = self.counters()
         result = {}
         for name, t in self._tables.items():
-            counters = t.stats()
-            tiers = {"host": {"hits": counters["hits"], "misses": counters["misses"], "rows": int(t.size), "bytes": int(t.bytes)}}
-            if self._tier is not None:
-                info = self._info[name]
-                tiers["rocksdb"] = {"hits": info["tier_hits"], "misses": info["tier_misses"], "rows": self._rows(name), "bytes": int(self._tier.disk_bytes)}
-            if self._gpu is not None:
+            tiers = {tier: {"hits": looked - missed, "misses": missed} for tier, (looked, missed) in counts[name].items()}
+            tiers["host"].update(rows=int(t.size), bytes=int(t.bytes))
+            if "rocksdb" in tiers:
+                tiers["rocksdb"].update(rows=self._rows(name), bytes=int(self._tier.disk_bytes))
+            if "gpu" in tiers:
                 gpu = self._gpu.stats(name)
-                tiers = {"gpu": {"hits": gpu["hits"], "misses": gpu["misses"], "rows": gpu["capacity_rows"], "bytes": gpu["bytes"]}, **tiers}
-            result[name] = {"lookups": counters["lookups"], "tiers": tiers}
+                tiers["gpu"].update(rows=gpu["capacity_rows"], bytes=gpu["bytes"])
+            result[name] = {"lookups": counts[name]["host"][0], "tiers": tiers}
         return result
 
     def counters(self) -> dict[str, dict[str, tuple[int, int]]]:

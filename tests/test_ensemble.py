@@ -9,13 +9,12 @@ import re
 import shutil
 import textwrap
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from embedding_cache import EmbeddingStore, build_store
-from tritonrec.client import infer
+from tritonrec.client import infer, scrape_metrics
 from tritonrec.export import ServedScorer, export_ensemble
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
 from tritonrec.serve import ServerError, TritonServer
@@ -131,17 +130,6 @@ def test_served_probabilities_equal_the_offline_model(served, criteo_trained, na
     np.testing.assert_allclose(got.reshape(-1), criteo_trained["expected"][start : start + n], atol=1e-5, rtol=0)
 
 
-def _metrics(server) -> dict[str, float]:
-    with urllib.request.urlopen(server.metrics_url) as r:
-        text = r.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("tritonrec_"):
-            key, value = line.rsplit(" ", 1)
-            values[re.sub(r"\s", "", key)] = float(value)
-    return values
-
-
 def test_metrics_count_rows_oov_lookups_and_durations(served, criteo_trained):
     plan = criteo_trained["pipeline"].plan
     sizes = [1, 5, 100, 37]
@@ -170,7 +158,7 @@ def _settled_metrics(server, expected: dict[str, float]) -> dict[str, float | No
     backends send their counts every 0.5 s)."""
     deadline = time.monotonic() + 5
     while True:
-        metrics = _metrics(server)
+        metrics = scrape_metrics(server.metrics_url)
         got = {k: metrics.get(k) for k in expected}
         if got == expected or time.monotonic() > deadline:
             return got

@@ -32,3 +32,18 @@ def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: S
     requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
     result = client.infer(model, inputs, outputs=requested)
     return {name: result.as_numpy(name) for name in outputs}
+
+
+def scrape_metrics(metrics_url: str) -> dict[str, float]:
+    """Triton's metrics endpoint (``http://host:port/metrics``) as ``{'name{labels}': value}``
+    for tritonrec's metric families (``tritonrec_*``)."""
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("tritonrec_"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    return values

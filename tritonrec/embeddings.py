@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding_cache import EmbeddingStore, MissingPolicy
+from embedding_cache import EmbeddingStore, MissingPolicy, absent_keys_message
 from tritonrec.transform.serving import RequestError, TensorSpec, check_requests
 from tritonrec.triton_types import triton_dtype
 
@@ -173,8 +173,7 @@ class EmbeddingLookupModel:
         for j, mask in absent.items():
             keys = np.unique(ids[mask, j])
             if keys.size:
-                listed = keys[:10].tolist()
-                parts.append(f"{keys.size} key(s) not in table {self.tables[j]!r}: {listed}{' ...' if keys.size > 10 else ''}")
+                parts.append(absent_keys_message(self.tables[j], keys))
         return RequestError(f"input '{IDS}': " + "; ".join(parts))
 
     def execute(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray] | Exception]:

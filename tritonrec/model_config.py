@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -14,6 +15,13 @@ def parameter(config: Mapping[str, Any], key: str, default: str = "") -> str:
     """The ``parameters { key: ... value: { string_value: ... } }`` entry, or ``default`` when absent or empty."""
     value = config.get("parameters", {}).get(key, {}).get("string_value", "")
     return value or default
+
+
+def model_path(args: Mapping[str, Any], config: Mapping[str, Any], key: str) -> Path:
+    """The path in parameter ``key`` (default: ``key`` itself); a relative one is inside the model
+    version directory (``args`` is what Triton passes to ``initialize``)."""
+    path = Path(parameter(config, key, key))
+    return path if path.is_absolute() else Path(args["model_repository"]) / args["model_version"] / path
 
 
 def int_parameter(config: Mapping[str, Any], key: str, default: int | None) -> int | None:

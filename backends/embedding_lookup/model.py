@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from embedding_cache import StoreFormatError
 from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError
-from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, parameter
+from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter
 from tritonrec.triton_metrics import LookupMetrics
 from tritonrec.triton_tensors import input_array, output_tensor, respond
 
@@ -32,9 +31,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         name = args["model_name"]
-        store_dir = Path(parameter(config, "store", "store"))
-        if not store_dir.is_absolute():
-            store_dir = Path(args["model_repository"]) / args["model_version"] / store_dir
+        store_dir = model_path(args, config, "store")
         tables = [t.strip() for t in parameter(config, "tables").split(",") if t.strip()]
         self.gpu = args["model_instance_kind"] == "GPU"
         device = int(args["model_instance_device_id"]) if self.gpu else None

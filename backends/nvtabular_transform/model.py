@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
-from tritonrec.model_config import ConfigError, check_declared_tensors
+from tritonrec.model_config import ConfigError, check_declared_tensors, model_path
 from tritonrec.model_config import parameter as _parameter
 from tritonrec.transform.plan import PlanLoadError
 from tritonrec.transform.serving import TransformModel
@@ -51,10 +50,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         name = args["model_name"]
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        plan_dir = Path(_parameter(config, "plan", "plan"))
-        if not plan_dir.is_absolute():
-            plan_dir = version_dir / plan_dir
+        plan_dir = model_path(args, config, "plan")
         layout = _parameter(config, "layout", "per-column")
         output_layout = _parameter(config, "output_layout", layout)
         try:

@@ -11,14 +11,13 @@ inside the version directory; default ``scorer``), ``threads`` (torch CPU thread
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import to_dlpack
 
 from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
-from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, parameter
+from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter
 from tritonrec.scorer.artifact import ScorerFormatError, TorchScorerModel
 from tritonrec.triton_tensors import output_tensor, respond
 
@@ -27,9 +26,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         name = args["model_name"]
-        scorer_dir = Path(parameter(config, "scorer", "scorer"))
-        if not scorer_dir.is_absolute():
-            scorer_dir = Path(args["model_repository"]) / args["model_version"] / scorer_dir
+        scorer_dir = model_path(args, config, "scorer")
         self.gpu = args["model_instance_kind"] == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if self.gpu else "cpu"
         try:

@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +43,6 @@ def _percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99))
 
 
-def scrape_metrics(metrics_url: str) -> dict[str, float]:
-    """Triton's metrics endpoint as ``{'name{labels}': value}`` for the tritonrec_ families."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as r:
-        text = r.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("tritonrec_"):
-            key, value = line.rsplit(" ", 1)
-            values[key] = float(value)
-    return values
-
-
 def hit_rates(metrics: dict[str, float], model: str) -> dict[str, tuple[int, int]]:
     """tier -> (keys looked up there, keys it held), summed over tables, for one embedding model."""
     tiers: dict[str, list[int]] = {}
@@ -74,7 +61,7 @@ def run_demo(options: DemoOptions) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     import embedding_cache  # noqa: PLC0415
-    from tritonrec.client import infer  # noqa: PLC0415
+    from tritonrec.client import infer, scrape_metrics  # noqa: PLC0415
     from tritonrec.export import export_ensemble  # noqa: PLC0415
     from tritonrec.pipeline.train import train_pipeline  # noqa: PLC0415
     from tritonrec.pipeline.workflow import nvtabular_transform  # noqa: PLC0415
