@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=300_000, help="rows per table")
     parser.add_argument("--cache-share", type=float, default=0.075, help="share of all rows the GPU cache holds")
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=1.5, help="perf_analyzer measurement window")
+    parser.add_argument("--data-rows", type=int, default=65536, help="rows of perf_analyzer input data (distinct samples it cycles through)")
+    parser.add_argument("--points", default="16384x1,16384x2,1024x1,1024x2,65536x1,65536x2",
+                        help="the gpu ensemble's batch x concurrency points, in order (the target's batch first: a run cut short still has it)")
+    parser.add_argument("--cpu-points", default="16384x2,1024x1", help="the cpu ensemble's points")
     parser.add_argument("--cpu-only", action="store_true", help="smoke test without a GPU: the CPU ensemble only")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from embedding_cache import _core
-    from tritonrec.client import infer_http
+    from tritonrec.client import infer_http, scrape_metrics
     from tritonrec.export import export_ensemble
     from tritonrec.scorer.dlrm import DLRM, DLRMConfig, predict, save_dlrm
     from tritonrec.serve import TritonServer
@@ -130,29 +134,36 @@ def main(argv: list[str] | None = None) -> int:
     transform = TransformModel(plan, "packed")
     request = pack_request(transform, check_columns)
     offline = predict(model, *_features(plan, check_columns))
-    bench_columns = sample(vocab, 8192, seed=2)
+    bench_columns = sample(vocab, args.data_rows, seed=2)
     data = work / "input.json"
-    write_input_data(pack_request(transform, bench_columns), 8192, data)
+    write_input_data(pack_request(transform, bench_columns), args.data_rows, data)
+    points = {"gpu": _points(args.points), "cpu": _points(args.cpu_points)}
 
-    results, checks = [], []
+    results, checks, between = [], [], []
     log = work / "tritonserver.log"
     with TritonServer(repo, log_path=log) as server:
         def check() -> None:
+            served = {}
             for name in kinds:
-                got = infer_http(server.http_url, name, request, ["probability"])
-                checks.append((name, float(np.abs(got["probability"].reshape(-1) - offline).max())))
+                served[name] = infer_http(server.http_url, name, request, ["probability"])["probability"].reshape(-1)
+                checks.append((name, float(np.abs(served[name] - offline).max())))
                 print(f"{name}: served vs in-process max |difference| {checks[-1][1]:.2e}", flush=True)
+            if len(served) == 2:
+                between.append(float(np.abs(served["gpu"] - served["cpu"]).max()))
+                print(f"gpu vs cpu ensemble max |difference| {between[-1]:.2e}", flush=True)
 
         check()
-        points = [(16384, 1), (16384, 2), (65536, 2)]  # the target's batch first: a run cut short still has it
         steps: list[str] = []
         for name in kinds:
             models = [f"{name}_transform", f"{name}_embeddings", f"{name}_scorer"]
-            for batch, concurrency in (points if name == "gpu" else [(16384, 2)]):
+            for batch, concurrency in points[name]:
                 before = step_times(server.http_url, models)
+                counted = scrape_metrics(server.metrics_url)
                 # no shared memory: perf_analyzer makes one region per input-data row of the whole batch
                 # (8192 x 65536 rows here); the outputs are 4 bytes a sample anyway
                 m = perf_point(server.grpc_url, name, batch, concurrency, data, work / "perf.csv", args.seconds)
+                time.sleep(1.0)  # the lookup model sends its counters every 0.5 s
+                m["gpu_hit"] = _gpu_hit_rate(counted, scrape_metrics(server.metrics_url), f"{name}_embeddings")
                 results.append((name, batch, concurrency, m))
                 print(f"{name} b{batch} c{concurrency}: {m['infer_s']:,.0f} samples/s p50 {m['p50_ms']:.2f} p99 {m['p99_ms']:.2f} ms", flush=True)
                 after = step_times(server.http_url, models)
@@ -165,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(steps[-1], flush=True)
         check()
     log_errors = [line for line in log.read_text().splitlines() if "Error" in line or "error" in line.split(":")[0]]
-    table = ["| ensemble | batch | concurrency | samples/s | p50 ms | p95 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    table = ["| ensemble | batch | concurrency | samples/s | p50 ms | p95 ms | p99 ms | GPU cache hits |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, batch, concurrency, m in results:
-        table.append(f"| {name} | {batch} | {concurrency} | {m['infer_s']:,.0f} | {m['p50_ms']:.2f} | {m['p95_ms']:.2f} | {m['p99_ms']:.2f} |")
+        hit = "-" if m["gpu_hit"] is None else f"{m['gpu_hit']:.1%}"
+        table.append(f"| {name} | {batch} | {concurrency} | {m['infer_s']:,.0f} | {m['p50_ms']:.2f} | {m['p95_ms']:.2f} | {m['p99_ms']:.2f} | {hit} |")
     worst = max(d for _, d in checks)
     at_target = [m["infer_s"] for name, b, _, m in results if name == "gpu" and b == 16384]
     verdict = (f"- gpu ensemble at batch 16384: best {max(at_target):,.0f} samples/s (target 2,000,000): "
@@ -177,18 +189,38 @@ def main(argv: list[str] | None = None) -> int:
         f"tritonserver 2.51, one instance per model; 26 tables of {args.rows:,} rows (+3 codes), dim 16, fp32 ({total_rows:,} rows, "
         f"{total_rows * 64 / 2**20:,.0f} MiB); GPU cache {args.cache_share:.1%} of the rows (LFU + admission, {cache_bytes / 2**20:,.0f} MiB); "
         "ids Zipf(1.05) per table, 2% unseen; the ensemble issue's DLRM, random weights; perf_analyzer 2.44 over gRPC, packed inputs, "
-        "8192 rows of input data. gpu: all three models KIND_GPU; cpu: all KIND_CPU (same server).\n",
+        f"{args.data_rows:,} rows of input data, {args.seconds:g} s windows. gpu: all three models KIND_GPU; cpu: all KIND_CPU (same server). "
+        "GPU cache hits: share of the point's keys the GPU tier held (Triton metrics); perf_analyzer cycles through "
+        f"the same {args.data_rows:,} rows, so after the first pass the cache sees only their distinct ids.\n",
         *table, "",
         "Server-side time per step (Triton's statistics, per execute, during each point):", "", *steps, "",
         verdict,
         f"- Served probabilities equal in-process PyTorch on the numpy plan's features (512 rows per ensemble, before and after): "
-        f"max |difference| {worst:.2e} ({'yes' if worst <= 1e-5 else 'NO'})",
+        f"max |difference| {worst:.2e} ({'yes' if worst <= 1e-5 else 'NO'})"
+        + (f"; gpu vs cpu ensemble on the same rows: max |difference| {max(between):.2e}" if between else ""),
         f"- Errors in the server's log: {len(log_errors)}" + (f" (first: {log_errors[0][:200]})" if log_errors else ""),
     ])
     print(body)
     if not args.no_write:
         write_section("gpu-ensemble", body)
     return 0 if worst <= 1e-5 and not log_errors else 1
+
+
+def _points(text: str) -> list[tuple[int, int]]:
+    """``"16384x1,1024x2"`` -> [(16384, 1), (1024, 2)]."""
+    try:
+        return [(int(b), int(c)) for b, c in (p.split("x") for p in text.split(",") if p)]
+    except ValueError:
+        raise SystemExit(f"points {text!r}: expected BATCHxCONCURRENCY[,...], e.g. 16384x1,1024x2") from None
+
+
+def _gpu_hit_rate(before: dict[str, float], after: dict[str, float], model: str) -> float | None:
+    """Share of keys the model's GPU tier held between two scrapes of tritonrec's metrics (None: no GPU tier)."""
+    def total(family: str, values: dict[str, float]) -> float:
+        return sum(v for k, v in values.items() if k.startswith(family + "{") and f'model="{model}"' in k and 'tier="gpu"' in k)
+    lookups = total("tritonrec_embedding_lookups_total", after) - total("tritonrec_embedding_lookups_total", before)
+    misses = total("tritonrec_embedding_misses_total", after) - total("tritonrec_embedding_misses_total", before)
+    return None if lookups <= 0 else 1.0 - misses / lookups
 
 
 def _features(plan, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

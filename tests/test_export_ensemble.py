@@ -158,3 +158,14 @@ def test_gpu_lookup_instances(parts, tmp_path):
     for key, value in (("gpu_cache_bytes", str(1 << 30)), ("gpu_eviction", "lfu"), ("gpu_admission", "true"), ("gpu_cache_dtype", "bfloat16"),
                        ("gpu_async_insert", "true"), ("FORCE_CPU_ONLY_INPUT_TENSORS", "no")):
         assert f'key: "{key}" value: {{ string_value: "{value}" }}' in config
+
+
+def test_gpu_scorer_keeps_inputs_on_the_device(parts, tmp_path):
+    """A KIND_GPU scorer takes the lookup's device tensors as they are; a KIND_CPU one asks for host copies."""
+    plan, store, scorer = parts
+    export_ensemble(plan, store, scorer, tmp_path / "gpu", "rank", scorer_kind="KIND_GPU")
+    config = (tmp_path / "gpu" / "rank_scorer" / "config.pbtxt").read_text()
+    assert "kind: KIND_GPU" in config and 'key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no" }' in config
+    export_ensemble(plan, store, scorer, tmp_path / "cpu", "rank")
+    config = (tmp_path / "cpu" / "rank_scorer" / "config.pbtxt").read_text()
+    assert "kind: KIND_CPU" in config and 'key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "yes" }' in config

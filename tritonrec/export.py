@@ -361,6 +361,7 @@ def export_ensemble(
                     embeddings_input=embeddings_input, output=scorer_output, n_dense=n_dense, n_tables=len(tables), dim=dim,
                     instance_count=instance_count, instance_kind=scorer_kind, max_queue_delay_us=max_queue_delay_us,
                     threads="" if scorer_threads is None else int(scorer_threads), fingerprint=plan.fingerprint,
+                    force_cpu_inputs="no" if scorer_kind == "KIND_GPU" else "yes",
                 ))
             scorer_version = int(version_dir.name)
             written.append(version_dir)
