@@ -2,7 +2,7 @@
 # Runs on the GPU machine (the device tool), from the repository root: builds tritonrec into the
 # machine's Python, then the named stages, copying logs and benchmarks/RESULTS.md to $OUT after each.
 #   bash scripts/device_run.sh tests gpu-cache triton
-# Stages: tests (the GPU tests), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), triton (bench_gpu_lookup_triton.py;
+# Stages: tests (the GPU tests), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), triton (bench_gpu_lookup_triton.py;
 # needs .gl/tri.tar.xz carried, see scripts/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
 set -uo pipefail
 R=$(pwd)
@@ -27,6 +27,8 @@ for stage in "$@"; do
       (cd /tmp && timeout 240 python3 -P -m pytest -q -p no:cacheprovider "$R/tests/test_gpu.py" "$R/tests/test_gpu_cache.py" \
         "$R/tests/test_cache_policy.py" "$R/tests/test_core.py" "$R/tests/test_dlpack.py") >"$OUT/tests.log" 2>&1
       tail -25 "$OUT/tests.log" ;;
+    gpu-plan)
+      timeout 240 python3 -P benchmarks/bench_gpu_plan.py >"$OUT/gpu-plan.log" 2>&1; tail -20 "$OUT/gpu-plan.log" ;;
     gpu-cache)
       timeout 240 python3 -P benchmarks/bench_gpu_cache.py >"$OUT/gpu-cache.log" 2>&1; tail -40 "$OUT/gpu-cache.log" ;;
     recheck-ab)  # the all-hit table with each way of ordering the lookup's re-check (rebuilds; ends on the default)
