@@ -115,10 +115,11 @@ def write_input_data(tensors: dict[str, np.ndarray], rows: int, path: Path) -> N
 
 
 def perf_point(grpc_url: str, model: str, batch: int, concurrency: int, data: Path, out: Path, seconds: float,
-               extra: tuple[str, ...] = ()) -> dict[str, float]:
+               extra: tuple[str, ...] = (), timeout_s: float = 600.0) -> dict[str, float]:
     """One perf_analyzer point over gRPC (stabilised on average latency; percentiles from its CSV
     report, in ms; ``infer_s`` counts rows). A point that does not stabilise is measured again with
-    windows twice as long. ``extra``: more perf_analyzer arguments (e.g. shared memory)."""
+    windows twice as long. ``extra``: more perf_analyzer arguments (e.g. shared memory); ``timeout_s``:
+    the most one perf_analyzer run may take (``subprocess.TimeoutExpired`` past it)."""
     perf = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
     for window in (seconds, 2 * seconds):
         command = [
@@ -127,7 +128,7 @@ def perf_point(grpc_url: str, model: str, batch: int, concurrency: int, data: Pa
             f"--measurement-interval={int(window * 1000)}", "--stability-percentage=25", "--max-trials=10",
             "-f", str(out), *extra,
         ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
         if result.returncode == 0:
             break
     if result.returncode != 0:

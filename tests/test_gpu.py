@@ -117,3 +117,10 @@ def test_torch_scorer_on_the_gpu_equals_the_cpu(tmp_path):
     assert gpu[0]["probability"].device.type == "cuda" and gpu[1]["probability"].shape == (512, 1)
     # TF32 is off by default for matmuls in torch: fp32 on both sides, summation order aside
     np.testing.assert_allclose(gpu[0]["probability"].cpu().numpy(), cpu.numpy(), atol=1e-5, rtol=0)
+    # requests whose inputs arrive in host memory beside ones on the device (Triton's fallback when
+    # its CUDA pool is full) are merged on the device
+    host = {"dense": torch.from_numpy(dense), "embeddings": torch.from_numpy(embeddings)}
+    mixed = gpu_model.execute([inputs, host, {"dense": dense, "embeddings": inputs["embeddings"]}])
+    for result in mixed:
+        assert result["probability"].device.type == "cuda"
+        np.testing.assert_allclose(result["probability"].cpu().numpy(), cpu.numpy(), atol=1e-5, rtol=0)

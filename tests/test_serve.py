@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -78,19 +79,25 @@ def test_missing_repository(tmp_path):
         TritonServer(tmp_path / "nowhere").start()
 
 
+def _cli_serve(repo, *extra):
+    """Starts ``tritonrec serve repo [extra]``; returns (process, HTTP address) once it says it is ready."""
+    process = subprocess.Popen([TRITONREC, "serve", str(repo), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    return process, next(line.split()[-1] for line in lines if line.strip().startswith("HTTP"))
+
+
 def test_cli_serve_runs_until_sigterm(repo):
-    process = subprocess.Popen([TRITONREC, "serve", str(repo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = None
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        http = next(line.split()[-1] for line in lines if line.strip().startswith("HTTP"))
+        process, http = _cli_serve(repo)
         with urllib.request.urlopen(f"http://{http}/v2/models/criteo/ready", timeout=5) as response:
             assert response.status == 200
         process.send_signal(signal.SIGTERM)
@@ -98,8 +105,24 @@ def test_cli_serve_runs_until_sigterm(repo):
         assert process.returncode == 0, err
         assert "tritonserver stopped" in out
     finally:
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             process.kill()
+
+
+def test_cli_serve_passes_tritonserver_options_after_a_double_dash(repo):
+    """Options after ``--`` reach tritonserver: in explicit model control nothing is loaded at start."""
+    process = None
+    try:
+        process, http = _cli_serve(repo, "--", "--model-control-mode=explicit")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://{http}/v2/models/criteo/ready", timeout=5)
+        assert e.value.code == 400
+        with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.communicate(timeout=60)
 
 
 def test_cli_serve_says_why_it_cannot_start(tmp_path):

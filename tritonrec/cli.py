@@ -19,6 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
             tritonserver=args.tritonserver,
+            extra_args=tuple(args.tritonserver_args),
         )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int)
     serve.add_argument("--tritonserver", help="path of the tritonserver binary (default: PATH, then the bundled one)")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    serve.add_argument("tritonserver_args", nargs="*", metavar="-- TRITONSERVER_OPTION",
+                       help="more tritonserver options after --, e.g. -- --cuda-memory-pool-byte-size=0:1073741824 "
+                            "(GPU ensembles at large batches: Triton's default pool is 64 MiB a GPU; larger tensors travel through host memory)")
     serve.set_defaults(func=_serve)
 
     export = sub.add_parser("export-transform", help="compile a fitted NVTabular workflow into a Triton model")

@@ -215,7 +215,9 @@ class TorchScorerModel:
         merged = []
         for spec in self.inputs:
             parts = [requests[i][spec.name] for i, _ in good]
-            parts = [p if isinstance(p, torch.Tensor) else torch.from_numpy(np.asarray(p)) for p in parts]
+            # each part on the model's device before merging: a KIND_GPU instance that takes device
+            # inputs may get some in host memory (Triton falls back to it when its CUDA pool is full)
+            parts = [(p if isinstance(p, torch.Tensor) else torch.from_numpy(np.asarray(p))).to(self.device) for p in parts]
             merged.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         scores = self.score(*merged)
         start = 0
