@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         config = render_template(
             "nvtabular_transform", name=f"floor_{name}", max_batch_size=16384,
             inputs=tensor_block("input", models[name].inputs), outputs=tensor_block("output", models[name].outputs),
-            instance_count=1, max_queue_delay_us=0, layout=layout, output_layout=layout, fingerprint=plan.fingerprint,
+            instance_count=1, batching="dynamic_batching { max_queue_delay_microseconds: 0 }", layout=layout, output_layout=layout, fingerprint=plan.fingerprint,
             instance_kind="KIND_CPU", force_cpu_inputs="yes",
         ).replace('backend: "nvtabular_transform"', 'backend: "python"')
         (floor / "config.pbtxt").write_text(config)

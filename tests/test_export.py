@@ -37,7 +37,7 @@ def test_export_from_a_saved_plan(criteo_small, tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"layout": "wide"}, "layout 'wide'"), ({"name": "a/b"}, "model name 'a/b'"), ({"max_batch_size": 0}, "max_batch_size 0"),
+    [({"layout": "wide"}, "layout 'wide'"), ({"name": "a/b"}, "model name 'a/b'"), ({"max_batch_size": -1}, "max_batch_size -1"),
      ({"instance_kind": "GPU"}, "instance_kind 'GPU'")],
 )
 def test_bad_arguments(criteo_small, tmp_path, kwargs, message):

@@ -32,10 +32,10 @@ def render_template(template: str, **values: Any) -> str:
     return string.Template(text).substitute(**{k: str(v) for k, v in values.items()})
 
 
-def tensor_block(kind: str, specs: list[TensorSpec]) -> str:
-    """``input [...]`` or ``output [...]`` block of a config.pbtxt."""
+def tensor_block(kind: str, specs: list[TensorSpec], max_batch_size: int = 1) -> str:
+    """``input [...]`` or ``output [...]`` block of a config.pbtxt (dims as :meth:`TensorSpec.config_dims`)."""
     entries = ",\n".join(
-        f'  {{ name: "{s.name}", data_type: TYPE_{s.triton_dtype}, dims: [ {", ".join(map(str, s.dims))} ] }}'
+        f'  {{ name: "{s.name}", data_type: TYPE_{s.triton_dtype}, dims: [ {", ".join(map(str, s.config_dims(max_batch_size)))} ] }}'
         for s in specs
     )
     return f"{kind} [\n{entries}\n]"
@@ -67,7 +67,9 @@ def export_transform(
         repository: the model repository (created if missing).
         name: the model's name; a model of that name gets a new version directory N+1.
         layout: ``"per-column"`` (one tensor per column) or ``"packed"`` (one per dtype).
-        max_batch_size: the most rows per request (Triton's ``max_batch_size``).
+        max_batch_size: the most rows per request (Triton's ``max_batch_size``); 0: Triton does
+            not batch, and list columns travel as ``<name>__values`` + ``<name>__offsets`` (flat,
+            NVTabular's convention) instead of padded ``<name>__values`` + ``<name>__lengths``.
         instance_count: CPU instances of the model.
         max_queue_delay_us: dynamic batcher's queue delay in microseconds.
         output_layout: layout of the outputs (default: ``layout``).
@@ -85,14 +87,14 @@ def export_transform(
         if value not in LAYOUTS:
             raise ValueError(f"{what} {value!r}: expected one of {LAYOUTS}")
     _check_name(name)
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size {max_batch_size}: expected >= 1")
+    if max_batch_size < 0:
+        raise ValueError(f"max_batch_size {max_batch_size}: expected >= 0")
     if instance_kind not in ("KIND_CPU", "KIND_GPU"):
         raise ValueError(f"instance_kind {instance_kind!r}: expected 'KIND_CPU' or 'KIND_GPU'")
     plan = load_or_compile(workflow)
     if instance_kind == "KIND_GPU" and any(c.dtype == object for c in plan.input_schema):
         raise ValueError("instance_kind KIND_GPU: the plan has string columns, which run on the host only")
-    model = TransformModel(plan, layout, max_batch_size, output_layout)
+    model = TransformModel(plan, layout, max_batch_size, output_layout, "padded" if max_batch_size else "offsets")
     model_dir = Path(repository) / name
     with _new_version(model_dir) as version_dir:
         plan.save(version_dir / "plan")
@@ -100,10 +102,10 @@ def export_transform(
             "nvtabular_transform",
             name=name,
             max_batch_size=max_batch_size,
-            inputs=tensor_block("input", model.inputs),
-            outputs=tensor_block("output", model.outputs),
+            inputs=tensor_block("input", model.inputs, max_batch_size),
+            outputs=tensor_block("output", model.outputs, max_batch_size),
             instance_count=instance_count,
-            max_queue_delay_us=max_queue_delay_us,
+            batching=f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}" if max_batch_size else "",
             layout=layout,
             output_layout=output_layout,
             fingerprint=plan.fingerprint,
@@ -270,6 +272,9 @@ def export_ensemble(
     repository = Path(repository)
     plan = load_or_compile(workflow)
 
+    if plan.list_inputs or plan.list_outputs:
+        raise ValueError(f"the plan has list columns {sorted(set(plan.list_inputs) | set(plan.list_outputs))}: the ensemble "
+                         "does not pass multi-hot columns yet (export the transform alone with export_transform)")
     # The transform's packed outputs: ids (every int64 output a Categorify code) and dense floats.
     codes = plan.categorical_codes()
     other = sorted(set(plan.packed_outputs) - {"int64", "float32"})

@@ -45,11 +45,13 @@ def check_declared_tensors(config: Mapping[str, Any], field: str, specs: Sequenc
     expected = {s.name: s for s in specs}
     if set(declared) != set(expected):
         raise ConfigError(f"config {field}s {sorted(declared)} differ from {what}'s {sorted(expected)}")
+    max_batch_size = int(config.get("max_batch_size", 0))
     for name, spec in expected.items():
         got = declared[name]
         dims = [int(d) for d in got.get("dims", [])]
-        if got["data_type"] != f"TYPE_{spec.triton_dtype}" or dims != list(spec.dims):
+        want = list(spec.config_dims(max_batch_size)) if hasattr(spec, "config_dims") else list(spec.dims)
+        if got["data_type"] != f"TYPE_{spec.triton_dtype}" or dims != want:
             raise ConfigError(
                 f"{field} '{name}' is {got['data_type']} {dims} in config.pbtxt; {what} needs "
-                f"TYPE_{spec.triton_dtype} {list(spec.dims)}"
+                f"TYPE_{spec.triton_dtype} {want}"
             )

@@ -58,13 +58,15 @@ class TritonPythonModel:
         output_layout = _parameter(config, "output_layout", layout)
         self.gpu = args["model_instance_kind"] == "GPU"
         try:
-            self.model = TransformModel.from_directory(plan_dir, layout, int(config.get("max_batch_size", 0)), output_layout)
+            max_batch_size = int(config.get("max_batch_size", 0))
+            list_layout = "padded" if max_batch_size else "offsets"  # Triton cannot batch flat values and offsets
+            self.model = TransformModel.from_directory(plan_dir, layout, max_batch_size, output_layout, list_layout)
             if self.gpu:  # the same plan with cupy on the instance's device; tensors stay there
                 import cupy
 
                 self.device = cupy.cuda.Device(int(args["model_instance_device_id"]))
                 with self.device:
-                    self.model = TransformModel(self.model.plan.to(cupy), layout, self.model.max_batch_size, output_layout)
+                    self.model = TransformModel(self.model.plan.to(cupy), layout, self.model.max_batch_size, output_layout, list_layout)
             check_fingerprint("parameter plan_fingerprint of config.pbtxt", _parameter(config, "plan_fingerprint", self.model.plan.fingerprint), self.model.plan.fingerprint)
             string_inputs = {spec.name for spec in self.model.inputs if spec.dtype == object}
             check_string_inputs(string_inputs, _parameter(config, "bytes_inputs_under_numpy2", "false").lower() == "true")

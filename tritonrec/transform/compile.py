@@ -19,9 +19,12 @@ import numpy as np
 from tritonrec.transform._table import KeyTable
 from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
 from tritonrec.transform.steps import (
-    OOV_CODE, Bucketize, Categorify, Clip, FillMissing, HashBucket, HashedCross, LogOp, Normalize, NormalizeMinMax, Step,
+    OOV_CODE, Bucketize, Categorify, Clip, FillMissing, HashBucket, HashedCross, ListSlice, LogOp, Normalize, NormalizeMinMax, Step,
     TargetEncode,
 )
+
+LIST_OPS = ("Categorify", "ListSlice", "LogOp", "Rename", "ValueCount")
+"""Ops the plan runs on list (multi-hot) columns; others are refused there, naming the op."""
 
 class UnsupportedOpError(ValueError):
     """The workflow uses an op (or an option of one) the plan cannot reproduce exactly."""
@@ -263,10 +266,35 @@ def _hashed_cross_chain(op: Any, out_name: str, sources: list[str], available: d
     return tuple(sources), [step], np.dtype(np.int32)
 
 
+def _list_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
+    """An op on a list column: ListSlice, Categorify without hash buckets, or LogOp."""
+    from nvtabular import ops  # noqa: PLC0415
+
+    name = type(op).__name__
+    if type(op) is ops.ListSlice:
+        if op.pad and op.max_elements > 1 << 20:
+            raise UnsupportedOpError(name, column, f"pad=True pads every row to {op.max_elements} values: give the slice an end")
+        return ColumnStep(("list_slice", int(op.start), int(op.end), bool(op.pad), float(op.pad_value)), {},
+                          lambda ps: ListSlice(op.start, op.end, op.pad, op.pad_value, op.max_elements))
+    if type(op) is ops.Categorify:
+        buckets = op.num_buckets if isinstance(op.num_buckets, int) else (op.num_buckets or {}).get(column, 0)
+        if buckets:
+            raise UnsupportedOpError(name, column, f"num_buckets={buckets} on a list column (nvtabular 23.08's CPU transform "
+                                     "cannot hash list values either)")
+        if dtype.kind == "O":
+            raise UnsupportedOpError(name, column, "lists of strings are not supported (lists of numbers are)")
+        return _categorify_step(op, column, dtype)
+    if type(op) is ops.LogOp:
+        return ColumnStep(("log",), {}, lambda ps: LogOp())
+    raise UnsupportedOpError(name, column, f"not supported on a list column (supported there: {', '.join(LIST_OPS)})")
+
+
 def _column_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
     from nvtabular import ops  # noqa: PLC0415
 
     name = type(op).__name__
+    if type(op) is ops.ListSlice:
+        raise UnsupportedOpError(name, column, "ListSlice on a column that is not a list")
     if type(op) is ops.FillMissing:
         return _fill_step(op, column)
     if type(op) is ops.Clip:
@@ -290,7 +318,7 @@ def _column_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
 
 def _step_dtype(step: ColumnStep, dtype: np.dtype) -> np.dtype:
     kind = step.signature[0]
-    if kind in ("fill_missing", "clip"):
+    if kind in ("fill_missing", "clip", "list_slice"):
         return dtype
     if kind == "log":
         return np.dtype(np.float32)
@@ -316,7 +344,12 @@ def compile_workflow(workflow_or_saved_dir: Any) -> TransformPlan:
     from merlin.dag.ops.selection import SelectionOp  # noqa: PLC0415
 
     workflow = _load_workflow(workflow_or_saved_dir)
+    unknown = [c.name for c in workflow.input_schema if c.dtype.name == "unknown"]
+    if unknown:
+        raise ValueError(f"input column(s) {unknown} have no dtype in the workflow's input schema (merlin infers a list "
+                         "column's from its first row, and an empty first row leaves it unknown): fit on a Dataset with a schema")
     input_dtypes = {c.name: np.dtype(c.dtype.to_numpy) for c in workflow.input_schema}
+    list_inputs = {c.name for c in workflow.input_schema if c.is_list}
     memo: dict[int, dict[str, tuple[str, list[ColumnStep], np.dtype]]] = {}
 
     def visit(node: Any) -> dict[str, tuple[str, list[ColumnStep], np.dtype]]:
@@ -342,6 +375,10 @@ def compile_workflow(workflow_or_saved_dir: Any) -> TransformPlan:
                 sources = mapping.get(out_name, [out_name])
                 if type(op) is ops.TargetEncoding:  # its sources are the target(s) and the category column
                     sources = [c for c in sources if c not in op.target_columns]
+                listed = [c for c in sources if (available[c][0] if c in available else c) in list_inputs]
+                if listed and (len(sources) != 1 or type(op).__name__ not in LIST_OPS):
+                    raise UnsupportedOpError(type(op).__name__, out_name, f"not supported on list column(s) {listed} "
+                                             f"(supported there: {', '.join(LIST_OPS)})")
                 if type(op) is ops.HashedCross:
                     result[out_name] = _hashed_cross_chain(op, out_name, sources, available, input_dtypes)
                     continue
@@ -354,14 +391,14 @@ def compile_workflow(workflow_or_saved_dir: Any) -> TransformPlan:
                     raw, steps, dtype = source, [], input_dtypes[source]
                 else:
                     raise UnsupportedOpError(type(op).__name__, out_name, f"source column {source!r} not found")
-                if type(op) is ops.Rename:  # a new name, the same chain
+                if type(op) is ops.Rename or type(op) is ops.ValueCount:  # a new name, or only schema, on the same chain
                     result[out_name] = (raw, steps, dtype)
                     continue
                 if type(op) is ops.TargetEncoding:
                     step = _target_encoding_step(op, source, out_name, dtype)
                     result[out_name] = (raw, [*steps, step], _step_dtype(step, dtype))
                     continue
-                step = _column_step(op, source, dtype)  # an op the plan lacks is refused here, by its input column
+                step = (_list_step if raw in list_inputs else _column_step)(op, source, dtype)  # an op the plan lacks is refused here
                 if source != out_name:
                     raise UnsupportedOpError(type(op).__name__, out_name, "an op that renames its output is not supported")
                 result[out_name] = (raw, [*steps, step], _step_dtype(step, dtype))
@@ -384,14 +421,16 @@ def compile_workflow(workflow_or_saved_dir: Any) -> TransformPlan:
                 raise UnsupportedOpError("HashedCross", name, "ops after a HashedCross are not supported")
             groups.append(PlanGroup(list(raw), [name], input_dtypes[raw[0]], [steps[0].merge([steps[0].params])]))
             continue
-        key = (input_dtypes[raw].name, tuple(s.signature for s in steps))
+        # a list column is a group of its own (its rows' lengths differ from other columns')
+        key = (input_dtypes[raw].name, tuple(s.signature for s in steps), name if raw in list_inputs else None)
         grouped.setdefault(key, []).append(name)
-    for (dtype_name, signatures), outs in grouped.items():
+    for (dtype_name, signatures, list_name), outs in grouped.items():
         per_column = [chains[name][1] for name in outs]
         steps = [per_column[0][i].merge([cs[i].params for cs in per_column]) for i in range(len(signatures))]
-        groups.append(PlanGroup([chains[name][0] for name in outs], outs, np.dtype(dtype_name), steps))
+        groups.append(PlanGroup([chains[name][0] for name in outs], outs, np.dtype(dtype_name), steps, list_name is not None))
 
     used_inputs = {raw for name in output_names for raw in (chains[name][0] if isinstance(chains[name][0], tuple) else (chains[name][0],))}
-    input_schema = [ColumnSpec(c, d) for c, d in input_dtypes.items() if c in used_inputs]
-    output_schema = [ColumnSpec(name, chains[name][2]) for name in output_names]
+    input_schema = [ColumnSpec(c, d, c in list_inputs) for c, d in input_dtypes.items() if c in used_inputs]
+    output_schema = [ColumnSpec(name, chains[name][2], not isinstance(chains[name][0], tuple) and chains[name][0] in list_inputs)
+                     for name in output_names]
     return TransformPlan(input_schema, output_schema, groups, nvtabular.__version__)

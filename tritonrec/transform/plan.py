@@ -36,17 +36,65 @@ class PlanLoadError(OSError):
 
 @dataclasses.dataclass(frozen=True)
 class ColumnSpec:
-    """One column of a plan's input or output: its name and numpy dtype."""
+    """One column of a plan's input or output: its name, numpy dtype (of its values, for a list
+    column) and whether each row is a list of values (a multi-hot column)."""
 
     name: str
     dtype: np.dtype
+    is_list: bool = False
 
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "dtype": self.dtype.name}
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype.name, **({"list": True} if self.is_list else {})}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, str]) -> ColumnSpec:
-        return cls(str(data["name"]), np.dtype(data["dtype"]))
+    def from_json(cls, data: Mapping[str, Any]) -> ColumnSpec:
+        return cls(str(data["name"]), np.dtype(data["dtype"]), bool(data.get("list", False)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ListColumn:
+    """A batch of a list column in NVTabular's flat form: row ``i`` is
+    ``values[offsets[i]:offsets[i + 1]]``.
+
+    Attributes:
+        values: (nnz,) array of the column's dtype (numpy, or cupy for a GPU plan).
+        offsets: integer (n + 1,) array, ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == nnz``.
+    """
+
+    values: Any
+    offsets: Any
+
+    @property
+    def lengths(self) -> Any:
+        """Integer (n,) number of values in each row."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+
+def check_offsets(name: str, offsets: Any, nnz: int, xp: Any = np) -> Any:
+    """int64 ``offsets`` of list column ``name`` with ``nnz`` values, checked.
+
+    Raises:
+        ValueError: naming the column: not 1-D integers, not starting at 0, decreasing, or not
+            ending at the number of values.
+    """
+    offsets = xp.asarray(offsets)
+    if offsets.ndim != 1 or offsets.dtype.kind not in "iu" or offsets.shape[0] < 1:
+        raise ValueError(f"list column {name!r}: offsets have dtype {offsets.dtype} and shape {tuple(offsets.shape)}: "
+                         "expected integers (n + 1,)")
+    offsets = offsets.astype(np.int64, copy=False)
+    if int(offsets[0]) != 0:
+        raise ValueError(f"list column {name!r}: offsets start at {int(offsets[0])}: expected 0")
+    steps = offsets[1:] - offsets[:-1]
+    if steps.shape[0] and int(steps.min()) < 0:
+        row = int(xp.argmax(steps < 0))
+        raise ValueError(f"list column {name!r}: offsets decrease at row {row} ({int(offsets[row])} -> {int(offsets[row + 1])}): "
+                         "expected non-decreasing offsets")
+    if int(offsets[-1]) != nnz:
+        raise ValueError(f"list column {name!r}: offsets end at {int(offsets[-1])} but there are {nnz} values")
+    return offsets
 
 
 @dataclasses.dataclass
@@ -61,6 +109,8 @@ class PlanGroup:
     outputs: list[str]
     input_dtype: np.dtype
     steps: list[Step]
+    is_list: bool = False
+    """A group of one list column: it runs on the column's flat values (and offsets)."""
 
     @property
     def output_dtype(self) -> np.dtype:
@@ -75,15 +125,31 @@ class PlanGroup:
         NaN and infinities are values here, as in pandas (log of a negative number is NaN), so
         numpy's floating-point warnings are silenced.
         """
+        return self._run(values, row_index, xp, None)[0]
+
+    def run_list(self, column: ListColumn, row_index: Any, xp: Any) -> ListColumn:
+        """A list group's column -> its output column (values of ``output_dtype``).
+
+        ``row_index`` is int64 (n,), one entry per row; each value gets its row's."""
+        offsets = column.offsets
+        value_rows = xp.repeat(row_index, offsets[1:] - offsets[:-1])
+        values, offsets = self._run(column.values.reshape(-1, 1), value_rows, xp, offsets)
+        return ListColumn(values.reshape(-1), offsets)
+
+    def _run(self, values: Any, row_index: Any, xp: Any, offsets: Any) -> tuple[Any, Any]:
         with np.errstate(all="ignore"):
             try:
                 for step in self.steps:
+                    if step.structural:
+                        values, offsets = step.apply_list(values, offsets, xp)
+                        row_index = xp.repeat(xp.arange(offsets.shape[0] - 1, dtype=np.int64), offsets[1:] - offsets[:-1])
+                        continue
                     values = step.apply(values, row_index, xp)
             except BadValueError as e:
                 if isinstance(e.column, int):
                     raise BadValueError(self.inputs[e.column], e.row, e.reason) from None
                 raise
-        return values
+        return values, offsets
 
 
 def missing_and_extra(given: Mapping[str, Any], expected: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -132,8 +198,14 @@ class TransformPlan:
         self.nvtabular_version = nvtabular_version
         self.xp = xp
         self._input_dtypes = {c.name: c.dtype for c in self.input_schema}
+        self.list_inputs = [c.name for c in self.input_schema if c.is_list]
+        self.list_outputs = [c.name for c in self.output_schema if c.is_list]
         out_dtypes = {c.name: c.dtype for c in self.output_schema}
         for group in self.groups:
+            lists = {name in self.list_inputs for name in group.inputs} | {name in self.list_outputs for name in group.outputs}
+            if lists != {group.is_list} or (group.is_list and len(group.inputs) != 1):
+                raise ValueError(f"group {group.inputs} -> {group.outputs}: a list group is one list column in and out, "
+                                 "and list columns are in list groups only")
             for name in group.inputs:
                 if name not in self._input_dtypes:
                     raise ValueError(f"group input {name!r} is not in the input schema")
@@ -155,16 +227,22 @@ class TransformPlan:
         """Packed layout: one (n, k) tensor per dtype, columns in schema order."""
         self.packed_inputs: dict[str, list[str]] = {}
         for col in self.input_schema:
-            self.packed_inputs.setdefault(col.dtype.name, []).append(col.name)
+            if not col.is_list:
+                self.packed_inputs.setdefault(col.dtype.name, []).append(col.name)
         self.packed_outputs: dict[str, list[str]] = {}
         for col in self.output_schema:
-            self.packed_outputs.setdefault(col.dtype.name, []).append(col.name)
+            if not col.is_list:
+                self.packed_outputs.setdefault(col.dtype.name, []).append(col.name)
         in_pos = {name: (d, i) for d, names in self.packed_inputs.items() for i, name in enumerate(names)}
         out_pos = {name: (d, i) for d, names in self.packed_outputs.items() for i, name in enumerate(names)}
         # For each group: (packed input dtype, column indices) when all inputs share one tensor.
         self._group_packed_in: list[tuple[str, np.ndarray]] = []
         self._group_packed_out: list[tuple[str, Any]] = []
         for g in self.groups:
+            if g.is_list:  # list columns travel as their own (values, offsets), never packed
+                self._group_packed_in.append(("", np.zeros(0, dtype=np.int64)))
+                self._group_packed_out.append(("", slice(0, 0)))
+                continue
             dtype_name = g.input_dtype.name
             idx = np.array([in_pos[name][1] for name in g.inputs], dtype=np.int64)
             self._group_packed_in.append((dtype_name, idx))
@@ -194,7 +272,7 @@ class TransformPlan:
         digest = hashlib.sha256()
         digest.update(f"nvtabular={self.nvtabular_version}\n".encode())
         for group in self.groups:
-            digest.update(json.dumps([group.inputs, group.outputs, group.input_dtype.name]).encode())
+            digest.update(json.dumps([group.inputs, group.outputs, group.input_dtype.name, *(["list"] if group.is_list else [])]).encode())
             for step in group.steps:
                 digest.update(json.dumps([step.kind, step.params()], sort_keys=True).encode())
                 for name, array in sorted(step.arrays().items()):
@@ -210,6 +288,15 @@ class TransformPlan:
         if row_index.shape[0] != n:
             raise ValueError(f"row_index has {row_index.shape[0]} entries, expected one per row ({n})")
         return row_index
+
+    def _check_list_column(self, name: str, column: Any) -> ListColumn:
+        xp = self.xp
+        if isinstance(column, tuple) and len(column) == 2:
+            column = ListColumn(*column)
+        if not isinstance(column, ListColumn):
+            raise TypeError(f"input column {name!r} is a list column: expected a ListColumn (values, offsets), got {type(column).__name__}")
+        values = self._check_column(name, column.values)
+        return ListColumn(values, check_offsets(name, column.offsets, int(values.shape[0]), xp))
 
     def _check_column(self, name: str, values: Any) -> Any:
         xp = self.xp
@@ -230,13 +317,14 @@ class TransformPlan:
 
         Args:
             columns: input column name -> (n,) array (numpy, or cupy for a GPU plan) of the schema's
-                dtype, or one that casts to it safely. Float NaN is a missing value.
+                dtype, or one that casts to it safely; for a list column, a :class:`ListColumn`
+                (or a ``(values, offsets)`` pair) of n rows. Float NaN is a missing value.
             row_index: int64 (n,) position of each row within its request (affects only hash
                 buckets for out-of-vocabulary values); default ``arange(n)``, one request.
 
         Returns:
-            Output column name -> (n,) C-contiguous array of the output schema's dtype, in the
-            workflow's output order.
+            Output column name -> (n,) C-contiguous array of the output schema's dtype (a
+            :class:`ListColumn` with int64 offsets for a list column), in the workflow's output order.
 
         Raises:
             KeyError: an input column is missing. ValueError: an unexpected column, a wrong shape
@@ -247,8 +335,11 @@ class TransformPlan:
             raise KeyError(f"input column(s) {missing} missing: expected {[c.name for c in self.input_schema]}")
         if extra:
             raise ValueError(f"unexpected input column(s) {extra}: expected {[c.name for c in self.input_schema]}")
-        checked = {name: self._check_column(name, columns[name]) for name in self._input_dtypes}
-        lengths = {name: int(v.shape[0]) for name, v in checked.items()}
+        checked = {
+            name: self._check_list_column(name, columns[name]) if name in self.list_inputs else self._check_column(name, columns[name])
+            for name in self._input_dtypes
+        }
+        lengths = {name: len(v) if isinstance(v, ListColumn) else int(v.shape[0]) for name, v in checked.items()}
         n = next(iter(lengths.values()), 0)
         if any(length != n for length in lengths.values()):
             raise ValueError(f"input columns have different lengths: {lengths}")
@@ -259,12 +350,14 @@ class TransformPlan:
         schema's dtype and of one length n; ``row_index`` int64 (n,)."""
         xp = self.xp
         results = [
-            group.run(xp.stack([columns[name] for name in group.inputs], axis=1), row_index, xp) for group in self.groups
+            group.run_list(columns[group.inputs[0]], row_index, xp) if group.is_list
+            else group.run(xp.stack([columns[name] for name in group.inputs], axis=1), row_index, xp)
+            for group in self.groups
         ]
         out = {}
         for spec in self.output_schema:
             gi, j = self._output_site[spec.name]
-            out[spec.name] = xp.ascontiguousarray(results[gi][:, j])
+            out[spec.name] = results[gi] if spec.is_list else xp.ascontiguousarray(results[gi][:, j])
         return out
 
     def transform_packed(self, tensors: Mapping[str, Any], row_index: Any | None = None) -> dict[str, Any]:
@@ -272,20 +365,29 @@ class TransformPlan:
 
         Args:
             tensors: dtype name (e.g. ``"int64"``) -> (n, k) array whose columns are
-                ``packed_inputs[dtype]`` in that order.
+                ``packed_inputs[dtype]`` in that order; and each list column by its name, as in
+                :meth:`transform` (list columns are never packed).
             row_index: as in :meth:`transform`.
 
         Returns:
-            dtype name -> (n, k) C-contiguous array whose columns are ``packed_outputs[dtype]``.
+            dtype name -> (n, k) C-contiguous array whose columns are ``packed_outputs[dtype]``;
+            list output columns by name (:class:`ListColumn`).
         """
         xp = self.xp
-        missing, extra = missing_and_extra(tensors, list(self.packed_inputs))
+        expected = [*self.packed_inputs, *self.list_inputs]
+        missing, extra = missing_and_extra(tensors, expected)
         if missing:
-            raise KeyError(f"packed input(s) {missing} missing: expected {sorted(self.packed_inputs)}")
+            raise KeyError(f"packed input(s) {missing} missing: expected {sorted(expected)}")
         if extra:
-            raise ValueError(f"unexpected packed input(s) {extra}: expected {sorted(self.packed_inputs)}")
+            raise ValueError(f"unexpected packed input(s) {extra}: expected {sorted(expected)}")
         n = None
         checked = {}
+        for name in self.list_inputs:
+            checked[name] = self._check_list_column(name, tensors[name])
+            if n is None:
+                n = len(checked[name])
+            elif len(checked[name]) != n:
+                raise ValueError(f"list column {name!r} has {len(checked[name])} rows, other inputs have {n}")
         for dtype_name, names in self.packed_inputs.items():
             values = xp.asarray(tensors[dtype_name])
             if values.ndim != 2 or values.shape[1] != len(names):
@@ -303,6 +405,9 @@ class TransformPlan:
         for group, (in_dtype, in_idx), (out_dtype, out_idx) in zip(
             self.groups, self._group_packed_in, self._group_packed_out
         ):
+            if group.is_list:
+                outputs[group.outputs[0]] = group.run_list(checked[group.inputs[0]], rows, xp)
+                continue
             values = checked[in_dtype]
             if in_idx.size != values.shape[1] or not np.array_equal(in_idx, np.arange(values.shape[1])):
                 values = values[:, xp.asarray(in_idx)]
@@ -312,7 +417,7 @@ class TransformPlan:
     # ------------------------------------------------------------------------------ persistence
     def to(self, xp: Any) -> TransformPlan:
         """The same plan running on array module ``xp`` (e.g. cupy), its arrays moved there."""
-        groups = [PlanGroup(g.inputs, g.outputs, g.input_dtype, [s.to(xp) for s in g.steps]) for g in self.groups]
+        groups = [PlanGroup(g.inputs, g.outputs, g.input_dtype, [s.to(xp) for s in g.steps], g.is_list) for g in self.groups]
         return TransformPlan(self.input_schema, self.output_schema, groups, self.nvtabular_version, xp, self.fingerprint)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -330,7 +435,8 @@ class TransformPlan:
                     files[name] = {"file": rel, "sha256": _sha256_file(root / rel)}
                 steps_json.append({"kind": step.kind, "params": step.params(), "arrays": files})
             groups_json.append(
-                {"inputs": group.inputs, "outputs": group.outputs, "input_dtype": group.input_dtype.name, "steps": steps_json}
+                {"inputs": group.inputs, "outputs": group.outputs, "input_dtype": group.input_dtype.name, "steps": steps_json,
+                 **({"list": True} if group.is_list else {})}
             )
         manifest = {
             "format": "tritonrec.transform_plan",
@@ -401,7 +507,7 @@ class TransformPlan:
                         except (ValueError, OSError, EOFError) as e:
                             raise PlanLoadError(f"{file}: damaged array file ({e})") from None
                     steps.append(step_from_manifest(s["kind"], s["params"], arrays))
-                groups.append(PlanGroup(list(g["inputs"]), list(g["outputs"]), np.dtype(g["input_dtype"]), steps))
+                groups.append(PlanGroup(list(g["inputs"]), list(g["outputs"]), np.dtype(g["input_dtype"]), steps, bool(g.get("list", False))))
             plan = cls(
                 [ColumnSpec.from_json(c) for c in manifest["input_schema"]],
                 [ColumnSpec.from_json(c) for c in manifest["output_schema"]],

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.transform.plan import TransformPlan, missing_and_extra
+from tritonrec.transform.plan import ListColumn, TransformPlan, check_offsets, missing_and_extra
 from tritonrec.transform.steps import BadValueError
 from tritonrec.triton_types import triton_dtype, wire_dtype
 
 LAYOUTS = ("per-column", "packed")
+LIST_LAYOUTS = ("padded", "offsets")
 
 
 class RequestError(ValueError):
@@ -31,10 +32,60 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     dims: tuple[int, ...]
+    batched: bool = True
+    """False for a tensor without a batch dimension (a list column's flat values or offsets):
+    ``dims`` is then its whole shape."""
 
     @property
     def triton_dtype(self) -> str:
         return triton_dtype(self.dtype)
+
+    def config_dims(self, max_batch_size: int) -> tuple[int, ...]:
+        """The dims config.pbtxt declares: without the batch dimension when Triton batches
+        (``max_batch_size`` > 0), the whole shape (batch as -1) when it does not."""
+        return (-1, *self.dims) if self.batched and max_batch_size == 0 else self.dims
+
+
+def list_tensor_names(column: str, list_layout: str) -> tuple[str, str]:
+    """The two tensors of list column ``column``: ``<column>__values`` and ``<column>__lengths``
+    (``padded``: [batch, width] values, zeros past each row's length, and INT32 [batch, 1] lengths)
+    or ``<column>__offsets`` (``offsets``: flat [nnz] values and INT32 [n + 1] offsets)."""
+    return f"{column}__values", f"{column}__{'lengths' if list_layout == 'padded' else 'offsets'}"
+
+
+def _list_specs(column: str, dtype: np.dtype, list_layout: str) -> list[TensorSpec]:
+    values, second = list_tensor_names(column, list_layout)
+    if list_layout == "padded":
+        return [TensorSpec(values, dtype, (-1,)), TensorSpec(second, np.dtype(np.int32), (1,))]
+    return [TensorSpec(values, dtype, (-1,), batched=False), TensorSpec(second, np.dtype(np.int32), (-1,), batched=False)]
+
+
+def padded_to_list(name: str, values: Any, lengths: Any, xp: Any = np) -> ListColumn:
+    """[batch, width] padded values and [batch, 1] lengths of list column ``name`` -> ListColumn.
+
+    Raises:
+        RequestError: lengths negative or over the width, naming the column and the row.
+    """
+    lengths = lengths.reshape(-1).astype(np.int64)
+    width = int(values.shape[1])
+    if lengths.shape[0] and (int(lengths.min()) < 0 or int(lengths.max()) > width):
+        row = int(xp.argmax((lengths < 0) | (lengths > width)))
+        raise RequestError(f"input {name + '__lengths'!r}: row {row} has length {int(lengths[row])}: expected 0 .. {width} "
+                           f"(the width of {name + '__values'!r})")
+    mask = xp.arange(width, dtype=np.int64)[None, :] < lengths[:, None]
+    offsets = xp.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    xp.cumsum(lengths, out=offsets[1:])
+    return ListColumn(values[mask], offsets)
+
+
+def list_to_padded(column: ListColumn, xp: Any = np) -> tuple[Any, Any]:
+    """ListColumn -> ([n, width] values padded with zeros, width = the longest row; int32 [n, 1] lengths)."""
+    lengths = column.offsets[1:] - column.offsets[:-1]
+    n = lengths.shape[0]
+    width = int(lengths.max()) if n else 0
+    out = xp.zeros((n, width), dtype=column.values.dtype)
+    out[xp.arange(width, dtype=np.int64)[None, :] < lengths[:, None]] = column.values
+    return out, lengths.astype(np.int32).reshape(-1, 1)
 
 
 def packed_input_name(dtype: np.dtype | str) -> str:
@@ -71,31 +122,45 @@ class TransformModel:
     """
 
     def __init__(
-        self, plan: TransformPlan, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None
+        self, plan: TransformPlan, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None,
+        list_layout: str = "padded",
     ) -> None:
         output_layout = output_layout or layout
         for what, value in (("layout", layout), ("output_layout", output_layout)):
             if value not in LAYOUTS:
                 raise ValueError(f"{what} {value!r}: expected one of {LAYOUTS}")
+        if list_layout not in LIST_LAYOUTS:
+            raise ValueError(f"list_layout {list_layout!r}: expected one of {LIST_LAYOUTS}")
+        if list_layout == "offsets" and max_batch_size:
+            raise ValueError(f"list_layout 'offsets' with max_batch_size {max_batch_size}: flat values and offsets cannot be "
+                             "batched by Triton; use max_batch_size 0, or list_layout 'padded'")
         self.plan = plan
         self.layout = layout
         self.output_layout = output_layout
+        self.list_layout = list_layout
         self.max_batch_size = int(max_batch_size)
+        list_in = [s for c in plan.input_schema if c.is_list for s in _list_specs(c.name, c.dtype, list_layout)]
+        list_out = [s for c in plan.output_schema if c.is_list for s in _list_specs(c.name, c.dtype, list_layout)]
         if layout == "per-column":
-            self.inputs = [TensorSpec(c.name, c.dtype, (1,)) for c in plan.input_schema]
+            self.inputs = [TensorSpec(c.name, c.dtype, (1,)) if not c.is_list else s
+                           for c in plan.input_schema for s in ([None] if not c.is_list else _list_specs(c.name, c.dtype, list_layout))]
         else:
             self.inputs = [
                 TensorSpec(packed_input_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_inputs.items()
-            ]
+            ] + list_in
         if output_layout == "per-column":
-            self.outputs = [TensorSpec(c.name, c.dtype, (1,)) for c in plan.output_schema]
+            self.outputs = [TensorSpec(c.name, c.dtype, (1,)) if not c.is_list else s
+                            for c in plan.output_schema for s in ([None] if not c.is_list else _list_specs(c.name, c.dtype, list_layout))]
         else:
             self.outputs = [
                 TensorSpec(packed_output_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_outputs.items()
-            ]
+            ] + list_out
         self._input_by_name = {s.name: s for s in self.inputs}
+        self._list_inputs = {c.name: list_tensor_names(c.name, list_layout) for c in plan.input_schema if c.is_list}
+        self._list_tensors = {t for pair in self._list_inputs.values() for t in pair}
         self.rows_total = 0
-        codes = plan.categorical_codes()
+        # list outputs' codes are not counted (their values are not one per row)
+        codes = {c: r for c, r in plan.categorical_codes().items() if c not in plan.list_outputs}
         self.oov_columns = list(codes)
         self._oov_counts = np.zeros(len(codes), dtype=np.int64)
         self._oov_first = np.array([c[1] for c in codes.values()], dtype=np.int64)
@@ -138,10 +203,11 @@ class TransformModel:
 
     @classmethod
     def from_directory(
-        cls, plan_dir: str | Path, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None
+        cls, plan_dir: str | Path, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None,
+        list_layout: str = "padded",
     ) -> TransformModel:
         """Loads the plan in ``plan_dir`` (see :meth:`TransformPlan.load` for its errors)."""
-        return cls(TransformPlan.load(plan_dir), layout, max_batch_size, output_layout)
+        return cls(TransformPlan.load(plan_dir), layout, max_batch_size, output_layout, list_layout)
 
     def check_request(self, tensors: Mapping[str, Any]) -> int:
         """Checks one request's inputs; returns its number of rows.
@@ -160,16 +226,87 @@ class TransformModel:
             array = tensors[name]
             if array.dtype != spec.dtype:
                 raise RequestError(f"input {name!r} has dtype {wire_dtype(array.dtype)}: expected {spec.triton_dtype}")
+            if name in self._list_tensors:
+                continue
             if array.ndim != 1 + len(spec.dims) or tuple(array.shape[1:]) != spec.dims:
                 raise RequestError(f"input {name!r} has shape {list(array.shape)}: expected [batch, {', '.join(map(str, spec.dims))}]")
             if rows is None:
                 rows = int(array.shape[0])
             elif array.shape[0] != rows:
                 raise RequestError(f"input {name!r} has {array.shape[0]} rows, other inputs have {rows}")
+        for column, (values_name, second) in self._list_inputs.items():
+            list_rows = self._check_list(column, tensors[values_name], tensors[second])
+            if rows is None:
+                rows = list_rows
+            elif list_rows != rows:
+                raise RequestError(f"list column {column!r} has {list_rows} rows, other inputs have {rows}")
         rows = rows or 0
         if self.max_batch_size and rows > self.max_batch_size:
             raise RequestError(f"request has {rows} rows: the maximum batch size is {self.max_batch_size}")
         return rows
+
+    def _check_list(self, column: str, values: Any, second: Any) -> int:
+        """Checks one list column's two tensors; returns its rows."""
+        values_name, second_name = list_tensor_names(column, self.list_layout)
+        xp = self.plan.xp
+        if self.list_layout == "padded":
+            if values.ndim != 2:
+                raise RequestError(f"input {values_name!r} has shape {list(values.shape)}: expected [batch, width] (rows padded to one width)")
+            if second.ndim != 2 or second.shape[1] != 1 or second.shape[0] != values.shape[0]:
+                raise RequestError(f"input {second_name!r} has shape {list(second.shape)}: expected [{values.shape[0]}, 1] "
+                                   f"(one length per row of {values_name!r})")
+            lengths = second.reshape(-1)
+            width = int(values.shape[1])
+            bad = (lengths < 0) | (lengths > width)
+            if lengths.shape[0] and bool(bad.any()):
+                row = int(xp.argmax(bad))
+                raise RequestError(f"input {second_name!r}: row {row} has length {int(lengths[row])}: expected 0 .. {width} "
+                                   f"(the width of {values_name!r})")
+            return int(values.shape[0])
+        if values.ndim != 1:
+            raise RequestError(f"input {values_name!r} has shape {list(values.shape)}: expected [nnz] (all rows' values, flat)")
+        try:
+            offsets = check_offsets(column, second, int(values.shape[0]), xp)
+        except ValueError as e:
+            raise RequestError(f"input {second_name!r}: {e}") from None
+        return int(offsets.shape[0]) - 1
+
+    def _list_columns(self, requests: Sequence[Mapping[str, Any]], good: list[tuple[int, int]]) -> dict[str, ListColumn]:
+        """The list input columns of the good requests, merged (requests checked)."""
+        xp = self.plan.xp
+        merged = {}
+        for column, (values_name, second) in self._list_inputs.items():
+            parts = []
+            for i, _ in good:
+                values, other = requests[i][values_name], requests[i][second]
+                if self.list_layout == "padded":
+                    parts.append(padded_to_list(column, values, other, xp))
+                else:
+                    parts.append(ListColumn(values, other.astype(np.int64)))
+            if len(parts) == 1:
+                merged[column] = parts[0]
+            else:
+                ends = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
+                offsets = xp.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + int(e) for p, e in zip(parts, ends)])
+                merged[column] = ListColumn(xp.concatenate([p.values for p in parts]), offsets)
+        return merged
+
+    def _list_outputs(self, column: str, result: ListColumn, good: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per good request, the two output tensors of list output ``column``."""
+        xp = self.plan.xp
+        values_name, second = list_tensor_names(column, self.list_layout)
+        out, start = [], 0
+        for _, rows in good:
+            first = int(result.offsets[start])
+            offsets = result.offsets[start : start + rows + 1] - first
+            part = ListColumn(result.values[first : first + int(offsets[-1])], offsets)
+            if self.list_layout == "padded":
+                values, lengths = list_to_padded(part, xp)
+                out.append({values_name: values, second: lengths})
+            else:
+                out.append({values_name: xp.ascontiguousarray(part.values), second: offsets.astype(np.int32)})
+            start += rows
+        return out
 
     def execute(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray] | RequestError]:
         """Transforms several requests in one plan run.
@@ -198,37 +335,42 @@ class TransformModel:
         """:meth:`execute` for the requests ``good`` ((index, rows) pairs) that passed the checks."""
         xp = self.plan.xp  # numpy, or cupy for a plan on a GPU (requests then hold cupy arrays)
         row_index = np.concatenate([np.arange(rows, dtype=np.int64) for _, rows in good])
+        lists = self._list_columns(requests, good)
         if self.layout == "per-column":
             columns = {
-                spec.name: _concat([requests[i][spec.name] for i, _ in good], xp).reshape(-1) for spec in self.inputs
+                spec.name: _concat([requests[i][spec.name] for i, _ in good], xp).reshape(-1)
+                for spec in self.inputs if spec.name not in self._list_tensors
             }
-            transformed = self.plan.transform_unchecked(columns, row_index)  # checked per request above
+            transformed = self.plan.transform_unchecked({**columns, **lists}, row_index)  # checked per request above
             if self.output_layout == "per-column":
-                merged = {spec.name: transformed[spec.name].reshape(-1, 1) for spec in self.outputs}
+                merged = {c.name: transformed[c.name].reshape(-1, 1) for c in self.plan.output_schema if not c.is_list}
             else:
                 merged = {
-                    spec.name: xp.stack([transformed[c] for c in self.plan.packed_outputs[spec.dtype.name]], axis=1)
-                    for spec in self.outputs
+                    packed_output_name(d): xp.stack([transformed[c] for c in names], axis=1) for d, names in self.plan.packed_outputs.items()
                 }
         else:
             packed = {
-                spec.dtype.name: _concat([requests[i][spec.name] for i, _ in good], xp) for spec in self.inputs
+                spec.dtype.name: _concat([requests[i][spec.name] for i, _ in good], xp)
+                for spec in self.inputs if spec.name not in self._list_tensors
             }
-            transformed = self.plan.transform_packed(packed, row_index=row_index)
+            transformed = self.plan.transform_packed({**packed, **lists}, row_index=row_index)
             if self.output_layout == "packed":
-                merged = {spec.name: transformed[spec.dtype.name] for spec in self.outputs}
+                merged = {packed_output_name(d): transformed[d] for d in self.plan.packed_outputs}
             else:
                 merged = {}
                 for dtype_name, names in self.plan.packed_outputs.items():
                     for j, name in enumerate(names):
                         merged[name] = xp.ascontiguousarray(transformed[dtype_name][:, j : j + 1])
         self._count(merged, int(row_index.shape[0]))
+        list_parts = [self._list_outputs(c, transformed[c], good) for c in self.plan.list_outputs]
         start = 0
-        for i, rows in good:
+        for k, (i, rows) in enumerate(good):
             if len(good) == 1:
-                results[i] = merged
+                results[i] = dict(merged)
             else:
                 results[i] = {name: xp.ascontiguousarray(a[start : start + rows]) for name, a in merged.items()}
+            for parts in list_parts:
+                results[i].update(parts[k])
             start += rows
         return results
 
@@ -257,23 +399,44 @@ def _concat(arrays: list[Any], xp: Any = np) -> Any:
     return arrays[0] if len(arrays) == 1 else xp.concatenate(arrays)
 
 
-def pack_request(model: TransformModel, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Client side: raw columns ((n,) arrays) -> the model's input tensors ([n, ...] arrays)."""
-    if model.layout == "per-column":
-        return {s.name: np.ascontiguousarray(np.asarray(columns[s.name], dtype=s.dtype).reshape(-1, 1)) for s in model.inputs}
-    return {
-        s.name: np.ascontiguousarray(np.stack([np.asarray(columns[c], dtype=s.dtype) for c in model.plan.packed_inputs[s.dtype.name]], axis=1))
-        for s in model.inputs
-    }
+def pack_request(model: TransformModel, columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Client side: raw columns ((n,) arrays; a :class:`ListColumn` or (values, offsets) pair for a
+    list column) -> the model's input tensors ([n, ...] arrays; a list column's two tensors in the
+    model's ``list_layout``)."""
+    out: dict[str, np.ndarray] = {}
+    for c in model.plan.input_schema:
+        if c.is_list:
+            column = columns[c.name]
+            column = column if isinstance(column, ListColumn) else ListColumn(*column)
+            column = ListColumn(np.asarray(column.values, dtype=c.dtype), np.asarray(column.offsets, dtype=np.int64))
+            values_name, second = list_tensor_names(c.name, model.list_layout)
+            if model.list_layout == "padded":
+                out[values_name], out[second] = list_to_padded(column)
+            else:
+                out[values_name], out[second] = np.ascontiguousarray(column.values), column.offsets.astype(np.int32)
+        elif model.layout == "per-column":
+            out[c.name] = np.ascontiguousarray(np.asarray(columns[c.name], dtype=c.dtype).reshape(-1, 1))
+    if model.layout == "packed":
+        for d, names in model.plan.packed_inputs.items():
+            out[packed_input_name(d)] = np.ascontiguousarray(np.stack([np.asarray(columns[c], dtype=np.dtype(d)) for c in names], axis=1))
+    return {s.name: out[s.name] for s in model.inputs}
 
 
-def unpack_response(model: TransformModel, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Client side: the model's output tensors -> output column name -> (n,) array."""
-    if model.output_layout == "per-column":
-        return {s.name: np.asarray(outputs[s.name]).reshape(-1) for s in model.outputs}
-    columns = {}
-    for s in model.outputs:
-        tensor = np.asarray(outputs[s.name])
-        for j, name in enumerate(model.plan.packed_outputs[s.dtype.name]):
-            columns[name] = tensor[:, j]
+def unpack_response(model: TransformModel, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Client side: the model's output tensors -> output column name -> (n,) array (a
+    :class:`ListColumn` with int64 offsets for a list column)."""
+    columns: dict[str, Any] = {}
+    for c in model.plan.output_schema:
+        if c.is_list:
+            values_name, second = list_tensor_names(c.name, model.list_layout)
+            values, other = np.asarray(outputs[values_name]), np.asarray(outputs[second])
+            columns[c.name] = (padded_to_list(c.name, values, other) if model.list_layout == "padded"
+                               else ListColumn(values, other.astype(np.int64)))
+        elif model.output_layout == "per-column":
+            columns[c.name] = np.asarray(outputs[c.name]).reshape(-1)
+    if model.output_layout == "packed":
+        for d, names in model.plan.packed_outputs.items():
+            tensor = np.asarray(outputs[packed_output_name(d)])
+            for j, name in enumerate(names):
+                columns[name] = tensor[:, j]
     return {c.name: columns[c.name] for c in model.plan.output_schema}
