@@ -42,7 +42,7 @@ for stage in "$@"; do
     triton-tests)  # tests through tritonserver that need no nvtabular (numpy 2 here); needs .gl/tri.tar.xz
       unpack_triton
       (cd /tmp && PATH=/tmp/tri/bin:$PATH PYTHONPATH=/tmp/tri/site timeout 240 python3 -P -m pytest -q -p no:cacheprovider \
-        "$R/tests/test_strings_triton.py" "$R/tests/test_gpu_triton.py") >"$OUT/triton-tests.log" 2>&1
+        "$R/tests/test_strings_triton.py" "$R/tests/test_gpu_triton.py" "$R/tests/test_lists_triton.py") >"$OUT/triton-tests.log" 2>&1
       tail -15 "$OUT/triton-tests.log" ;;
     gpu-ensemble)  # needs .gl/tri.tar.xz
       unpack_triton

@@ -114,3 +114,84 @@ def test_tables_of_different_dims_are_refused(tmp_path):
     path = build_store(tmp_path / "s", {"a": (np.arange(3), np.zeros((3, 4))), "b": (np.arange(3), np.zeros((3, 8)))})
     with pytest.raises(ValueError, match=r"different dims \[4, 8\]"):
         EmbeddingLookupModel.open(path, ["a", "b"])
+
+
+# ------------------------------------------------------------------------------- multi-hot tables
+def _multi_hot_store(tmp_path, missing="zeros"):
+    rng = np.random.default_rng(0)
+    rows = {name: rng.normal(size=(50, 4)).astype(np.float32) for name in ("user", "tags", "genres")}
+    path = build_store(tmp_path / "mh", {name: (np.arange(50), r) for name, r in rows.items()}, missing=missing)
+    return path, rows
+
+
+def _lists(rng, n, high=50, max_len=5):
+    lengths = rng.integers(0, max_len + 1, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return rng.integers(0, high, int(offsets[-1])), offsets
+
+
+@pytest.mark.parametrize("list_layout,max_batch_size", [("padded", 64), ("offsets", 0)])
+def test_multi_hot_tables_are_summed_or_averaged(tmp_path, list_layout, max_batch_size):
+    from tritonrec.transform.plan import ListColumn
+    from tritonrec.transform.serving import list_to_padded
+
+    path, rows = _multi_hot_store(tmp_path)
+    with EmbeddingLookupModel.open(path, ["user", "tags", "genres"], max_batch_size=max_batch_size,
+                                   multi_hot={"tags": "sum", "genres": "mean"}, list_layout=list_layout) as model:
+        second = "lengths" if list_layout == "padded" else "offsets"
+        assert [s.name for s in model.inputs] == ["ids", "tags__values", f"tags__{second}", "genres__values", f"genres__{second}"]
+        rng = np.random.default_rng(1)
+        requests, expected = [], []
+        for n in (3, 0, 20):
+            user = rng.integers(0, 50, (n, 1))
+            request, want = {"ids": user}, np.zeros((n, 3, 4), dtype=np.float64)
+            want[:, 0] = rows["user"][user[:, 0]]
+            for table, j in (("tags", 1), ("genres", 2)):
+                values, offsets = _lists(rng, n)
+                if list_layout == "padded":
+                    request[f"{table}__values"], request[f"{table}__lengths"] = list_to_padded(ListColumn(values, offsets))
+                else:
+                    request[f"{table}__values"], request[f"{table}__offsets"] = values, offsets.astype(np.int32)
+                for r in range(n):
+                    picked = rows[table][values[offsets[r] : offsets[r + 1]]].astype(np.float64)
+                    if picked.shape[0]:
+                        want[r, j] = picked.sum(axis=0) if table == "tags" else picked.mean(axis=0)
+            requests.append(request)
+            expected.append(want)
+        results = model.execute(requests)
+        for result, want in zip(results, expected):
+            assert result["embeddings"].dtype == np.float32 and result["embeddings"].shape == want.shape
+            np.testing.assert_allclose(result["embeddings"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_multi_hot_inputs_are_refused_by_name(tmp_path):
+    path, _ = _multi_hot_store(tmp_path)
+    with pytest.raises(ValueError, match="multi_hot combiner 'max' of table 'tags'"):
+        EmbeddingLookupModel.open(path, ["tags"], multi_hot={"tags": "max"})
+    with pytest.raises(ValueError, match="multi_hot table 'nope' is not one of the model's tables"):
+        EmbeddingLookupModel.open(path, ["tags"], multi_hot={"nope": "sum"})
+    with EmbeddingLookupModel.open(path, ["user", "tags"], max_batch_size=8, multi_hot={"tags": "mean"}) as model:
+        good = {"ids": np.array([[1], [2]]), "tags__values": np.array([[1, 2], [3, 0]]), "tags__lengths": np.array([[2], [1]], dtype=np.int32)}
+        bad = [
+            ({"tags__lengths": np.array([[3], [1]], dtype=np.int32)}, "row 0 has length 3: expected 0 .. 2"),
+            ({"tags__lengths": np.array([[2], [1]], dtype=np.int64)}, "'tags__lengths' has dtype INT64: expected INT32"),
+            ({"tags__values": np.array([[1.0, 2.0], [3.0, 0.0]])}, "'tags__values' has dtype FP64: expected INT64"),
+            ({"ids": np.array([[1]])}, "multi-hot table 'tags' has 2 rows, other inputs have 1"),
+        ]
+        for change, message in bad:
+            results = model.execute([{**good, **change}, good])
+            assert isinstance(results[0], RequestError) and message in str(results[0]), (message, results[0])
+            assert results[1]["embeddings"].shape == (2, 2, 4)
+        results = model.execute([{"ids": good["ids"]}, good])
+        assert "this model takes exactly ['ids', 'tags__lengths', 'tags__values']" in str(results[0])
+
+
+def test_strict_multi_hot_table_fails_only_the_request_holding_the_id(tmp_path):
+    path, rows = _multi_hot_store(tmp_path, missing="error")
+    with EmbeddingLookupModel.open(path, ["tags"], multi_hot={"tags": "sum"}, list_layout="offsets") as model:
+        ok = {"tags__values": np.array([1, 2, 3]), "tags__offsets": np.array([0, 2, 3], dtype=np.int32)}
+        holding = {"tags__values": np.array([4, 99]), "tags__offsets": np.array([0, 0, 2], dtype=np.int32)}
+        results = model.execute([ok, holding, ok])
+        assert isinstance(results[1], RequestError) and "1 key(s) not in table 'tags': [99]" in str(results[1])
+        np.testing.assert_allclose(results[0]["embeddings"][0, 0], rows["tags"][1] + rows["tags"][2], rtol=1e-6)
+        np.testing.assert_allclose(results[2]["embeddings"][1, 0], rows["tags"][3], rtol=1e-6)

@@ -124,3 +124,80 @@ def test_torch_scorer_on_the_gpu_equals_the_cpu(tmp_path):
     for result in mixed:
         assert result["probability"].device.type == "cuda"
         np.testing.assert_allclose(result["probability"].cpu().numpy(), cpu.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 1000, 131072])
+def test_cupy_plan_equals_numpy_plan_for_list_columns(rows):
+    """List columns (Categorify, ListSlice with and without padding) on cupy equal the numpy plan,
+    in the plan and through the transform model in both list conventions."""
+    cupy = pytest.importorskip("cupy")
+    from tritonrec.transform.plan import ListColumn
+    from tritonrec.transform.serving import TransformModel, pack_request
+    from tritonrec.transform.steps import ListSlice
+
+    vocab = np.arange(0, 4000, 2, dtype=np.int64)
+    table = KeyTable.build(np.zeros(vocab.size, dtype=np.int64), vocab, np.arange(3, 3 + vocab.size, dtype=np.int64))
+    plan = TransformPlan(
+        [ColumnSpec("tags", np.dtype(np.int64), True), ColumnSpec("x", np.dtype(np.int64))],
+        [ColumnSpec("tags", np.dtype(np.int64), True), ColumnSpec("padded", np.dtype(np.int64), True), ColumnSpec("x", np.dtype(np.int64))],
+        [
+            PlanGroup(["tags"], ["tags"], np.dtype(np.int64), [Categorify(table, [0], np.int64, np.int64), ListSlice(-3, 2**63 - 1, False, 0.0, 3)], True),
+            PlanGroup(["tags"], ["padded"], np.dtype(np.int64), [ListSlice(0, 4, True, 7.0, 4), Categorify(table, [0], np.int64, np.int64)], True),
+            PlanGroup(["x"], ["x"], np.dtype(np.int64), [Categorify(table, [0], np.int64, np.int64)]),
+        ],
+        "23.08.00",
+    )
+    rng = np.random.default_rng(rows)
+    lengths = rng.integers(0, 9, rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.integers(0, 5000, int(offsets[-1]))
+    columns = {"tags": ListColumn(values, offsets), "x": rng.integers(0, 5000, rows)}
+    expected = plan.transform(columns)
+    gpu_plan = plan.to(cupy)
+    got = gpu_plan.transform({"tags": ListColumn(cupy.asarray(values), cupy.asarray(offsets)), "x": cupy.asarray(columns["x"])})
+    for name in ("tags", "padded"):
+        np.testing.assert_array_equal(cupy.asnumpy(got[name].values), expected[name].values, err_msg=name)
+        np.testing.assert_array_equal(cupy.asnumpy(got[name].offsets), expected[name].offsets, err_msg=name)
+    np.testing.assert_array_equal(cupy.asnumpy(got["x"]), expected["x"])
+    for list_layout, batch in (("padded", 1 << 20), ("offsets", 0)):
+        cpu_model = TransformModel(plan, "per-column", batch, list_layout=list_layout)
+        gpu_model = TransformModel(gpu_plan, "per-column", batch, list_layout=list_layout)
+        request = pack_request(cpu_model, columns)
+        want = cpu_model.execute([request, request])
+        have = gpu_model.execute([{k: cupy.asarray(v) for k, v in request.items()}] * 2)
+        for w, h in zip(want, have):
+            assert set(w) == set(h)
+            for name in w:
+                np.testing.assert_array_equal(cupy.asnumpy(h[name]), w[name], err_msg=f"{list_layout} {name}")
+
+
+@pytest.mark.parametrize("list_layout,max_batch_size", [("padded", 4096), ("offsets", 0)])
+def test_multi_hot_lookup_on_the_gpu_equals_the_host(tmp_path, list_layout, max_batch_size):
+    cupy = pytest.importorskip("cupy")
+    from embedding_cache import build_store
+    from tritonrec.embeddings import EmbeddingLookupModel
+    from tritonrec.transform.plan import ListColumn
+    from tritonrec.transform.serving import list_to_padded
+
+    rng = np.random.default_rng(0)
+    store = build_store(tmp_path / "s", {t: (np.arange(5000), rng.normal(size=(5000, 16)).astype(np.float32)) for t in ("user", "tags")})
+    kwargs = {"max_batch_size": max_batch_size, "multi_hot": {"tags": "sum"}, "list_layout": list_layout}
+    requests = []
+    for n in (1, 700, 3000):
+        lengths = rng.integers(0, 9, n)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        values = rng.integers(0, 5000, int(offsets[-1]))
+        request = {"ids": rng.integers(0, 5000, (n, 1))}
+        if list_layout == "padded":
+            request["tags__values"], request["tags__lengths"] = list_to_padded(ListColumn(values, offsets))
+        else:
+            request["tags__values"], request["tags__offsets"] = values, offsets.astype(np.int32)
+        requests.append(request)
+    with EmbeddingLookupModel.open(store, ["user", "tags"], **kwargs) as host:
+        want = host.execute(requests)
+    with EmbeddingLookupModel.open(store, ["user", "tags"], device=0, gpu_cache_bytes=1 << 20, **kwargs) as gpu:
+        for _ in range(2):  # cold, then warm cache
+            got = gpu.execute([{k: cupy.asarray(v) for k, v in r.items()} for r in requests])
+            for w, g in zip(want, got):
+                assert isinstance(g["embeddings"], cupy.ndarray)
+                np.testing.assert_allclose(cupy.asnumpy(g["embeddings"]), w["embeddings"], rtol=1e-5, atol=1e-5)

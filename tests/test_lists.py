@@ -266,3 +266,25 @@ def test_plan_transform_refuses_bad_list_columns(fitted):
         plan.transform({"tags": np.array([1, 2]), "x": np.array([1, 2])})
     with pytest.raises(ValueError, match="different lengths"):
         plan.transform({"tags": ListColumn(np.array([1, 2]), np.array([0, 2])), "x": np.array([1, 2])})
+
+
+class _NotNumpy:
+    """numpy under another name: takes the code path the plan uses for cupy."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=st.lists(st.integers(0, 6), max_size=30), start=st.integers(-5, 5), end=st.integers(-5, 5), pad=st.booleans())
+def test_the_array_module_path_without_numpy_specials(lengths, start, end, pad):
+    from tritonrec.transform.steps import row_of_each_value
+
+    counts = np.array(lengths, dtype=np.int64)
+    np.testing.assert_array_equal(row_of_each_value(counts, _NotNumpy()), np.repeat(np.arange(counts.size), counts))
+    step = ListSlice(start, end, pad, -1, max(end - start, 0))
+    column = to_list_column([list(range(n)) for n in lengths])
+    want = step.apply_list(column.values.reshape(-1, 1), column.offsets, np)
+    got = step.apply_list(column.values.reshape(-1, 1), column.offsets, _NotNumpy())
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])

@@ -94,3 +94,63 @@ def test_strings_and_lists_through_triton(workflow, tmp_path, start_server):
             again = unpack_response(model, infer_http(server.http_url, name, request, [o.name for o in model.outputs]))
             assert _rows(again["tags"]) == _rows(got["tags"])
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("kind", ["KIND_CPU", pytest.param("KIND_GPU", marks=pytest.mark.gpu)])
+def test_multi_hot_lookup_through_triton(tmp_path, start_server, kind):
+    """The embedding_lookup backend with a multi-hot table (mean) beside a one-hot one: padded ids +
+    lengths with Triton batching, flat ids + offsets with max_batch_size 0; on CPU instances, and on
+    GPU instances with their GPU cache (tensors kept on the device)."""
+    from embedding_cache import build_store
+    from tritonrec.client import infer_http
+    from tritonrec.embeddings import EmbeddingLookupModel
+    from tritonrec.export import tensor_block
+    from tritonrec.transform.serving import list_to_padded
+
+    rng = np.random.default_rng(0)
+    store = build_store(tmp_path / "store", {t: (np.arange(100), rng.normal(size=(100, 8)).astype(np.float32)) for t in ("user", "tags")})
+    repo = tmp_path / "repo"
+    models = {}
+    for name, batch in (("mh_batched", 16), ("mh_flat", 0)):
+        layout = "padded" if batch else "offsets"
+        models[name] = EmbeddingLookupModel.open(store, ["user", "tags"], max_batch_size=batch, multi_hot={"tags": "mean"}, list_layout=layout)
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text("\n".join([
+            f'name: "{name}"', 'backend: "embedding_lookup"', f"max_batch_size: {batch}",
+            tensor_block("input", models[name].inputs, batch), tensor_block("output", models[name].outputs, batch),
+            f"instance_group [ {{ count: 1, kind: {kind} }} ]",
+            "dynamic_batching { }" if batch else "",
+            f'parameters {{ key: "store" value: {{ string_value: "{store}" }} }}',
+            'parameters { key: "tables" value: { string_value: "user,tags" } }',
+            'parameters { key: "multi_hot" value: { string_value: "tags:mean" } }',
+            *(['parameters { key: "gpu_cache_bytes" value: { string_value: "1048576" } }',
+               'parameters { key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no" } }'] if kind == "KIND_GPU" else []),
+        ]))
+    n = 12
+    lengths = rng.integers(0, 6, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.integers(0, 100, int(offsets[-1]))
+    ids = rng.integers(0, 100, (n, 1))
+    padded, padded_lengths = list_to_padded(ListColumn(values, offsets))
+    requests = {
+        "mh_batched": {"ids": ids, "tags__values": padded, "tags__lengths": padded_lengths},
+        "mh_flat": {"ids": ids, "tags__values": values, "tags__offsets": offsets.astype(np.int32)},
+    }
+    with start_server(repo, log_path=tmp_path / "server.log") as server:
+        for name, request in requests.items():
+            want = models[name].execute([request])[0]["embeddings"]
+            got = infer_http(server.http_url, name, request, ["embeddings"])["embeddings"]
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # the GPU sums in another order
+            assert not want[lengths == 0, 1].any() and want[lengths > 0, 1].any()
+            broken = dict(request)
+            if name == "mh_batched":
+                broken["tags__lengths"] = padded_lengths + padded.shape[1]
+                message = r"row \d+ has length \d+: expected 0 \.\. "
+            else:
+                broken["tags__offsets"] = offsets[::-1].astype(np.int32).copy()
+                message = "offsets start at"
+            with pytest.raises(RuntimeError, match=message):
+                infer_http(server.http_url, name, broken, ["embeddings"])
+            np.testing.assert_allclose(infer_http(server.http_url, name, request, ["embeddings"])["embeddings"], want, rtol=1e-6, atol=1e-6)
+    for model in models.values():
+        model.close()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,18 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import EmbeddingStore, MissingPolicy, absent_keys_message
-from tritonrec.transform.serving import RequestError, TensorSpec, check_requests
+from tritonrec.transform.plan import ListColumn
+from tritonrec.transform.serving import (
+    LIST_LAYOUTS, RequestError, TensorSpec, check_list_tensors, check_requests, list_from_tensors, list_tensor_names, list_tensor_specs,
+    merge_list_requests,
+)
+from tritonrec.transform.steps import row_of_each_value
 from tritonrec.triton_types import triton_dtype
 
 IDS = "ids"
 EMBEDDINGS = "embeddings"
 MISSING_CHOICES = ("store", "zeros", "error")
+COMBINERS = ("sum", "mean")
 _ZEROS = MissingPolicy("zeros")
 
 
@@ -46,6 +53,13 @@ class EmbeddingLookupModel:
     Column ``j`` of ``ids`` is looked up in table ``tables[j]``. Every table must have the same dim.
     All requests of one :meth:`execute` are looked up together, one store call per table.
 
+    Multi-hot tables (``multi_hot``: table -> ``"sum"`` or ``"mean"``) take a list of ids per row
+    instead of a column of ``ids`` (which then holds the other tables' columns, in ``tables``
+    order): ``<table>__values`` int64 + ``<table>__lengths`` INT32 [batch, 1] (``list_layout``
+    ``padded``: values [batch, width], ids past each row's length ignored) or ``<table>__offsets``
+    INT32 [n + 1] (``offsets``: values [nnz], for max_batch_size 0). Their slot of the output is the
+    sum or the mean of the rows' vectors (zeros for an empty row), summed in id order in float32.
+
     Args:
         store: an opened :class:`EmbeddingStore` (the model closes it in :meth:`close`).
         tables: table name per ids column.
@@ -63,6 +77,8 @@ class EmbeddingLookupModel:
         max_batch_size: int = 0,
         missing: str = "store",
         fingerprint: str | None = None,
+        multi_hot: Mapping[str, str] | None = None,
+        list_layout: str = "padded",
     ) -> None:
         if not tables:
             raise ValueError("tables: expected at least one table name")
@@ -75,6 +91,16 @@ class EmbeddingLookupModel:
         dims = {info[t].dim for t in tables}
         if len(dims) != 1:
             raise ValueError(f"tables {list(tables)} have different dims {sorted(dims)}: the output needs one dim")
+        multi_hot = dict(multi_hot or {})
+        for table, combiner in multi_hot.items():
+            if table not in tables:
+                raise ValueError(f"multi_hot table {table!r} is not one of the model's tables {list(tables)}")
+            if combiner not in COMBINERS:
+                raise ValueError(f"multi_hot combiner {combiner!r} of table {table!r}: expected one of {COMBINERS}")
+        if list_layout not in LIST_LAYOUTS:
+            raise ValueError(f"list_layout {list_layout!r}: expected one of {LIST_LAYOUTS}")
+        if list_layout == "offsets" and max_batch_size:
+            raise ValueError(f"list_layout 'offsets' with max_batch_size {max_batch_size}: use max_batch_size 0, or 'padded'")
         check_fingerprint(f"embedding store {store.path}", store.metadata.get("plan_fingerprint"), fingerprint)
         self.store = store
         self.tables = list(tables)
@@ -89,7 +115,13 @@ class EmbeddingLookupModel:
         self._policies = [_ZEROS if strict else self._policy for strict in self._strict]
         # on the GPU, strict tables raise (the caller then fails only the requests holding the ids)
         self._device_policies = [MissingPolicy("error") if strict else self._policy for strict in self._strict]
-        self.inputs = [TensorSpec(IDS, np.dtype(np.int64), (len(self.tables),))]
+        self.multi_hot = multi_hot
+        self.list_layout = list_layout
+        self._single = [j for j, t in enumerate(self.tables) if t not in multi_hot]  # output slot of each ids column
+        self._multi = [(j, t, multi_hot[t]) for j, t in enumerate(self.tables) if t in multi_hot]
+        self.inputs = ([TensorSpec(IDS, np.dtype(np.int64), (len(self._single),))] if self._single else []) + [
+            spec for _, t, _ in self._multi for spec in list_tensor_specs(t, np.dtype(np.int64), list_layout)]
+        self._input_names = {spec.name for spec in self.inputs}
         self.outputs = [TensorSpec(EMBEDDINGS, np.dtype(np.float32), (len(self.tables), self.dim))]
         self._last = self._read_counters()
 
@@ -110,6 +142,8 @@ class EmbeddingLookupModel:
         gpu_admission: bool = False,
         gpu_cache_dtype: str = "float32",
         gpu_async_insert: bool = False,
+        multi_hot: Mapping[str, str] | None = None,
+        list_layout: str = "padded",
     ) -> EmbeddingLookupModel:
         """Opens the store at ``store_path`` (see :class:`EmbeddingStore` for its errors and the
         GPU tier's options) and wraps it. With ``device``, ids on that GPU are looked up there."""
@@ -119,23 +153,39 @@ class EmbeddingLookupModel:
             gpu_cache_dtype=gpu_cache_dtype, gpu_async_insert=gpu_async_insert,
         )
         try:
-            return cls(store, tables, max_batch_size, missing, fingerprint)
+            return cls(store, tables, max_batch_size, missing, fingerprint, multi_hot, list_layout)
         except BaseException:
             store.close()
             raise
 
     def check_request(self, tensors: Mapping[str, Any]) -> int:
         """Checks one request's inputs; returns its rows. Raises :class:`RequestError` naming the input."""
-        if set(tensors) != {IDS}:
-            raise RequestError(f"inputs {sorted(tensors)}: this model takes exactly ['{IDS}']")
-        ids = tensors[IDS]
-        if ids.dtype != np.int64:
-            raise RequestError(f"input '{IDS}' has dtype {triton_dtype(ids.dtype) if ids.dtype.kind != 'O' else 'BYTES'}: expected INT64")
-        if ids.ndim != 2 or ids.shape[1] != len(self.tables):
-            raise RequestError(f"input '{IDS}' has shape {list(ids.shape)}: expected [batch, {len(self.tables)}]")
-        if self.max_batch_size and ids.shape[0] > self.max_batch_size:
-            raise RequestError(f"request has {ids.shape[0]} rows: the maximum batch size is {self.max_batch_size}")
-        return int(ids.shape[0])
+        if set(tensors) != self._input_names:
+            raise RequestError(f"inputs {sorted(tensors)}: this model takes exactly {sorted(self._input_names)}")
+        for name in sorted(self._input_names - {IDS}):
+            array = tensors[name]
+            expected = np.int64 if name.endswith("__values") else np.int32
+            if array.dtype != expected:
+                raise RequestError(f"input {name!r} has dtype {_wire(array.dtype)}: expected {triton_dtype(expected)}")
+        rows = None
+        if self._single:
+            ids = tensors[IDS]
+            if ids.dtype != np.int64:
+                raise RequestError(f"input '{IDS}' has dtype {_wire(ids.dtype)}: expected INT64")
+            if ids.ndim != 2 or ids.shape[1] != len(self._single):
+                raise RequestError(f"input '{IDS}' has shape {list(ids.shape)}: expected [batch, {len(self._single)}]")
+            rows = int(ids.shape[0])
+        for _, table, _ in self._multi:
+            values, second = (tensors[n] for n in list_tensor_names(table, self.list_layout))
+            list_rows = check_list_tensors(table, values, second, self.list_layout, _array_module(values))
+            if rows is None:
+                rows = list_rows
+            elif list_rows != rows:
+                raise RequestError(f"multi-hot table {table!r} has {list_rows} rows, other inputs have {rows}")
+        rows = rows or 0
+        if self.max_batch_size and rows > self.max_batch_size:
+            raise RequestError(f"request has {rows} rows: the maximum batch size is {self.max_batch_size}")
+        return rows
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Looks every key up once.
@@ -179,6 +229,8 @@ class EmbeddingLookupModel:
         results, good = check_requests(requests, self.check_request)
         if not good:
             return results
+        if self._multi:
+            return self._execute_multi_hot(requests, results, good)
         parts = [requests[i][IDS] for i, _ in good]
         on_device = hasattr(parts[0], "__cuda_array_interface__")
         if on_device:
@@ -208,6 +260,69 @@ class EmbeddingLookupModel:
             start += rows
         return results
 
+    def _execute_multi_hot(self, requests: Sequence[Mapping[str, Any]], results: list[Any], good: list[tuple[int, int]]) -> list[Any]:
+        """:meth:`execute` for a model with multi-hot tables (requests checked)."""
+        sample = next(iter(requests[good[0][0]].values()))
+        xp = _array_module(sample)
+        on_device = xp is not np
+        n = sum(rows for _, rows in good)
+        out = xp.empty((n, len(self.tables), self.dim), dtype=np.float32)
+        # output slot -> (bool (n,) rows holding absent ids, row of each key, keys, bool absent per key): strict host tables
+        absent: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        try:
+            if self._single:
+                parts = [requests[i][IDS] for i, _ in good]
+                ids = parts[0] if len(parts) == 1 else xp.concatenate(parts)
+                tables = [self.tables[j] for j in self._single]
+                if on_device:
+                    out[:, self._single] = self.store.lookup_columns(tables, ids, missing=[self._device_policies[j] for j in self._single])
+                else:
+                    ids = np.ascontiguousarray(ids)
+                    found = np.empty(ids.shape, dtype=np.uint8)
+                    out[:, self._single] = self.store.lookup_columns(tables, ids, missing=[self._policies[j] for j in self._single], found=found)
+                    for k, j in enumerate(self._single):
+                        if self._strict[j] and not found[:, k].all():
+                            missed = found[:, k] == 0
+                            absent[j] = (missed, np.arange(n), ids[:, k], missed)
+            for j, table, combiner in self._multi:
+                values_name, second = list_tensor_names(table, self.list_layout)
+                column = merge_list_requests(
+                    [list_from_tensors(table, requests[i][values_name], requests[i][second], self.list_layout, xp) for i, _ in good], xp)
+                keys = xp.ascontiguousarray(column.values.astype(np.int64, copy=False))
+                if on_device:
+                    vectors = self.store.lookup(table, keys, missing=self._device_policies[j])
+                else:
+                    found = np.empty(keys.shape[0], dtype=np.uint8)
+                    vectors = self.store.lookup(table, keys, missing=self._policies[j], found=found)
+                    if self._strict[j] and not found.all():
+                        value_rows = row_of_each_value(column.lengths, np)
+                        missed = np.zeros(n, dtype=bool)
+                        missed[value_rows[found == 0]] = True
+                        absent[j] = (missed, value_rows, keys, found == 0)
+                out[:, j] = combine_rows(vectors, column.offsets, combiner, xp)
+        except KeyError:  # on the device, a strict table lacks some ids: fail only the requests holding them
+            if len(good) == 1:
+                i = good[0][0]
+                e = sys.exc_info()[1]
+                results[i] = RequestError(f"{e.args[0] if e.args else e}")
+                return results
+            for i, _ in good:
+                results[i] = self.execute([requests[i]])[0]
+            return results
+        start = 0
+        for i, rows in good:
+            parts = []
+            for j, (missed, key_rows, keys, key_absent) in absent.items():
+                if missed[start : start + rows].any():
+                    mine = key_absent & (key_rows >= start) & (key_rows < start + rows)
+                    parts.append(absent_keys_message(self.tables[j], np.unique(keys[mine])))
+            if parts:
+                results[i] = RequestError("; ".join(parts))
+            else:
+                results[i] = {EMBEDDINGS: out if len(good) == 1 else out[start : start + rows]}
+            start += rows
+        return results
+
     def _read_counters(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(table, tier) -> (keys looked up in that tier, keys that tier missed), cumulative."""
         counters = self.store.counters()
@@ -230,3 +345,51 @@ class EmbeddingLookupModel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def parse_multi_hot(text: str) -> dict[str, str]:
+    """The ``multi_hot`` parameter, ``"tags:sum,genres:mean"`` -> ``{"tags": "sum", "genres": "mean"}``.
+
+    Raises:
+        ConfigError: an entry that is not ``table:sum`` or ``table:mean``.
+    """
+    from tritonrec.model_config import ConfigError  # noqa: PLC0415
+
+    out = {}
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        table, _, combiner = entry.partition(":")
+        if not table.strip() or combiner.strip() not in COMBINERS:
+            raise ConfigError(f"parameter 'multi_hot' entry {entry!r}: expected TABLE:sum or TABLE:mean, comma-separated")
+        out[table.strip()] = combiner.strip()
+    return out
+
+
+def combine_rows(vectors: Any, offsets: Any, combiner: str, xp: Any = np) -> Any:
+    """Rows of a multi-hot column, combined: ``vectors`` float32 (nnz, dim) (one per id, row by row),
+    int64 ``offsets`` (n + 1,) -> float32 (n, dim): each row's sum, or mean (``combiner``); zeros for
+    an empty row. Summed in id order."""
+    lengths = offsets[1:] - offsets[:-1]
+    out = xp.zeros((lengths.shape[0], vectors.shape[1]), dtype=np.float32)
+    if vectors.shape[0]:
+        if xp is np:
+            nonempty = lengths > 0
+            out[nonempty] = np.add.reduceat(vectors, offsets[:-1][nonempty], axis=0)
+        else:
+            import cupyx  # noqa: PLC0415 - GPU instances only
+
+            cupyx.scatter_add(out, row_of_each_value(lengths, xp), vectors)
+    if combiner == "mean":
+        out /= xp.maximum(lengths, 1).astype(np.float32)[:, None]
+    return out
+
+
+def _array_module(array: Any) -> Any:
+    """numpy for host arrays, cupy for device arrays."""
+    if hasattr(array, "__cuda_array_interface__"):
+        import cupy  # noqa: PLC0415 - GPU instances only
+
+        return cupy
+    return np
+
+
+def _wire(dtype: np.dtype) -> str:
+    return triton_dtype(dtype) if dtype.kind != "O" else "BYTES"

@@ -11,7 +11,11 @@ threads; default all cores), ``plan_fingerprint`` (when set, the store must reco
 of the store (parameters ``gpu_cache_bytes``, required there, ``gpu_eviction`` ``lru``/``lfu``,
 ``gpu_admission`` ``true``/``false``, ``gpu_cache_dtype`` ``float32``/``float16``/``bfloat16``,
 ``gpu_async_insert`` ``true``/``false``), look all tables up in one call, and take and return tensors in device memory (inputs that
-arrive in host memory are copied over). All logic is in :class:`tritonrec.embeddings.EmbeddingLookupModel`.
+arrive in host memory are copied over). ``multi_hot`` (``table:sum,table:mean``) makes tables
+multi-hot: they take ``<table>__values`` + ``<table>__lengths`` (padded, when Triton batches) or
+``<table>__offsets`` (flat, ``max_batch_size: 0``) instead of a column of ``ids``, and their output
+slot is the sum or mean of the rows' vectors. All logic is in
+:class:`tritonrec.embeddings.EmbeddingLookupModel`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 import triton_python_backend_utils as pb_utils
 
 from embedding_cache import StoreFormatError
-from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError
+from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError, parse_multi_hot
 from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter
 from tritonrec.triton_metrics import LookupMetrics
 from tritonrec.triton_tensors import device_input_array, device_output_tensor, input_array, output_tensor, respond
@@ -42,10 +46,11 @@ class TritonPythonModel:
                 raise ConfigError("KIND_GPU instances need the parameter 'gpu_cache_bytes' (device memory for the GPU cache)")
             if not tables:
                 raise ConfigError("parameter 'tables' is empty: expected the table name of each ids column, comma-separated")
+            max_batch_size = int(config.get("max_batch_size", 0))
             self.model = EmbeddingLookupModel.open(
                 store_dir,
                 tables,
-                max_batch_size=int(config.get("max_batch_size", 0)),
+                max_batch_size=max_batch_size,
                 missing=parameter(config, "missing_key_policy", "store"),
                 fingerprint=parameter(config, "plan_fingerprint") or None,
                 host_budget_bytes=int_parameter(config, "host_budget_bytes", None),
@@ -56,6 +61,8 @@ class TritonPythonModel:
                 gpu_admission=parameter(config, "gpu_admission", "false").lower() == "true",
                 gpu_cache_dtype=parameter(config, "gpu_cache_dtype", "float32") or "float32",
                 gpu_async_insert=parameter(config, "gpu_async_insert", "false").lower() == "true",
+                multi_hot=parse_multi_hot(parameter(config, "multi_hot", "")),
+                list_layout="padded" if max_batch_size else "offsets",  # Triton cannot batch flat values and offsets
             )
             check_declared_tensors(config, "input", self.model.inputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
             check_declared_tensors(config, "output", self.model.outputs, f"the store ({len(tables)} tables of dim {self.model.dim})")

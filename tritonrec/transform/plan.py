@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.transform.steps import BadValueError, Categorify, IncompatibleStepError, Step, step_from_manifest
+from tritonrec.transform.steps import BadValueError, Categorify, IncompatibleStepError, Step, row_of_each_value, step_from_manifest
 
 PLAN_FORMAT_VERSION = 1
 """Version of the plan directory layout; a plan of another version is refused at load."""
@@ -132,7 +132,7 @@ class PlanGroup:
 
         ``row_index`` is int64 (n,), one entry per row; each value gets its row's."""
         offsets = column.offsets
-        value_rows = xp.repeat(row_index, offsets[1:] - offsets[:-1])
+        value_rows = xp.asarray(row_index)[row_of_each_value(offsets[1:] - offsets[:-1], xp)]
         values, offsets = self._run(column.values.reshape(-1, 1), value_rows, xp, offsets)
         return ListColumn(values.reshape(-1), offsets)
 
@@ -142,7 +142,7 @@ class PlanGroup:
                 for step in self.steps:
                     if step.structural:
                         values, offsets = step.apply_list(values, offsets, xp)
-                        row_index = xp.repeat(xp.arange(offsets.shape[0] - 1, dtype=np.int64), offsets[1:] - offsets[:-1])
+                        row_index = row_of_each_value(offsets[1:] - offsets[:-1], xp)
                         continue
                     values = step.apply(values, row_index, xp)
             except BadValueError as e:

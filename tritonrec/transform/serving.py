@@ -53,11 +53,58 @@ def list_tensor_names(column: str, list_layout: str) -> tuple[str, str]:
     return f"{column}__values", f"{column}__{'lengths' if list_layout == 'padded' else 'offsets'}"
 
 
-def _list_specs(column: str, dtype: np.dtype, list_layout: str) -> list[TensorSpec]:
+def list_tensor_specs(column: str, dtype: np.dtype, list_layout: str) -> list[TensorSpec]:
     values, second = list_tensor_names(column, list_layout)
     if list_layout == "padded":
         return [TensorSpec(values, dtype, (-1,)), TensorSpec(second, np.dtype(np.int32), (1,))]
     return [TensorSpec(values, dtype, (-1,), batched=False), TensorSpec(second, np.dtype(np.int32), (-1,), batched=False)]
+
+
+def check_list_tensors(column: str, values: Any, second: Any, list_layout: str, xp: Any = np) -> int:
+    """Checks the two tensors of list column ``column`` in ``list_layout``; returns its rows.
+
+    Raises:
+        RequestError: naming the tensor: a wrong shape, a length below 0 or over the padded width,
+            or offsets that do not start at 0, decrease or do not end at the number of values.
+    """
+    values_name, second_name = list_tensor_names(column, list_layout)
+    if list_layout == "padded":
+        if values.ndim != 2:
+            raise RequestError(f"input {values_name!r} has shape {list(values.shape)}: expected [batch, width] (rows padded to one width)")
+        if second.ndim != 2 or second.shape[1] != 1 or second.shape[0] != values.shape[0]:
+            raise RequestError(f"input {second_name!r} has shape {list(second.shape)}: expected [{values.shape[0]}, 1] "
+                               f"(one length per row of {values_name!r})")
+        lengths = second.reshape(-1)
+        width = int(values.shape[1])
+        bad = (lengths < 0) | (lengths > width)
+        if lengths.shape[0] and bool(bad.any()):
+            row = int(xp.argmax(bad))
+            raise RequestError(f"input {second_name!r}: row {row} has length {int(lengths[row])}: expected 0 .. {width} "
+                               f"(the width of {values_name!r})")
+        return int(values.shape[0])
+    if values.ndim != 1:
+        raise RequestError(f"input {values_name!r} has shape {list(values.shape)}: expected [nnz] (all rows' values, flat)")
+    try:
+        offsets = check_offsets(column, second, int(values.shape[0]), xp)
+    except ValueError as e:
+        raise RequestError(f"input {second_name!r}: {e}") from None
+    return int(offsets.shape[0]) - 1
+
+
+def list_from_tensors(column: str, values: Any, second: Any, list_layout: str, xp: Any = np) -> ListColumn:
+    """A checked list column's two tensors -> :class:`ListColumn` (int64 offsets)."""
+    if list_layout == "padded":
+        return padded_to_list(column, values, second, xp)
+    return ListColumn(values, second.astype(np.int64))
+
+
+def merge_list_requests(parts: Sequence[ListColumn], xp: Any = np) -> ListColumn:
+    """Several requests' rows of one list column, in order, as one column."""
+    if len(parts) == 1:
+        return parts[0]
+    ends = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
+    offsets = xp.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + int(e) for p, e in zip(parts, ends)])
+    return ListColumn(xp.concatenate([p.values for p in parts]), offsets)
 
 
 def padded_to_list(name: str, values: Any, lengths: Any, xp: Any = np) -> ListColumn:
@@ -139,18 +186,18 @@ class TransformModel:
         self.output_layout = output_layout
         self.list_layout = list_layout
         self.max_batch_size = int(max_batch_size)
-        list_in = [s for c in plan.input_schema if c.is_list for s in _list_specs(c.name, c.dtype, list_layout)]
-        list_out = [s for c in plan.output_schema if c.is_list for s in _list_specs(c.name, c.dtype, list_layout)]
+        list_in = [s for c in plan.input_schema if c.is_list for s in list_tensor_specs(c.name, c.dtype, list_layout)]
+        list_out = [s for c in plan.output_schema if c.is_list for s in list_tensor_specs(c.name, c.dtype, list_layout)]
         if layout == "per-column":
             self.inputs = [TensorSpec(c.name, c.dtype, (1,)) if not c.is_list else s
-                           for c in plan.input_schema for s in ([None] if not c.is_list else _list_specs(c.name, c.dtype, list_layout))]
+                           for c in plan.input_schema for s in ([None] if not c.is_list else list_tensor_specs(c.name, c.dtype, list_layout))]
         else:
             self.inputs = [
                 TensorSpec(packed_input_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_inputs.items()
             ] + list_in
         if output_layout == "per-column":
             self.outputs = [TensorSpec(c.name, c.dtype, (1,)) if not c.is_list else s
-                            for c in plan.output_schema for s in ([None] if not c.is_list else _list_specs(c.name, c.dtype, list_layout))]
+                            for c in plan.output_schema for s in ([None] if not c.is_list else list_tensor_specs(c.name, c.dtype, list_layout))]
         else:
             self.outputs = [
                 TensorSpec(packed_output_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_outputs.items()
@@ -247,29 +294,7 @@ class TransformModel:
 
     def _check_list(self, column: str, values: Any, second: Any) -> int:
         """Checks one list column's two tensors; returns its rows."""
-        values_name, second_name = list_tensor_names(column, self.list_layout)
-        xp = self.plan.xp
-        if self.list_layout == "padded":
-            if values.ndim != 2:
-                raise RequestError(f"input {values_name!r} has shape {list(values.shape)}: expected [batch, width] (rows padded to one width)")
-            if second.ndim != 2 or second.shape[1] != 1 or second.shape[0] != values.shape[0]:
-                raise RequestError(f"input {second_name!r} has shape {list(second.shape)}: expected [{values.shape[0]}, 1] "
-                                   f"(one length per row of {values_name!r})")
-            lengths = second.reshape(-1)
-            width = int(values.shape[1])
-            bad = (lengths < 0) | (lengths > width)
-            if lengths.shape[0] and bool(bad.any()):
-                row = int(xp.argmax(bad))
-                raise RequestError(f"input {second_name!r}: row {row} has length {int(lengths[row])}: expected 0 .. {width} "
-                                   f"(the width of {values_name!r})")
-            return int(values.shape[0])
-        if values.ndim != 1:
-            raise RequestError(f"input {values_name!r} has shape {list(values.shape)}: expected [nnz] (all rows' values, flat)")
-        try:
-            offsets = check_offsets(column, second, int(values.shape[0]), xp)
-        except ValueError as e:
-            raise RequestError(f"input {second_name!r}: {e}") from None
-        return int(offsets.shape[0]) - 1
+        return check_list_tensors(column, values, second, self.list_layout, self.plan.xp)
 
     def _list_columns(self, requests: Sequence[Mapping[str, Any]], good: list[tuple[int, int]]) -> dict[str, ListColumn]:
         """The list input columns of the good requests, merged (requests checked)."""
@@ -277,18 +302,8 @@ class TransformModel:
         merged = {}
         for column, (values_name, second) in self._list_inputs.items():
             parts = []
-            for i, _ in good:
-                values, other = requests[i][values_name], requests[i][second]
-                if self.list_layout == "padded":
-                    parts.append(padded_to_list(column, values, other, xp))
-                else:
-                    parts.append(ListColumn(values, other.astype(np.int64)))
-            if len(parts) == 1:
-                merged[column] = parts[0]
-            else:
-                ends = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
-                offsets = xp.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + int(e) for p, e in zip(parts, ends)])
-                merged[column] = ListColumn(xp.concatenate([p.values for p in parts]), offsets)
+            merged[column] = merge_list_requests(
+                [list_from_tensors(column, requests[i][values_name], requests[i][second], self.list_layout, xp) for i, _ in good], xp)
         return merged
 
     def _list_outputs(self, column: str, result: ListColumn, good: list[tuple[int, int]]) -> list[dict[str, Any]]:

@@ -559,6 +559,17 @@ def _saved_table(kind: str, params: dict[str, Any], arrays: dict[str, np.ndarray
     return KeyTable(arrays["slots"], params["max_probe"])
 
 
+def row_of_each_value(lengths: Any, xp: Any) -> Any:
+    """int64 (sum(lengths),): for each value of a list column, the number of its row
+    (``repeat(arange(n), lengths)``; cupy's ``repeat`` takes no array of counts)."""
+    lengths = lengths.astype(np.int64, copy=False)
+    if xp is np:
+        return np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)
+    ends = xp.cumsum(lengths)
+    total = int(ends[-1]) if lengths.shape[0] else 0
+    return xp.searchsorted(ends, xp.arange(total, dtype=np.int64), side="right").astype(np.int64)
+
+
 class ListSlice(Step):
     """``nvtabular.ops.ListSlice(start, end, pad, pad_value)`` on a list column: each row becomes
     ``row[start:end]`` (Python slicing), padded with ``pad_value`` to ``max_elements`` when ``pad``.
@@ -593,8 +604,8 @@ class ListSlice(Step):
         xp.cumsum(out_lengths, out=out_offsets[1:])
         total = int(out_offsets[-1])
         out = xp.full((total, values.shape[1]), self.pad_value, dtype=values.dtype) if self.pad else xp.empty((total, values.shape[1]), dtype=values.dtype)
-        rows = xp.repeat(xp.arange(kept.shape[0], dtype=np.int64), kept)  # the row of each kept value
-        within = xp.arange(rows.shape[0], dtype=np.int64) - xp.repeat(xp.cumsum(kept) - kept, kept)
+        rows = row_of_each_value(kept, xp)  # the row of each kept value
+        within = xp.arange(rows.shape[0], dtype=np.int64) - (xp.cumsum(kept) - kept)[rows]
         out[out_offsets[:-1][rows] + within] = values[offsets[:-1][rows] + first[rows] + within]
         return out, out_offsets
 
