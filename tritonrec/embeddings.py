@@ -374,9 +374,7 @@ def combine_rows(vectors: Any, offsets: Any, combiner: str, xp: Any = np) -> Any
             nonempty = lengths > 0
             out[nonempty] = np.add.reduceat(vectors, offsets[:-1][nonempty], axis=0)
         else:
-            import cupyx  # noqa: PLC0415 - GPU instances only
-
-            cupyx.scatter_add(out, row_of_each_value(lengths, xp), vectors)
+            xp.add.at(out, row_of_each_value(lengths, xp), vectors)
     if combiner == "mean":
         out /= xp.maximum(lengths, 1).astype(np.float32)[:, None]
     return out
