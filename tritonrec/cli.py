@@ -57,6 +57,7 @@ def _export_transform(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             instance_count=args.instances,
             instance_kind="KIND_GPU" if args.gpu else "KIND_CPU",
+            hashing=args.hashing,
         )
     except (UnsupportedOpError, PlanLoadError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"tritonrec export-transform: {e}", file=sys.stderr)
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-batch-size", type=int, default=16384)
     export.add_argument("--instances", type=int, default=1, help="instances")
     export.add_argument("--gpu", action="store_true", help="KIND_GPU instances: the plan runs with cupy on the GPU")
+    export.add_argument("--hashing", choices=("auto", "cpu"), default="auto",
+                        help="auto: refuse hash ops of a workflow saved where cudf was installed (GPU hashing); "
+                             "cpu: it ran on the CPU (pandas hashing)")
     export.set_defaults(func=_export_transform)
 
     ensemble = sub.add_parser("export", help="export transform -> embedding lookup -> scorer as one Triton ensemble")

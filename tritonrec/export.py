@@ -58,6 +58,7 @@ def export_transform(
     max_queue_delay_us: int = 0,
     output_layout: str | None = None,
     instance_kind: str = "KIND_CPU",
+    hashing: str = "auto",
 ) -> Path:
     """Writes a transform model into a Triton model repository.
 
@@ -75,6 +76,8 @@ def export_transform(
         output_layout: layout of the outputs (default: ``layout``).
         instance_kind: ``"KIND_CPU"``, or ``"KIND_GPU"``: the plan runs with cupy on the
             instance's GPU and its tensors stay in device memory (numeric columns only).
+        hashing: as in :func:`~tritonrec.transform.compile.compile_workflow` (``"cpu"``: the
+            workflow ran on the CPU, whatever its saved metadata says).
 
     Returns:
         The model directory ``repository/name``.
@@ -91,7 +94,7 @@ def export_transform(
         raise ValueError(f"max_batch_size {max_batch_size}: expected >= 0")
     if instance_kind not in ("KIND_CPU", "KIND_GPU"):
         raise ValueError(f"instance_kind {instance_kind!r}: expected 'KIND_CPU' or 'KIND_GPU'")
-    plan = load_or_compile(workflow)
+    plan = load_or_compile(workflow, hashing)
     if instance_kind == "KIND_GPU" and any(c.dtype == object for c in plan.input_schema):
         raise ValueError("instance_kind KIND_GPU: the plan has string columns, which run on the host only")
     model = TransformModel(plan, layout, max_batch_size, output_layout, "padded" if max_batch_size else "offsets")
@@ -133,7 +136,7 @@ def _new_version(model_dir: Path) -> Iterator[Path]:
         raise
 
 
-def load_or_compile(source: Any) -> TransformPlan:
+def load_or_compile(source: Any, hashing: str = "auto") -> TransformPlan:
     """A :class:`TransformPlan` from a plan, a plan directory, a workflow or a workflow directory."""
     if isinstance(source, TransformPlan):
         return source
@@ -141,7 +144,7 @@ def load_or_compile(source: Any) -> TransformPlan:
         return TransformPlan.load(source)
     from tritonrec.transform.compile import compile_workflow  # noqa: PLC0415 - needs nvtabular
 
-    return compile_workflow(source)
+    return compile_workflow(source, hashing=hashing)
 
 
 # ------------------------------------------------------------------------------------- ensembles

@@ -8,6 +8,7 @@ exactly stops the compile with :class:`UnsupportedOpError`, naming the op and th
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from collections.abc import Callable
@@ -327,17 +328,63 @@ def _step_dtype(step: ColumnStep, dtype: np.dtype) -> np.dtype:
     return np.dtype(step.signature[-1])  # normalize, normalize_minmax, categorify: their out dtype
 
 
-def compile_workflow(workflow_or_saved_dir: Any) -> TransformPlan:
+HASHINGS = ("auto", "cpu")
+"""``compile_workflow``'s ``hashing``: detect where the workflow ran, or assert it ran on the CPU."""
+
+
+def fitted_on(workflow_or_saved_dir: Any) -> tuple[str, str]:
+    """Where a workflow was fitted, as far as it records: ``("gpu" | "cpu", evidence)``.
+
+    A saved workflow's ``metadata.json`` lists the dataframe library of the process that saved it
+    (``cudf`` where cudf was installed: nvtabular then runs on the GPU unless told otherwise,
+    ``pandas`` without it). For a workflow in memory, the same question is asked of this process.
+    """
+    if isinstance(workflow_or_saved_dir, (str, os.PathLike)):
+        path = Path(workflow_or_saved_dir) / "metadata.json"
+        try:
+            versions = json.loads(path.read_text()).get("versions", {})
+        except (OSError, ValueError, AttributeError):
+            return "cpu", f"{path} is missing or unreadable (taken as a CPU fit)"
+        if "cudf" in versions:
+            return "gpu", f"{path} lists cudf {versions['cudf']}"
+        return "cpu", f"{path} lists {'pandas ' + str(versions['pandas']) if 'pandas' in versions else 'no cudf'}"
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("cudf") is not None:
+        return "gpu", "cudf is installed in this process"
+    return "cpu", "cudf is not installed in this process"
+
+
+def _refuse_gpu_hashing(chains: dict[str, Any], evidence: str) -> None:
+    """Raises UnsupportedOpError for the first hash-based step of a workflow fitted on a GPU."""
+    for name, (_, steps, _) in chains.items():
+        for step in steps:
+            kind = step.signature[0]
+            hashed = kind in ("hash_bucket", "hashed_cross") or (kind == "categorify" and step.params.get("num_buckets", 0) > 0)
+            if hashed:
+                op = {"hash_bucket": "HashBucket", "hashed_cross": "HashedCross", "categorify": "Categorify"}[kind]
+                raise UnsupportedOpError(op, name, f"the workflow was fitted on a GPU ({evidence}), where nvtabular hashes with "
+                                         "cudf's murmur3; the plan reproduces pandas' hashing (CPU fits) only. If it was fitted "
+                                         "and transformed on the CPU (Dataset(..., cpu=True)), compile with hashing='cpu'")
+
+
+def compile_workflow(workflow_or_saved_dir: Any, hashing: str = "auto") -> TransformPlan:
     """Compiles a fitted NVTabular workflow into a :class:`TransformPlan`.
 
     Args:
         workflow_or_saved_dir: a fitted ``nvtabular.Workflow``, or the directory a fitted workflow
             was saved to with ``Workflow.save``.
+        hashing: ``"auto"``: hash-based ops (HashBucket, HashedCross, Categorify with hash buckets)
+            of a workflow fitted on a GPU (see :func:`fitted_on`) are refused, since nvtabular
+            hashes with cudf's murmur3 there and the plan reproduces pandas' hashing; ``"cpu"``:
+            the caller asserts the workflow ran on the CPU.
 
     Raises:
         UnsupportedOpError: an op or option the plan cannot reproduce; names the op and column.
         FileNotFoundError: the directory holds no saved workflow, or a vocabulary file is missing.
     """
+    if hashing not in HASHINGS:
+        raise ValueError(f"hashing {hashing!r}: expected one of {HASHINGS}")
     import nvtabular  # noqa: PLC0415
     from nvtabular import ops  # noqa: PLC0415
     from merlin.dag.ops.concat_columns import ConcatColumns  # noqa: PLC0415
@@ -407,6 +454,9 @@ def compile_workflow(workflow_or_saved_dir: Any) -> TransformPlan:
 
     chains = visit(workflow.output_node)
     output_names = workflow.output_schema.column_names
+    where, evidence = fitted_on(workflow_or_saved_dir)
+    if hashing == "auto" and where == "gpu":
+        _refuse_gpu_hashing({name: chains[name] for name in output_names}, evidence)
     if not output_names:
         raise ValueError("the workflow has no output columns")
 
