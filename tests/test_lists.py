@@ -288,3 +288,31 @@ def test_the_array_module_path_without_numpy_specials(lengths, start, end, pad):
     got = step.apply_list(column.values.reshape(-1, 1), column.offsets, _NotNumpy())
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_categorify_with_given_vocabularies(tmp_path):
+    """Categorify(vocabs=...) on an integer, a string and a list column equals nvtabular."""
+    import nvtabular as nvt
+    from merlin.io import Dataset
+
+    rng = np.random.default_rng(4)
+    n = 300
+    frame = pd.DataFrame({
+        "a": rng.integers(0, 30, n),
+        "s": np.array([f"w{i}" for i in rng.integers(0, 20, n)], dtype=object),
+        "tags": [list(rng.integers(0, 30, rng.integers(1, 5))) for _ in range(n)],
+    })
+    vocabs = {"a": pd.Series([5, 3, 9, 1]), "s": pd.Series(["w3", "w1", "w7"]), "tags": pd.Series([4, 2, 8, 29])}
+    for column, vocab in vocabs.items():
+        op = nvt.ops.Categorify(vocabs={column: vocab}, out_path=str(tmp_path / column))
+        workflow = nvt.Workflow([column] >> op)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            workflow.fit(Dataset(frame, cpu=True))
+        plan = compile_workflow(workflow)
+        test = frame.head(80)
+        given = to_list_column(list(test[column])) if column == "tags" else test[column].to_numpy()
+        got = plan.transform({column: given})
+        _assert_same(plan, got, _reference(workflow, test[[column]]))
+        codes = got[column].values if column == "tags" else got[column]
+        assert (codes > 2).any() and (codes == 2).any()  # both vocabulary codes and out-of-vocabulary
