@@ -16,7 +16,7 @@ import numpy as np
 from embedding_cache import EmbeddingStore, MissingPolicy, absent_keys_message
 from tritonrec.transform.plan import ListColumn
 from tritonrec.transform.serving import (
-    LIST_LAYOUTS, RequestError, TensorSpec, check_list_tensors, check_requests, list_from_tensors, list_tensor_names, list_tensor_specs,
+    LIST_LAYOUTS, RequestError, TensorSpec, check_list_rows, check_requests, list_from_tensors, list_tensor_names, list_tensor_specs,
     merge_list_requests,
 )
 from tritonrec.transform.steps import row_of_each_value
@@ -175,17 +175,8 @@ class EmbeddingLookupModel:
             if ids.ndim != 2 or ids.shape[1] != len(self._single):
                 raise RequestError(f"input '{IDS}' has shape {list(ids.shape)}: expected [batch, {len(self._single)}]")
             rows = int(ids.shape[0])
-        for _, table, _ in self._multi:
-            values, second = (tensors[n] for n in list_tensor_names(table, self.list_layout))
-            list_rows = check_list_tensors(table, values, second, self.list_layout, _array_module(values))
-            if rows is None:
-                rows = list_rows
-            elif list_rows != rows:
-                raise RequestError(f"multi-hot table {table!r} has {list_rows} rows, other inputs have {rows}")
-        rows = rows or 0
-        if self.max_batch_size and rows > self.max_batch_size:
-            raise RequestError(f"request has {rows} rows: the maximum batch size is {self.max_batch_size}")
-        return rows
+        xp = _array_module(next(iter(tensors.values()))) if tensors else np
+        return check_list_rows(tensors, [t for _, t, _ in self._multi], self.list_layout, rows, "multi-hot table", self.max_batch_size, xp)
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Looks every key up once.

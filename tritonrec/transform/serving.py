@@ -91,6 +91,27 @@ def check_list_tensors(column: str, values: Any, second: Any, list_layout: str, 
     return int(offsets.shape[0]) - 1
 
 
+def check_list_rows(tensors: Mapping[str, Any], columns: Any, list_layout: str, rows: int | None, what: str,
+                    max_batch_size: int, xp: Any = np) -> int:
+    """The end of a request check: each list column's tensors checked, their rows equal to the
+    other inputs' ``rows`` (None: no other input), and no more than ``max_batch_size`` (0: any).
+
+    Raises:
+        RequestError: naming the tensor, the ``what`` + column whose rows differ, or the batch size.
+    """
+    for column in columns:
+        values_name, second = list_tensor_names(column, list_layout)
+        list_rows = check_list_tensors(column, tensors[values_name], tensors[second], list_layout, xp)
+        if rows is None:
+            rows = list_rows
+        elif list_rows != rows:
+            raise RequestError(f"{what} {column!r} has {list_rows} rows, other inputs have {rows}")
+    rows = rows or 0
+    if max_batch_size and rows > max_batch_size:
+        raise RequestError(f"request has {rows} rows: the maximum batch size is {max_batch_size}")
+    return rows
+
+
 def list_from_tensors(column: str, values: Any, second: Any, list_layout: str, xp: Any = np) -> ListColumn:
     """A checked list column's two tensors -> :class:`ListColumn` (int64 offsets)."""
     if list_layout == "padded":
@@ -281,20 +302,7 @@ class TransformModel:
                 rows = int(array.shape[0])
             elif array.shape[0] != rows:
                 raise RequestError(f"input {name!r} has {array.shape[0]} rows, other inputs have {rows}")
-        for column, (values_name, second) in self._list_inputs.items():
-            list_rows = self._check_list(column, tensors[values_name], tensors[second])
-            if rows is None:
-                rows = list_rows
-            elif list_rows != rows:
-                raise RequestError(f"list column {column!r} has {list_rows} rows, other inputs have {rows}")
-        rows = rows or 0
-        if self.max_batch_size and rows > self.max_batch_size:
-            raise RequestError(f"request has {rows} rows: the maximum batch size is {self.max_batch_size}")
-        return rows
-
-    def _check_list(self, column: str, values: Any, second: Any) -> int:
-        """Checks one list column's two tensors; returns its rows."""
-        return check_list_tensors(column, values, second, self.list_layout, self.plan.xp)
+        return check_list_rows(tensors, self._list_inputs, self.list_layout, rows, "list column", self.max_batch_size, self.plan.xp)
 
     def _list_columns(self, requests: Sequence[Mapping[str, Any]], good: list[tuple[int, int]]) -> dict[str, ListColumn]:
         """The list input columns of the good requests, merged (requests checked)."""
