@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from embedding_cache import build_store
-    from tritonrec.export import render_template
+    from tritonrec.export import render_template, tensor_block
+    from tritonrec.transform.serving import TensorSpec
     from tritonrec.serve import TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-lookup-"))
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     for model, (kind, async_insert) in models.items():
         (repo / model / "1").mkdir(parents=True)
         (repo / model / "config.pbtxt").write_text(render_template(
-            "embedding_lookup", name=model, max_batch_size=16384, n_tables=len(TABLES), dim=16, instance_count=1,
+            "embedding_lookup", name=model, max_batch_size=16384, n_tables=len(TABLES), dim=16, instance_count=1, multi_hot="",
+            inputs=tensor_block("input", [TensorSpec("ids", np.dtype(np.int64), (len(TABLES),))]),
             max_queue_delay_us=0, store=str(store), tables=",".join(TABLES), missing_key_policy="store", host_budget_bytes="",
             threads="", fingerprint="", instance_kind=kind, gpu_cache_bytes=1 << 30 if kind == "KIND_GPU" else "",
             gpu_eviction="lru", gpu_admission="false", gpu_cache_dtype="float32", gpu_async_insert=async_insert, force_cpu_inputs="no" if kind == "KIND_GPU" else "yes",

@@ -316,3 +316,15 @@ def test_categorify_with_given_vocabularies(tmp_path):
         _assert_same(plan, got, _reference(workflow, test[[column]]))
         codes = got[column].values if column == "tags" else got[column]
         assert (codes > 2).any() and (codes == 2).any()  # both vocabulary codes and out-of-vocabulary
+
+
+def test_the_ensemble_takes_list_outputs_only_as_multi_hot_codes(fitted, tmp_path):
+    from tritonrec.export import export_ensemble
+
+    with pytest.raises(ValueError, match=r"list output column\(s\) \['tags'\] are not int64 Categorify codes"):
+        export_ensemble(fitted["log"][1], tmp_path / "store", tmp_path / "scorer", tmp_path / "repo", "e")
+    with pytest.raises(ValueError, match=r"multi_hot_combiner 'max': expected 'sum' or 'mean', for each list output \['tags'\]"):
+        export_ensemble(fitted["categorify"][1], tmp_path / "store", tmp_path / "scorer", tmp_path / "repo", "e", multi_hot_combiner="max")
+    with pytest.raises(ValueError, match="for each list output"):
+        export_ensemble(fitted["categorify"][1], tmp_path / "store", tmp_path / "scorer", tmp_path / "repo", "e", multi_hot_combiner={"x": "sum"})
+    assert not (tmp_path / "repo").exists()

@@ -154,3 +154,72 @@ def test_multi_hot_lookup_through_triton(tmp_path, start_server, kind):
             np.testing.assert_allclose(infer_http(server.http_url, name, request, ["embeddings"])["embeddings"], want, rtol=1e-6, atol=1e-6)
     for model in models.values():
         model.close()
+
+
+@pytest.mark.parametrize("combiner", ["mean", "sum"])
+def test_multi_hot_ensemble_through_triton(tmp_path, start_server, combiner):
+    """A workflow with a list column through the exported ensemble: the transform passes the
+    list's codes padded to the lookup, which combines the rows' vectors into the list table's slot;
+    probabilities equal nvtabular's transform + the same lookups + the scorer in process."""
+    nvt = pytest.importorskip("nvtabular")
+    torch = pytest.importorskip("torch")
+    from merlin.io import Dataset
+    from nvtabular import ops
+
+    from embedding_cache import build_store
+    from tritonrec.client import infer_http
+    from tritonrec.export import export_ensemble
+    from tritonrec.scorer.artifact import ScorerInfo, save_scorer
+    from tritonrec.scorer.dlrm import DLRMDense
+    from tritonrec.transform import compile_workflow
+    from tritonrec.transform.serving import TransformModel, pack_request
+
+    rng = np.random.default_rng(2)
+    n = 400
+    frame = pd.DataFrame({
+        "I1": rng.lognormal(0, 1, n).astype(np.float32),
+        "C1": rng.integers(0, 30, n),
+        "tags": [list(rng.integers(0, 40, rng.integers(1 if i == 0 else 0, 6))) for i in range(n)],
+    })
+    graph = (["I1"] >> ops.LogOp()) + (["C1"] >> ops.Categorify(out_path=str(tmp_path))) + (
+        ["tags"] >> ops.Categorify(out_path=str(tmp_path)) >> ops.ListSlice(-4))
+    workflow = nvt.Workflow(graph)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        workflow.fit(Dataset(frame, cpu=True))
+    plan = compile_workflow(workflow)
+    sizes = {c: r[0] for c, r in plan.categorical_codes().items()}
+    assert list(sizes) == ["C1", "tags"]
+    weights = {c: rng.normal(0, 0.5, (s, 16)).astype(np.float32) for c, s in sizes.items()}
+    store = build_store(tmp_path / "store", {c: (np.arange(s), weights[c]) for c, s in sizes.items()},
+                        metadata={"plan_fingerprint": plan.fingerprint, "table_sizes": sizes})
+    torch.manual_seed(0)
+    dense_model = DLRMDense(1, 2, 16, [32], [32]).eval()
+    save_scorer(tmp_path / "scorer", dense_model, ScorerInfo(plan.fingerprint, ("C1", "tags"), sizes, 1, 16))
+    repo = tmp_path / "repo"
+    export_ensemble(plan, store, tmp_path / "scorer", repo, "mh", layout="per-column", max_batch_size=64, multi_hot_combiner=combiner)
+
+    test = pd.DataFrame({"I1": rng.lognormal(0, 1, 30).astype(np.float32), "C1": rng.integers(0, 35, 30),
+                         "tags": [list(rng.integers(0, 45, rng.integers(1 if i == 0 else 0, 8))) for i in range(30)]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = workflow.transform(Dataset(test, cpu=True)).to_ddf().compute()
+    embeddings = np.zeros((30, 2, 16), dtype=np.float32)
+    embeddings[:, 0] = weights["C1"][want["C1"].to_numpy()]
+    for i, codes in enumerate(want["tags"]):
+        if len(codes):
+            picked = weights["tags"][np.asarray(codes)]
+            embeddings[i, 1] = picked.mean(axis=0) if combiner == "mean" else picked.sum(axis=0)
+    with torch.inference_mode():
+        expected = dense_model(torch.from_numpy(want[["I1"]].to_numpy(np.float32)), torch.from_numpy(embeddings)).numpy().reshape(-1)
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in test["tags"]])]).astype(np.int64)
+    columns = {"I1": test["I1"].to_numpy(), "C1": test["C1"].to_numpy(),
+               "tags": ListColumn(np.concatenate([np.asarray(r, dtype=np.int64) for r in test["tags"]]), offsets)}
+    request = pack_request(TransformModel(plan, "per-column", 64, list_layout="padded"), columns)
+    with start_server(repo, log_path=tmp_path / "server.log") as server:
+        got = infer_http(server.http_url, "mh", request, ["probability"])["probability"].reshape(-1)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        broken = {**request, "tags__lengths": request["tags__lengths"] + 100}
+        with pytest.raises(RuntimeError, match="tags__lengths"):
+            infer_http(server.http_url, "mh", broken, ["probability"])
+        np.testing.assert_allclose(infer_http(server.http_url, "mh", request, ["probability"])["probability"].reshape(-1), expected, rtol=1e-5, atol=1e-6)

@@ -96,6 +96,7 @@ def _export(args: argparse.Namespace) -> int:
             gpu_admission=args.gpu_admission,
             gpu_cache_dtype=args.gpu_cache_dtype,
             gpu_async_insert=args.gpu_async_insert,
+            multi_hot_combiner=args.multi_hot_combiner,
         )
     except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"tritonrec export: {e}", file=sys.stderr)
@@ -195,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --gpu-cache-bytes: row storage of the GPU cache")
     ensemble.add_argument("--gpu-async-insert", action="store_true",
                           help="with --gpu-cache-bytes: insert missed rows off the lookup's stream")
+    ensemble.add_argument("--multi-hot-combiner", choices=("sum", "mean"), default="mean",
+                          help="how the lookup combines the vectors of a list (multi-hot) column's ids")
     ensemble.set_defaults(func=_export)
 
     query = sub.add_parser("query", help="score a parquet or CSV file of raw rows through a served model")

@@ -8,14 +8,14 @@ import json
 import os
 import shutil
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tritonrec.transform.plan import TransformPlan
-from tritonrec.transform.serving import LAYOUTS, TensorSpec, TransformModel
+from tritonrec.transform.serving import LAYOUTS, TensorSpec, TransformModel, list_tensor_specs
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -220,6 +220,7 @@ def export_ensemble(
     gpu_admission: bool = False,
     gpu_cache_dtype: str = "float32",
     gpu_async_insert: bool = False,
+    multi_hot_combiner: str | Mapping[str, str] = "mean",
 ) -> Path:
     """Writes transform -> embedding lookup -> scorer as one Triton ensemble.
 
@@ -248,6 +249,10 @@ def export_ensemble(
             the lookup's stream with ``gpu_async_insert``) and keep their tensors on the device.
         transform_kind: ``"KIND_CPU"`` or ``"KIND_GPU"`` instances of the transform (the plan
             with cupy on the GPU; numeric columns only).
+        multi_hot_combiner: for list (multi-hot) Categorify outputs, ``"sum"`` or ``"mean"`` of
+            each row's vectors, one for all or per column. Tables (the embeddings' slots) are the
+            categorical outputs in the plan's output order, list ones included; the transform
+            passes a list column to the lookup as ``<col>__values`` + ``<col>__lengths``.
 
     Returns:
         The ensemble's model directory.
@@ -275,16 +280,23 @@ def export_ensemble(
     repository = Path(repository)
     plan = load_or_compile(workflow)
 
-    if plan.list_inputs or plan.list_outputs:
-        raise ValueError(f"the plan has list columns {sorted(set(plan.list_inputs) | set(plan.list_outputs))}: the ensemble "
-                         "does not pass multi-hot columns yet (export the transform alone with export_transform)")
-    # The transform's packed outputs: ids (every int64 output a Categorify code) and dense floats.
+    # The transform's packed outputs: ids (every int64 output a Categorify code) and dense floats;
+    # list outputs: multi-hot ids.
     codes = plan.categorical_codes()
     other = sorted(set(plan.packed_outputs) - {"int64", "float32"})
     if other:
         raise ValueError(f"the plan outputs columns of dtype {other}: the ensemble passes only int64 ids and float32 dense features")
-    tables = plan.packed_outputs.get("int64", [])
-    not_ids = [c for c in tables if c not in codes]
+    single = plan.packed_outputs.get("int64", [])
+    multi = plan.list_outputs
+    not_codes = [c for c in multi if c not in codes or next(s.dtype for s in plan.output_schema if s.name == c) != np.int64]
+    if not_codes:
+        raise ValueError(f"list output column(s) {not_codes} are not int64 Categorify codes: the ensemble looks list outputs up as multi-hot ids")
+    combiners = {c: multi_hot_combiner for c in multi} if isinstance(multi_hot_combiner, str) else dict(multi_hot_combiner)
+    bad = {c: v for c, v in combiners.items() if c not in multi or v not in ("sum", "mean")}
+    if bad or set(combiners) != set(multi):
+        raise ValueError(f"multi_hot_combiner {multi_hot_combiner!r}: expected 'sum' or 'mean', for each list output {multi}")
+    tables = [c.name for c in plan.output_schema if c.name in single or c.name in multi]  # the embeddings' slots
+    not_ids = [c for c in single if c not in codes]
     if not_ids:
         raise ValueError(f"int64 output column(s) {not_ids} are not Categorify codes: the ensemble looks every int64 output up as an id")
     if not tables:
@@ -309,7 +321,6 @@ def export_ensemble(
     if len(dims) != 1:
         raise ValueError(f"embedding store {store}: the id tables have different dims {sorted(dims)}")
     dim = dims.pop()
-    ids_spec = TensorSpec("ids", np.dtype(np.int64), (len(tables),))
     dense_spec = TensorSpec("dense", np.dtype(np.float32), (n_dense,))
     embeddings_spec = TensorSpec("embeddings", np.dtype(np.float32), (len(tables), dim))
 
@@ -345,10 +356,13 @@ def export_ensemble(
     written = [transform_dir / str(transform_version)]
     try:
         embeddings_dir = repository / f"{name}_embeddings"
+        lookup_specs = ([TensorSpec("ids", np.dtype(np.int64), (len(single),))] if single else []) + [
+            s for c in multi for s in list_tensor_specs(c, np.dtype(np.int64), "padded")]
         with _new_version(embeddings_dir) as version_dir:
             _copy_tree(Path(store), version_dir / "store")
             (embeddings_dir / "config.pbtxt").write_text(render_template(
                 "embedding_lookup", name=f"{name}_embeddings", max_batch_size=max_batch_size, n_tables=len(tables),
+                inputs=tensor_block("input", lookup_specs), multi_hot=",".join(f"{c}:{combiners[c]}" for c in multi),
                 dim=dim, instance_count=instance_count, max_queue_delay_us=max_queue_delay_us, store="store",
                 tables=",".join(tables), missing_key_policy=missing_key_policy,
                 host_budget_bytes="" if host_budget_bytes is None else int(host_budget_bytes),
@@ -380,9 +394,17 @@ def export_ensemble(
                 f'      input_map {{ key: "{s.name}" value: "{s.name}" }}' for s in transform.inputs
             )
             packed_inputs = json.dumps(plan.packed_inputs, separators=(",", ":")).replace('"', '\\"')
+            # a list column's codes leave the transform under the names its raw values came in
+            # with: inside the ensemble they get names of their own ("codes/<tensor>")
+            inner = {s.name: ("ids" if s.name == "ids" else f"codes/{s.name}") for s in lookup_specs}
+            passed = ([("OUTPUT_INT64", "ids")] if single else []) + ([("OUTPUT_FP32", "dense")] if n_dense else []) + [
+                (s.name, inner[s.name]) for s in lookup_specs if s.name != "ids"]
+            transform_outputs = "\n".join(f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in passed)
+            lookup_inputs = "\n".join(f'      input_map {{ key: "{s.name}" value: "{inner[s.name]}" }}' for s in lookup_specs)
             (ensemble_dir / "config.pbtxt").write_text(render_template(
                 "ensemble", name=name, max_batch_size=max_batch_size, inputs=tensor_block("input", transform.inputs),
                 transform=transform_dir.name, transform_version=transform_version, transform_inputs=transform_inputs,
+                transform_outputs=transform_outputs, lookup_inputs=lookup_inputs,
                 embeddings=embeddings_dir.name, embeddings_version=embeddings_version,
                 scorer=scorer_name, scorer_version=scorer_version, dense_input=dense_input,
                 embeddings_input=embeddings_input, scorer_output=scorer_output,
