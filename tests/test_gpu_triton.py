@@ -42,3 +42,57 @@ def test_the_transform_on_a_gpu_instance_equals_the_numpy_plan(tmp_path, start_s
             np.testing.assert_allclose(got[name], want, rtol=1e-6, atol=1e-6, err_msg=name)  # CUDA's logf vs glibc's: 1 ulp
         else:
             np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+def test_a_multi_hot_ensemble_on_gpu_instances_equals_the_cpu_one(tmp_path, start_server):
+    """A plan with a list column (built by hand: no nvtabular here) exported as an ensemble twice,
+    all KIND_GPU and all KIND_CPU, into one server: the same probabilities."""
+    pytest.importorskip("cupy")
+    torch = pytest.importorskip("torch")
+    from embedding_cache import build_store
+    from tritonrec.client import infer_http
+    from tritonrec.export import export_ensemble
+    from tritonrec.scorer.artifact import ScorerInfo, save_scorer
+    from tritonrec.scorer.dlrm import DLRMDense
+    from tritonrec.transform._table import KeyTable
+    from tritonrec.transform.plan import ColumnSpec, ListColumn, PlanGroup, TransformPlan
+    from tritonrec.transform.serving import TransformModel, pack_request
+    from tritonrec.transform.steps import Categorify, ListSlice, LogOp
+
+    vocab = np.arange(0, 600, 3, dtype=np.int64)
+    table = KeyTable.build(np.zeros(vocab.size, dtype=np.int64), vocab, np.arange(3, 3 + vocab.size, dtype=np.int64))
+    plan = TransformPlan(
+        [ColumnSpec("I1", np.dtype(np.float32)), ColumnSpec("C1", np.dtype(np.int64)), ColumnSpec("tags", np.dtype(np.int64), True)],
+        [ColumnSpec("I1", np.dtype(np.float32)), ColumnSpec("C1", np.dtype(np.int64)), ColumnSpec("tags", np.dtype(np.int64), True)],
+        [
+            PlanGroup(["I1"], ["I1"], np.dtype(np.float32), [LogOp()]),
+            PlanGroup(["C1"], ["C1"], np.dtype(np.int64), [Categorify(table, [0], np.int64, np.int64)]),
+            PlanGroup(["tags"], ["tags"], np.dtype(np.int64), [Categorify(table, [0], np.int64, np.int64), ListSlice(-5, 2**63 - 1, False, 0.0, 5)], True),
+        ],
+        "23.08.00",
+    )
+    sizes = {c: r[0] for c, r in plan.categorical_codes().items()}
+    rng = np.random.default_rng(0)
+    store = build_store(tmp_path / "store", {c: (np.arange(s), rng.normal(0, 0.5, (s, 16)).astype(np.float32)) for c, s in sizes.items()},
+                        metadata={"plan_fingerprint": plan.fingerprint, "table_sizes": sizes})
+    torch.manual_seed(0)
+    save_scorer(tmp_path / "scorer", DLRMDense(1, 2, 16, [32], [32]).eval(), ScorerInfo(plan.fingerprint, ("C1", "tags"), sizes, 1, 16))
+    repo = tmp_path / "repo"
+    for name, kind in (("gpu", "KIND_GPU"), ("cpu", "KIND_CPU")):
+        export_ensemble(plan, store, tmp_path / "scorer", repo, name, layout="per-column", max_batch_size=4096, transform_kind=kind,
+                        lookup_kind=kind, scorer_kind=kind, multi_hot_combiner="sum",
+                        **({"gpu_cache_bytes": 1 << 20} if kind == "KIND_GPU" else {}))
+    n = 1500
+    lengths = rng.integers(0, 9, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    columns = {"I1": rng.lognormal(0, 1, n).astype(np.float32), "C1": rng.integers(0, 700, n),
+               "tags": ListColumn(rng.integers(0, 700, int(offsets[-1])), offsets)}
+    request = pack_request(TransformModel(plan, "per-column", 4096, list_layout="padded"), columns)
+    log = tmp_path / "server.log"
+    with start_server(repo, log_path=log) as server:
+        try:
+            got = {name: infer_http(server.http_url, name, request, ["probability"])["probability"] for name in ("gpu", "cpu")}
+        except RuntimeError as e:
+            raise AssertionError(f"{e}\nserver log:\n{log.read_text()[-3000:]}") from None
+    np.testing.assert_allclose(got["gpu"], got["cpu"], rtol=1e-5, atol=1e-6)
+    assert got["cpu"].shape == (n, 1) and np.unique(got["cpu"]).size > n // 2
