@@ -201,3 +201,50 @@ def test_multi_hot_lookup_on_the_gpu_equals_the_host(tmp_path, list_layout, max_
             for w, g in zip(want, got):
                 assert isinstance(g["embeddings"], cupy.ndarray)
                 np.testing.assert_allclose(cupy.asnumpy(g["embeddings"]), w["embeddings"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["per-column", "packed"])
+def test_string_columns_in_a_gpu_plan_are_hashed_on_the_host(layout):
+    """A GPU plan with string columns beside numeric ones: the string group runs with numpy on the
+    host and its codes move to the device; outputs equal the numpy plan's, in process and through
+    the transform model (host string inputs beside device numeric ones)."""
+    cupy = pytest.importorskip("cupy")
+    from embedding_cache import _core
+    from tritonrec.transform.serving import TransformModel, pack_request
+
+    words = np.array([f"w{i}" for i in range(300)] + ["", "é", "日本"], dtype=object)
+    keys = _core.hash_strings(words)[0].view(np.int64)
+    table = KeyTable.build(np.zeros(keys.size, dtype=np.int64), keys, np.arange(3, 3 + keys.size, dtype=np.int64))
+    vocab = np.arange(0, 900, 3, dtype=np.int64)
+    ints = KeyTable.build(np.zeros(vocab.size, dtype=np.int64), vocab, np.arange(3, 3 + vocab.size, dtype=np.int64))
+    plan = TransformPlan(
+        [ColumnSpec("s", np.dtype(object)), ColumnSpec("c", np.dtype(np.int64)), ColumnSpec("x", np.dtype(np.float32))],
+        [ColumnSpec("s", np.dtype(np.int64)), ColumnSpec("h", np.dtype(np.int32)), ColumnSpec("c", np.dtype(np.int64)), ColumnSpec("x", np.dtype(np.float32))],
+        [
+            PlanGroup(["s"], ["s"], np.dtype(object), [Categorify(table, [7], object, np.int64)]),
+            PlanGroup(["s"], ["h"], np.dtype(object), [HashBucket([11])]),
+            PlanGroup(["c"], ["c"], np.dtype(np.int64), [Categorify(ints, [0], np.int64, np.int64)]),
+            PlanGroup(["x"], ["x"], np.dtype(np.float32), [LogOp()]),
+        ],
+        "23.08.00",
+    )
+    rng = np.random.default_rng(0)
+    n = 5000
+    columns = {
+        "s": np.where(rng.random(n) < 0.7, words[rng.integers(0, words.size, n)], np.array([f"new{i}" for i in range(n)], dtype=object)).astype(object),
+        "c": rng.integers(0, 1000, n),
+        "x": rng.lognormal(0, 1, n).astype(np.float32),
+    }
+    expected = plan.transform(columns)
+    gpu_plan = plan.to(cupy)
+    got = gpu_plan.transform({"s": columns["s"], "c": cupy.asarray(columns["c"]), "x": cupy.asarray(columns["x"])})
+    for name, want in expected.items():
+        assert isinstance(got[name], cupy.ndarray), name
+        np.testing.assert_allclose(cupy.asnumpy(got[name]), want, rtol=1e-6, err_msg=name)
+    cpu_model, gpu_model = TransformModel(plan, layout, 8192), TransformModel(gpu_plan, layout, 8192)
+    request = pack_request(cpu_model, columns)
+    on_device = {k: v if v.dtype == object else cupy.asarray(v) for k, v in request.items()}
+    want, have = cpu_model.execute([request, request]), gpu_model.execute([on_device, on_device])
+    for w, h in zip(want, have):
+        for name in w:
+            np.testing.assert_allclose(cupy.asnumpy(h[name]), w[name], rtol=1e-6, err_msg=name)

@@ -85,8 +85,9 @@ def test_string_inputs_are_refused_where_the_stub_cannot_read_them(monkeypatch):
     triton_tensors.check_string_inputs({"s"}, allow_under_numpy_2=False)
 
 
-def test_a_string_plan_is_not_exported_for_gpu_instances(tmp_path):
+def test_a_string_plan_exports_for_gpu_instances(tmp_path):
+    """Strings are hashed on the host even on a GPU instance; the export says KIND_GPU."""
     from tritonrec.export import export_transform
 
-    with pytest.raises(ValueError, match="instance_kind KIND_GPU: the plan has string columns, which run on the host only"):
-        export_transform(_plan(), tmp_path, "s", instance_kind="KIND_GPU")
+    config = (export_transform(_plan(), tmp_path, "s", instance_kind="KIND_GPU") / "config.pbtxt").read_text()
+    assert "kind: KIND_GPU" in config and 'name: "a", data_type: TYPE_STRING' in config

@@ -75,7 +75,8 @@ def export_transform(
         max_queue_delay_us: dynamic batcher's queue delay in microseconds.
         output_layout: layout of the outputs (default: ``layout``).
         instance_kind: ``"KIND_CPU"``, or ``"KIND_GPU"``: the plan runs with cupy on the
-            instance's GPU and its tensors stay in device memory (numeric columns only).
+            instance's GPU and its tensors stay in device memory (string columns are hashed on
+            the host, their codes moved to the device).
         hashing: as in :func:`~tritonrec.transform.compile.compile_workflow` (``"cpu"``: the
             workflow ran on the CPU, whatever its saved metadata says).
 
@@ -95,8 +96,6 @@ def export_transform(
     if instance_kind not in ("KIND_CPU", "KIND_GPU"):
         raise ValueError(f"instance_kind {instance_kind!r}: expected 'KIND_CPU' or 'KIND_GPU'")
     plan = load_or_compile(workflow, hashing)
-    if instance_kind == "KIND_GPU" and any(c.dtype == object for c in plan.input_schema):
-        raise ValueError("instance_kind KIND_GPU: the plan has string columns, which run on the host only")
     model = TransformModel(plan, layout, max_batch_size, output_layout, "padded" if max_batch_size else "offsets")
     model_dir = Path(repository) / name
     with _new_version(model_dir) as version_dir:

@@ -6,7 +6,8 @@ directory (``<model>/<version>/plan`` unless the ``plan`` parameter names anothe
 ``plan_fingerprint`` (when set, the plan must have it) and ``bytes_inputs_under_numpy2`` (see
 :func:`tritonrec.triton_tensors.check_string_inputs`). String columns arrive as BYTES tensors. KIND_GPU instances run the plan with cupy on their
 device and keep tensors there (``FORCE_CPU_ONLY_INPUT_TENSORS: "no"``; inputs that arrive in host
-memory are copied over); string columns are host-only. Metrics: ``tritonrec_transform_rows_total``
+memory are copied over; BYTES inputs are read on the host and hashed there, their codes then
+move to the device). Metrics: ``tritonrec_transform_rows_total``
 and ``tritonrec_transform_oov_total`` (see :mod:`tritonrec.triton_metrics`). All logic is in
 :class:`tritonrec.transform.serving.TransformModel`; this file moves tensors by DLPack.
 """
@@ -77,13 +78,15 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self.output_names = [spec.name for spec in self.model.outputs]
         self.read_input = input_reader(string_inputs)
+        # on a GPU instance, BYTES inputs (no DLPack) are read on the host; the plan hashes them there
+        self.read_device_input = lambda t: t.as_numpy() if t.name() in string_inputs else device_input_array(t)
         self.metrics = TransformMetrics(pb_utils, name, lambda: (self.model.rows_total, self.model.oov_total))
 
     def execute(self, requests):
         if self.gpu:
             with self.device:
                 return respond(
-                    pb_utils, requests, self.model.execute, device_input_array,
+                    pb_utils, requests, self.model.execute, self.read_device_input,
                     lambda result: [device_output_tensor(pb_utils, name, result[name]) for name in self.output_names], "transform",
                 )
         return respond(

@@ -113,6 +113,18 @@ class PlanGroup:
     """A group of one list column: it runs on the column's flat values (and offsets)."""
 
     @property
+    def on_host(self) -> bool:
+        """A group of string columns: it runs with numpy even in a GPU plan (strings cannot be
+        device arrays); its output then moves to the device."""
+        return self.input_dtype == object
+
+    def run_in(self, values: Any, row_index: Any, xp: Any) -> Any:
+        """:meth:`run` in a plan on ``xp``: a host group on the host, its output moved to ``xp``."""
+        if self.on_host and xp is not np:
+            return xp.asarray(self.run(np.asarray(values), np.asarray(row_index), np))
+        return self.run(values, row_index, xp)
+
+    @property
     def output_dtype(self) -> np.dtype:
         dtype = self.input_dtype
         for step in self.steps:
@@ -299,8 +311,8 @@ class TransformPlan:
         return ListColumn(values, check_offsets(name, column.offsets, int(values.shape[0]), xp))
 
     def _check_column(self, name: str, values: Any) -> Any:
-        xp = self.xp
         expected = self._input_dtypes[name]
+        xp = np if expected == object else self.xp  # strings stay on the host
         values = xp.asarray(values)
         if values.ndim == 2 and values.shape[1] == 1:
             values = values.reshape(-1)
@@ -351,7 +363,7 @@ class TransformPlan:
         xp = self.xp
         results = [
             group.run_list(columns[group.inputs[0]], row_index, xp) if group.is_list
-            else group.run(xp.stack([columns[name] for name in group.inputs], axis=1), row_index, xp)
+            else group.run_in((np if group.on_host else xp).stack([columns[name] for name in group.inputs], axis=1), row_index, xp)
             for group in self.groups
         ]
         out = {}
@@ -389,7 +401,7 @@ class TransformPlan:
             elif len(checked[name]) != n:
                 raise ValueError(f"list column {name!r} has {len(checked[name])} rows, other inputs have {n}")
         for dtype_name, names in self.packed_inputs.items():
-            values = xp.asarray(tensors[dtype_name])
+            values = (np if dtype_name == "object" else xp).asarray(tensors[dtype_name])
             if values.ndim != 2 or values.shape[1] != len(names):
                 raise ValueError(f"packed input {dtype_name!r} has shape {tuple(values.shape)}: expected (n, {len(names)})")
             if values.dtype != np.dtype(dtype_name):
@@ -410,14 +422,15 @@ class TransformPlan:
                 continue
             values = checked[in_dtype]
             if in_idx.size != values.shape[1] or not np.array_equal(in_idx, np.arange(values.shape[1])):
-                values = values[:, xp.asarray(in_idx)]
-            outputs[out_dtype][:, out_idx if isinstance(out_idx, slice) else xp.asarray(out_idx)] = group.run(values, rows, xp)
+                values = values[:, in_idx if group.on_host else xp.asarray(in_idx)]
+            outputs[out_dtype][:, out_idx if isinstance(out_idx, slice) else xp.asarray(out_idx)] = group.run_in(values, rows, xp)
         return outputs
 
     # ------------------------------------------------------------------------------ persistence
     def to(self, xp: Any) -> TransformPlan:
         """The same plan running on array module ``xp`` (e.g. cupy), its arrays moved there."""
-        groups = [PlanGroup(g.inputs, g.outputs, g.input_dtype, [s.to(xp) for s in g.steps], g.is_list) for g in self.groups]
+        groups = [PlanGroup(g.inputs, g.outputs, g.input_dtype, g.steps if g.on_host else [s.to(xp) for s in g.steps], g.is_list)
+                  for g in self.groups]
         return TransformPlan(self.input_schema, self.output_schema, groups, self.nvtabular_version, xp, self.fingerprint)
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -361,7 +361,7 @@ class TransformModel:
         lists = self._list_columns(requests, good)
         if self.layout == "per-column":
             columns = {
-                spec.name: _concat([requests[i][spec.name] for i, _ in good], xp).reshape(-1)
+                spec.name: _concat([requests[i][spec.name] for i, _ in good], np if spec.dtype == object else xp).reshape(-1)
                 for spec in self.inputs if spec.name not in self._list_tensors
             }
             transformed = self.plan.transform_unchecked({**columns, **lists}, row_index)  # checked per request above
@@ -373,7 +373,7 @@ class TransformModel:
                 }
         else:
             packed = {
-                spec.dtype.name: _concat([requests[i][spec.name] for i, _ in good], xp)
+                spec.dtype.name: _concat([requests[i][spec.name] for i, _ in good], np if spec.dtype == object else xp)
                 for spec in self.inputs if spec.name not in self._list_tensors
             }
             transformed = self.plan.transform_packed({**packed, **lists}, row_index=row_index)
