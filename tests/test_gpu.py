@@ -248,3 +248,36 @@ def test_string_columns_in_a_gpu_plan_are_hashed_on_the_host(layout):
     for w, h in zip(want, have):
         for name in w:
             np.testing.assert_allclose(cupy.asnumpy(h[name]), w[name], rtol=1e-6, err_msg=name)
+
+
+def test_staged_crosses_on_the_gpu_equal_the_numpy_plan():
+    """A HashedCross of a string column and Categorify codes (hidden per-column hashes, then XOR):
+    the cupy plan (the string hashes made on the host) equals the numpy plan, by columns and packed."""
+    cupy = pytest.importorskip("cupy")
+    from tritonrec.transform.steps import IndexedHash, XorBuckets
+
+    vocab = np.arange(0, 900, 3, dtype=np.int64)
+    ints = KeyTable.build(np.zeros(vocab.size, dtype=np.int64), vocab, np.arange(3, 3 + vocab.size, dtype=np.int64))
+    plan = TransformPlan(
+        [ColumnSpec("s", np.dtype(object)), ColumnSpec("c", np.dtype(np.int64))],
+        [ColumnSpec("s_X_c", np.dtype(np.int32)), ColumnSpec("c", np.dtype(np.int64))],
+        [
+            PlanGroup(["s"], ["s_X_c/hash0"], np.dtype(object), [IndexedHash()]),
+            PlanGroup(["c"], ["s_X_c/hash1"], np.dtype(np.int64), [Categorify(ints, [0], np.int64, np.int64), IndexedHash()]),
+            PlanGroup(["s_X_c/hash0", "s_X_c/hash1"], ["s_X_c"], np.dtype(np.uint64), [XorBuckets(97)]),
+            PlanGroup(["c"], ["c"], np.dtype(np.int64), [Categorify(ints, [0], np.int64, np.int64)]),
+        ],
+        "23.08.00",
+        hidden_schema=[ColumnSpec("s_X_c/hash0", np.dtype(np.uint64)), ColumnSpec("s_X_c/hash1", np.dtype(np.uint64))],
+    )
+    rng = np.random.default_rng(0)
+    n = 20000
+    columns = {"s": np.array([f"w{i}" for i in rng.integers(0, 80, n)], dtype=object), "c": rng.integers(0, 1000, n)}
+    expected = plan.transform(columns)
+    gpu_plan = plan.to(cupy)
+    got = gpu_plan.transform({"s": columns["s"], "c": cupy.asarray(columns["c"])})
+    for name, want in expected.items():
+        np.testing.assert_array_equal(cupy.asnumpy(got[name]), want, err_msg=name)
+    packed = gpu_plan.transform_packed({"object": columns["s"].reshape(-1, 1), "int64": cupy.asarray(columns["c"].reshape(-1, 1))})
+    np.testing.assert_array_equal(cupy.asnumpy(packed["int32"][:, 0]), expected["s_X_c"])
+    np.testing.assert_array_equal(cupy.asnumpy(packed["int64"][:, 0]), expected["c"])

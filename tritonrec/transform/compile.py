@@ -8,6 +8,7 @@ exactly stops the compile with :class:`UnsupportedOpError`, naming the op and th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import warnings
@@ -20,8 +21,8 @@ import numpy as np
 from tritonrec.transform._table import KeyTable
 from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
 from tritonrec.transform.steps import (
-    OOV_CODE, Bucketize, Categorify, Clip, FillMissing, HashBucket, HashedCross, ListSlice, LogOp, Normalize, NormalizeMinMax, Step,
-    TargetEncode,
+    OOV_CODE, Bucketize, Categorify, Clip, FillMissing, HashBucket, HashedCross, IndexedHash, ListSlice, LogOp, Normalize,
+    NormalizeMinMax, Step, TargetEncode, XorBuckets,
 )
 
 LIST_OPS = ("Categorify", "ListSlice", "LogOp", "Rename", "ValueCount")
@@ -252,19 +253,34 @@ def _table_keys(values: np.ndarray, key_dtype: np.dtype, column: str, op_name: s
     return np.asarray(values).astype(np.int64)
 
 
+@dataclasses.dataclass(eq=False)
+class StagedCross:
+    """The raw side of a HashedCross of transformed columns or of columns of different dtypes:
+    per source, its chain ``(raw column, steps, dtype)``. It compiles to one group per source
+    (the chain, then :class:`IndexedHash`, into a hidden uint64 column) and one group XOR-ing them."""
+
+    parts: list[tuple[str, list[ColumnStep], np.dtype]]
+
+
 def _hashed_cross_chain(op: Any, out_name: str, sources: list[str], available: dict[str, Any],
-                        input_dtypes: dict[str, np.dtype]) -> tuple[tuple[str, ...], list[ColumnStep], np.dtype]:
-    """The chain of a HashedCross output: its raw input columns (a tuple) and the cross step."""
-    for source in sources:
-        if source not in input_dtypes or (source in available and available[source][1]):
-            raise UnsupportedOpError("HashedCross", out_name, f"column {source!r} is not a workflow input as it came in "
-                                     "(crosses of transformed columns are not supported)")
-    dtypes = {input_dtypes[s].name for s in sources}
-    if len(dtypes) != 1:
-        raise UnsupportedOpError("HashedCross", out_name, f"columns {sources} have different dtypes {sorted(dtypes)}")
+                        input_dtypes: dict[str, np.dtype]) -> tuple[Any, list[ColumnStep], np.dtype]:
+    """The chain of a HashedCross output: its raw input columns (a tuple: workflow inputs as they
+    came in, of one dtype: one group) or a :class:`StagedCross`, and the cross step."""
     buckets = _positive_buckets(op, tuple(sources), out_name)
-    step = ColumnStep(("hashed_cross", buckets), {}, lambda ps: HashedCross(buckets))
-    return tuple(sources), [step], np.dtype(np.int32)
+    raw_inputs = all(s in input_dtypes and not (s in available and available[s][1]) for s in sources)
+    if raw_inputs and len({input_dtypes[s].name for s in sources}) == 1:
+        step = ColumnStep(("hashed_cross", buckets), {}, lambda ps: HashedCross(buckets))
+        return tuple(sources), [step], np.dtype(np.int32)
+    parts = []
+    for source in sources:
+        raw, steps, dtype = available[source] if source in available else (source, [], input_dtypes.get(source))
+        if dtype is None:
+            raise UnsupportedOpError("HashedCross", out_name, f"source column {source!r} not found")
+        if not isinstance(raw, str):
+            raise UnsupportedOpError("HashedCross", out_name, f"column {source!r} is itself a cross (crosses of crosses are not supported)")
+        parts.append((raw, steps, dtype))
+    step = ColumnStep(("hashed_cross", buckets), {}, lambda ps: XorBuckets(buckets))
+    return StagedCross(parts), [step], np.dtype(np.int32)
 
 
 def _list_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
@@ -464,8 +480,20 @@ def compile_workflow(workflow_or_saved_dir: Any, hashing: str = "auto") -> Trans
     # crossed column (several raw inputs) is a group of its own.
     grouped: dict[tuple[Any, ...], list[str]] = {}
     groups = []
+    hidden: list[ColumnSpec] = []
     for name in output_names:
         raw, steps, _ = chains[name]
+        if isinstance(raw, StagedCross):
+            if len(steps) != 1:
+                raise UnsupportedOpError("HashedCross", name, "ops after a HashedCross are not supported")
+            hashes = []
+            for j, (source, source_steps, _) in enumerate(raw.parts):
+                hashes.append(f"{name}/hash{j}")
+                chain = [s.merge([s.params]) for s in source_steps] + [IndexedHash()]
+                groups.append(PlanGroup([source], [hashes[-1]], input_dtypes[source], chain))
+                hidden.append(ColumnSpec(hashes[-1], np.dtype(np.uint64)))
+            groups.append(PlanGroup(hashes, [name], np.dtype(np.uint64), [steps[0].merge([steps[0].params])]))
+            continue
         if isinstance(raw, tuple):
             if len(steps) != 1:
                 raise UnsupportedOpError("HashedCross", name, "ops after a HashedCross are not supported")
@@ -479,8 +507,11 @@ def compile_workflow(workflow_or_saved_dir: Any, hashing: str = "auto") -> Trans
         steps = [per_column[0][i].merge([cs[i].params for cs in per_column]) for i in range(len(signatures))]
         groups.append(PlanGroup([chains[name][0] for name in outs], outs, np.dtype(dtype_name), steps, list_name is not None))
 
-    used_inputs = {raw for name in output_names for raw in (chains[name][0] if isinstance(chains[name][0], tuple) else (chains[name][0],))}
+    def raw_columns(raw: Any) -> tuple[str, ...]:
+        return tuple(p[0] for p in raw.parts) if isinstance(raw, StagedCross) else raw if isinstance(raw, tuple) else (raw,)
+
+    used_inputs = {c for name in output_names for c in raw_columns(chains[name][0])}
     input_schema = [ColumnSpec(c, d, c in list_inputs) for c, d in input_dtypes.items() if c in used_inputs]
-    output_schema = [ColumnSpec(name, chains[name][2], not isinstance(chains[name][0], tuple) and chains[name][0] in list_inputs)
+    output_schema = [ColumnSpec(name, chains[name][2], isinstance(chains[name][0], str) and chains[name][0] in list_inputs)
                      for name in output_names]
-    return TransformPlan(input_schema, output_schema, groups, nvtabular.__version__)
+    return TransformPlan(input_schema, output_schema, groups, nvtabular.__version__, hidden_schema=hidden)

@@ -203,32 +203,40 @@ class TransformPlan:
         nvtabular_version: str,
         xp: Any = np,
         fingerprint: str | None = None,
+        hidden_schema: Sequence[ColumnSpec] = (),
     ) -> None:
         self.input_schema = list(input_schema)
         self.output_schema = list(output_schema)
+        # intermediate columns: outputs of earlier groups that later groups take as inputs (the
+        # per-column hashes of a HashedCross of transformed or mixed-dtype columns)
+        self.hidden_schema = list(hidden_schema)
         self.groups = list(groups)
         self.nvtabular_version = nvtabular_version
         self.xp = xp
         self._input_dtypes = {c.name: c.dtype for c in self.input_schema}
         self.list_inputs = [c.name for c in self.input_schema if c.is_list]
         self.list_outputs = [c.name for c in self.output_schema if c.is_list]
-        out_dtypes = {c.name: c.dtype for c in self.output_schema}
+        out_dtypes = {c.name: c.dtype for c in [*self.output_schema, *self.hidden_schema]}
+        readable = dict(self._input_dtypes)  # what a group may read: inputs, and hidden columns made before it
+        hidden = {c.name: c.dtype for c in self.hidden_schema}
         for group in self.groups:
             lists = {name in self.list_inputs for name in group.inputs} | {name in self.list_outputs for name in group.outputs}
             if lists != {group.is_list} or (group.is_list and len(group.inputs) != 1):
                 raise ValueError(f"group {group.inputs} -> {group.outputs}: a list group is one list column in and out, "
                                  "and list columns are in list groups only")
             for name in group.inputs:
-                if name not in self._input_dtypes:
-                    raise ValueError(f"group input {name!r} is not in the input schema")
-                if self._input_dtypes[name] != group.input_dtype:
-                    raise ValueError(f"group input {name!r} has dtype {group.input_dtype}, schema says {self._input_dtypes[name]}")
+                if name not in readable:
+                    raise ValueError(f"group input {name!r} is neither in the input schema nor a hidden column made before")
+                if readable[name] != group.input_dtype:
+                    raise ValueError(f"group input {name!r} has dtype {group.input_dtype}, schema says {readable[name]}")
             for name in group.outputs:
                 if out_dtypes.get(name) != group.output_dtype:
                     raise ValueError(f"output {name!r}: groups compute {group.output_dtype}, schema says {out_dtypes.get(name)}")
+                if name in hidden:
+                    readable[name] = hidden[name]
         produced = [name for g in self.groups for name in g.outputs]
         if sorted(produced) != sorted(out_dtypes):
-            raise ValueError("the groups do not produce exactly the output schema's columns")
+            raise ValueError("the groups do not produce exactly the output and hidden schemas' columns")
         # Where each output column lives: (group number, column within the group).
         self._output_site = {name: (gi, j) for gi, g in enumerate(self.groups) for j, name in enumerate(g.outputs)}
         self._build_packing()
@@ -250,6 +258,8 @@ class TransformPlan:
         # For each group: (packed input dtype, column indices) when all inputs share one tensor.
         self._group_packed_in: list[tuple[str, np.ndarray]] = []
         self._group_packed_out: list[tuple[str, Any]] = []
+        if self.hidden_schema:  # staged groups: transform_packed goes by columns
+            return
         for g in self.groups:
             if g.is_list:  # list columns travel as their own (values, offsets), never packed
                 self._group_packed_in.append(("", np.zeros(0, dtype=np.int64)))
@@ -361,11 +371,17 @@ class TransformPlan:
         """:meth:`transform` for inputs already checked: every input column present, 1-D, of the
         schema's dtype and of one length n; ``row_index`` int64 (n,)."""
         xp = self.xp
-        results = [
-            group.run_list(columns[group.inputs[0]], row_index, xp) if group.is_list
-            else group.run_in((np if group.on_host else xp).stack([columns[name] for name in group.inputs], axis=1), row_index, xp)
-            for group in self.groups
-        ]
+        columns = dict(columns)
+        results = []
+        for group in self.groups:
+            if group.is_list:
+                results.append(group.run_list(columns[group.inputs[0]], row_index, xp))
+                continue
+            block = (np if group.on_host else xp).stack([xp.asarray(columns[n]) if not group.on_host else columns[n] for n in group.inputs], axis=1)
+            results.append(group.run_in(block, row_index, xp))
+            if self.hidden_schema:
+                for j, name in enumerate(group.outputs):
+                    columns[name] = results[-1][:, j]
         out = {}
         for spec in self.output_schema:
             gi, j = self._output_site[spec.name]
@@ -413,6 +429,14 @@ class TransformPlan:
             checked[dtype_name] = values
         n = n or 0
         rows = self._row_index(n, row_index)
+        if self.hidden_schema:
+            columns = {name: values[:, j] for d, values in checked.items() if d in self.packed_inputs
+                       for j, name in enumerate(self.packed_inputs[d])}
+            columns.update({name: checked[name] for name in self.list_inputs})
+            out = self.transform_unchecked(columns, rows)
+            packed = {d: xp.stack([out[c] for c in names], axis=1) if n else xp.empty((0, len(names)), dtype=np.dtype(d))
+                      for d, names in self.packed_outputs.items()}
+            return {**packed, **{name: out[name] for name in self.list_outputs}}
         outputs = {d: xp.empty((n, len(names)), dtype=np.dtype(d)) for d, names in self.packed_outputs.items()}
         for group, (in_dtype, in_idx), (out_dtype, out_idx) in zip(
             self.groups, self._group_packed_in, self._group_packed_out
@@ -431,7 +455,7 @@ class TransformPlan:
         """The same plan running on array module ``xp`` (e.g. cupy), its arrays moved there."""
         groups = [PlanGroup(g.inputs, g.outputs, g.input_dtype, g.steps if g.on_host else [s.to(xp) for s in g.steps], g.is_list)
                   for g in self.groups]
-        return TransformPlan(self.input_schema, self.output_schema, groups, self.nvtabular_version, xp, self.fingerprint)
+        return TransformPlan(self.input_schema, self.output_schema, groups, self.nvtabular_version, xp, self.fingerprint, self.hidden_schema)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the plan to directory ``path`` (created; existing plan files are replaced)."""
@@ -458,6 +482,7 @@ class TransformPlan:
             "fingerprint": self.fingerprint,
             "input_schema": [c.to_json() for c in self.input_schema],
             "output_schema": [c.to_json() for c in self.output_schema],
+            **({"hidden_schema": [c.to_json() for c in self.hidden_schema]} if self.hidden_schema else {}),
             "groups": groups_json,
         }
         tmp = root / (MANIFEST + ".tmp")
@@ -526,6 +551,7 @@ class TransformPlan:
                 [ColumnSpec.from_json(c) for c in manifest["output_schema"]],
                 groups,
                 version,
+                hidden_schema=[ColumnSpec.from_json(c) for c in manifest.get("hidden_schema", [])],
             )
         except PlanLoadError:
             raise

@@ -493,6 +493,47 @@ class HashedCross(Step):
         return (self.kind, self.num_buckets)
 
 
+class IndexedHash(Step):
+    """The first half of a ``HashedCross`` over columns of different dtypes or transformed
+    columns: each value's pandas hash combined with its row's index, uint64 out (same shape)."""
+
+    kind = "indexed_hash"
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return np.dtype(np.uint64)
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        return combine_with_index(_value_hashes(values, xp), _index_hashes(row_index, xp)[:, None])
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+class XorBuckets(Step):
+    """The second half: the XOR over the group's k uint64 columns (from :class:`IndexedHash`),
+    modulo ``num_buckets``; int32 out, shape (n, 1)."""
+
+    kind = "xor_buckets"
+
+    def __init__(self, num_buckets: int) -> None:
+        self.num_buckets = int(num_buckets)
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return np.dtype(np.int32)
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        crossed = xp.zeros(values.shape[0], dtype=np.uint64)
+        for j in range(values.shape[1]):
+            crossed ^= values[:, j]
+        return (crossed % np.uint64(self.num_buckets)).astype(np.int32).reshape(-1, 1)
+
+    def params(self) -> dict[str, Any]:
+        return {"num_buckets": self.num_buckets}
+
+    def signature(self) -> tuple[Any, ...]:
+        return (self.kind, self.num_buckets)
+
+
 class TargetEncode(Step):
     """``nvtabular.ops.TargetEncoding`` at serving time: each category's encoding, computed at
     compile time by the op itself on its full-data statistics (``(sum + p_smooth * mean) / (count +
@@ -634,6 +675,10 @@ def step_from_manifest(kind: str, params: dict[str, Any], arrays: dict[str, np.n
         return HashBucket(params["num_buckets"])
     if kind == HashedCross.kind:
         return HashedCross(params["num_buckets"])
+    if kind == IndexedHash.kind:
+        return IndexedHash()
+    if kind == XorBuckets.kind:
+        return XorBuckets(params["num_buckets"])
     if kind == TargetEncode.kind:
         return TargetEncode(_saved_table(kind, params, arrays), arrays["values"], params["defaults"], params["nulls"],
                             params["key_dtype"], params["out_dtype"])
