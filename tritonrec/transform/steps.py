@@ -465,34 +465,6 @@ class Categorify(Step):
         return Categorify(self.table.to(xp), self.num_buckets, self.vocab_dtype, self.out_dtype)
 
 
-class HashedCross(Step):
-    """``nvtabular.ops.HashedCross(num_buckets)``: one output column from the group's k input
-    columns: the XOR over the columns of pandas' hash of each value combined with its row's index
-    (its position in the request), modulo ``num_buckets``; int32 out, shape (n, 1)."""
-
-    kind = "hashed_cross"
-
-    def __init__(self, num_buckets: int) -> None:
-        self.num_buckets = int(num_buckets)
-
-    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
-        return np.dtype(np.int32)
-
-    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
-        index_hash = _index_hashes(row_index, xp)
-        value_hash = _value_hashes(values, xp)
-        crossed = xp.zeros(values.shape[0], dtype=np.uint64)
-        for j in range(values.shape[1]):
-            crossed ^= combine_with_index(value_hash[:, j], index_hash)
-        return (crossed % np.uint64(self.num_buckets)).astype(np.int32).reshape(-1, 1)
-
-    def params(self) -> dict[str, Any]:
-        return {"num_buckets": self.num_buckets}
-
-    def signature(self) -> tuple[Any, ...]:
-        return (self.kind, self.num_buckets)
-
-
 class IndexedHash(Step):
     """The first half of a ``HashedCross`` over columns of different dtypes or transformed
     columns: each value's pandas hash combined with its row's index, uint64 out (same shape)."""
@@ -532,6 +504,17 @@ class XorBuckets(Step):
 
     def signature(self) -> tuple[Any, ...]:
         return (self.kind, self.num_buckets)
+
+
+class HashedCross(XorBuckets):
+    """``nvtabular.ops.HashedCross(num_buckets)``: one output column from the group's k input
+    columns (one dtype): the XOR over the columns of pandas' hash of each value combined with its
+    row's index (its position in the request), modulo ``num_buckets``; int32 out, shape (n, 1)."""
+
+    kind = "hashed_cross"
+
+    def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
+        return super().apply(IndexedHash().apply(values, row_index, xp), row_index, xp)
 
 
 class TargetEncode(Step):
