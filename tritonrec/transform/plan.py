@@ -377,7 +377,7 @@ class TransformPlan:
             if group.is_list:
                 results.append(group.run_list(columns[group.inputs[0]], row_index, xp))
                 continue
-            block = (np if group.on_host else xp).stack([xp.asarray(columns[n]) if not group.on_host else columns[n] for n in group.inputs], axis=1)
+            block = (np if group.on_host else xp).stack([columns[n] for n in group.inputs], axis=1)
             results.append(group.run_in(block, row_index, xp))
             if self.hidden_schema:
                 for j, name in enumerate(group.outputs):
