@@ -4,7 +4,8 @@ Two plans: the Criteo-shaped plan of ``bench_gpu_ensemble.py`` (13 continuous co
 FillMissing, Clip, LogOp, Normalize; 26 Categorify columns of 300,000-key vocabularies, Zipf(1.05)
 ids, 2% unseen) in the packed layout, and a plan of the other numeric ops (NormalizeMinMax,
 Bucketize, HashBucket, HashedCross, TargetEncode) by columns. Rows/s of ``transform_packed`` /
-``transform`` at each batch: numpy on host arrays (one thread, as one Triton instance runs it), cupy
+``transform`` at each batch, and of ``TransformModel.execute`` (what the backend calls: request
+checks, the plan, out-of-vocabulary counts) for the Criteo plan: numpy on host arrays (one thread, as one Triton instance runs it), cupy
 on device arrays (inputs already on the GPU, as KIND_GPU instances get them; timed with a device
 synchronise after each call). Outputs compared before timing (integers equal, floats within 1e-6).
 Baseline: the numpy plan in the same run.
@@ -54,6 +55,12 @@ def ops_plan(rows: int, seed: int):
     return TransformPlan(inputs, outputs, groups, "23.08.00"), columns
 
 
+def _rename(out: dict) -> dict:
+    """Packed outputs by dtype name, whether keyed ``float32`` (the plan) or ``OUTPUT_FP32`` (the model)."""
+    names = {"OUTPUT_FP32": "float32", "OUTPUT_INT64": "int64"}
+    return {names.get(k, k): v for k, v in out.items()}
+
+
 def rate(call, sync, seconds: float) -> float:
     """Calls per second of ``call`` (after two warm-up calls), each followed by ``sync``."""
     for _ in range(2):
@@ -76,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import cupy
 
+    from tritonrec.transform.serving import TransformModel, packed_input_name
+
     batches = [int(b) for b in args.batches.split(",")]
+    gpu_plans: dict = {}  # by plan object (kept alive, so never confused)
+    models: dict = {}
     criteo, vocab = build_plan(args.rows)
     table = ["| plan | batch | numpy rows/s | cupy rows/s | cupy / numpy |", "|---|---:|---:|---:|---:|"]
     checks = []
@@ -84,13 +95,23 @@ def main(argv: list[str] | None = None) -> int:
         raw = sample(vocab, batch, seed=batch)
         packed = {dtype: np.stack([raw[c] for c in names], axis=1) for dtype, names in criteo.packed_inputs.items()}
         ops, columns = ops_plan(batch, seed=batch)
+
+        def served(p, t):  # the transform model as the backend calls it: checks, the plan, OOV counts
+            return models[p].execute([{packed_input_name(d): v for d, v in t.items()}])[0]
+
         cases = [
             ("criteo (packed)", criteo, lambda p, t: p.transform_packed(t), packed),
+            ("criteo, TransformModel.execute", criteo, served, packed),
             ("numeric ops (columns)", ops, lambda p, t: p.transform(t), columns),
         ]
         for name, plan, run, host in cases:
-            gpu_plan, device = plan.to(cupy), {k: cupy.asarray(v) for k, v in host.items()}
+            if plan not in gpu_plans:
+                gpu_plans[plan] = plan.to(cupy)
+            gpu_plan, device = gpu_plans[plan], {k: cupy.asarray(v) for k, v in host.items()}
+            for p in (plan, gpu_plan):
+                models.setdefault(p, TransformModel(p, "packed", 0, "packed"))
             expected, got = run(plan, host), run(gpu_plan, device)
+            expected, got = _rename(expected), _rename(got)
             for key, want in expected.items():
                 have = cupy.asnumpy(got[key])
                 same = np.array_equal(have, want) if want.dtype.kind in "iu" else np.allclose(have, want, rtol=1e-6, atol=1e-6, equal_nan=True)
