@@ -281,3 +281,21 @@ def test_staged_crosses_on_the_gpu_equal_the_numpy_plan():
     packed = gpu_plan.transform_packed({"object": columns["s"].reshape(-1, 1), "int64": cupy.asarray(columns["c"].reshape(-1, 1))})
     np.testing.assert_array_equal(cupy.asnumpy(packed["int32"][:, 0]), expected["s_X_c"])
     np.testing.assert_array_equal(cupy.asnumpy(packed["int64"][:, 0]), expected["c"])
+
+
+@pytest.mark.parametrize("entries,load_factor", [(1, 0.25), (5000, 0.25), (200000, 0.25), (20000, 0.9)])
+def test_the_device_probe_kernel_equals_the_host_lookup(entries, load_factor):
+    """The cupy KeyTable lookup (one elementwise kernel) equals the host's, present and absent
+    pairs alike, over several columns and long probe runs (a table filled to 0.9)."""
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng(entries)
+    columns = rng.integers(0, 5, entries)
+    keys = rng.choice(2**62, size=entries, replace=False).astype(np.int64) - 2**61
+    table = KeyTable.build(columns, keys, rng.integers(0, 2**31 - 1, entries), load_factor=load_factor)
+    assert load_factor < 0.5 or table.max_probe > 3
+    query = np.concatenate([keys, rng.integers(-(2**62), 2**62, entries)])
+    block = np.stack([query, np.roll(query, 1), query[::-1], np.zeros_like(query), query], axis=1)  # column j of the block: table column j
+    want = table.lookup_block(block)
+    got = table.to(cupy).lookup_block(cupy.asarray(block))
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    assert (want >= 0).sum() >= entries // 5  # present pairs were looked up, not only absent ones

@@ -2,9 +2,9 @@
 
 Open addressing with linear probing at load factor <= 0.25. Each slot is 16 bytes, one row of an
 int64 (capacity, 2) array: ``[key, column << 32 | code]``, so a probe is one gather of one row.
-Built once at compile time; looked up with a handful of vectorised array operations per probe
-round, so the cost of a call barely depends on the number of columns, and every categorical
-column of a group is looked up in one call.
+Built once at compile time; looked up by a compiled loop on the host (``embedding_cache._core``),
+by one elementwise kernel on cupy, or (the reference) with a handful of vectorised numpy
+operations per probe round; every categorical column of a group is looked up in one call.
 """
 
 from __future__ import annotations
@@ -36,6 +36,33 @@ def _slot_hash(tags: Any, keys: Any, shift: int) -> Any:
     """
     h = (keys ^ tags).view(np.uint64) * _GOLDEN
     return (h >> np.uint64(shift)).view(np.int64)
+
+
+_PROBE_SOURCE = """
+unsigned long long h = ((unsigned long long)(key ^ tag)) * 0x9E3779B97F4A7C15ULL;
+long long home = (long long)(h >> shift);
+code = -1;
+for (int p = 0; p <= max_probe; ++p) {
+    long long s = (home + p) & mask;
+    long long stored = slots[2 * s];
+    long long word = slots[2 * s + 1];
+    if (word == -1) break;  /* an empty slot ends the run: no deletions */
+    if (stored == key && (word & ~0xFFFFFFFFLL) == tag) { code = word & 0xFFFFFFFFLL; break; }
+}
+"""
+_probe_kernel = None
+
+
+def _device_probe(xp: Any) -> Any:
+    """The probe loop as one cupy elementwise kernel (compiled on first use): per (tag, key) the
+    same home slot and linear probe as the host, without a host round trip per probe round."""
+    global _probe_kernel
+    if _probe_kernel is None:
+        _probe_kernel = xp.ElementwiseKernel(
+            "int64 key, int64 tag, raw int64 slots, int64 mask, int32 shift, int32 max_probe", "int64 code",
+            _PROBE_SOURCE, "tritonrec_key_table_probe",
+        )
+    return _probe_kernel
 
 
 class KeyTable:
@@ -139,6 +166,9 @@ class KeyTable:
             int64 (m,) codes.
         """
         xp = self.xp
+        if getattr(xp, "__name__", "") == "cupy":
+            return _device_probe(xp)(keys, columns, self.slots.reshape(-1), np.int64(self._mask), np.int32(self._shift),
+                                     np.int32(self.max_probe))
         position = _slot_hash(columns, keys, self._shift)
         rows = xp.take(self.slots, position, axis=0)
         tag = rows[:, 1]
