@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the gpu ensemble's batch x concurrency points, in order (the target's batch first: a run cut short still has it)")
     parser.add_argument("--cuda-pool-mib", type=int, default=2048,
                         help="tritonserver --cuda-memory-pool-byte-size for GPU 0 (Triton's default, 64 MiB, sends larger tensors through host memory)")
-    parser.add_argument("--point-timeout", type=float, default=150.0, help="seconds one perf_analyzer run may take")
+    parser.add_argument("--point-timeout", type=float, default=240.0, help="seconds one perf_analyzer run may take")
     parser.add_argument("--cpu-points", default="16384x2,1024x1", help="the cpu ensemble's points")
     parser.add_argument("--cpu-only", action="store_true", help="smoke test without a GPU: the CPU ensemble only")
     parser.add_argument("--no-write", action="store_true")

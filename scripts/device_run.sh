@@ -46,7 +46,7 @@ for stage in "$@"; do
       tail -15 "$OUT/triton-tests.log" ;;
     gpu-ensemble)  # needs .gl/tri.tar.xz
       unpack_triton
-      PATH=/tmp/tri/bin:$PATH PYTHONPATH=/tmp/tri/site timeout 560 python3 -P benchmarks/bench_gpu_ensemble.py ${GPU_ENSEMBLE_ARGS:-} >"$OUT/gpu-ensemble.log" 2>&1
+      PATH=/tmp/tri/bin:$PATH PYTHONPATH=/tmp/tri/site timeout 570 python3 -P benchmarks/bench_gpu_ensemble.py ${GPU_ENSEMBLE_ARGS:-} >"$OUT/gpu-ensemble.log" 2>&1
       tail -30 "$OUT/gpu-ensemble.log" ;;
     triton)
       unpack_triton
