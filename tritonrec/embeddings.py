@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -291,11 +290,9 @@ class EmbeddingLookupModel:
                         missed[value_rows[found == 0]] = True
                         absent[j] = (missed, value_rows, keys, found == 0)
                 out[:, j] = combine_rows(vectors, column.offsets, combiner, xp)
-        except KeyError:  # on the device, a strict table lacks some ids: fail only the requests holding them
+        except KeyError as e:  # on the device, a strict table lacks some ids: fail only the requests holding them
             if len(good) == 1:
-                i = good[0][0]
-                e = sys.exc_info()[1]
-                results[i] = RequestError(f"{e.args[0] if e.args else e}")
+                results[good[0][0]] = RequestError(str(e.args[0]) if e.args else str(e))
                 return results
             for i, _ in good:
                 results[i] = self.execute([requests[i]])[0]

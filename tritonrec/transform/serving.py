@@ -60,6 +60,14 @@ def list_tensor_specs(column: str, dtype: np.dtype, list_layout: str) -> list[Te
     return [TensorSpec(values, dtype, (-1,), batched=False), TensorSpec(second, np.dtype(np.int32), (-1,), batched=False)]
 
 
+def _column_specs(schema: Sequence[Any], list_layout: str) -> list[TensorSpec]:
+    """Per-column layout: a [batch, 1] tensor per column, a list column's two tensors in its place."""
+    specs: list[TensorSpec] = []
+    for c in schema:
+        specs.extend(list_tensor_specs(c.name, c.dtype, list_layout) if c.is_list else [TensorSpec(c.name, c.dtype, (1,))])
+    return specs
+
+
 def check_list_tensors(column: str, values: Any, second: Any, list_layout: str, xp: Any = np) -> int:
     """Checks the two tensors of list column ``column`` in ``list_layout``; returns its rows.
 
@@ -210,15 +218,13 @@ class TransformModel:
         list_in = [s for c in plan.input_schema if c.is_list for s in list_tensor_specs(c.name, c.dtype, list_layout)]
         list_out = [s for c in plan.output_schema if c.is_list for s in list_tensor_specs(c.name, c.dtype, list_layout)]
         if layout == "per-column":
-            self.inputs = [TensorSpec(c.name, c.dtype, (1,)) if not c.is_list else s
-                           for c in plan.input_schema for s in ([None] if not c.is_list else list_tensor_specs(c.name, c.dtype, list_layout))]
+            self.inputs = _column_specs(plan.input_schema, list_layout)
         else:
             self.inputs = [
                 TensorSpec(packed_input_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_inputs.items()
             ] + list_in
         if output_layout == "per-column":
-            self.outputs = [TensorSpec(c.name, c.dtype, (1,)) if not c.is_list else s
-                            for c in plan.output_schema for s in ([None] if not c.is_list else list_tensor_specs(c.name, c.dtype, list_layout))]
+            self.outputs = _column_specs(plan.output_schema, list_layout)
         else:
             self.outputs = [
                 TensorSpec(packed_output_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_outputs.items()
@@ -309,7 +315,6 @@ class TransformModel:
         xp = self.plan.xp
         merged = {}
         for column, (values_name, second) in self._list_inputs.items():
-            parts = []
             merged[column] = merge_list_requests(
                 [list_from_tensors(column, requests[i][values_name], requests[i][second], self.list_layout, xp) for i, _ in good], xp)
         return merged
