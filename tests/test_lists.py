@@ -328,3 +328,19 @@ def test_the_ensemble_takes_list_outputs_only_as_multi_hot_codes(fitted, tmp_pat
     with pytest.raises(ValueError, match="for each list output"):
         export_ensemble(fitted["categorify"][1], tmp_path / "store", tmp_path / "scorer", tmp_path / "repo", "e", multi_hot_combiner={"x": "sum"})
     assert not (tmp_path / "repo").exists()
+
+
+def test_out_of_vocabulary_values_of_list_columns_are_counted(fitted):
+    """``oov_total`` (Triton's tritonrec_transform_oov_total) counts every out-of-vocabulary value
+    of a list output, beside the scalar columns' rows."""
+    _, plan = fitted["categorify"]
+    first, end = plan.categorical_codes()["tags"][1:]
+    for layout in ("per-column", "packed"):
+        model = TransformModel(plan, layout, 64)
+        rows = [[1, 2, 45], [], [50, 51, 3, 59]]  # ids 40..59 were never seen in the fit
+        columns = {"tags": to_list_column(rows), "x": np.array([1, 2, 99])}
+        out = plan.transform(columns)
+        model.execute([pack_request(model, columns)] * 2)
+        values = out["tags"].values
+        assert model.oov_total["tags"] == 2 * int(((values >= first) & (values < end)).sum()) == 8
+        assert model.oov_total["x"] == 2 * int(((out["x"] >= plan.categorical_codes()["x"][1]) & (out["x"] < plan.categorical_codes()["x"][2])).sum())

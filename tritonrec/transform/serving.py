@@ -194,7 +194,7 @@ class TransformModel:
     Attributes:
         rows_total: rows transformed so far (requests that were rejected do not count).
         oov_columns: the Categorify output columns (see :meth:`TransformPlan.categorical_codes`),
-            whose out-of-vocabulary values :attr:`oov_total` counts.
+            whose out-of-vocabulary values :attr:`oov_total` counts (every value of a list column).
     """
 
     def __init__(
@@ -233,9 +233,9 @@ class TransformModel:
         self._list_inputs = {c.name: list_tensor_names(c.name, list_layout) for c in plan.input_schema if c.is_list}
         self._list_tensors = {t for pair in self._list_inputs.values() for t in pair}
         self.rows_total = 0
-        # list outputs' codes are not counted (their values are not one per row)
-        codes = {c: r for c, r in plan.categorical_codes().items() if c not in plan.list_outputs}
+        codes = plan.categorical_codes()
         self.oov_columns = list(codes)
+        self._list_oov = [(slot, c) for slot, c in enumerate(self.oov_columns) if c in plan.list_outputs]  # counted per value
         self._oov_counts = np.zeros(len(codes), dtype=np.int64)
         self._oov_first = np.array([c[1] for c in codes.values()], dtype=np.int64)
         self._oov_end = np.array([c[2] for c in codes.values()], dtype=np.int64)
@@ -245,6 +245,8 @@ class TransformModel:
         if output_layout == "packed":
             by_dtype: dict[str, list[tuple[int, int]]] = {}
             for slot, column in enumerate(self.oov_columns):
+                if column in plan.list_outputs:
+                    continue
                 dtype_name, j = positions[column]
                 by_dtype.setdefault(dtype_name, []).append((j, slot))
             for dtype_name, pairs in by_dtype.items():
@@ -259,11 +261,14 @@ class TransformModel:
         """Output column -> values encoded out of vocabulary so far (Categorify outputs)."""
         return dict(zip(self.oov_columns, self._oov_counts.tolist()))
 
-    def _count(self, merged: Mapping[str, np.ndarray], rows: int) -> None:
+    def _count(self, merged: Mapping[str, np.ndarray], rows: int, lists: Mapping[str, ListColumn]) -> None:
         self.rows_total += rows
         if not self.oov_columns or rows == 0:
             return
         xp = self.plan.xp
+        for slot, column in self._list_oov:
+            codes = lists[column].values
+            self._oov_counts[slot] += int(xp.count_nonzero((codes >= self._oov_first[slot]) & (codes < self._oov_end[slot])))
         if self.output_layout == "packed":
             for tensor, columns, slots in self._oov_blocks:
                 block = merged[tensor][:, columns]
@@ -272,6 +277,8 @@ class TransformModel:
                 self._oov_counts[slots] += counts if xp is np else counts.get()
         else:
             for slot, column in enumerate(self.oov_columns):
+                if column in self.plan.list_outputs:
+                    continue
                 codes = merged[column]
                 self._oov_counts[slot] += int(xp.count_nonzero((codes >= self._oov_first[slot]) & (codes < self._oov_end[slot])))
 
@@ -389,7 +396,7 @@ class TransformModel:
                 for dtype_name, names in self.plan.packed_outputs.items():
                     for j, name in enumerate(names):
                         merged[name] = xp.ascontiguousarray(transformed[dtype_name][:, j : j + 1])
-        self._count(merged, int(row_index.shape[0]))
+        self._count(merged, int(row_index.shape[0]), {c: transformed[c] for c in self.plan.list_outputs})
         list_parts = [self._list_outputs(c, transformed[c], good) for c in self.plan.list_outputs]
         start = 0
         for k, (i, rows) in enumerate(good):
