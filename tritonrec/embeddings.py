@@ -15,11 +15,11 @@ import numpy as np
 from embedding_cache import EmbeddingStore, MissingPolicy, absent_keys_message
 from tritonrec.transform.plan import ListColumn
 from tritonrec.transform.serving import (
-    LIST_LAYOUTS, RequestError, TensorSpec, check_list_rows, check_requests, list_from_tensors, list_tensor_names, list_tensor_specs,
+    RequestError, TensorSpec, check_list_layout, check_list_rows, check_requests, list_from_tensors, list_tensor_names, list_tensor_specs,
     merge_list_requests,
 )
 from tritonrec.transform.steps import row_of_each_value
-from tritonrec.triton_types import triton_dtype
+from tritonrec.triton_types import wire_dtype
 
 IDS = "ids"
 EMBEDDINGS = "embeddings"
@@ -96,10 +96,7 @@ class EmbeddingLookupModel:
                 raise ValueError(f"multi_hot table {table!r} is not one of the model's tables {list(tables)}")
             if combiner not in COMBINERS:
                 raise ValueError(f"multi_hot combiner {combiner!r} of table {table!r}: expected one of {COMBINERS}")
-        if list_layout not in LIST_LAYOUTS:
-            raise ValueError(f"list_layout {list_layout!r}: expected one of {LIST_LAYOUTS}")
-        if list_layout == "offsets" and max_batch_size:
-            raise ValueError(f"list_layout 'offsets' with max_batch_size {max_batch_size}: use max_batch_size 0, or 'padded'")
+        check_list_layout(list_layout, max_batch_size)
         check_fingerprint(f"embedding store {store.path}", store.metadata.get("plan_fingerprint"), fingerprint)
         self.store = store
         self.tables = list(tables)
@@ -161,16 +158,14 @@ class EmbeddingLookupModel:
         """Checks one request's inputs; returns its rows. Raises :class:`RequestError` naming the input."""
         if set(tensors) != self._input_names:
             raise RequestError(f"inputs {sorted(tensors)}: this model takes exactly {sorted(self._input_names)}")
-        for name in sorted(self._input_names - {IDS}):
-            array = tensors[name]
-            expected = np.int64 if name.endswith("__values") else np.int32
-            if array.dtype != expected:
-                raise RequestError(f"input {name!r} has dtype {_wire(array.dtype)}: expected {triton_dtype(expected)}")
+        for spec in self.inputs:
+            if spec.name != IDS and tensors[spec.name].dtype != spec.dtype:
+                raise RequestError(f"input {spec.name!r} has dtype {wire_dtype(tensors[spec.name].dtype)}: expected {spec.triton_dtype}")
         rows = None
         if self._single:
             ids = tensors[IDS]
             if ids.dtype != np.int64:
-                raise RequestError(f"input '{IDS}' has dtype {_wire(ids.dtype)}: expected INT64")
+                raise RequestError(f"input '{IDS}' has dtype {wire_dtype(ids.dtype)}: expected INT64")
             if ids.ndim != 2 or ids.shape[1] != len(self._single):
                 raise RequestError(f"input '{IDS}' has shape {list(ids.shape)}: expected [batch, {len(self._single)}]")
             rows = int(ids.shape[0])
@@ -376,6 +371,3 @@ def _array_module(array: Any) -> Any:
         return cupy
     return np
 
-
-def _wire(dtype: np.dtype) -> str:
-    return triton_dtype(dtype) if dtype.kind != "O" else "BYTES"

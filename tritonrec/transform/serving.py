@@ -21,6 +21,16 @@ LAYOUTS = ("per-column", "packed")
 LIST_LAYOUTS = ("padded", "offsets")
 
 
+def check_list_layout(list_layout: str, max_batch_size: int) -> None:
+    """Raises ValueError for a list layout that is not one of :data:`LIST_LAYOUTS`, or flat
+    offsets with Triton batching (which cannot batch them)."""
+    if list_layout not in LIST_LAYOUTS:
+        raise ValueError(f"list_layout {list_layout!r}: expected one of {LIST_LAYOUTS}")
+    if list_layout == "offsets" and max_batch_size:
+        raise ValueError(f"list_layout 'offsets' with max_batch_size {max_batch_size}: flat values and offsets cannot be "
+                         "batched by Triton; use max_batch_size 0, or list_layout 'padded'")
+
+
 class RequestError(ValueError):
     """A request the model cannot transform; the message names the input and what was expected."""
 
@@ -127,6 +137,14 @@ def list_from_tensors(column: str, values: Any, second: Any, list_layout: str, x
     return ListColumn(values, second.astype(np.int64))
 
 
+def list_to_tensors(column: ListColumn, list_layout: str, xp: Any = np) -> tuple[Any, Any]:
+    """:func:`list_from_tensors` reversed: a ListColumn -> its two tensors in ``list_layout``
+    (padded values and int32 [n, 1] lengths, or flat values and int32 offsets)."""
+    if list_layout == "padded":
+        return list_to_padded(column, xp)
+    return xp.ascontiguousarray(column.values), column.offsets.astype(np.int32)
+
+
 def merge_list_requests(parts: Sequence[ListColumn], xp: Any = np) -> ListColumn:
     """Several requests' rows of one list column, in order, as one column."""
     if len(parts) == 1:
@@ -137,17 +155,10 @@ def merge_list_requests(parts: Sequence[ListColumn], xp: Any = np) -> ListColumn
 
 
 def padded_to_list(name: str, values: Any, lengths: Any, xp: Any = np) -> ListColumn:
-    """[batch, width] padded values and [batch, 1] lengths of list column ``name`` -> ListColumn.
-
-    Raises:
-        RequestError: lengths negative or over the width, naming the column and the row.
-    """
+    """[batch, width] padded values and [batch, 1] lengths (each in 0 .. width, as
+    :func:`check_list_tensors` checks) of list column ``name`` -> ListColumn."""
     lengths = lengths.reshape(-1).astype(np.int64)
     width = int(values.shape[1])
-    if lengths.shape[0] and (int(lengths.min()) < 0 or int(lengths.max()) > width):
-        row = int(xp.argmax((lengths < 0) | (lengths > width)))
-        raise RequestError(f"input {name + '__lengths'!r}: row {row} has length {int(lengths[row])}: expected 0 .. {width} "
-                           f"(the width of {name + '__values'!r})")
     mask = xp.arange(width, dtype=np.int64)[None, :] < lengths[:, None]
     offsets = xp.zeros(lengths.shape[0] + 1, dtype=np.int64)
     xp.cumsum(lengths, out=offsets[1:])
@@ -205,11 +216,7 @@ class TransformModel:
         for what, value in (("layout", layout), ("output_layout", output_layout)):
             if value not in LAYOUTS:
                 raise ValueError(f"{what} {value!r}: expected one of {LAYOUTS}")
-        if list_layout not in LIST_LAYOUTS:
-            raise ValueError(f"list_layout {list_layout!r}: expected one of {LIST_LAYOUTS}")
-        if list_layout == "offsets" and max_batch_size:
-            raise ValueError(f"list_layout 'offsets' with max_batch_size {max_batch_size}: flat values and offsets cannot be "
-                             "batched by Triton; use max_batch_size 0, or list_layout 'padded'")
+        check_list_layout(list_layout, max_batch_size)
         self.plan = plan
         self.layout = layout
         self.output_layout = output_layout
@@ -235,13 +242,17 @@ class TransformModel:
         self.rows_total = 0
         codes = plan.categorical_codes()
         self.oov_columns = list(codes)
-        self._list_oov = [(slot, c) for slot, c in enumerate(self.oov_columns) if c in plan.list_outputs]  # counted per value
+        # (slot, column) counted column by column: list columns (value by value), and every column
+        # when the outputs are per column; packed outputs are counted a tensor at a time
+        self._oov_by_column = [(slot, c) for slot, c in enumerate(self.oov_columns)
+                               if c in plan.list_outputs or output_layout == "per-column"]
         self._oov_counts = np.zeros(len(codes), dtype=np.int64)
         self._oov_first = np.array([c[1] for c in codes.values()], dtype=np.int64)
         self._oov_end = np.array([c[2] for c in codes.values()], dtype=np.int64)
         # Packed outputs: per output tensor, the Categorify columns in it and their counter slots.
         positions = {n: (d, j) for d, names in plan.packed_outputs.items() for j, n in enumerate(names)}
-        self._oov_blocks: list[tuple[str, Any, np.ndarray]] = []  # (tensor, its columns, counter slots)
+        # (tensor, its columns, counter slots, first and end OOV codes in the plan's memory)
+        self._oov_blocks: list[tuple[str, Any, np.ndarray, Any, Any]] = []
         if output_layout == "packed":
             by_dtype: dict[str, list[tuple[int, int]]] = {}
             for slot, column in enumerate(self.oov_columns):
@@ -254,7 +265,8 @@ class TransformModel:
                 slots = np.array([slot for _, slot in pairs], dtype=np.int64)
                 width = len(plan.packed_outputs[dtype_name])
                 columns = slice(None) if np.array_equal(idx, np.arange(width)) else idx
-                self._oov_blocks.append((packed_output_name(dtype_name), columns, slots))
+                self._oov_blocks.append((packed_output_name(dtype_name), columns, slots,
+                                         plan.xp.asarray(self._oov_first[slots]), plan.xp.asarray(self._oov_end[slots])))
 
     @property
     def oov_total(self) -> dict[str, int]:
@@ -266,21 +278,13 @@ class TransformModel:
         if not self.oov_columns or rows == 0:
             return
         xp = self.plan.xp
-        for slot, column in self._list_oov:
-            codes = lists[column].values
+        for slot, column in self._oov_by_column:
+            codes = lists[column].values if column in lists else merged[column]
             self._oov_counts[slot] += int(xp.count_nonzero((codes >= self._oov_first[slot]) & (codes < self._oov_end[slot])))
-        if self.output_layout == "packed":
-            for tensor, columns, slots in self._oov_blocks:
-                block = merged[tensor][:, columns]
-                first, end = xp.asarray(self._oov_first[slots]), xp.asarray(self._oov_end[slots])
-                counts = ((block >= first) & (block < end)).sum(axis=0)
-                self._oov_counts[slots] += counts if xp is np else counts.get()
-        else:
-            for slot, column in enumerate(self.oov_columns):
-                if column in self.plan.list_outputs:
-                    continue
-                codes = merged[column]
-                self._oov_counts[slot] += int(xp.count_nonzero((codes >= self._oov_first[slot]) & (codes < self._oov_end[slot])))
+        for tensor, columns, slots, first, end in self._oov_blocks:
+            block = merged[tensor][:, columns]
+            counts = ((block >= first) & (block < end)).sum(axis=0)
+            self._oov_counts[slots] += counts if xp is np else counts.get()
 
     @classmethod
     def from_directory(
@@ -334,12 +338,8 @@ class TransformModel:
         for _, rows in good:
             first = int(result.offsets[start])
             offsets = result.offsets[start : start + rows + 1] - first
-            part = ListColumn(result.values[first : first + int(offsets[-1])], offsets)
-            if self.list_layout == "padded":
-                values, lengths = list_to_padded(part, xp)
-                out.append({values_name: values, second: lengths})
-            else:
-                out.append({values_name: xp.ascontiguousarray(part.values), second: offsets.astype(np.int32)})
+            values, other = list_to_tensors(ListColumn(result.values[first : first + int(offsets[-1])], offsets), self.list_layout, xp)
+            out.append({values_name: values, second: other})
             start += rows
         return out
 
@@ -445,10 +445,7 @@ def pack_request(model: TransformModel, columns: Mapping[str, Any]) -> dict[str,
             column = column if isinstance(column, ListColumn) else ListColumn(*column)
             column = ListColumn(np.asarray(column.values, dtype=c.dtype), np.asarray(column.offsets, dtype=np.int64))
             values_name, second = list_tensor_names(c.name, model.list_layout)
-            if model.list_layout == "padded":
-                out[values_name], out[second] = list_to_padded(column)
-            else:
-                out[values_name], out[second] = np.ascontiguousarray(column.values), column.offsets.astype(np.int32)
+            out[values_name], out[second] = list_to_tensors(column, model.list_layout)
         elif model.layout == "per-column":
             out[c.name] = np.ascontiguousarray(np.asarray(columns[c.name], dtype=c.dtype).reshape(-1, 1))
     if model.layout == "packed":
@@ -464,9 +461,7 @@ def unpack_response(model: TransformModel, outputs: Mapping[str, np.ndarray]) ->
     for c in model.plan.output_schema:
         if c.is_list:
             values_name, second = list_tensor_names(c.name, model.list_layout)
-            values, other = np.asarray(outputs[values_name]), np.asarray(outputs[second])
-            columns[c.name] = (padded_to_list(c.name, values, other) if model.list_layout == "padded"
-                               else ListColumn(values, other.astype(np.int64)))
+            columns[c.name] = list_from_tensors(c.name, np.asarray(outputs[values_name]), np.asarray(outputs[second]), model.list_layout)
         elif model.output_layout == "per-column":
             columns[c.name] = np.asarray(outputs[c.name]).reshape(-1)
     if model.output_layout == "packed":
