@@ -142,6 +142,12 @@ def _normalize_step(op: Any, column: str) -> ColumnStep:
     )
 
 
+def _categorify_buckets(op: Any, column: str) -> int:
+    """Categorify's ``num_buckets`` for one column (an int, or a dict by column); 0 for none."""
+    buckets = op.num_buckets
+    return (buckets if isinstance(buckets, int) else (buckets or {}).get(column, 0)) or 0
+
+
 def _categorify_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
     import pandas as pd  # noqa: PLC0415
     from merlin.dag import ColumnSelector  # noqa: PLC0415
@@ -160,8 +166,7 @@ def _categorify_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
         raise UnsupportedOpError("Categorify", column, "no fitted vocabulary (workflow not fitted?)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"Categorify vocabulary of column {column!r} not found at {path}")
-    buckets = op.num_buckets
-    num_buckets = buckets if isinstance(buckets, int) else (buckets or {}).get(column, 0) or 0
+    num_buckets = _categorify_buckets(op, column)
     vocab = pd.read_parquet(path, columns=[column])[column]
     if vocab.dtype.kind not in "iufO" or (vocab.dtype.kind == "O" and dtype.kind != "O"):
         raise UnsupportedOpError("Categorify", column, f"vocabulary of dtype {vocab.dtype} on an input of dtype {dtype}")
@@ -284,7 +289,8 @@ def _hashed_cross_chain(op: Any, out_name: str, sources: list[str], available: d
 
 
 def _list_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
-    """An op on a list column: ListSlice, Categorify without hash buckets, or LogOp."""
+    """An op on a list column (one of :data:`LIST_OPS`, checked by the caller): ListSlice, or
+    Categorify without hash buckets and LogOp, which run on the values as on a column."""
     from nvtabular import ops  # noqa: PLC0415
 
     name = type(op).__name__
@@ -294,16 +300,13 @@ def _list_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
         return ColumnStep(("list_slice", int(op.start), int(op.end), bool(op.pad), float(op.pad_value)), {},
                           lambda ps: ListSlice(op.start, op.end, op.pad, op.pad_value, op.max_elements))
     if type(op) is ops.Categorify:
-        buckets = op.num_buckets if isinstance(op.num_buckets, int) else (op.num_buckets or {}).get(column, 0)
+        buckets = _categorify_buckets(op, column)
         if buckets:
             raise UnsupportedOpError(name, column, f"num_buckets={buckets} on a list column (nvtabular 23.08's CPU transform "
                                      "cannot hash list values either)")
         if dtype.kind == "O":
             raise UnsupportedOpError(name, column, "lists of strings are not supported (lists of numbers are)")
-        return _categorify_step(op, column, dtype)
-    if type(op) is ops.LogOp:
-        return ColumnStep(("log",), {}, lambda ps: LogOp())
-    raise UnsupportedOpError(name, column, f"not supported on a list column (supported there: {', '.join(LIST_OPS)})")
+    return _column_step(op, column, dtype)
 
 
 def _column_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
@@ -483,9 +486,9 @@ def compile_workflow(workflow_or_saved_dir: Any, hashing: str = "auto") -> Trans
     hidden: list[ColumnSpec] = []
     for name in output_names:
         raw, steps, _ = chains[name]
+        if not isinstance(raw, str) and len(steps) != 1:  # a cross: its own step only
+            raise UnsupportedOpError("HashedCross", name, "ops after a HashedCross are not supported")
         if isinstance(raw, StagedCross):
-            if len(steps) != 1:
-                raise UnsupportedOpError("HashedCross", name, "ops after a HashedCross are not supported")
             hashes = []
             for j, (source, source_steps, _) in enumerate(raw.parts):
                 hashes.append(f"{name}/hash{j}")
@@ -495,8 +498,6 @@ def compile_workflow(workflow_or_saved_dir: Any, hashing: str = "auto") -> Trans
             groups.append(PlanGroup(hashes, [name], np.dtype(np.uint64), [steps[0].merge([steps[0].params])]))
             continue
         if isinstance(raw, tuple):
-            if len(steps) != 1:
-                raise UnsupportedOpError("HashedCross", name, "ops after a HashedCross are not supported")
             groups.append(PlanGroup(list(raw), [name], input_dtypes[raw[0]], [steps[0].merge([steps[0].params])]))
             continue
         # a list column is a group of its own (its rows' lengths differ from other columns')

@@ -143,18 +143,20 @@ class PlanGroup:
         """A list group's column -> its output column (values of ``output_dtype``).
 
         ``row_index`` is int64 (n,), one entry per row; each value gets its row's."""
-        offsets = column.offsets
-        value_rows = xp.asarray(row_index)[row_of_each_value(offsets[1:] - offsets[:-1], xp)]
-        values, offsets = self._run(column.values.reshape(-1, 1), value_rows, xp, offsets)
+        row_index = xp.asarray(row_index)
+        value_index = row_index[row_of_each_value(column.lengths, xp)]
+        values, offsets = self._run(column.values.reshape(-1, 1), value_index, xp, column.offsets, row_index)
         return ListColumn(values.reshape(-1), offsets)
 
-    def _run(self, values: Any, row_index: Any, xp: Any, offsets: Any) -> tuple[Any, Any]:
+    def _run(self, values: Any, row_index: Any, xp: Any, offsets: Any, row_positions: Any = None) -> tuple[Any, Any]:
+        """The steps on ``values``; for a list group ``row_index`` is per value, ``offsets`` and
+        ``row_positions`` (the per-row index) are the rows', and structural steps change them."""
         with np.errstate(all="ignore"):
             try:
                 for step in self.steps:
                     if step.structural:
                         values, offsets = step.apply_list(values, offsets, xp)
-                        row_index = row_of_each_value(offsets[1:] - offsets[:-1], xp)
+                        row_index = row_positions[row_of_each_value(offsets[1:] - offsets[:-1], xp)]
                         continue
                     values = step.apply(values, row_index, xp)
             except BadValueError as e:

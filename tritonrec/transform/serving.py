@@ -167,7 +167,7 @@ def padded_to_list(name: str, values: Any, lengths: Any, xp: Any = np) -> ListCo
 
 def list_to_padded(column: ListColumn, xp: Any = np) -> tuple[Any, Any]:
     """ListColumn -> ([n, width] values padded with zeros, width = the longest row; int32 [n, 1] lengths)."""
-    lengths = column.offsets[1:] - column.offsets[:-1]
+    lengths = column.lengths
     n = lengths.shape[0]
     width = int(lengths.max()) if n else 0
     out = xp.zeros((n, width), dtype=column.values.dtype)

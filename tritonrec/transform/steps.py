@@ -370,8 +370,7 @@ class HashBucket(Step):
 
     def apply(self, values: Any, row_index: Any, xp: Any) -> Any:
         buckets = self._vectors(np.dtype(np.uint64), xp, lambda: xp.asarray(self.num_buckets.astype(np.uint64)))
-        row_hash = combine_with_index(_value_hashes(values, xp), _index_hashes(row_index, xp)[:, None])
-        return (row_hash % buckets).astype(np.int32)
+        return (IndexedHash().apply(values, row_index, xp) % buckets).astype(np.int32)
 
     def params(self) -> dict[str, Any]:
         return {"num_buckets": self.num_buckets.tolist()}
