@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tritonrec.transform.plan import TransformPlan
-from tritonrec.transform.serving import LAYOUTS, TensorSpec, TransformModel, list_tensor_specs
+from tritonrec.transform.serving import LAYOUTS, TensorSpec, TransformModel, list_layout_for, list_tensor_specs
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -96,7 +96,7 @@ def export_transform(
     if instance_kind not in ("KIND_CPU", "KIND_GPU"):
         raise ValueError(f"instance_kind {instance_kind!r}: expected 'KIND_CPU' or 'KIND_GPU'")
     plan = load_or_compile(workflow, hashing)
-    model = TransformModel(plan, layout, max_batch_size, output_layout, "padded" if max_batch_size else "offsets")
+    model = TransformModel(plan, layout, max_batch_size, output_layout, list_layout_for(max_batch_size))
     model_dir = Path(repository) / name
     with _new_version(model_dir) as version_dir:
         plan.save(version_dir / "plan")
@@ -247,7 +247,7 @@ def export_ensemble(
             ``"lru"``/``"lfu"``, ``gpu_admission``, row storage ``gpu_cache_dtype``, inserts off
             the lookup's stream with ``gpu_async_insert``) and keep their tensors on the device.
         transform_kind: ``"KIND_CPU"`` or ``"KIND_GPU"`` instances of the transform (the plan
-            with cupy on the GPU; numeric columns only).
+            with cupy on the GPU; string columns are hashed on the host).
         multi_hot_combiner: for list (multi-hot) Categorify outputs, ``"sum"`` or ``"mean"`` of
             each row's vectors, one for all or per column. Tables (the embeddings' slots) are the
             categorical outputs in the plan's output order, list ones included; the transform
@@ -263,7 +263,7 @@ def export_ensemble(
         StoreFormatError, ScorerFormatError, FileNotFoundError: unreadable parts.
     """
     from embedding_cache import read_store_info  # noqa: PLC0415
-    from tritonrec.embeddings import MISSING_CHOICES, check_fingerprint  # noqa: PLC0415
+    from tritonrec.embeddings import COMBINERS, MISSING_CHOICES, check_fingerprint  # noqa: PLC0415
     from tritonrec.scorer.artifact import ScorerInfo, check_scorer_tensors, read_scorer_info  # noqa: PLC0415
 
     _check_name(name)
@@ -291,7 +291,7 @@ def export_ensemble(
     if not_codes:
         raise ValueError(f"list output column(s) {not_codes} are not int64 Categorify codes: the ensemble looks list outputs up as multi-hot ids")
     combiners = {c: multi_hot_combiner for c in multi} if isinstance(multi_hot_combiner, str) else dict(multi_hot_combiner)
-    bad = {c: v for c, v in combiners.items() if c not in multi or v not in ("sum", "mean")}
+    bad = {c: v for c, v in combiners.items() if c not in multi or v not in COMBINERS}
     if bad or set(combiners) != set(multi):
         raise ValueError(f"multi_hot_combiner {multi_hot_combiner!r}: expected 'sum' or 'mean', for each list output {multi}")
     tables = [c.name for c in plan.output_schema if c.name in single or c.name in multi]  # the embeddings' slots

@@ -45,12 +45,13 @@ def check_string_inputs(string_inputs: set[str], allow_under_numpy_2: bool) -> N
         )
 
 
-def input_reader(string_inputs: set[str]) -> Callable[[Any], np.ndarray]:
-    """``input_array`` for numeric inputs; the inputs named in ``string_inputs`` (BYTES, which
-    DLPack cannot carry) as the object array of bytes that ``as_numpy()`` gives."""
+def input_reader(string_inputs: set[str], numeric: Callable[[Any], Any] = input_array) -> Callable[[Any], Any]:
+    """``numeric`` (default :func:`input_array`; :func:`device_input_array` on a GPU instance) for
+    numeric inputs; the inputs named in ``string_inputs`` (BYTES, which DLPack cannot carry) as the
+    host object array of bytes that ``as_numpy()`` gives."""
     if not string_inputs:
-        return input_array
-    return lambda tensor: tensor.as_numpy() if tensor.name() in string_inputs else input_array(tensor)
+        return numeric
+    return lambda tensor: tensor.as_numpy() if tensor.name() in string_inputs else numeric(tensor)
 
 
 def output_tensor(pb_utils: Any, name: str, array: np.ndarray) -> Any:

@@ -28,6 +28,7 @@ import triton_python_backend_utils as pb_utils
 from embedding_cache import StoreFormatError
 from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError, parse_multi_hot
 from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter
+from tritonrec.transform.serving import list_layout_for
 from tritonrec.triton_metrics import LookupMetrics
 from tritonrec.triton_tensors import device_input_array, device_output_tensor, input_array, output_tensor, respond
 
@@ -62,7 +63,7 @@ class TritonPythonModel:
                 gpu_cache_dtype=parameter(config, "gpu_cache_dtype", "float32") or "float32",
                 gpu_async_insert=parameter(config, "gpu_async_insert", "false").lower() == "true",
                 multi_hot=parse_multi_hot(parameter(config, "multi_hot", "")),
-                list_layout="padded" if max_batch_size else "offsets",  # Triton cannot batch flat values and offsets
+                list_layout=list_layout_for(max_batch_size),
             )
             check_declared_tensors(config, "input", self.model.inputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
             check_declared_tensors(config, "output", self.model.outputs, f"the store ({len(tables)} tables of dim {self.model.dim})")

@@ -23,9 +23,11 @@ from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
 from tritonrec.model_config import ConfigError, check_declared_tensors, model_path
 from tritonrec.model_config import parameter as _parameter
 from tritonrec.transform.plan import PlanLoadError
-from tritonrec.transform.serving import TransformModel
+from tritonrec.transform.serving import TransformModel, list_layout_for
 from tritonrec.triton_metrics import TransformMetrics
-from tritonrec.triton_tensors import check_string_inputs, device_input_array, device_output_tensor, input_reader, output_tensor, respond
+from tritonrec.triton_tensors import (
+    check_string_inputs, device_input_array, device_output_tensor, input_array, input_reader, output_tensor, respond,
+)
 
 
 class TritonPythonModel:
@@ -60,7 +62,7 @@ class TritonPythonModel:
         self.gpu = args["model_instance_kind"] == "GPU"
         try:
             max_batch_size = int(config.get("max_batch_size", 0))
-            list_layout = "padded" if max_batch_size else "offsets"  # Triton cannot batch flat values and offsets
+            list_layout = list_layout_for(max_batch_size)
             self.model = TransformModel.from_directory(plan_dir, layout, max_batch_size, output_layout, list_layout)
             if self.gpu:  # the same plan with cupy on the instance's device; tensors stay there
                 import cupy
@@ -77,16 +79,15 @@ class TritonPythonModel:
         except (PlanLoadError, ConfigError, FingerprintMismatchError, ValueError, ImportError) as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self.output_names = [spec.name for spec in self.model.outputs]
-        self.read_input = input_reader(string_inputs)
-        # on a GPU instance, BYTES inputs (no DLPack) are read on the host; the plan hashes them there
-        self.read_device_input = lambda t: t.as_numpy() if t.name() in string_inputs else device_input_array(t)
+        # BYTES inputs (no DLPack) are read on the host, on a GPU instance too: the plan hashes them there
+        self.read_input = input_reader(string_inputs, device_input_array if self.gpu else input_array)
         self.metrics = TransformMetrics(pb_utils, name, lambda: (self.model.rows_total, self.model.oov_total))
 
     def execute(self, requests):
         if self.gpu:
             with self.device:
                 return respond(
-                    pb_utils, requests, self.model.execute, self.read_device_input,
+                    pb_utils, requests, self.model.execute, self.read_input,
                     lambda result: [device_output_tensor(pb_utils, name, result[name]) for name in self.output_names], "transform",
                 )
         return respond(

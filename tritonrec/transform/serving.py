@@ -21,6 +21,12 @@ LAYOUTS = ("per-column", "packed")
 LIST_LAYOUTS = ("padded", "offsets")
 
 
+def list_layout_for(max_batch_size: int) -> str:
+    """The list convention of a model: padded values + lengths when Triton batches it, flat values +
+    offsets (NVTabular's) with ``max_batch_size`` 0 (Triton cannot batch flat values and offsets)."""
+    return "padded" if max_batch_size else "offsets"
+
+
 def check_list_layout(list_layout: str, max_batch_size: int) -> None:
     """Raises ValueError for a list layout that is not one of :data:`LIST_LAYOUTS`, or flat
     offsets with Triton batching (which cannot batch them)."""
