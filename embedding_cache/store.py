@@ -674,23 +674,21 @@ class EmbeddingStore:
         hits = _core.find_columns(hosts, keys, out, found, self._pool)
         for j in np.flatnonzero(hits != n):
             table, host = tables[j], hosts[j]
-            column_found = found[:, j]
             got = int(hits[j])
             if self._tier is not None and host.max_rows:
-                column_keys = np.ascontiguousarray(keys[:, j])
-                column_out = np.empty((n, dim), dtype=np.float32)
-                flags = np.ascontiguousarray(column_found)
-                got += self._read_through(table, host, column_keys, column_out, flags)
-                newly = (flags == 1) & (column_found == 0)
-                out[newly, j] = column_out[newly]
-                found[:, j] = flags
-                column_found = found[:, j]
+                # Column views, written through: the rows read from RocksDB land in out and found
+                # themselves. (Copies made only where needed once lost them when n == 1, because
+                # a one-element column counts as contiguous and ascontiguousarray returned the view.)
+                got += self._read_through(table, host, keys[:, j], out[:, j], found[:, j])
             if got != n:
-                self._apply_missing(table, None if missing is None else missing[j], keys[:, j], out[:, j], column_found == 0)
+                self._apply_missing(table, None if missing is None else missing[j], keys[:, j], out[:, j], found[:, j] == 0)
         return out
 
     def _read_through(self, table: str, host: Any, keys: np.ndarray, out: np.ndarray, found: np.ndarray) -> int:
-        """Reads the keys the host tier missed from RocksDB, fills them in, offers them to host."""
+        """Reads the keys the host tier missed from RocksDB, fills them in, offers them to host.
+
+        Args: ``keys`` int64 (n,), ``out`` float32 (n, dim) and ``found`` uint8 (n,) host arrays,
+        views allowed (written in place where ``found`` is 0). Returns the rows found there."""
         info = self._info[table]
         missed = np.flatnonzero(found == 0)
         missed_keys = np.ascontiguousarray(keys[missed])
