@@ -117,3 +117,30 @@ def test_fingerprint_changes_with_the_statistics(tmp_path, criteo_small):
     other = CriteoGenerator(SMALL_SHAPE).sample(5_000, seed=99)
     refit = fit_workflow(criteo_workflow(), other, CONTINUOUS + CATEGORICAL, tmp_path)
     assert compile_workflow(refit).fingerprint != compile_workflow(criteo_small["workflow"]).fingerprint
+
+
+@pytest.mark.parametrize(("options", "values"), [
+    ({"freq_threshold": 3}, [1, 1, 2, 3, 4]),  # no value reaches the threshold
+    ({"freq_threshold": 3}, ["x", "y", "z", "x"]),
+    ({"num_buckets": 10, "max_size": 12}, ["x", "y", "z", "x"]),  # NVTabular's test_categorify_hash_bucket_only
+    ({"freq_threshold": 3, "num_buckets": 5}, [1, 2, 3, 1]),
+], ids=["int-threshold", "str-threshold", "str-hash-buckets-only", "int-threshold-buckets"])
+def test_categorify_with_an_empty_vocabulary_compiles_and_matches_nvtabular(tmp_path, options, values):
+    """A fitted vocabulary can be empty: every value is then out of vocabulary (or hashed into a
+    bucket). NVTabular serves that; compile_workflow used to crash on it."""
+    import nvtabular as nvt
+    from nvtabular import ops
+
+    from tritonrec.pipeline.workflow import nvtabular_transform
+    from tritonrec.transform.parity import compare
+
+    dtype = object if isinstance(values[0], str) else np.int64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        workflow = fit_workflow(nvt.Workflow(["a"] >> ops.Categorify(**options)), {"a": np.array(values, dtype=dtype)}, ["a"], tmp_path)
+    plan = compile_workflow(workflow)
+    unseen = ["w", "x", "q", "y", "z", "zz"] if dtype is object else [1, 2, 3, 4, 5, -7]
+    for batch in (values, unseen, unseen[:1]):
+        columns = {"a": np.array(batch, dtype=dtype)}
+        report = compare(nvtabular_transform(workflow, columns), plan.transform(columns))
+        assert report.ok, report.summary()

@@ -173,10 +173,13 @@ def _categorify_step(op: Any, column: str, dtype: np.dtype) -> ColumnStep:
     # The codes of the vocabulary come from the op itself, run on the vocabulary's values: the plan
     # takes NVTabular's own label assignment instead of re-deriving it.
     values = vocab.dropna().to_numpy()
-    frame = pd.DataFrame({column: values})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        codes = np.asarray(op.transform(ColumnSelector([column]), frame)[column], dtype=np.int64)
+    if values.size:
+        frame = pd.DataFrame({column: values})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            codes = np.asarray(op.transform(ColumnSelector([column]), frame)[column], dtype=np.int64)
+    else:  # no value reached freq_threshold (or hash buckets only): every value is OOV or a bucket
+        codes = np.zeros(0, dtype=np.int64)  # (the op itself fails on an empty frame)
     keep = codes >= OOV_CODE + max(num_buckets, 1)  # bucket and null codes come from the rules
     vocab_dtype = np.dtype(vocab.dtype)
     keys = values[keep].astype(vocab_dtype)
