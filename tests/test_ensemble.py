@@ -43,6 +43,25 @@ class TritonPythonModel:
         return responses
 '''
 
+FAULTY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tritonrec.transform.serving import RequestError
+from tritonrec.triton_tensors import input_array, output_tensor, respond
+
+
+def double(requests):
+    """y = 2x; a negative x is the request's fault, a NaN makes the whole execute fail (ours)."""
+    if any(np.isnan(r["x"]).any() for r in requests):
+        raise RuntimeError("the library broke")
+    return [RequestError("input 'x' holds a negative value") if (r["x"] < 0).any() else {"y": r["x"] * 2} for r in requests]
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return respond(pb_utils, requests, double, input_array, lambda r: [output_tensor(pb_utils, "y", r["y"])], "doubling")
+'''
+
 
 def _foreign_models(repo, plan_dir, store_dir, tables):
     """A hand-written repository part: features (nvtabular_transform), vectors (embedding_lookup),
@@ -89,10 +108,17 @@ def _foreign_models(repo, plan_dir, store_dir, tables):
             ] }}
         ''',
     }
+    configs["faulty"] = '''
+        backend: "python"
+        max_batch_size: 8
+        input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]
+        output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]
+    '''
     for name, config in configs.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n' + textwrap.dedent(config))
     (repo / "ranker" / "1" / "model.py").write_text(RANKER)
+    (repo / "faulty" / "1" / "model.py").write_text(FAULTY)
 
 
 @pytest.fixture(scope="module")
@@ -298,11 +324,42 @@ def test_strict_missing_policy_fails_only_the_request_with_absent_ids(served, cr
         client = grpcclient.InferenceServerClient(server.grpc_url)
         bad = ids.copy()
         bad[1, 2] = 5
-        with pytest.raises(InferenceServerException, match=r"input 'ids': 1 key\(s\) not in table 'C3': \[5\]"):
+        with pytest.raises(InferenceServerException, match=r"input 'ids': 1 key\(s\) not in table 'C3': \[5\]") as error:
             infer(client, "criteo_embeddings", {"ids": bad}, ["embeddings"])
+        assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
         assert infer(client, "criteo_embeddings", {"ids": ids}, ["embeddings"])["embeddings"].shape == (3, 26, 16)
         expected = {
             'tritonrec_embedding_misses_total{model="criteo_embeddings",table="C3",tier="host"}': 1,
             'tritonrec_embedding_lookups_total{model="criteo_embeddings",table="C3",tier="host"}': 6,
         }
         assert _settled_metrics(server, expected) == expected
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_errors_carry_a_code_client_faults_invalid_arg_ours_internal(served, protocol):
+    """A RequestError reaches the client as INVALID_ARG (gRPC INVALID_ARGUMENT, HTTP 400); any
+    other failure of a backend as INTERNAL (HTTP 500), naming the step; the model serves on."""
+    from tritonclient.utils import InferenceServerException
+
+    if protocol == "grpc":
+        client = served["client"]
+        codes = ("StatusCode.INVALID_ARGUMENT", "StatusCode.INTERNAL")
+        call = lambda x: infer(client, "faulty", {"x": x}, ["y"])  # noqa: E731
+    else:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(served["server"].http_url)
+        codes = ("400", "500")
+
+        def call(x):
+            tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            return {"y": client.infer("faulty", [tensor]).as_numpy("y")}
+    x = np.array([[1.5], [2.0]], np.float32)
+    with pytest.raises(InferenceServerException, match="input 'x' holds a negative value") as error:
+        call(-x)
+    assert str(error.value.status()) == codes[0]
+    with pytest.raises(InferenceServerException, match="doubling failed: RuntimeError: the library broke") as error:
+        call(np.full((1, 1), np.nan, np.float32))
+    assert str(error.value.status()) == codes[1]
+    np.testing.assert_array_equal(call(x)["y"], 2 * x)

@@ -68,8 +68,9 @@ def test_hand_built_string_plan(tmp_path, start_server):
         np.testing.assert_array_equal(infer(client, "s", sent, ["a", "b"])["b"].reshape(-1), expected["b"])
         bad = {c: v.copy() for c, v in sent.items()}
         bad["b"][3, 0] = b"\xe6\x97"  # a truncated 3-byte sequence
-        with pytest.raises(InferenceServerException, match=r"input column 'b', row 3: bytes that are not valid UTF-8"):
+        with pytest.raises(InferenceServerException, match=r"input column 'b', row 3: bytes that are not valid UTF-8") as error:
             infer(client, "s", bad, ["a", "b"])
+        assert error.value.status() == "StatusCode.INVALID_ARGUMENT"  # the client's fault
         np.testing.assert_array_equal(infer(client, "s", sent, ["a", "b"])["a"].reshape(-1), expected["a"])
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import _core
+from tritonrec.transform.serving import RequestError
 
 
 def input_array(tensor: Any) -> np.ndarray:
@@ -100,8 +101,10 @@ def respond(pb_utils: Any, requests: list[Any], execute: Callable[[list[dict[str
         what: names the step in the error of a fault of the library itself ("transform").
 
     Returns:
-        One ``InferenceResponse`` per request: its outputs, or an error naming what was wrong.
-        A fault of the library fails this execute's requests; the model keeps serving.
+        One ``InferenceResponse`` per request: its outputs, or an error naming what was wrong,
+        with a code: ``INVALID_ARG`` for a :class:`RequestError` (the client's fault: gRPC
+        ``INVALID_ARGUMENT``, HTTP 400), ``INTERNAL`` for anything else (ours: HTTP 500). A fault
+        of the library fails this execute's requests; the model keeps serving.
     """
     # request.inputs() once per request: get_input_tensor_by_name would rebuild it per input.
     batch = [{tensor.name(): to_input(tensor) for tensor in request.inputs()} for request in requests]
@@ -109,9 +112,18 @@ def respond(pb_utils: Any, requests: list[Any], execute: Callable[[list[dict[str
         results = execute(batch)
     except Exception as e:  # noqa: BLE001 - reported to the client, the server serves on
         message = f"{what} failed: {type(e).__name__}: {e}"
-        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)) for _ in requests]
     return [
-        pb_utils.InferenceResponse(error=pb_utils.TritonError(str(r))) if isinstance(r, Exception)
+        pb_utils.InferenceResponse(error=triton_error(pb_utils, r, what)) if isinstance(r, Exception)
         else pb_utils.InferenceResponse(output_tensors=to_outputs(r))
         for r in results
     ]
+
+
+def triton_error(pb_utils: Any, error: Exception, what: str) -> Any:
+    """The ``pb_utils.TritonError`` of one request's failure: ``INVALID_ARG`` with the message of
+    a :class:`RequestError` (the request was at fault), else ``INTERNAL`` naming the step
+    (``what``) and the exception's type."""
+    if isinstance(error, RequestError):
+        return pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
+    return pb_utils.TritonError(f"{what} failed: {type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
