@@ -1,10 +1,12 @@
 """EmbeddingStore: embedding tables in host memory behind one batched lookup API.
 
 A store is a directory (see :func:`build_store` and the README's "Store format"): ``store.json``
-(format version, tables, missing-key policies, free-form metadata) and ``tables/<i>.keys.npy``
-(int64 (n,)) and ``tables/<i>.rows.npy`` ((n, dim) float32 or float16) per table. Opening a store
-loads every table into a :class:`embedding_cache._core.HostTable`: rows in slabs, a hash index,
-lookups on a thread pool with the GIL released.
+(format version, tables, missing-key policies, free-form metadata, the size and SHA-256 of every
+file, sealed by its own SHA-256) and ``tables/<i>.keys.npy`` (int64 (n,)) and
+``tables/<i>.rows.npy`` ((n, dim) float32 or float16) per table, or a RocksDB database
+(``rocksdb/``, every table file with a whole-file CRC32C in RocksDB's MANIFEST). Opening a store
+verifies all of it, then loads every table into a :class:`embedding_cache._core.HostTable`: rows
+in slabs, a hash index, lookups on a thread pool with the GIL released.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import dataclasses
 import json
 import os
 import shutil
-import zlib
+import tempfile
+import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import _core
+from embedding_cache.integrity import IntegrityError, check_seal, file_entry, verify_files, write_manifest
 
 FORMAT = "tritonrec.embedding_store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SHA-256 of every file, a sealed manifest, RocksDB file checksums
 MANIFEST = "store.json"
 DTYPES = ("float32", "float16")
 POLICIES = ("zeros", "vector", "error")
+ROLES = ("primary", "secondary")
 _LOAD_CHUNK = 1 << 20  # rows inserted per call while opening
 _SLAB_ROWS = 1 << 16  # most rows per slab
 _NO_ROCKSDB = (
@@ -82,14 +88,6 @@ class MissingPolicy:
 
     def to_json(self) -> dict[str, Any]:
         return {"policy": self.policy, **({"vector": list(self.vector)} if self.vector is not None else {})}
-
-
-def _crc32_file(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            crc = zlib.crc32(chunk, crc)
-    return crc
 
 
 def _on_device(keys: Any) -> bool:
@@ -204,8 +202,8 @@ def build_store(
                 keys_file, rows_file = f"tables/{i}.keys.npy", f"tables/{i}.rows.npy"
                 np.save(staging / keys_file, keys, allow_pickle=False)
                 np.save(staging / rows_file, rows.astype(dtype), allow_pickle=False)  # one rounding, from the input
-                entry["keys"] = {"file": keys_file, "bytes": (staging / keys_file).stat().st_size, "crc32": _crc32_file(staging / keys_file)}
-                entry["values"] = {"file": rows_file, "bytes": (staging / rows_file).stat().st_size, "crc32": _crc32_file(staging / rows_file)}
+                entry["keys"] = file_entry(staging, keys_file)
+                entry["values"] = file_entry(staging, rows_file)
             entries.append(entry)
         if tier is not None:
             try:
@@ -215,11 +213,8 @@ def build_store(
         del tier  # closes the database before the directory moves
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "tables": entries, "metadata": dict(metadata or {})}
         if persistent:
-            manifest["persistent"] = {"kind": "rocksdb", "dir": "rocksdb"}
-        with open(staging / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+            manifest["persistent"] = {"kind": "rocksdb", "dir": "rocksdb", "file_checksums": "crc32c"}
+        write_manifest(staging / MANIFEST, manifest)
         if path.exists():
             old = path.parent / f".{path.name}.replaced-{os.getpid()}"
             os.rename(path, old)
@@ -303,10 +298,11 @@ def build_store_from_state_dict(
 
 
 def _read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
-    """``(path/store.json, its content)``, checked to be a store manifest of this format version.
+    """``(path/store.json, its content)``, checked to be a store manifest of this format version
+    whose seal (its own SHA-256) matches its content.
 
     Raises:
-        StoreFormatError: no such file, not JSON, another format or format version.
+        StoreFormatError: no such file, not JSON, another format or format version, a broken seal.
     """
     manifest_path = path / MANIFEST
     try:
@@ -320,8 +316,12 @@ def _read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise StoreFormatError(
             f"{manifest_path}: store format version {manifest.get('format_version')!r}; this "
-            f"embedding_cache reads version {FORMAT_VERSION}"
+            f"embedding_cache reads version {FORMAT_VERSION} (which checksums every file): rebuild the store"
         )
+    try:
+        check_seal(manifest, manifest_path)
+    except IntegrityError as e:
+        raise StoreFormatError(str(e)) from None
     return manifest_path, manifest
 
 
@@ -359,7 +359,12 @@ class EmbeddingStore:
     Args:
         path: the store directory.
         threads: threads per lookup (default: the machine's cores).
-        verify: check every table file's CRC32 against the manifest while opening.
+        verify: check every file against its checksum while opening (default): the ``.npy``
+            files against the SHA-256 in the manifest, RocksDB's table files against their
+            whole-file CRC32C. The manifest's own seal is always checked.
+        role: for a store with a RocksDB tier: ``"primary"`` (the one process that may write to
+            it; RocksDB's lock keeps out a second) or ``"secondary"`` (read-only, any number beside
+            the primary and each other; :meth:`catch_up` reads the primary's later writes).
         host_budget_bytes: for a store with a persistent (RocksDB) tier: the host memory its tables
             may use; the host tier then keeps the most frequently used rows and reads the rest
             from RocksDB. None: every row in host memory.
@@ -375,8 +380,9 @@ class EmbeddingStore:
             off the lookup's stream (same outputs).
 
     Raises:
-        StoreFormatError: a missing, truncated or damaged file, another format version, or a store
-            that needs the RocksDB tier in a build without it; the message names the file.
+        StoreFormatError: a missing, truncated or damaged file (naming it and both checksums),
+            an edited manifest, another format version, or a store that needs the RocksDB tier
+            in a build without it.
     """
 
     def __init__(
@@ -384,7 +390,8 @@ class EmbeddingStore:
         path: str | os.PathLike[str],
         *,
         threads: int | None = None,
-        verify: bool = False,
+        verify: bool = True,
+        role: str = "primary",
         host_budget_bytes: int | None = None,
         block_cache_bytes: int = 64 << 20,
         device: int | None = None,
@@ -395,15 +402,23 @@ class EmbeddingStore:
         gpu_async_insert: bool = False,
     ) -> None:
         self.path = Path(path)
+        self._closed = True
+        self._tier = None
         manifest_path, manifest = _read_manifest(self.path)
         if threads is not None and threads < 1:
             raise ValueError(f"threads {threads}: expected >= 1")
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: expected one of {ROLES}")
+        self.role = role
+        self.verified_bytes = 0
+        """Bytes whose checksums were verified while opening."""
+        self.verify_seconds = 0.0
+        """Seconds spent verifying checksums while opening."""
         self.metadata: dict[str, Any] = dict(manifest.get("metadata", {}))
         self._pool = _core.ThreadPool(threads or 0)
         self._tables: dict[str, _core.HostTable] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._policies: dict[str, MissingPolicy] = {}
-        self._tier = None
         self._budget = host_budget_bytes
         if host_budget_bytes is not None and host_budget_bytes < 1:
             raise ValueError(f"host_budget_bytes {host_budget_bytes}: expected >= 1")
@@ -414,17 +429,31 @@ class EmbeddingStore:
             tier_dir = self.path / persistent.get("dir", "rocksdb")
             if not tier_dir.is_dir():
                 raise StoreFormatError(f"{tier_dir}: missing (the store's RocksDB tier, listed in {MANIFEST})")
-            try:
-                self._tier = _core.PersistentTier(str(tier_dir), create_if_missing=False, block_cache_bytes=block_cache_bytes)
-            except RuntimeError as e:
-                raise StoreFormatError(f"{tier_dir}: {e}") from None
+            self._tier = self._open_tier(tier_dir, block_cache_bytes, role)
+            if verify:
+                started = time.perf_counter()
+                try:
+                    _files, self.verified_bytes = self._tier.verify_file_checksums()
+                except RuntimeError as e:
+                    self._tier = None
+                    raise StoreFormatError(f"{tier_dir}: {e}") from None
+                self.verify_seconds = time.perf_counter() - started
         elif host_budget_bytes is not None:
             raise ValueError("host_budget_bytes needs a store with a persistent tier (build_store(..., persistent=True))")
+        elif verify:
+            started = time.perf_counter()
+            try:
+                refs = [e[part] for e in manifest["tables"] for part in ("keys", "values")]
+                self.verified_bytes = verify_files(self.path, refs, manifest_path)
+            except IntegrityError as e:
+                raise StoreFormatError(str(e)) from None
+            except (KeyError, TypeError, ValueError) as e:
+                raise StoreFormatError(f"{manifest_path}: damaged ({type(e).__name__}: {e})") from None
+            self.verify_seconds = time.perf_counter() - started
+        self._manifest_path = manifest_path
         try:
-            entries = manifest["tables"]
-            total = sum(int(e["rows"]) * int(e["dim"]) * np.dtype(e["dtype"]).itemsize for e in entries) or 1
-            for i, entry in enumerate(entries):
-                self._open_table(i, entry, manifest_path, verify, total)
+            self._entries = manifest["tables"]
+            self._open_tables()
         except StoreFormatError:
             raise
         except (KeyError, TypeError, ValueError) as e:
@@ -433,21 +462,42 @@ class EmbeddingStore:
         self._gpu = None
         if (device is None) != (gpu_cache_bytes is None):
             raise ValueError("device and gpu_cache_bytes: give both for a GPU tier, or neither")
+        self._gpu_options = None
         if device is not None:
-            from embedding_cache.gpu import GpuTier  # noqa: PLC0415 - needs cupy
+            self._gpu_options = (int(device), int(gpu_cache_bytes), {e["name"]: float(e["rows"]) for e in self._entries},
+                                 gpu_cache_dtype, gpu_eviction, gpu_admission, gpu_async_insert)
+            self._open_gpu_tier()
 
-            self._gpu = GpuTier(
-                {name: int(t.dim) for name, t in self._tables.items()},
-                int(device),
-                int(gpu_cache_bytes),
-                {e["name"]: float(e["rows"]) for e in entries},
-                gpu_cache_dtype,
-                gpu_eviction,
-                gpu_admission,
-                gpu_async_insert,
-            )
+    def _open_tables(self) -> None:
+        """(Re)builds every table's host tier: all rows, or, with a budget, empty (filled from RocksDB on demand)."""
+        total = sum(int(e["rows"]) * int(e["dim"]) * np.dtype(e["dtype"]).itemsize for e in self._entries) or 1
+        for i, entry in enumerate(self._entries):
+            self._open_table(i, entry, self._manifest_path, total)
 
-    def _load_array(self, ref: dict[str, Any], dtype: np.dtype, shape: tuple[int, ...], verify: bool) -> np.ndarray:
+    def _open_gpu_tier(self) -> None:
+        from embedding_cache.gpu import GpuTier  # noqa: PLC0415 - needs cupy
+
+        device, capacity, rows, dtype, eviction, admission, async_insert = self._gpu_options
+        self._gpu = GpuTier({name: int(t.dim) for name, t in self._tables.items()}, device, capacity, rows, dtype, eviction, admission,
+                            async_insert)
+
+    def _open_tier(self, tier_dir: Path, block_cache_bytes: int, role: str) -> Any:
+        """The RocksDB tier, as the primary or as a secondary keeping its info log in a temporary
+        directory (removed when the store is closed or collected)."""
+        secondary_path = ""
+        if role == "secondary":
+            secondary_path = tempfile.mkdtemp(prefix="embedding_cache-secondary-")
+            self._secondary_dir = weakref.finalize(self, shutil.rmtree, secondary_path, True)
+        try:
+            return _core.PersistentTier(str(tier_dir), create_if_missing=False, block_cache_bytes=block_cache_bytes,
+                                        secondary_path=secondary_path)
+        except RuntimeError as e:
+            hint = ""
+            if "lock" in str(e).lower():
+                hint = " (another process has it open as the primary: open this one with role='secondary')"
+            raise StoreFormatError(f"{tier_dir}: {e}{hint}") from None
+
+    def _load_array(self, ref: dict[str, Any], dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         file = self.path / ref["file"]
         try:
             size = file.stat().st_size
@@ -455,8 +505,6 @@ class EmbeddingStore:
             raise StoreFormatError(f"{file}: missing (listed in {MANIFEST})") from None
         if size != ref["bytes"]:
             raise StoreFormatError(f"{file}: {size} bytes, {MANIFEST} says {ref['bytes']}: truncated or damaged")
-        if verify and _crc32_file(file) != ref["crc32"]:
-            raise StoreFormatError(f"{file}: damaged (CRC32 differs from {MANIFEST})")
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
@@ -465,7 +513,7 @@ class EmbeddingStore:
             raise StoreFormatError(f"{file}: holds {array.dtype} {array.shape}, expected {dtype} {shape}")
         return array
 
-    def _open_table(self, i: int, entry: dict[str, Any], manifest_path: Path, verify: bool, total_bytes: int) -> None:
+    def _open_table(self, i: int, entry: dict[str, Any], manifest_path: Path, total_bytes: int) -> None:
         name, n, dim, dtype = entry["name"], int(entry["rows"]), int(entry["dim"]), entry["dtype"]
         if dtype not in DTYPES:
             raise StoreFormatError(f"{manifest_path}: table {name!r} has dtype {dtype!r}: expected one of {DTYPES}")
@@ -481,8 +529,8 @@ class EmbeddingStore:
         slab_rows = max(1024, -(-resident // slabs))  # the rows fill whole slabs: no slack after loading
         table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=slab_rows, expected_rows=resident, max_rows=max_rows)
         if self._tier is None:
-            keys = self._load_array(entry["keys"], np.dtype(np.int64), (n,), verify)
-            rows = self._load_array(entry["values"], np.dtype(dtype), (n, dim), verify)
+            keys = self._load_array(entry["keys"], np.dtype(np.int64), (n,))
+            rows = self._load_array(entry["values"], np.dtype(dtype), (n, dim))
             for start in range(0, n, _LOAD_CHUNK):
                 table.insert_or_assign(np.ascontiguousarray(keys[start : start + _LOAD_CHUNK]), np.ascontiguousarray(rows[start : start + _LOAD_CHUNK], dtype=np.float32))
         elif not max_rows:  # no budget: every row from RocksDB into host memory
@@ -705,9 +753,44 @@ class EmbeddingStore:
             host.admit(np.ascontiguousarray(missed_keys[present]), rows)
         return got
 
+    def _check_writer(self) -> None:
+        if self._tier is not None and self._tier.is_secondary:
+            raise PermissionError(f"{self.path} is open as a read-only secondary: only the primary writes to its RocksDB tier")
+
+    def catch_up(self) -> bool:
+        """A secondary: reads the writes its primary made since this store opened or last caught
+        up. When there were any, every row held above RocksDB (host tier, GPU tier) is dropped and
+        read again (all of them at once when the store has no host budget), so no lookup returns
+        a row the primary has replaced. Not to be called while lookups run.
+
+        Returns:
+            True when the primary had written something.
+
+        Raises:
+            PermissionError: on the primary, or a store without a RocksDB tier (nothing to catch up).
+        """
+        if self._tier is None or not self._tier.is_secondary:
+            raise PermissionError(f"{self.path}: catch_up is for a store opened with role='secondary' on a RocksDB tier")
+        before = self._tier.sequence_number
+        self._tier.catch_up()
+        if self._tier.sequence_number == before:
+            return False
+        counters = {name: info.copy() for name, info in self._info.items()}
+        self._open_tables()
+        for name, info in self._info.items():  # the tier's counters span the store's life
+            info.update(tier_hits=counters[name]["tier_hits"], tier_misses=counters[name]["tier_misses"])
+        if self._gpu is not None:
+            self._gpu = None  # frees its device memory before the new one takes it
+            self._open_gpu_tier()
+        return True
+
     def update(self, table: str, keys: np.ndarray, rows: Any) -> None:
         """Inserts or overwrites rows (in memory): keys int64 (n,), rows float (n, dim).
-        A lookup running meanwhile returns each row whole, old or new."""
+        A lookup running meanwhile returns each row whole, old or new.
+
+        Raises:
+            PermissionError: a store opened as a secondary (only its primary writes)."""
+        self._check_writer()
         host = self._table(table)
         keys = _as_keys(keys, "keys")
         checked = _as_rows(rows, keys.shape[0], host.dim, "rows")
@@ -728,7 +811,9 @@ class EmbeddingStore:
             self._gpu.invalidate(table, keys)
 
     def erase(self, table: str, keys: np.ndarray) -> int:
-        """Erases keys (int64 (n,)) from the table; returns how many were present."""
+        """Erases keys (int64 (n,)) from the table; returns how many were present.
+        PermissionError on a secondary."""
+        self._check_writer()
         host = self._table(table)
         keys = _as_keys(keys, "keys")
         erased = int(host.erase(keys))
@@ -795,6 +880,8 @@ class EmbeddingStore:
             self._tier = None  # closes the database
             self._gpu = None  # frees the device memory
             self._closed = True
+            if getattr(self, "_secondary_dir", None) is not None:
+                self._secondary_dir()  # removes the secondary's info-log directory
 
     def __enter__(self) -> EmbeddingStore:
         return self

@@ -6,6 +6,7 @@ import io
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +171,58 @@ def test_lookup_columns_reads_through_under_a_budget(tmp_path):
         bad = ids.copy()
         bad[3, 1] = 10**9
         store.lookup_columns(["a", "b", "c"], bad)
+
+
+# ------------------------------------------------------------------------ primary and secondaries
+_OTHER_PROCESS_UPDATE = (
+    "import numpy as np, sys, time; from embedding_cache import EmbeddingStore\n"
+    "s = EmbeddingStore(sys.argv[1])\n"
+    "s.update('emb', np.array([int(k) for k in sys.argv[2:]]), np.full((len(sys.argv) - 2, 16), 4.5))\n"
+    "print('written', flush=True)\n"
+    "sys.stdin.read()\n"  # holds the primary open (and its LOCK) until the test closes stdin
+)
+
+
+def test_one_primary_and_any_number_of_secondaries_share_a_store(persistent_store):
+    path, keys, rows = persistent_store
+    with EmbeddingStore(path) as primary:
+        with pytest.raises(StoreFormatError, match=r"lock.*another process has it open as the primary: open this one with role='secondary'"):
+            EmbeddingStore(path)
+        secondaries = [EmbeddingStore(path, role="secondary"), EmbeddingStore(path, role="secondary", host_budget_bytes=50 * 88)]
+        for s in secondaries:
+            assert s.role == "secondary" and s.verified_bytes > 0
+            np.testing.assert_array_equal(s.lookup("emb", keys[:300]), rows[:300])
+            with pytest.raises(PermissionError, match="read-only secondary: only the primary writes"):
+                s.update("emb", keys[:1], np.zeros((1, 16)))
+            with pytest.raises(PermissionError, match="read-only secondary"):
+                s.erase("emb", keys[:1])
+        with pytest.raises(PermissionError, match="catch_up is for a store opened with role='secondary'"):
+            primary.catch_up()
+        log_dirs = [Path(s._secondary_dir.peek()[2][0]) for s in secondaries]  # (object, function, args, kwargs)
+        assert all(d.is_dir() for d in log_dirs)
+        for s in secondaries:
+            s.close()
+        assert not any(d.exists() for d in log_dirs)  # their info-log directories are removed
+
+
+@pytest.mark.parametrize("budget", [None, 50 * 88])
+def test_a_secondary_catches_up_with_the_primary_of_another_process(persistent_store, budget):
+    """The primary (another process) overwrites rows and adds one; after catch_up every row the
+    secondary returns is the primary's, those its host tier held before included."""
+    path, keys, rows = persistent_store
+    secondary = EmbeddingStore(path, role="secondary", host_budget_bytes=budget)
+    changed = [int(keys[0]), int(keys[1]), 123_456_789]
+    secondary.lookup("emb", np.repeat(keys[:2], 50))  # resident in the host tier
+    writer = subprocess.Popen([sys.executable, "-P", "-c", _OTHER_PROCESS_UPDATE, str(path), *map(str, changed)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "written"
+        before = secondary.lookup("emb", np.array(changed))
+        np.testing.assert_array_equal(before, np.stack([rows[0], rows[1], np.zeros(16, np.float32)]))
+        assert secondary.catch_up() is True
+        np.testing.assert_array_equal(secondary.lookup("emb", np.array(changed)), np.full((3, 16), 4.5, np.float32))
+        np.testing.assert_array_equal(secondary.lookup("emb", keys[2:500]), rows[2:500])
+        assert secondary.catch_up() is False  # nothing new
+    finally:
+        writer.communicate("", timeout=60)
+        secondary.close()

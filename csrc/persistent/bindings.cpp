@@ -33,10 +33,14 @@ py::array_t<int64_t> require_keys(const py::handle& obj) {
 void bind_persistent(py::module_& m) {
   py::class_<PersistentTier>(m, "PersistentTier",
                              "Rows of every table of a store in one RocksDB database (batched MultiGet).")
-      .def(py::init([](const std::string& path, bool create_if_missing, int64_t block_cache_bytes) {
-             return new PersistentTier(PersistentTierOptions{path, create_if_missing, block_cache_bytes, 10});
+      .def(py::init([](const std::string& path, bool create_if_missing, int64_t block_cache_bytes, const std::string& secondary_path) {
+             py::gil_scoped_release release;  // opening replays the MANIFEST and WAL
+             return new PersistentTier(PersistentTierOptions{path, create_if_missing, block_cache_bytes, 10, secondary_path});
            }),
-           py::arg("path"), py::arg("create_if_missing") = false, py::arg("block_cache_bytes") = 64ll << 20)
+           py::arg("path"), py::arg("create_if_missing") = false, py::arg("block_cache_bytes") = 64ll << 20,
+           py::arg("secondary_path") = "",
+           "Opens the database at path: as the primary (the one writer), or with secondary_path as a read-only "
+           "secondary keeping its info log there. RuntimeError with RocksDB's status when it cannot.")
       .def(
           "put",
           [](PersistentTier& tier, uint32_t table, py::handle keys_obj, py::handle rows_obj) {
@@ -93,7 +97,24 @@ void bind_persistent(py::module_& m) {
            "Compacts the whole database (after a bulk load).")
       .def("count", &PersistentTier::count,
            py::arg("table"), "Rows held for a table.")
-      .def_property_readonly("disk_bytes", &PersistentTier::disk_bytes, "Live data on disk, in bytes (estimate).");
+      .def_property_readonly("disk_bytes", &PersistentTier::disk_bytes, "Live data on disk, in bytes (estimate).")
+      .def(
+          "verify_file_checksums",
+          [](const PersistentTier& tier) {
+            VerifiedFiles verified;
+            {
+              py::gil_scoped_release release;
+              verified = tier.verify_file_checksums();
+            }
+            return py::make_tuple(verified.files, verified.bytes);
+          },
+          "Reads every live table file against its whole-file CRC32C in RocksDB's MANIFEST; returns (files, bytes). "
+          "RuntimeError naming the file and the checksums on a mismatch, or a file written without a checksum.")
+      .def("catch_up", &PersistentTier::catch_up, py::call_guard<py::gil_scoped_release>(),
+           "A secondary: reads the primary's writes made since it opened or last caught up.")
+      .def_property_readonly("sequence_number", &PersistentTier::sequence_number,
+                             "Sequence number of the last write this instance sees (a secondary's moves on catch_up).")
+      .def_property_readonly("is_secondary", &PersistentTier::is_secondary, "True when opened as a read-only secondary.");
 }
 
 }  // namespace tritonrec

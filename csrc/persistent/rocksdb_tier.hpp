@@ -18,12 +18,24 @@ struct PersistentTierOptions {
   bool create_if_missing = false;          ///< create an empty database when none exists
   int64_t block_cache_bytes = 64ll << 20;  ///< LRU block cache, in bytes
   int bloom_bits_per_key = 10;             ///< bloom filter bits per key (point lookups)
+  /// Empty: open as the primary (the one writer; RocksDB's LOCK file keeps out a second one).
+  /// Else open as a read-only secondary of the primary at `path` (any number may be open beside
+  /// the primary and each other), keeping its own info log in this directory.
+  std::string secondary_path;
+};
+
+/// What verify_file_checksums() read.
+struct VerifiedFiles {
+  int64_t files = 0;  ///< table files (.sst) whose whole-file checksum was checked
+  int64_t bytes = 0;  ///< their total size, in bytes
 };
 
 /// One RocksDB database holding the rows of every table of a store: key = 4-byte table id and
 /// 8-byte key (big-endian), value = the row's bytes in the table's storage dtype, plus one count
-/// record per table. RAII: the constructor opens, the destructor closes. Copy deleted. All calls
-/// are synchronous and safe to make from several threads.
+/// record per table. Every table file gets a whole-file CRC32C, recorded in RocksDB's MANIFEST as
+/// the file is written (by flushes and compactions too), and reads check block checksums
+/// (paranoid checks on). RAII: the constructor opens, the destructor closes. Copy deleted. All
+/// calls are synchronous and safe to make from several threads.
 class PersistentTier {
  public:
   /// @throw std::runtime_error with RocksDB's status when the database cannot be opened.
@@ -58,8 +70,25 @@ class PersistentTier {
   /// RocksDB's estimate of its live data on disk, in bytes.
   int64_t disk_bytes() const;
 
+  /// Reads every live table file and checks it against the whole-file checksum in RocksDB's
+  /// MANIFEST (streamed, at disk speed).
+  /// @throw std::runtime_error naming the file, the recorded and the computed checksum, or a
+  ///        table file with no recorded checksum (written without one).
+  VerifiedFiles verify_file_checksums() const;
+
+  /// A secondary: replays the primary's MANIFEST and WAL written since the last call, so that
+  /// reads see its writes. @throw std::runtime_error on a primary: it is always current.
+  void catch_up();
+
+  /// The sequence number of the last write this instance sees (a secondary's moves on catch_up).
+  uint64_t sequence_number() const;
+
+  /// True when opened as a secondary (read-only).
+  bool is_secondary() const noexcept { return secondary_; }
+
  private:
   std::unique_ptr<rocksdb::DB> db_;
+  bool secondary_ = false;
 };
 
 }  // namespace tritonrec
