@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from embedding_cache import EmbeddingStore, build_store
+from embedding_cache.integrity import write_manifest
 from tritonrec.client import infer, scrape_metrics
 from tritonrec.export import ServedScorer, export_ensemble
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
@@ -272,7 +273,7 @@ def test_a_store_of_another_plan_is_refused_at_load(served, tmp_path):
     fingerprint = data["metadata"]["plan_fingerprint"]
     data["metadata"]["plan_fingerprint"] = "0" * 64
     manifest.unlink()  # a hard link to the source store's file: replace, never edit in place
-    manifest.write_text(json.dumps(data))
+    write_manifest(manifest, data)  # re-sealed: the fingerprint check must hold on its own
     with pytest.raises(ServerError, match=f"model 'criteo_embeddings'.*fingerprint '0{{64}}'.*fingerprint '{fingerprint}'"):
         TritonServer(repo).start(timeout_s=60)
 

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from embedding_cache.integrity import write_manifest
 from tritonrec.cli import main
 from tritonrec.embeddings import FingerprintMismatchError
 from tritonrec.export import ServedScorer, export_ensemble
@@ -92,8 +93,8 @@ def _edited(source, tmp_path, file, edit):
     shutil.copytree(source, copy)
     data = json.loads((copy / file).read_text())
     edit(data)
-    (copy / file).unlink()
-    (copy / file).write_text(json.dumps(data))
+    (copy / file).unlink()  # may be a hard link to the source's file: replace, never edit in place
+    write_manifest(copy / file, data)  # re-sealed: the checks behind the seal must hold on their own
     return copy
 
 

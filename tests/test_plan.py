@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from embedding_cache.integrity import write_manifest
+
 from tritonrec.transform import PlanLoadError, TransformPlan, compile_workflow
 
 
@@ -81,10 +83,11 @@ def test_missing_manifest(tmp_path):
 
 
 def _edit_manifest(plan_dir, **changes):
+    """Edits and re-seals the manifest: the checks behind the seal must hold on their own."""
     path = plan_dir / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest.update(changes)
-    path.write_text(json.dumps(manifest))
+    write_manifest(path, manifest)
 
 
 def test_other_nvtabular_version_is_refused(plan_copy):
@@ -103,7 +106,7 @@ def test_edited_statistics_break_the_fingerprint(plan_copy):
     manifest = json.loads((plan_copy / "manifest.json").read_text())
     normalize = next(s for g in manifest["groups"] for s in g["steps"] if s["kind"] == "normalize")
     normalize["params"]["means"][0] += 1.0
-    (plan_copy / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(plan_copy / "manifest.json", manifest)  # re-sealed
     with pytest.raises(PlanLoadError, match=r"fingerprint .* does not match"):
         TransformPlan.load(plan_copy)
 
@@ -111,7 +114,7 @@ def test_edited_statistics_break_the_fingerprint(plan_copy):
 def test_manifest_with_missing_field_is_named(plan_copy):
     manifest = json.loads((plan_copy / "manifest.json").read_text())
     del manifest["groups"][0]["inputs"]
-    (plan_copy / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(plan_copy / "manifest.json", manifest)  # re-sealed
     with pytest.raises(PlanLoadError, match=r"manifest.json: damaged manifest \(KeyError"):
         TransformPlan.load(plan_copy)
 
@@ -199,6 +202,6 @@ def test_table_of_another_hash_is_refused(plan_copy):
     manifest = json.loads((plan_copy / "manifest.json").read_text())
     categorify = next(s for g in manifest["groups"] for s in g["steps"] if s["kind"] == "categorify")
     categorify["params"]["table_hash"] = "splitmix64"
-    (plan_copy / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(plan_copy / "manifest.json", manifest)  # re-sealed
     with pytest.raises(PlanLoadError, match=r"manifest.json: categorify table built with hash 'splitmix64'.*re-export the plan"):
         TransformPlan.load(plan_copy)

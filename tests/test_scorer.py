@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from embedding_cache import EmbeddingStore, read_store_info
+from embedding_cache.integrity import file_entry, write_manifest
 from tritonrec.scorer.artifact import ScorerFormatError, TorchScorerModel, read_scorer_info
 from tritonrec.scorer.dlrm import DLRM, DLRMConfig, predict, roc_auc, save_dlrm
 from tritonrec.transform.serving import RequestError
@@ -102,6 +103,10 @@ def test_damaged_scorers_are_refused(criteo_trained, tmp_path):
     with pytest.raises(ScorerFormatError, match="model.pt: missing"):
         TorchScorerModel(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(ScorerFormatError, match=r"model.pt: 11 bytes, \S*scorer.json says \d+: truncated or damaged"):
+        TorchScorerModel(tmp_path)
+    # a file that matches its (re-sealed) manifest but is no TorchScript model
+    write_manifest(tmp_path / "scorer.json", {**data, "files": {"model": file_entry(tmp_path, "model.pt")}})
     with pytest.raises(ScorerFormatError, match="not a loadable TorchScript model"):
         TorchScorerModel(tmp_path)
 

@@ -333,7 +333,7 @@ def export_ensemble(
         scorer_name, scorer_version = scorer.model, scorer.version
         dense_input, embeddings_input, scorer_output = scorer.dense_input, scorer.embeddings_input, scorer.output
     else:
-        info: ScorerInfo = read_scorer_info(scorer)
+        info: ScorerInfo = read_scorer_info(scorer, verify=True)  # a damaged scorer is refused before it is copied
         check_fingerprint(f"scorer {scorer}", info.plan_fingerprint, plan.fingerprint)
         if list(info.tables) != tables:
             raise ValueError(f"scorer {scorer} takes embeddings of tables {list(info.tables)}; the plan's ids are {tables}")

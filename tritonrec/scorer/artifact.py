@@ -5,7 +5,11 @@ A scorer is a directory::
     model.pt      TorchScript: forward(dense float32 [batch, n_dense], embeddings float32
                   [batch, n_tables, dim]) -> probability float32 [batch, 1]
     scorer.json   format, the transform plan's fingerprint, the embedding tables (names, in ids
-                  column order, and sizes), n_dense, dim, tensor names
+                  column order, and sizes), n_dense, dim, tensor names, model.pt's size and
+                  SHA-256; sealed by its own SHA-256 (see :mod:`embedding_cache.integrity`)
+
+Both are verified before the model is loaded: a damaged or edited scorer is refused, naming the
+file and both checksums.
 
 :class:`TorchScorerModel` is the scorer as the ``torch_scorer`` Triton backend serves it.
 """
@@ -22,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from embedding_cache.integrity import IntegrityError, check_seal, file_entry, verify_files, write_manifest
 from tritonrec.transform.serving import RequestError, TensorSpec, check_requests
 from tritonrec.triton_types import triton_dtype
 
 FORMAT = "tritonrec.scorer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.pt's size and SHA-256, a sealed manifest
 MANIFEST = "scorer.json"
 MODEL_FILE = "model.pt"
 
@@ -87,15 +92,19 @@ def save_scorer(path: str | os.PathLike[str], module: Any, info: ScorerInfo) -> 
         warnings.filterwarnings("ignore", message=r".*torch\.jit", category=DeprecationWarning)
         scripted = torch.jit.script(module.eval())
         scripted.save(str(path / MODEL_FILE))
-    (path / MANIFEST).write_text(json.dumps(info.to_json(), indent=1))
+    write_manifest(path / MANIFEST, {**info.to_json(), "files": {"model": file_entry(path, MODEL_FILE)}})
     return path
 
 
-def read_scorer_info(path: str | os.PathLike[str]) -> ScorerInfo:
-    """The ``scorer.json`` of a scorer directory.
+def read_scorer_info(path: str | os.PathLike[str], verify: bool = False) -> ScorerInfo:
+    """The ``scorer.json`` of a scorer directory (its seal checked).
+
+    Args:
+        verify: also check ``model.pt`` against the size and SHA-256 in the manifest.
 
     Raises:
-        ScorerFormatError: no such file, not valid JSON, another format, or missing fields.
+        ScorerFormatError: no such file, not valid JSON, another format, missing fields, an
+            edited manifest, or (``verify``) a missing or damaged model file, naming both checksums.
     """
     manifest = Path(path) / MANIFEST
     try:
@@ -107,7 +116,21 @@ def read_scorer_info(path: str | os.PathLike[str]) -> ScorerInfo:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ScorerFormatError(f"{manifest}: not a tritonrec scorer manifest")
     if data.get("format_version") != FORMAT_VERSION:
-        raise ScorerFormatError(f"{manifest}: scorer format version {data.get('format_version')!r}; this tritonrec reads {FORMAT_VERSION}")
+        raise ScorerFormatError(
+            f"{manifest}: scorer format version {data.get('format_version')!r}; this tritonrec reads {FORMAT_VERSION} "
+            "(which checksums every file): save the scorer again"
+        )
+    try:
+        check_seal(data, manifest)
+        model_entry = data["files"]["model"]
+        if model_entry.get("file") != MODEL_FILE:
+            raise ScorerFormatError(f"{manifest}: lists model file {model_entry.get('file')!r}; expected {MODEL_FILE!r}")
+        if verify:
+            verify_files(Path(path), [model_entry], manifest)
+    except IntegrityError as e:
+        raise ScorerFormatError(str(e)) from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ScorerFormatError(f"{manifest}: damaged ({type(e).__name__}: {e})") from None
     try:
         return ScorerInfo(
             plan_fingerprint=str(data["plan_fingerprint"]),
@@ -147,10 +170,8 @@ class TorchScorerModel:
     ) -> None:
         import torch  # noqa: PLC0415
 
-        self.info = read_scorer_info(path)
+        self.info = read_scorer_info(path, verify=True)
         model_file = Path(path) / MODEL_FILE
-        if not model_file.is_file():
-            raise ScorerFormatError(f"{model_file}: missing (the scorer's TorchScript model)")
         if threads is not None and threads < 1:
             raise ValueError(f"threads {threads}: expected >= 1")
         self.threads = threads or torch.get_num_threads()

@@ -1,7 +1,8 @@
 """TransformPlan: a fitted NVTabular workflow compiled to vectorised array code.
 
-A plan is a directory: ``manifest.json`` (schemas, steps, parameters, fingerprint) and ``arrays/``
-(one ``.npy`` file per large parameter, e.g. a vocabulary's hash table). Running it needs numpy
+A plan is a directory: ``manifest.json`` (schemas, steps, parameters, fingerprint, each array
+file's size and SHA-256, sealed by its own SHA-256) and ``arrays/`` (one ``.npy`` file per large
+parameter, e.g. a vocabulary's hash table), all verified at load. Running it needs numpy
 (cupy on a GPU) and, for the fastest categorical lookups on the CPU, tritonrec's own compiled core;
 nvtabular, dask and pandas are needed only to compile it.
 
@@ -21,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from embedding_cache.integrity import IntegrityError, check_seal, file_entry, verify_files, write_manifest
 from tritonrec.transform.steps import BadValueError, Categorify, IncompatibleStepError, Step, row_of_each_value, step_from_manifest
 
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2  # 2: every array file's size and SHA-256, a sealed manifest
 """Version of the plan directory layout; a plan of another version is refused at load."""
 SUPPORTED_NVTABULAR_VERSIONS = ("23.08.00",)
 """NVTabular releases whose transform semantics the steps reproduce."""
@@ -169,14 +171,6 @@ class PlanGroup:
 def missing_and_extra(given: Mapping[str, Any], expected: Sequence[str]) -> tuple[list[str], list[str]]:
     """Names of ``expected`` absent from ``given`` (in order), and names in ``given`` not expected (sorted)."""
     return [name for name in expected if name not in given], sorted(set(given) - set(expected))
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sha256_array(array: np.ndarray) -> str:
@@ -471,7 +465,7 @@ class TransformPlan:
                 for name, array in step.arrays().items():
                     rel = f"arrays/g{gi}_s{si}_{name}.npy"
                     np.save(root / rel, np.asarray(array), allow_pickle=False)
-                    files[name] = {"file": rel, "sha256": _sha256_file(root / rel)}
+                    files[name] = file_entry(root, rel)
                 steps_json.append({"kind": step.kind, "params": step.params(), "arrays": files})
             groups_json.append(
                 {"inputs": group.inputs, "outputs": group.outputs, "input_dtype": group.input_dtype.name, "steps": steps_json,
@@ -487,9 +481,7 @@ class TransformPlan:
             **({"hidden_schema": [c.to_json() for c in self.hidden_schema]} if self.hidden_schema else {}),
             "groups": groups_json,
         }
-        tmp = root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, root / MANIFEST)
+        write_manifest(root / MANIFEST, manifest)
         return root
 
     @classmethod
@@ -498,11 +490,13 @@ class TransformPlan:
 
         Args:
             path: the plan directory.
-            verify: check every array file against the sha256 recorded in the manifest.
+            verify: check every array file against the size and SHA-256 recorded in the
+                manifest (default). The manifest's own seal is always checked.
 
         Raises:
-            PlanLoadError: naming the file and the reason: missing or damaged files, another
-                format version, an unsupported NVTabular version, or a fingerprint mismatch.
+            PlanLoadError: naming the file and the reason: missing or damaged files (with the
+                recorded and the found checksum), an edited manifest, another format version, an
+                unsupported NVTabular version, or a fingerprint mismatch.
         """
         root = Path(path)
         manifest_path = root / MANIFEST
@@ -517,8 +511,16 @@ class TransformPlan:
         if manifest.get("format_version") != PLAN_FORMAT_VERSION:
             raise PlanLoadError(
                 f"{manifest_path}: plan format version {manifest.get('format_version')!r}; "
-                f"this tritonrec reads version {PLAN_FORMAT_VERSION}: re-export the plan"
+                f"this tritonrec reads version {PLAN_FORMAT_VERSION} (which checksums every file): re-export the plan"
             )
+        try:
+            check_seal(manifest, manifest_path)
+            if verify:
+                verify_files(root, [ref for g in manifest["groups"] for st in g["steps"] for ref in st["arrays"].values()], manifest_path)
+        except IntegrityError as e:
+            raise PlanLoadError(str(e)) from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise PlanLoadError(f"{manifest_path}: damaged manifest ({type(e).__name__}: {e})") from None
         version = manifest.get("nvtabular_version")
         if version not in SUPPORTED_NVTABULAR_VERSIONS:
             raise PlanLoadError(
@@ -533,13 +535,6 @@ class TransformPlan:
                     arrays = {}
                     for name, ref in s["arrays"].items():
                         file = root / ref["file"]
-                        if verify:
-                            try:
-                                actual = _sha256_file(file)
-                            except FileNotFoundError:
-                                raise PlanLoadError(f"{file}: missing (listed in {manifest_path})") from None
-                            if actual != ref["sha256"]:
-                                raise PlanLoadError(f"{file}: damaged (sha256 {actual[:12]}..., manifest says {ref['sha256'][:12]}...)")
                         try:
                             arrays[name] = np.load(file, allow_pickle=False)
                         except FileNotFoundError:
