@@ -140,11 +140,14 @@ class EmbeddingLookupModel:
         gpu_async_insert: bool = False,
         multi_hot: Mapping[str, str] | None = None,
         list_layout: str = "padded",
+        role: str = "secondary",
     ) -> EmbeddingLookupModel:
-        """Opens the store at ``store_path`` (see :class:`EmbeddingStore` for its errors and the
-        GPU tier's options) and wraps it. With ``device``, ids on that GPU are looked up there."""
+        """Opens the store at ``store_path`` (see :class:`EmbeddingStore` for its errors, the
+        GPU tier's options and ``role``; every file verified) and wraps it. With ``device``, ids
+        on that GPU are looked up there. Serving only reads: by default the store's RocksDB tier
+        is opened as a read-only secondary, so any number of models and instances share it."""
         store = EmbeddingStore(
-            Path(store_path), host_budget_bytes=host_budget_bytes, threads=threads, device=device,
+            Path(store_path), role=role, host_budget_bytes=host_budget_bytes, threads=threads, device=device,
             gpu_cache_bytes=gpu_cache_bytes, gpu_eviction=gpu_eviction, gpu_admission=gpu_admission,
             gpu_cache_dtype=gpu_cache_dtype, gpu_async_insert=gpu_async_insert,
         )

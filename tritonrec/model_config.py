@@ -55,3 +55,29 @@ def check_declared_tensors(config: Mapping[str, Any], field: str, specs: Sequenc
                 f"{field} '{name}' is {got['data_type']} {dims} in config.pbtxt; {what} needs "
                 f"TYPE_{spec.triton_dtype} {want}"
             )
+
+
+STORE_ROLES = ("secondary", "primary")
+
+
+def store_role(config: Mapping[str, Any], instance_name: str) -> str:
+    """The role in which an instance opens its store's RocksDB tier, from parameter ``store_role``.
+
+    ``secondary`` (default): every instance reads, none writes; any number of instances and
+    models may share the store. ``primary``: the model's first instance (instance 0 of its first
+    instance group, named ``<group name>_0`` by Triton) is the store's one writer, the model's other
+    instances are secondaries. At most one model may declare a shared store primary.
+
+    Args:
+        config: the model config (Triton's JSON form, instance groups named).
+        instance_name: ``args["model_instance_name"]`` of the instance.
+
+    Raises:
+        ConfigError: another value.
+    """
+    role = parameter(config, "store_role", "secondary")
+    if role not in STORE_ROLES:
+        raise ConfigError(f"parameter 'store_role' is {role!r}: expected one of {STORE_ROLES}")
+    groups = config.get("instance_group") or [{}]
+    first = f"{groups[0].get('name', config.get('name', ''))}_0"
+    return "primary" if role == "primary" and instance_name == first else "secondary"

@@ -5,7 +5,11 @@ Parameters (config.pbtxt): ``store`` (store directory; relative paths are inside
 directory; default ``store``), ``tables`` (comma-separated table names, one per ids column),
 ``missing_key_policy`` (``store``: each table's own, ``zeros`` or ``error``), ``host_budget_bytes``
 (host memory for a store with a RocksDB tier; empty: every row in memory), ``threads`` (lookup
-threads; default all cores), ``plan_fingerprint`` (when set, the store must record it). Metrics:
+threads; default all cores), ``plan_fingerprint`` (when set, the store must record it),
+``store_role`` (``secondary``: every instance opens a RocksDB tier read-only, so any number of
+instances and models share one store; ``primary``: the model's first instance is its one writer;
+see :func:`tritonrec.model_config.store_role`). Every file of the store is verified against its
+checksum at load. Metrics:
 ``tritonrec_embedding_lookups_total``, ``tritonrec_embedding_misses_total``,
 ``tritonrec_embedding_lookup_duration_us``. KIND_GPU instances put a GPU cache on their device ahead
 of the store (parameters ``gpu_cache_bytes``, required there, ``gpu_eviction`` ``lru``/``lfu``,
@@ -27,7 +31,7 @@ import triton_python_backend_utils as pb_utils
 
 from embedding_cache import StoreFormatError
 from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError, parse_multi_hot
-from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter
+from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter, store_role
 from tritonrec.transform.serving import list_layout_for
 from tritonrec.triton_metrics import LookupMetrics
 from tritonrec.triton_tensors import device_input_array, device_output_tensor, input_array, output_tensor, respond
@@ -48,6 +52,7 @@ class TritonPythonModel:
             if not tables:
                 raise ConfigError("parameter 'tables' is empty: expected the table name of each ids column, comma-separated")
             max_batch_size = int(config.get("max_batch_size", 0))
+            role = store_role(config, args["model_instance_name"])
             self.model = EmbeddingLookupModel.open(
                 store_dir,
                 tables,
@@ -64,11 +69,17 @@ class TritonPythonModel:
                 gpu_async_insert=parameter(config, "gpu_async_insert", "false").lower() == "true",
                 multi_hot=parse_multi_hot(parameter(config, "multi_hot", "")),
                 list_layout=list_layout_for(max_batch_size),
+                role=role,
             )
             check_declared_tensors(config, "input", self.model.inputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
             check_declared_tensors(config, "output", self.model.outputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
         except (StoreFormatError, ConfigError, FingerprintMismatchError, KeyError, ValueError, RuntimeError, ImportError) as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
+        store = self.model.store
+        pb_utils.Logger.log_info(
+            f"model '{name}' instance '{args['model_instance_name']}': store {store.path} opened as {store.role}, "
+            f"{store.verified_bytes} bytes verified in {store.verify_seconds:.3f} s"
+        )
         self.metrics = LookupMetrics(pb_utils, name, self.model.take_counter_deltas)
 
     def execute(self, requests):
