@@ -40,6 +40,10 @@ class ScorerFormatError(OSError):
     """A scorer directory cannot be read; the message names the file and the reason."""
 
 
+class NonFiniteScoreError(ArithmeticError):
+    """The scorer returned NaN or an infinite probability from finite inputs (a fault of the model)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ScorerInfo:
     """What a scorer takes and what it was trained with.
@@ -51,6 +55,8 @@ class ScorerInfo:
         n_dense: continuous features (dense input [batch, n_dense]).
         dim: embedding dim (embeddings input [batch, n_tables, dim]).
         dense_input, embeddings_input, output: tensor names.
+        dense_features: the names of the dense input's columns, in order (the transform's float
+            outputs), used in error messages; empty if unknown.
     """
 
     plan_fingerprint: str
@@ -61,6 +67,7 @@ class ScorerInfo:
     dense_input: str = "dense"
     embeddings_input: str = "embeddings"
     output: str = "probability"
+    dense_features: tuple[str, ...] = ()
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -77,6 +84,7 @@ class ScorerInfo:
         data = dataclasses.asdict(self)
         data["tables"] = list(self.tables)
         data["table_sizes"] = dict(self.table_sizes)
+        data["dense_features"] = list(self.dense_features)
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
 
 
@@ -141,6 +149,7 @@ def read_scorer_info(path: str | os.PathLike[str], verify: bool = False) -> Scor
             dense_input=str(data.get("dense_input", "dense")),
             embeddings_input=str(data.get("embeddings_input", "embeddings")),
             output=str(data.get("output", "probability")),
+            dense_features=tuple(str(c) for c in data.get("dense_features", ())),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ScorerFormatError(f"{manifest}: damaged ({type(e).__name__}: {e})") from None
@@ -227,7 +236,10 @@ class TorchScorerModel:
         """Per request: ``{output name: [batch, 1] float32 torch tensor}`` or the error that rejects it.
 
         Inputs are torch tensors (zero-copy from DLPack) or numpy arrays; all good requests are
-        scored in one forward pass.
+        scored in one forward pass. A probability is never NaN or infinite: a request with such a
+        row fails alone, with a :class:`RequestError` naming the row and the non-finite features
+        (e.g. +inf in a raw column, which NVTabular's ops carry through) when its inputs hold
+        any, else a :class:`NonFiniteScoreError` (the model's own fault).
         """
         torch = self._torch
         results, good = check_requests(requests, self.check_request)
@@ -241,11 +253,39 @@ class TorchScorerModel:
             parts = [(p if isinstance(p, torch.Tensor) else torch.from_numpy(np.asarray(p))).to(self.device) for p in parts]
             merged.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         scores = self.score(*merged)
+        bad_rows = (~torch.isfinite(scores).all(dim=1)).nonzero().flatten().tolist() if scores.numel() else []
         start = 0
         for i, rows in good:
-            results[i] = {self.info.output: scores[start : start + rows]}
+            bad = [r - start for r in bad_rows if start <= r < start + rows]
+            if bad:
+                results[i] = self._non_finite_error(bad, [m[start : start + rows] for m in merged])
+            else:
+                results[i] = {self.info.output: scores[start : start + rows]}
             start += rows
         return results
+
+    def _non_finite_error(self, rows: list[int], inputs: list[Any]) -> Exception:
+        """The error of a request whose ``rows`` scored NaN or infinite; ``inputs`` are its tensors."""
+        torch = self._torch
+        causes = []
+        for spec, tensor in zip(self.inputs, inputs):
+            finite = torch.isfinite(tensor[rows[0]].reshape(-1))
+            if not finite.all():
+                k = int((~finite).nonzero()[0])
+                value = float(tensor[rows[0]].reshape(-1)[k])
+                if spec.name == self.info.dense_input:
+                    names = self.info.dense_features
+                    element = f"feature {k}" + (f" ({names[k]!r})" if k < len(names) else "")
+                else:
+                    element = f"value {k}"
+                causes.append(f"input {spec.name!r} row {rows[0]} {element} is {value}")
+        where = f"row(s) {rows[:10]}" + (" ..." if len(rows) > 10 else "")
+        if causes:
+            return RequestError(
+                f"the scorer cannot score {where}: {'; '.join(causes)}: features must be finite (an infinite raw value, or one "
+                "beyond the float32 range such as 1e39, stays infinite through the transform)"
+            )
+        return NonFiniteScoreError(f"the scorer returned a non-finite probability for {where} from finite inputs")
 
 
 def check_scorer_tensors(specs: Sequence[TensorSpec], expected: Sequence[TensorSpec], what: str) -> None:

@@ -238,6 +238,6 @@ def save_dlrm(
         if not overwrite:
             raise FileExistsError(f"{scorer_dir} exists (pass overwrite=True to replace it)")
         shutil.rmtree(scorer_dir)
-    info = ScorerInfo(plan.fingerprint, tuple(tables), sizes, n_dense, model.config.dim)
+    info = ScorerInfo(plan.fingerprint, tuple(tables), sizes, n_dense, model.config.dim, dense_features=tuple(plan.packed_outputs.get("float32", [])))
     save_scorer(scorer_dir, model.dense, info)
     return Path(store_dir), scorer_dir
