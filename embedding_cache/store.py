@@ -433,7 +433,7 @@ class EmbeddingStore:
             if verify:
                 started = time.perf_counter()
                 try:
-                    _files, self.verified_bytes = self._tier.verify_file_checksums()
+                    _files, self.verified_bytes = self._tier.verify_file_checksums(threads=os.cpu_count() or 1)
                 except RuntimeError as e:
                     self._tier = None
                     raise StoreFormatError(f"{tier_dir}: {e}") from None

@@ -2,7 +2,8 @@
 # Runs on the GPU machine (the device tool), from the repository root: builds tritonrec into the
 # machine's Python, then the named stages, copying logs and benchmarks/RESULTS.md to $OUT after each.
 #   bash scripts/device_run.sh tests gpu-cache triton
-# Stages: tests (the GPU tests), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), triton (bench_gpu_lookup_triton.py;
+# .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (scripts/pack_rocksdb_for_gpu.sh).
+# Stages: tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), triton (bench_gpu_lookup_triton.py;
 # needs .gl/tri.tar.xz carried, see scripts/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
 set -uo pipefail
 R=$(pwd)
@@ -17,15 +18,22 @@ unpack_triton() {
     chmod +x /tmp/tri/perf_analyzer && mkdir -p /tmp/tri/bin && mv /tmp/tri/perf_analyzer /tmp/tri/bin/
   fi
 }
+if [ -f .gl/rocksdb.tar.xz ]; then  # RocksDB from Debian's .deb files (scripts/pack_rocksdb_for_gpu.sh)
+  tar -xJf .gl/rocksdb.tar.xz -C /tmp
+  export CMAKE_PREFIX_PATH=/tmp/rdb/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
+  export LD_LIBRARY_PATH=/tmp/rdb/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+python3 -P -c "import embedding_cache as e; print('cuda', e.has_cuda, 'rocksdb', e._core.has_rocksdb, 'devices', e.cuda_device_count())"
 echo "built in $(( $(date +%s) - t0 )) s"
 for stage in "$@"; do
   t0=$(date +%s)
   case "$stage" in
     tests)
-      (cd /tmp && timeout 240 python3 -P -m pytest -q -p no:cacheprovider "$R/tests/test_gpu.py" "$R/tests/test_gpu_cache.py" \
-        "$R/tests/test_cache_policy.py" "$R/tests/test_core.py" "$R/tests/test_dlpack.py") >"$OUT/tests.log" 2>&1
+      (cd /tmp && timeout 330 python3 -P -m pytest -q -p no:cacheprovider "$R/tests/test_gpu.py" "$R/tests/test_gpu_cache.py" \
+        "$R/tests/test_cache_policy.py" "$R/tests/test_core.py" "$R/tests/test_dlpack.py" "$R/tests/test_store_properties.py" \
+        "$R/tests/test_persistent.py") >"$OUT/tests.log" 2>&1
       tail -25 "$OUT/tests.log" ;;
     gpu-plan)
       timeout 240 python3 -P benchmarks/bench_gpu_plan.py >"$OUT/gpu-plan.log" 2>&1; tail -20 "$OUT/gpu-plan.log" ;;

@@ -115,9 +115,9 @@ def test_flipped_bytes_in_a_rocksdb_table_file_are_refused_at_load(tmp_path, tab
     sst = sorted((path / "rocksdb").glob("*.sst"))
     assert sst
     flip(sst[0], fraction=0.3)
-    with pytest.raises(StoreFormatError, match=rf"{sst[0].name} file checksum mismatch, expecting [0-9A-F]{{8}}, but actual [0-9A-F]{{8}}"):
+    with pytest.raises(StoreFormatError, match=rf"{sst[0].name}: damaged: crc32c [0-9a-f]{{8}}, RocksDB's MANIFEST says [0-9a-f]{{8}}"):
         EmbeddingStore(path, role=role)
-    with pytest.raises(StoreFormatError, match="file checksum mismatch"):
+    with pytest.raises(StoreFormatError, match=rf"{sst[0].name}: damaged"):
         EmbeddingStore(path, role=role, host_budget_bytes=10_000)
 
 
@@ -195,7 +195,7 @@ def test_damaged_models_refuse_to_load_in_tritonserver_and_say_why(criteo_traine
             index = {m["name"]: m for m in json.loads(r.read())}
     expected = {
         "criteo_transform": rf"{array}: damaged: sha256 {HEX}, \S*manifest.json says {HEX}",
-        "criteo_embeddings": rf"{sst.name} file checksum mismatch",
+        "criteo_embeddings": rf"{sst.name}: damaged: crc32c [0-9a-f]{{8}}, RocksDB's MANIFEST says [0-9a-f]{{8}}",
         "criteo_scorer": rf"model.pt: damaged: sha256 {HEX}, \S*scorer.json says {HEX}",
     }
     import re

@@ -100,16 +100,18 @@ void bind_persistent(py::module_& m) {
       .def_property_readonly("disk_bytes", &PersistentTier::disk_bytes, "Live data on disk, in bytes (estimate).")
       .def(
           "verify_file_checksums",
-          [](const PersistentTier& tier) {
+          [](const PersistentTier& tier, int threads) {
             VerifiedFiles verified;
             {
               py::gil_scoped_release release;
-              verified = tier.verify_file_checksums();
+              verified = tier.verify_file_checksums(threads);
             }
             return py::make_tuple(verified.files, verified.bytes);
           },
-          "Reads every live table file against its whole-file CRC32C in RocksDB's MANIFEST; returns (files, bytes). "
-          "RuntimeError naming the file and the checksums on a mismatch, or a file written without a checksum.")
+          py::arg("threads") = 1,
+          "Reads every live table file (threads files at once) against its whole-file CRC32C in RocksDB's MANIFEST; "
+          "returns (files, bytes). RuntimeError naming the file and both checksums on a mismatch, or a file written "
+          "without a checksum.")
       .def("catch_up", &PersistentTier::catch_up, py::call_guard<py::gil_scoped_release>(),
            "A secondary: reads the primary's writes made since it opened or last caught up.")
       .def_property_readonly("sequence_number", &PersistentTier::sequence_number,
