@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -279,8 +280,17 @@ def test_cli_build_info_lookup(tmp_path):
     store = tmp_path / "store"
     built = subprocess.run([cli, "build", str(store), "--table", f"emb={tmp_path / 't.parquet'}", "--dtype", "float16", "--missing", "error"], capture_output=True, text=True, timeout=120)
     assert built.returncode == 0, built.stderr
-    info = subprocess.run([cli, "info", str(store), "--verify"], capture_output=True, text=True, timeout=120)
+    info = subprocess.run([cli, "info", str(store)], capture_output=True, text=True, timeout=120)
     assert info.returncode == 0 and "emb" in info.stdout and "float16" in info.stdout and "error" in info.stdout
+    assert re.search(r"checksums: [\d,]+ bytes verified", info.stdout)
+    rows = store / "tables" / "0.rows.npy"
+    rows.write_bytes(rows.read_bytes()[:-2] + b"\0\0")
+    damaged = subprocess.run([cli, "info", str(store)], capture_output=True, text=True, timeout=120)
+    assert damaged.returncode == 1 and "0.rows.npy: damaged: sha256" in damaged.stderr
+    assert subprocess.run([cli, "info", str(store), "--no-verify"], capture_output=True, text=True, timeout=120).returncode == 0
+    built = subprocess.run([cli, "build", str(store), "--overwrite", "--table", f"emb={tmp_path / 't.parquet'}", "--dtype", "float16",
+                            "--missing", "error"], capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
     looked = subprocess.run([cli, "lookup", str(store), "emb", "6", "8"], capture_output=True, text=True, timeout=120)
     assert looked.stdout.splitlines() == ["6: 3 4 5", "8: 9 10 11"]
     missing = subprocess.run([cli, "lookup", str(store), "emb", "99"], capture_output=True, text=True, timeout=120)
