@@ -419,6 +419,7 @@ class EmbeddingStore:
         self._tables: dict[str, _core.HostTable] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._policies: dict[str, MissingPolicy] = {}
+        self._counter_base: dict[str, dict[str, tuple[int, int]]] = {}  # counts of tiers rebuilt by catch_up
         self._budget = host_budget_bytes
         if host_budget_bytes is not None and host_budget_bytes < 1:
             raise ValueError(f"host_budget_bytes {host_budget_bytes}: expected >= 1")
@@ -775,13 +776,15 @@ class EmbeddingStore:
         self._tier.catch_up()
         if self._tier.sequence_number == before:
             return False
-        counters = {name: info.copy() for name, info in self._info.items()}
+        before = self.counters()
         self._open_tables()
-        for name, info in self._info.items():  # the tier's counters span the store's life
-            info.update(tier_hits=counters[name]["tier_hits"], tier_misses=counters[name]["tier_misses"])
         if self._gpu is not None:
             self._gpu = None  # frees its device memory before the new one takes it
             self._open_gpu_tier()
+        # counters span the store's life: the new tiers count on from the old ones' totals
+        for name, tiers in before.items():
+            self._info[name].update(tier_hits=tiers["rocksdb"][0] - tiers["rocksdb"][1], tier_misses=tiers["rocksdb"][1])
+            self._counter_base[name] = {tier: tiers[tier] for tier in ("host", "gpu") if tier in tiers}
         return True
 
     def update(self, table: str, keys: np.ndarray, rows: Any) -> None:
@@ -863,10 +866,13 @@ class EmbeddingStore:
         result = {}
         for name, t in self._tables.items():
             counters = t.stats()
-            tiers = {"host": (int(counters["lookups"]), int(counters["misses"]))}
+            base = self._counter_base.get(name, {})
+            host_base = base.get("host", (0, 0))
+            tiers = {"host": (int(counters["lookups"]) + host_base[0], int(counters["misses"]) + host_base[1])}
             if self._gpu is not None:
                 gpu = self._gpu.stats(name)
-                tiers = {"gpu": (gpu["hits"] + gpu["misses"], gpu["misses"]), **tiers}
+                gpu_base = base.get("gpu", (0, 0))
+                tiers = {"gpu": (gpu["hits"] + gpu["misses"] + gpu_base[0], gpu["misses"] + gpu_base[1]), **tiers}
             if self._tier is not None:
                 info = self._info[name]
                 tiers["rocksdb"] = (info["tier_hits"] + info["tier_misses"], info["tier_misses"])

@@ -219,7 +219,9 @@ def test_a_secondary_catches_up_with_the_primary_of_another_process(persistent_s
         assert writer.stdout.readline().strip() == "written"
         before = secondary.lookup("emb", np.array(changed))
         np.testing.assert_array_equal(before, np.stack([rows[0], rows[1], np.zeros(16, np.float32)]))
+        counted = secondary.counters()["emb"]
         assert secondary.catch_up() is True
+        assert secondary.counters()["emb"] == counted  # cumulative across the rebuilt tiers
         np.testing.assert_array_equal(secondary.lookup("emb", np.array(changed)), np.full((3, 16), 4.5, np.float32))
         np.testing.assert_array_equal(secondary.lookup("emb", keys[2:500]), rows[2:500])
         assert secondary.catch_up() is False  # nothing new
