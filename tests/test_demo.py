@@ -18,6 +18,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "Parity, in process, plan vs nvtabular.Workflow.transform: 2000 rows x 39 columns: exact" in out
     parity = re.search(r"Parity, served ensemble vs PyTorch on Workflow.transform \(2,000 rows\): max \|difference\| (\S+) \(within 1e-5\)", out)
     assert parity and float(parity.group(1)) <= 1e-5
+    single = re.search(r"Parity at batch 1 \(200 rows, one request each\): max \|difference\| (\S+); the timed requests below: (\S+) \(within 1e-5\)", out)
+    assert single and float(single.group(1)) <= 1e-5 and float(single.group(2)) <= 1e-5
     auc = re.search(r"AUC on 2,000 held-out rows: served DLRM (\S+), hidden model (\S+), ratio (\S+)", out)
     assert auc and 0.5 < float(auc.group(1)) <= 1 and 0.5 < float(auc.group(2)) <= 1
     assert re.search(r"\|  1024 \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \|", out)

@@ -138,10 +138,18 @@ def run_demo(options: DemoOptions) -> int:
         parity = float(np.abs(served_p - offline).max())
         parity_ok = parity <= 1e-5
         ok &= parity_ok
+        # the same rows one request each: batch 1 must give the batched answers
+        single_rows = min(200, options.eval_rows)
+        single = np.concatenate([
+            infer(client, ENSEMBLE, pack_request(transform, {c: v[i : i + 1] for c, v in held_cols.items()}), ["probability"])["probability"].reshape(-1)
+            for i in range(single_rows)])
+        single_parity = float(np.abs(single - offline[:single_rows]).max())
+        ok &= single_parity <= 1e-5
         steps.update()
 
         steps.set_postfix_str("measuring latency")
         latency_rows = []
+        latency_parity = 0.0  # every timed request's answer is checked too
         for batch_size in options.batch_sizes:
             tensors = pack_request(transform, {c: v[:batch_size] for c, v in held_cols.items()})
             for _ in range(10):
@@ -149,9 +157,11 @@ def run_demo(options: DemoOptions) -> int:
             latencies = []
             for _ in range(options.requests):
                 t0 = time.perf_counter()
-                infer(client, ENSEMBLE, tensors, ["probability"])
+                got = infer(client, ENSEMBLE, tensors, ["probability"])["probability"]
                 latencies.append(time.perf_counter() - t0)
+                latency_parity = max(latency_parity, float(np.abs(got.reshape(-1) - offline[:batch_size]).max()))
             latency_rows.append((batch_size, *_percentiles(latencies), batch_size * len(latencies) / sum(latencies)))
+        ok &= latency_parity <= 1e-5
         time.sleep(2 * FLUSH_INTERVAL_S)  # the backends send their counts every FLUSH_INTERVAL_S
         rates = hit_rates(scrape_metrics(server.metrics_url), f"{ENSEMBLE}_embeddings")
         steps.update()
@@ -168,6 +178,10 @@ def run_demo(options: DemoOptions) -> int:
         print(
             f"Parity, served ensemble vs PyTorch on Workflow.transform ({options.eval_rows:,} rows): "
             f"max |difference| {parity:.2e} ({'within' if parity_ok else 'NOT within'} 1e-5)"
+        )
+        print(
+            f"Parity at batch 1 ({single_rows} rows, one request each): max |difference| {single_parity:.2e}; "
+            f"the timed requests below: {latency_parity:.2e} ({'within' if max(single_parity, latency_parity) <= 1e-5 else 'NOT within'} 1e-5)"
         )
         print(
             f"AUC on {options.eval_rows:,} held-out rows: served DLRM {auc_served:.4f}, hidden model {auc_hidden:.4f}, "
