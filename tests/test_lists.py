@@ -136,7 +136,7 @@ def test_list_parity(fitted, name, n, seed, max_len):
         assert all(len(v) == 0 for v in got.values())
 
 
-def test_padding_after_categorify_pads_as_documented(fitted):
+def test_padding_after_categorify_pads_as_documented(fitted, tmp_path):
     """nvtabular 23.08's CPU ListSlice pads only rows that are Python lists, not the numpy arrays
     Categorify leaves, so its own CPU output stays ragged there; the plan pads, as the op documents
     and its GPU path does (the one chain where the plan and nvtabular's CPU transform differ)."""
@@ -145,7 +145,7 @@ def test_padding_after_categorify_pads_as_documented(fitted):
 
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"tags": _random_rows(rng, 200, 10, 5)})
-    workflow = nvt.Workflow(["tags"] >> nvt.ops.Categorify() >> nvt.ops.ListSlice(3, pad=True))
+    workflow = nvt.Workflow(["tags"] >> nvt.ops.Categorify(out_path=str(tmp_path)) >> nvt.ops.ListSlice(3, pad=True))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         workflow.fit(Dataset(frame, cpu=True))

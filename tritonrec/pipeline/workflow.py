@@ -45,9 +45,10 @@ def fit_workflow(
     out_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # Categorify writes its vocabularies under its out_path: keep them inside out_dir.
+        # Ops that write statistics (Categorify's vocabularies, TargetEncoding's category stats)
+        # write them under their out_path, the working directory by default: keep them in out_dir.
         for node in _nodes(workflow.output_node):
-            if type(node.op).__name__ == "Categorify":
+            if hasattr(node.op, "out_path"):
                 node.op.out_path = str(out_dir)
         workflow.fit(nvt.Dataset(frame))
         workflow.save(str(out_dir))
