@@ -111,8 +111,8 @@ def respond(pb_utils: Any, requests: list[Any], execute: Callable[[list[dict[str
     try:
         results = execute(batch)
     except Exception as e:  # noqa: BLE001 - reported to the client, the server serves on
-        message = f"{what} failed: {type(e).__name__}: {e}"
-        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)) for _ in requests]
+        error = internal_error(pb_utils, e, what)
+        return [pb_utils.InferenceResponse(error=error) for _ in requests]
     return [
         pb_utils.InferenceResponse(error=triton_error(pb_utils, r, what)) if isinstance(r, Exception)
         else pb_utils.InferenceResponse(output_tensors=to_outputs(r))
@@ -126,4 +126,9 @@ def triton_error(pb_utils: Any, error: Exception, what: str) -> Any:
     (``what``) and the exception's type."""
     if isinstance(error, RequestError):
         return pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
+    return internal_error(pb_utils, error, what)
+
+
+def internal_error(pb_utils: Any, error: Exception, what: str) -> Any:
+    """``INTERNAL``: ``"<what> failed: <type>: <message>"``, a fault of ours in step ``what``."""
     return pb_utils.TritonError(f"{what} failed: {type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
