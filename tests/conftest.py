@@ -87,3 +87,15 @@ def criteo_trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "ids": ids,
         "expected": predict(pipeline.model, dense, ids),
     }
+
+
+@pytest.fixture(scope="session")
+def criteo_persistent_store(criteo_trained, tmp_path_factory):
+    """The trained DLRM's store again, with its rows in RocksDB (``save_dlrm(..., persistent=True)``).
+    Shared: tests export it (which copies it) before damaging or serving it."""
+    from tritonrec.scorer.dlrm import save_dlrm
+
+    pipeline = criteo_trained["pipeline"]
+    out = tmp_path_factory.mktemp("persistent")
+    store_dir, _ = save_dlrm(pipeline.model, pipeline.plan, out / "store", out / "scorer", persistent=True)
+    return store_dir

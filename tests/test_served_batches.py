@@ -18,7 +18,7 @@ import shutil
 import numpy as np
 import pytest
 
-from embedding_cache import EmbeddingStore, build_store
+from embedding_cache import read_store_info
 from tritonrec.cli import main
 from tritonrec.client import infer
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
@@ -30,16 +30,13 @@ ROUNDING = 1e-6  # float32 GEMMs of other shapes
 
 
 @pytest.fixture(scope="module")
-def served(criteo_trained, tmp_path_factory, start_server):
+def served(criteo_trained, criteo_persistent_store, tmp_path_factory, start_server):
     import tritonclient.grpc as grpcclient
 
     pipeline = criteo_trained["pipeline"]
     work = tmp_path_factory.mktemp("batches")
-    with EmbeddingStore(pipeline.store_dir) as source:
-        tables = {t.name: (np.arange(t.rows), source.lookup(t.name, np.arange(t.rows))) for t in source.tables}
-        metadata = source.metadata
-        raw_bytes = sum(t.rows * t.dim * 4 for t in source.tables)
-    store = build_store(work / "store", tables, metadata=metadata, persistent=True)
+    store = criteo_persistent_store
+    raw_bytes = sum(t.rows * t.dim * 4 for t in read_store_info(store)[1])
     repo = work / "repo"
     assert main([
         "export", str(pipeline.workflow_dir), str(repo), "--name", "criteo", "--store", str(store), "--scorer", str(pipeline.scorer_dir),

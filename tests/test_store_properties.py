@@ -118,7 +118,7 @@ def _check_lookup(opened: OpenedStore, table: str, queries: np.ndarray) -> None:
     store = opened.store
     expected, present = opened.expected(table, queries)
     if table == "error" and not present.all():
-        with pytest.raises(KeyError, match=f"not in table 'error'"):
+        with pytest.raises(KeyError, match="not in table 'error'"):
             store.lookup(table, queries)
         # with another policy for the call, the same keys are served
         np.testing.assert_array_equal(store.lookup(table, queries, missing=MissingPolicy("zeros")), np.where(present[:, None], expected, 0))
