@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from embedding_cache.integrity import write_manifest
-
 from tritonrec.transform import PlanLoadError, TransformPlan, compile_workflow
 
 
