@@ -73,6 +73,7 @@ def _foreign_models(repo, plan_dir, store_dir, tables):
             backend: "nvtabular_transform"
             max_batch_size: 256
             parameters {{ key: "plan" value: {{ string_value: "{plan_dir}" }} }}
+            parameters {{ key: "allow_outside_repository" value: {{ string_value: "true" }} }}
             parameters {{ key: "layout" value: {{ string_value: "packed" }} }}
             parameters {{ key: "output_layout" value: {{ string_value: "packed" }} }}
         ''',
@@ -82,6 +83,7 @@ def _foreign_models(repo, plan_dir, store_dir, tables):
             input [ {{ name: "ids", data_type: TYPE_INT64, dims: [ {n} ] }} ]
             output [ {{ name: "embeddings", data_type: TYPE_FP32, dims: [ {n}, 16 ] }} ]
             parameters {{ key: "store" value: {{ string_value: "{store_dir}" }} }}
+            parameters {{ key: "allow_outside_repository" value: {{ string_value: "true" }} }}
             parameters {{ key: "tables" value: {{ string_value: "{",".join(tables)}" }} }}
         ''',
         "ranker": f'''

@@ -121,6 +121,7 @@ def test_multi_hot_lookup_through_triton(tmp_path, start_server, kind):
             f"instance_group [ {{ count: 1, kind: {kind} }} ]",
             "dynamic_batching { }" if batch else "",
             f'parameters {{ key: "store" value: {{ string_value: "{store}" }} }}',
+            'parameters { key: "allow_outside_repository" value: { string_value: "true" } }',
             'parameters { key: "tables" value: { string_value: "user,tags" } }',
             'parameters { key: "multi_hot" value: { string_value: "tags:mean" } }',
             *(['parameters { key: "gpu_cache_bytes" value: { string_value: "1048576" } }',

@@ -44,6 +44,7 @@ def served(criteo_small, tmp_path_factory, start_server):
     (repo / "criteo_auto" / "config.pbtxt").write_text(
         'backend: "nvtabular_transform"\n'
         f'parameters {{ key: "plan" value: {{ string_value: "{auto_plan}" }} }}\n'
+        'parameters { key: "allow_outside_repository" value: { string_value: "true" } }\n'
         'parameters { key: "layout" value: { string_value: "packed" } }\n'
     )
     with start_server(repo) as server:

@@ -17,11 +17,33 @@ def parameter(config: Mapping[str, Any], key: str, default: str = "") -> str:
     return value or default
 
 
+OUTSIDE_PARAMETER = "allow_outside_repository"
+
+
 def model_path(args: Mapping[str, Any], config: Mapping[str, Any], key: str) -> Path:
-    """The path in parameter ``key`` (default: ``key`` itself); a relative one is inside the model
-    version directory (``args`` is what Triton passes to ``initialize``)."""
-    path = Path(parameter(config, key, key))
-    return path if path.is_absolute() else Path(args["model_repository"]) / args["model_version"] / path
+    """The directory named by parameter ``key`` (default: ``key`` itself), symlinks resolved.
+
+    A relative path is inside the model version directory (``args`` is what Triton passes to
+    ``initialize``; ``args["model_repository"]`` is the model's own directory). The resolved path
+    must lie inside the model repository (the model directory's parent, symlinks resolved) unless
+    the config sets the parameter ``allow_outside_repository: "true"``: a repository's configs then
+    cannot make a model read files elsewhere on the machine.
+
+    Raises:
+        ConfigError: naming the parameter and the path: outside the repository, or not a directory.
+    """
+    text = parameter(config, key, key)
+    model_dir = Path(args["model_repository"])
+    path = (model_dir / args["model_version"] / text).resolve()  # an absolute ``text`` replaces the base
+    repository = model_dir.parent.resolve()
+    if not path.is_relative_to(repository) and parameter(config, OUTSIDE_PARAMETER, "false").lower() != "true":
+        raise ConfigError(
+            f"parameter {key!r} is {text!r}, which resolves to {path}, outside the model repository {repository}: "
+            f"keep it inside, or set the parameter {OUTSIDE_PARAMETER!r} to \"true\""
+        )
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"parameter {key!r} is {text!r}, which resolves to {path}: expected a directory, found a file")
+    return path
 
 
 def int_parameter(config: Mapping[str, Any], key: str, default: int | None) -> int | None:

@@ -2,7 +2,8 @@
 [batch, n_tables, dim] FP32 from an ``embedding_cache`` store.
 
 Parameters (config.pbtxt): ``store`` (store directory; relative paths are inside the version
-directory; default ``store``), ``tables`` (comma-separated table names, one per ids column),
+directory; default ``store``; it must resolve inside the model repository unless
+``allow_outside_repository`` is ``"true"``), ``tables`` (comma-separated table names, one per ids column),
 ``missing_key_policy`` (``store``: each table's own, ``zeros`` or ``error``), ``host_budget_bytes``
 (host memory for a store with a RocksDB tier; empty: every row in memory), ``threads`` (lookup
 threads; default all cores), ``plan_fingerprint`` (when set, the store must record it),
@@ -41,11 +42,11 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         name = args["model_name"]
-        store_dir = model_path(args, config, "store")
         tables = [t.strip() for t in parameter(config, "tables").split(",") if t.strip()]
         self.gpu = args["model_instance_kind"] == "GPU"
         device = int(args["model_instance_device_id"]) if self.gpu else None
         try:
+            store_dir = model_path(args, config, "store")
             gpu_cache_bytes = int_parameter(config, "gpu_cache_bytes", None) if self.gpu else None
             if self.gpu and gpu_cache_bytes is None:
                 raise ConfigError("KIND_GPU instances need the parameter 'gpu_cache_bytes' (device memory for the GPU cache)")

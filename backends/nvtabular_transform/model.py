@@ -1,7 +1,8 @@
 """Triton Python-based backend "nvtabular_transform": serves a compiled NVTabular transform plan.
 
 A model selects it with ``backend: "nvtabular_transform"``; the plan lives in the model version
-directory (``<model>/<version>/plan`` unless the ``plan`` parameter names another path). Parameters:
+directory (``<model>/<version>/plan`` unless the ``plan`` parameter names another path inside the model
+repository; a path elsewhere needs ``allow_outside_repository: "true"``). Parameters:
 ``layout`` (inputs: ``per-column`` or ``packed``), ``output_layout`` (default: ``layout``), ``plan``,
 ``plan_fingerprint`` (when set, the plan must have it) and ``bytes_inputs_under_numpy2`` (see
 :func:`tritonrec.triton_tensors.check_string_inputs`). String columns arrive as BYTES tensors. KIND_GPU instances run the plan with cupy on their
@@ -20,7 +21,7 @@ import os
 import triton_python_backend_utils as pb_utils
 
 from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
-from tritonrec.model_config import ConfigError, check_declared_tensors, model_path
+from tritonrec.model_config import OUTSIDE_PARAMETER, ConfigError, check_declared_tensors, model_path
 from tritonrec.model_config import parameter as _parameter
 from tritonrec.transform.plan import PlanLoadError
 from tritonrec.transform.serving import TransformModel, list_layout_for
@@ -35,9 +36,11 @@ class TritonPythonModel:
     def auto_complete_config(auto_complete_model_config):
         config = auto_complete_model_config.as_dict()
         plan_parameter = _parameter(config, "plan", "plan")
-        if not os.path.isabs(plan_parameter):
+        if not os.path.isabs(plan_parameter) or _parameter(config, OUTSIDE_PARAMETER, "false").lower() != "true":
             # Triton does not tell auto-complete where the model lives: a relative plan path is
-            # resolved in initialize(), and the exported config.pbtxt lists the tensors itself.
+            # resolved (and an absolute one checked against the repository) in initialize(); the
+            # exported config.pbtxt lists the tensors itself. Auto-complete reads an absolute plan
+            # path only where the config allows paths outside the repository.
             return auto_complete_model_config
         layout = _parameter(config, "layout", "per-column")
         model = TransformModel.from_directory(plan_parameter, layout, output_layout=_parameter(config, "output_layout", layout))
@@ -56,11 +59,11 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         name = args["model_name"]
-        plan_dir = model_path(args, config, "plan")
         layout = _parameter(config, "layout", "per-column")
         output_layout = _parameter(config, "output_layout", layout)
         self.gpu = args["model_instance_kind"] == "GPU"
         try:
+            plan_dir = model_path(args, config, "plan")
             max_batch_size = int(config.get("max_batch_size", 0))
             list_layout = list_layout_for(max_batch_size)
             self.model = TransformModel.from_directory(plan_dir, layout, max_batch_size, output_layout, list_layout)

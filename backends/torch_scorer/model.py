@@ -3,7 +3,8 @@
 Inputs ``dense`` FP32 [batch, n_dense] and ``embeddings`` FP32 [batch, n_tables, dim] (names from
 the scorer's ``scorer.json``); output ``probability`` FP32 [batch, 1]. KIND_CPU instances run on
 the host, KIND_GPU instances on their device. Parameters: ``scorer`` (directory; relative paths are
-inside the version directory; default ``scorer``), ``threads`` (torch CPU threads),
+inside the version directory; default ``scorer``; inside the model repository unless
+``allow_outside_repository`` is ``"true"``), ``threads`` (torch CPU threads),
 ``plan_fingerprint`` (when set, the scorer must record it). All logic is in
 :class:`tritonrec.scorer.artifact.TorchScorerModel`.
 """
@@ -26,10 +27,10 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         name = args["model_name"]
-        scorer_dir = model_path(args, config, "scorer")
         self.gpu = args["model_instance_kind"] == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if self.gpu else "cpu"
         try:
+            scorer_dir = model_path(args, config, "scorer")
             self.model = TorchScorerModel(scorer_dir, device, int(config.get("max_batch_size", 0)), int_parameter(config, "threads", None))
             check_fingerprint(f"scorer {scorer_dir}", self.model.info.plan_fingerprint, parameter(config, "plan_fingerprint") or None)
             check_declared_tensors(config, "input", self.model.inputs, f"the scorer {scorer_dir}")
