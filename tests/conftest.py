@@ -99,3 +99,49 @@ def criteo_persistent_store(criteo_trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("persistent")
     store_dir, _ = save_dlrm(pipeline.model, pipeline.plan, out / "store", out / "scorer", persistent=True)
     return store_dir
+
+
+# Every tritonserver and Python backend stub a test starts must be gone when the run ends (a
+# server once outlived its `tritonrec serve` by 50 minutes after `make test`).
+_SERVER_PROCESSES = ("tritonserver", "triton_python_backend_stub")
+
+
+def _server_processes() -> dict[int, str]:
+    """pid -> command line of every tritonserver / stub process on the machine."""
+    from pathlib import Path
+
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and argv and argv[0] and Path(argv[0].decode(errors="replace")).name in _SERVER_PROCESSES:
+            found[int(cmdline.parent.name)] = b" ".join(argv).decode(errors="replace")[:200]
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._servers_before = set(_server_processes())  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import os
+    import signal
+    import time
+
+    before = getattr(session.config, "_servers_before", set())
+    deadline = time.monotonic() + 15  # a server stopped by the last teardown may still be exiting
+    while True:
+        left = {pid: cmd for pid, cmd in _server_processes().items() if pid not in before}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if left:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        listing = "\n".join(f"  {pid}: {cmd}" for pid, cmd in left.items())
+        print(f"\nFAILED: the tests left {len(left)} tritonserver/stub process(es) running (now killed):\n{listing}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

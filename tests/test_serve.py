@@ -97,7 +97,7 @@ def _cli_serve(repo, *extra):
 def test_cli_serve_runs_until_sigterm(repo):
     process = None
     try:
-        process, http = _cli_serve(repo)
+        process, http = _cli_serve(repo, "--http")
         with urllib.request.urlopen(f"http://{http}/v2/models/criteo/ready", timeout=5) as response:
             assert response.status == 200
         process.send_signal(signal.SIGTERM)
@@ -113,12 +113,14 @@ def test_cli_serve_passes_tritonserver_options_after_a_double_dash(repo):
     """Options after ``--`` reach tritonserver: in explicit model control nothing is loaded at start."""
     process = None
     try:
-        process, http = _cli_serve(repo, "--", "--model-control-mode=explicit")
+        process, http = _cli_serve(repo, "--http", "--", "--model-control-mode=explicit")
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://{http}/v2/models/criteo/ready", timeout=5)
         assert e.value.code == 400
         with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=5) as response:
             assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
     finally:
         if process is not None and process.poll() is None:
             process.kill()

@@ -9,9 +9,44 @@ import threading
 from collections.abc import Sequence
 
 
+ADMIN_KEY_ENV = "TRITONREC_ADMIN_KEY"
+_RESERVED_OPTIONS = ("--grpc-restricted-protocol", "--http-restricted-api", "--allow-http", "--http-address",
+                     "--grpc-address", "--metrics-address", "--model-repository", "--backend-directory")
+
+
+def _admin_key(args: argparse.Namespace) -> str | None:
+    """The admin key: from ``--admin-key-file``, else ``$TRITONREC_ADMIN_KEY``, else a random one
+    nobody is told (the admin APIs then stay closed); None with ``--allow-admin``."""
+    import os  # noqa: PLC0415
+
+    from tritonrec.serve import ServerError, check_admin_key, new_admin_key  # noqa: PLC0415
+
+    if args.allow_admin:
+        if args.admin_key_file:
+            raise ServerError("--allow-admin opens the admin APIs to everyone: it takes no --admin-key-file")
+        return None
+    if args.admin_key_file:
+        try:
+            text = open(args.admin_key_file, encoding="utf-8").read()  # noqa: SIM115
+        except (OSError, UnicodeDecodeError) as e:
+            raise ServerError(f"--admin-key-file {args.admin_key_file}: cannot read it ({e.__class__.__name__})") from None
+        return check_admin_key(text, f"--admin-key-file {args.admin_key_file}")
+    if os.environ.get(ADMIN_KEY_ENV):
+        return check_admin_key(os.environ[ADMIN_KEY_ENV], f"${ADMIN_KEY_ENV}")
+    return new_admin_key()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from tritonrec.serve import ServerError, TritonServer  # noqa: PLC0415
 
+    if args.http_port is not None and not args.http:
+        print("tritonrec serve: --http-port needs --http (HTTP is off by default)", file=sys.stderr)
+        return 2
+    for option in args.tritonserver_args:
+        name = option.split("=", 1)[0]
+        if name in _RESERVED_OPTIONS:
+            print(f"tritonrec serve: {name} after --: tritonrec serve sets it itself (see --host, --http, --allow-admin)", file=sys.stderr)
+            return 2
     try:
         server = TritonServer(
             args.model_repository,
@@ -20,27 +55,76 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             tritonserver=args.tritonserver,
             extra_args=tuple(args.tritonserver_args),
+            host=args.host,
+            http=args.http,
+            admin_key=_admin_key(args),
         )
         stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: stop.set())
         server.start(timeout_s=args.timeout)
     except ServerError as e:
         print(f"tritonrec serve: {e}", file=sys.stderr)
         return 1
+    if args.check:
+        return _check(server, args)
+    from tritonrec.supervise import Supervisor, SupervisorMetrics, SupervisorOptions  # noqa: PLC0415
+    from tritonrec.serve import free_port  # noqa: PLC0415
+
+    metrics = SupervisorMetrics()
+    supervisor_port = args.supervisor_metrics_port or free_port(args.host)
+    try:
+        metrics.serve(supervisor_port, args.host)
+    except OSError as e:
+        server.stop()
+        print(f"tritonrec serve: --supervisor-metrics-port {supervisor_port}: {e.strerror}", file=sys.stderr)
+        return 1
     print(f"tritonserver ready: {server.model_repository}")
-    print(f"  HTTP     {server.http_url}")
     print(f"  gRPC     {server.grpc_url}")
+    print(f"  HTTP     {server.http_url or 'off (--http serves it)'}")
     print(f"  metrics  {server.metrics_url}")
+    print(f"  canary   http://{args.host}:{supervisor_port}/metrics")
     print(f"  log      {server.log_path}")
+    print(f"  admin    {'open to every client (--allow-admin)' if args.allow_admin else 'restricted (' + ', '.join(_admin_categories()) + ')'}")
     print("Ctrl-C or SIGTERM stops it.", flush=True)
-    while not stop.wait(0.5):
-        if not server.is_running():
-            print("tritonrec serve: tritonserver exited", file=sys.stderr)
-            return 1
-    code = server.stop()
-    print(f"tritonserver stopped (exit code {code})")
-    return 0
+    options = SupervisorOptions(restarts=args.restart, canary_interval_s=args.canary_interval,
+                                canary_timeout_s=args.canary_timeout, start_timeout_s=args.timeout)
+    try:
+        return Supervisor(server, options, metrics).run(stop)
+    finally:
+        metrics.close()
+
+
+def _admin_categories() -> tuple[str, ...]:
+    from tritonrec.serve import ADMIN_CATEGORIES  # noqa: PLC0415
+
+    return ADMIN_CATEGORIES
+
+
+def _check(server: object, args: argparse.Namespace) -> int:
+    """``serve --check``: one canary per READY model, a line each, then stop; 0 when all pass."""
+    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+
+    from tritonrec.canary import CanaryProber  # noqa: PLC0415
+
+    prober = CanaryProber(server.grpc_url, args.canary_timeout, server.admin_headers())  # type: ignore[attr-defined]
+    try:
+        results = prober.probe_all()
+    except InferenceServerException as e:
+        print(f"tritonrec serve --check: the server did not list its models: {e.message()}", file=sys.stderr)
+        results = None
+    finally:
+        prober.close()
+        server.stop()  # type: ignore[attr-defined]
+    if results is None:
+        return 1
+    if not results:
+        print("tritonrec serve --check: no model is READY (nothing to probe)", file=sys.stderr)
+        return 1
+    for result in results:
+        line = f"canary {result.model}: {'ok' if result.ok else 'FAILED: ' + result.reason} ({result.seconds * 1e3:.1f} ms)"
+        print(line, file=sys.stdout if result.ok else sys.stderr, flush=True)
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _export_transform(args: argparse.Namespace) -> int:
@@ -146,16 +230,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run tritonserver on a model repository with tritonrec's backends")
+    serve = sub.add_parser(
+        "serve", help="run tritonserver on a model repository with tritonrec's backends, supervised",
+        description="Runs tritonserver on MODEL_REPOSITORY with tritonrec's backends; secure by default: loopback "
+                    "only, gRPC only, the admin APIs (" + ", ".join(("model-repository", "shared-memory", "statistics", "trace", "logging"))
+                    + ") behind a key. Options after -- go to tritonserver.",
+        usage="tritonrec serve MODEL_REPOSITORY [options] [-- TRITONSERVER_OPTION ...]",
+    )
     serve.add_argument("model_repository")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--http", action="store_true",
+                       help="serve HTTP/JSON too (Triton 2.51's JSON parser can be crashed by one deeply nested body: "
+                            "expose it only to trusted clients)")
     serve.add_argument("--http-port", type=int)
     serve.add_argument("--grpc-port", type=int)
     serve.add_argument("--metrics-port", type=int)
+    serve.add_argument("--allow-admin", action="store_true",
+                       help="leave Triton's admin APIs (model loading, shared memory, statistics, trace, logging) open to every client")
+    serve.add_argument("--admin-key-file",
+                       help=f"file holding the admin key (else ${ADMIN_KEY_ENV}; else a random key: the admin APIs stay closed). "
+                            "Clients send it in the header admin-key (HTTP) or triton-grpc-protocol-admin-key (gRPC)")
+    serve.add_argument("--restart", type=int, default=0, metavar="N", help="restart tritonserver up to N times when it dies")
+    serve.add_argument("--canary-interval", type=float, default=5.0, metavar="S",
+                       help="seconds between canary requests to every model (0: none)")
+    serve.add_argument("--canary-timeout", type=float, default=10.0, metavar="S", help="seconds a canary answer may take")
+    serve.add_argument("--supervisor-metrics-port", type=int, help="port of the canary and restart metrics (default: a free one)")
+    serve.add_argument("--check", action="store_true",
+                       help="start, send one canary request to every model, stop; exit 1 when any fails")
     serve.add_argument("--tritonserver", help="path of the tritonserver binary (default: PATH, then the bundled one)")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    serve.add_argument("tritonserver_args", nargs="*", metavar="-- TRITONSERVER_OPTION",
-                       help="more tritonserver options after --, e.g. -- --cuda-memory-pool-byte-size=0:1073741824 "
-                            "(GPU ensembles at large batches: Triton's default pool is 64 MiB a GPU; larger tensors travel through host memory)")
     serve.set_defaults(func=_serve)
 
     export = sub.add_parser("export-transform", help="compile a fitted NVTabular workflow into a Triton model")
@@ -224,7 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:
+        # everything after the first -- goes to tritonserver, wherever tritonrec's own options are
+        split = argv.index("--")
+        argv, passthrough = argv[:split], argv[split + 1 :]
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        args.tritonserver_args = passthrough
     return int(args.func(args))
 
 

@@ -10,9 +10,11 @@ loads with no model.py of its own.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -179,23 +181,152 @@ def server_environment(install: ServerInstall) -> dict[str, str]:
 
 _MODEL_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*)")
 _PORT_FAILURE = re.compile(r"(failed to start \w+ service.*|Socket '[^']*' already in use.*|Address already in use.*)", re.I)
+_UNRECOGNIZED_OPTION = re.compile(r"unrecognized option '([^']*)'")
+_BAD_OPTION = re.compile(r'^Bad option: "([^"]*)"')
 
 
 def summarize_failure(log: str) -> str:
     """The one line that says why a server did not start, from its log."""
-    for line in log.splitlines():
+    lines = log.splitlines()
+    for line in lines:
+        match = _UNRECOGNIZED_OPTION.search(line)
+        if match:
+            return f"tritonserver does not know the option {match.group(1)!r}"
+    for i, line in enumerate(lines):
+        match = _BAD_OPTION.search(line)
+        if match:
+            detail = next((rest.strip() for rest in lines[i + 1 :] if rest.strip()), "")
+            return f"tritonserver rejected the option {match.group(1)}: {detail}".rstrip(": ")
+    for line in lines:
         match = _MODEL_FAILURE.search(line)
         if match:
             return f"model '{match.group(1)}' failed to load: {match.group(2).strip()}"
-    for line in log.splitlines():
+    for line in lines:
         match = _PORT_FAILURE.search(line)
         if match:
             return f"port in use: {match.group(1).strip()}"
-    errors = [line for line in log.splitlines() if line.startswith("E") or "error" in line.lower()]
+    errors = [line for line in lines if line.startswith("E") or "error" in line.lower()]
     if errors:
         return errors[-1].strip()
-    tail = [line for line in log.splitlines() if line.strip()]
+    tail = [line for line in lines if line.strip()]
     return tail[-1].strip() if tail else "tritonserver exited without output"
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``exit code N`` or ``signal N (SIGNAME)`` for a ``subprocess`` return code."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"signal {-returncode} ({name})"
+    return f"exit code {returncode}"
+
+
+ADMIN_CATEGORIES = ("model-repository", "shared-memory", "statistics", "trace", "logging")
+"""Triton's restricted-API categories that :class:`TritonServer` puts behind the admin key:
+loading and unloading models, registering shared memory, statistics, tracing and log settings.
+Health, metadata, model configuration and inference stay open."""
+
+ADMIN_HEADER = "admin-key"
+"""Name of the admin key's header: HTTP clients send ``admin-key: <key>``; gRPC clients send
+``triton-grpc-protocol-admin-key: <key>`` (Triton prefixes restricted gRPC headers)."""
+
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+
+_KEY_CHARACTERS = re.compile(r"[A-Za-z0-9._~-]{16,256}")
+
+
+def check_admin_key(key: str, source: str) -> str:
+    """``key`` with surrounding whitespace removed, if it can be an admin key.
+
+    Raises:
+        ServerError: naming ``source`` (e.g. ``--admin-key-file PATH``) and what is expected; the
+            key itself is never part of a message.
+    """
+    key = key.strip()
+    if not _KEY_CHARACTERS.fullmatch(key):
+        raise ServerError(
+            f"{source}: the admin key must be 16 to 256 characters from A-Z a-z 0-9 . _ ~ - "
+            f"(it is {len(key)} characters{'' if key.isascii() else ', not all ASCII'})"
+        )
+    return key
+
+
+def new_admin_key() -> str:
+    """A random admin key (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Process ids whose process group is ``pgid`` (from ``/proc``; Linux)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def end_process_group(pgid: int, grace_s: float = 5.0) -> tuple[list[int], list[int]]:
+    """SIGTERM to every live process of group ``pgid``, SIGKILL to those left after ``grace_s``.
+
+    Returns:
+        (the process ids that were alive, those that needed SIGKILL: Python backend stubs blocked
+        on a dead server ignore SIGTERM).
+    """
+    alive = process_group_members(pgid)
+    if not alive:
+        return [], []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and process_group_members(pgid):
+        time.sleep(0.05)
+    stubborn = process_group_members(pgid)
+    if stubborn:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and process_group_members(pgid):
+            time.sleep(0.05)
+    return alive, stubborn
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def remove_shared_memory(prefix: str) -> list[str]:
+    """Removes the POSIX shared-memory regions whose names start with ``prefix``; returns their names."""
+    if not prefix or "/" in prefix:
+        raise ValueError(f"shared-memory prefix {prefix!r}: expected a non-empty name without '/'")
+    removed = []
+    for region in SHM_DIR.glob(f"{prefix}*"):
+        with contextlib.suppress(FileNotFoundError):
+            region.unlink()
+            removed.append(region.name)
+    return removed
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """In the forked child before exec: SIGTERM when the parent (the thread that forked) ends."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent ended before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class TritonServer:
@@ -203,6 +334,20 @@ class TritonServer:
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. Ports not given are picked
     free. ``log_path`` receives the server's stdout and stderr.
+
+    The server runs in its own process group, with the Python backend's stubs (its children), and
+    gets SIGTERM when the thread that started it ends (``PR_SET_PDEATHSIG``): start it from a
+    thread that outlives it (the main thread, as the CLI, tests and benchmarks do). :meth:`stop`
+    (also after the server died) ends every process of the group, stubs included, and removes the
+    shared-memory regions of this server's Python backend, which get the unique name prefix
+    :attr:`shm_prefix`.
+
+    Args:
+        http: serve Triton's HTTP/JSON endpoint too (Triton 2.51's JSON parser has no depth limit:
+            one deeply nested body crashes the server, so :mod:`tritonrec.cli` serves gRPC only
+            unless asked). Without it readiness is read over gRPC (``tritonclient[grpc]``).
+        admin_key: when given, the :data:`ADMIN_CATEGORIES` of both endpoints need it in the
+            :data:`ADMIN_HEADER` header; None leaves Triton's APIs open.
     """
 
     def __init__(
@@ -216,23 +361,36 @@ class TritonServer:
         log_path: str | os.PathLike[str] | None = None,
         extra_args: tuple[str, ...] = (),
         host: str = "127.0.0.1",
+        http: bool = True,
+        admin_key: str | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.host = host
+        self.http = http
+        self._admin_key = admin_key
         self.install = find_tritonserver(tritonserver)
-        for name, port in (("--http-port", http_port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
+        for name, port in (("--http-port", http_port if http else None), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
             if port is not None and not port_is_free(port, host):
                 raise ServerError(f"{name} {port}: port is taken")
-        self.http_port = http_port or free_port(host)
+        self.http_port = (http_port or free_port(host)) if http else None
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
         self.extra_args = tuple(extra_args)
+        self.shm_prefix = f"tritonrec_{os.getpid()}_{secrets.token_hex(4)}_"
         self._log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self._process: subprocess.Popen[bytes] | None = None
+        self._grpc_client: object | None = None
+        self.returncode: int | None = None
+        """The exit status of the last server process (negative: the signal that ended it)."""
+        self.leftover_processes: list[int] = []
+        """Processes of the last server's group still alive after it exited (ended by :meth:`stop`)."""
+        self.removed_regions: list[str] = []
+        """Shared-memory regions of the last server that :meth:`stop` removed."""
 
     @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+    def http_url(self) -> str | None:
+        """``host:port`` of the HTTP endpoint, None when HTTP is off."""
+        return f"{self.host}:{self.http_port}" if self.http else None
 
     @property
     def grpc_url(self) -> str:
@@ -246,6 +404,15 @@ class TritonServer:
     def log_path(self) -> Path:
         return self._log_path
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running server (also its process group id), None when not running."""
+        return self._process.pid if self._process is not None else None
+
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC headers that open the admin categories (empty when they are not restricted)."""
+        return {GRPC_ADMIN_HEADER: self._admin_key} if self._admin_key else {}
+
     def log(self) -> str:
         """The server's output so far."""
         try:
@@ -253,35 +420,52 @@ class TritonServer:
         except FileNotFoundError:
             return ""
 
+    def last_log_lines(self, n: int = 20) -> list[str]:
+        """The last ``n`` non-empty lines of the server's output, without its start-up tables."""
+        return [line for line in self.log().splitlines() if line.strip() and not line.startswith(("|", "+-"))][-n:]
+
     def command(self) -> list[str]:
+        """tritonserver's command line (the admin key is on it: local users can read it in ``ps``)."""
+        restricted = []
+        if self._admin_key:
+            categories = ",".join(ADMIN_CATEGORIES)
+            restricted.append(f"--grpc-restricted-protocol={categories}:{ADMIN_HEADER}={self._admin_key}")
+            if self.http:
+                restricted.append(f"--http-restricted-api={categories}:{ADMIN_HEADER}={self._admin_key}")
+        http = [f"--http-port={self.http_port}", f"--http-address={self.host}"] if self.http else ["--allow-http=false"]
         return [
             str(self.install.binary),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={self.install.backend_dir}",
-            f"--http-port={self.http_port}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *http,
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            f"--http-address={self.host}",
             f"--grpc-address={self.host}",
             f"--metrics-address={self.host}",
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
             "--exit-timeout-secs=10",
+            *restricted,
             *self.extra_args,
         ]
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
-        """Starts the server and waits until ``/v2/health/ready`` answers 200.
+        """Starts the server and waits until it reports ready (HTTP ``/v2/health/ready``, else gRPC).
 
         Raises:
             ServerError: the model repository is missing, the server exited, or it was not ready
                 within ``timeout_s``; the message says why in one line.
         """
+        if self.is_running():
+            raise ServerError("tritonserver is already running")
         if not self.model_repository.is_dir():
             raise ServerError(f"model repository {self.model_repository} is not a directory")
         prepare_backend_directory(self.install)
+        self.returncode = None
         log = open(self._log_path, "wb")  # noqa: SIM115 - owned by the process lifetime
+        parent = os.getpid()
         self._process = subprocess.Popen(
             self.command(),
             stdout=log,
@@ -291,13 +475,14 @@ class TritonServer:
             # source checkout can shadow the installed packages.
             cwd=str(self.model_repository),
             start_new_session=True,
+            preexec_fn=lambda: _end_with_parent(parent),  # noqa: PLW1509 - async-signal-safe calls only
         )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 reason = summarize_failure(self.log())
-                self._process = None
+                self.stop()
                 raise ServerError(f"tritonserver did not start: {reason} (log: {self._log_path})")
             if self.is_ready():
                 return self
@@ -307,19 +492,37 @@ class TritonServer:
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s: {reason} (log: {self._log_path})")
 
     def is_ready(self) -> bool:
-        """True when the server answers 200 on /v2/health/ready."""
+        """True when the server says it is ready (HTTP ``/v2/health/ready`` 200, else gRPC ServerReady)."""
+        if self.http:
+            try:
+                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1.0) as r:
+                    return r.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1.0) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
+            import tritonclient.grpc as grpcclient  # noqa: PLC0415
+            from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+        except ImportError:
+            raise ServerError("a server without HTTP is probed over gRPC: install tritonclient[grpc] (pip install 'tritonrec[server]')") from None
+        if self._grpc_client is None:
+            self._grpc_client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            return bool(self._grpc_client.is_server_ready(client_timeout=1.0))  # type: ignore[attr-defined]
+        except InferenceServerException:
             return False
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """Stops the server (SIGINT, then SIGKILL after ``timeout_s``); returns its exit code."""
+        """Stops the server (SIGINT, then SIGKILL after ``timeout_s``), ends what is left of its
+        process group (stubs: SIGTERM, then SIGKILL) and removes its Python backend's shared-memory
+        regions. Also cleans up after a server that died. Returns its exit status."""
         process, self._process = self._process, None
+        if self._grpc_client is not None:
+            with contextlib.suppress(Exception):
+                self._grpc_client.close()  # type: ignore[attr-defined]
+            self._grpc_client = None
         if process is None:
             return None
         if process.poll() is None:
@@ -331,6 +534,9 @@ class TritonServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        self.leftover_processes, _ = end_process_group(process.pid)
+        self.removed_regions = remove_shared_memory(self.shm_prefix)
+        self.returncode = process.returncode
         return process.returncode
 
     def __enter__(self) -> TritonServer:
