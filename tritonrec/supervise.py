@@ -149,13 +149,19 @@ class Supervisor:
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
         prober = CanaryProber(self.server.grpc_url, self.options.canary_timeout_s, self.server.admin_headers())
+        first = True
         try:
             while not stop.is_set():
                 if self.server.is_running():
                     try:
-                        self.canary_round(prober)
+                        results = self.canary_round(prober)
                     except InferenceServerException:
                         pass  # the server is going down or restarting: the main loop reports that
+                    else:
+                        if first:
+                            passed = sum(r.ok for r in results)
+                            self.say(f"canaries: {passed} of {len(results)} models pass, next every {self.options.canary_interval_s:g} s")
+                            first = False
                 if stop.wait(self.options.canary_interval_s):
                     break
         finally:
