@@ -523,14 +523,15 @@ class Fuzzer:
                 report.failures.append(Failure("probe", after, target.model, f"the probe's answer changed: {problem}"))
 
     def run(self, cases: int, *, stop_on_crash: bool = True) -> FuzzReport:
-        """Sends ``cases`` random cases (each followed by the probe); returns the report."""
+        """Sends ``cases`` random cases (each followed by the probe; a case that cannot apply to the
+        target drawn, e.g. mismatched batches of a one-input model, is drawn again); returns the report."""
         report = FuzzReport()
         # the cases that reach the backends (valid rows, special values) thrice as often
         kinds = [*GRPC_CASES, "valid", "valid", "special_values", "special_values"] + (list(HTTP_CASES) if self.http else [])
         t0 = time.perf_counter()
         for target in self.targets:
             self._probe(target, report, "start")
-        for _ in range(cases):
+        while sum(report.sent.values()) < cases:
             target = self.targets[int(self.rng.integers(0, len(self.targets)))]
             case = str(self.rng.choice(kinds))
             if case.startswith("http_"):
