@@ -76,8 +76,8 @@ def _per_execute_ms(before, after, model) -> tuple[float, float]:
 
 def _check(client, transform, held, expected) -> float:
     """Largest |served - offline| over three request sizes."""
-    from tritonrec.client import infer
-    from tritonrec.transform.serving import pack_request
+    from tritonrec.serving.client import infer
+    from tritonrec.serving.client import pack_request
 
     worst = 0.0
     for start, n in ((0, 1), (1, 64), (100, 1024)):
@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator
     from tritonrec.pipeline.train import plan_features, train_pipeline
     from tritonrec.scorer.dlrm import predict
-    from tritonrec.serve import TritonServer
-    from tritonrec.transform.serving import TransformModel, pack_request
+    from tritonrec.serving.server import TritonServer
+    from tritonrec.serving.client import pack_request
+    from tritonrec.serving.transform_model import TransformModel
 
     work = Path(tempfile.mkdtemp(prefix="bench-ensemble-"))
     generator = CriteoGenerator()

@@ -109,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from embedding_cache import _core
-    from tritonrec.client import infer_http, scrape_metrics
+    from tritonrec.serving.client import infer_http, scrape_metrics
     from tritonrec.export import export_ensemble
     from tritonrec.scorer.dlrm import DLRM, DLRMConfig, predict, save_dlrm
-    from tritonrec.serve import TritonServer
-    from tritonrec.transform.serving import TransformModel, pack_request
+    from tritonrec.serving.server import TritonServer
+    from tritonrec.serving.client import pack_request
+    from tritonrec.serving.transform_model import TransformModel
 
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-ensemble-"))
     t0 = time.time()

@@ -24,7 +24,7 @@ TABLES = [f"C{j}" for j in range(1, 27)]
 
 def _infer_http(http_url: str, model: str, ids: np.ndarray) -> np.ndarray:
     """One request over Triton's HTTP/JSON protocol (no client library needed)."""
-    from tritonrec.client import infer_http
+    from tritonrec.serving.client import infer_http
 
     return infer_http(http_url, model, {"ids": ids}, ["embeddings"])["embeddings"]
 
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from embedding_cache import build_store
     from tritonrec.export import render_template, tensor_block
-    from tritonrec.transform.serving import TensorSpec
-    from tritonrec.serve import TritonServer
+    from tritonrec.serving.specs import TensorSpec
+    from tritonrec.serving.server import TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-lookup-"))
     rng = np.random.default_rng(0)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import cupy
 
-    from tritonrec.transform.serving import TransformModel, packed_input_name
+    from tritonrec.serving.transform_model import TransformModel, packed_input_name
 
     batches = [int(b) for b in args.batches.split(",")]
     gpu_plans: dict = {}  # by plan object (kept alive, so never confused)

@@ -4,7 +4,7 @@ A DLRM is trained on Criteo-shaped data and exported as the packed ensemble (`tr
 then served by the CLI as a user would run it (`tritonrec serve REPO --http`: loopback, admin APIs
 behind a key, the supervisor's canaries every 2 s; HTTP on so the fuzzer's HTTP cases reach it).
 
-1. **Fuzz**: :class:`tritonrec.fuzz.Fuzzer` sends ``--fuzz-cases`` random cases (bad dtypes,
+1. **Fuzz**: :class:`tritonrec.serving.fuzz.Fuzzer` sends ``--fuzz-cases`` random cases (bad dtypes,
    shapes, names, values, empty and oversized batches, truncated bodies over gRPC and HTTP) over
    the ensemble and each step; each answer is compared with the in-process models, each case is
    followed by a probe that must get its first answer again.
@@ -49,7 +49,7 @@ def _processes(server_pid: int, repo: Path) -> dict[int, str]:
     """pid -> short name for tritonserver and the processes of its group (the Python stubs, named by model)."""
     import re
 
-    from tritonrec.serve import process_group_members
+    from tritonrec.serving.server import process_group_members
 
     out = {}
     for pid in sorted(process_group_members(server_pid)):
@@ -107,7 +107,7 @@ class Load:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        from tritonrec.client import infer
+        from tritonrec.serving.client import infer
 
         client = grpcclient.InferenceServerClient(self.grpc_url)
         rng = np.random.default_rng(seed)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tritonrec.export import export_ensemble
-    from tritonrec.fuzz import Fuzzer, ensemble_targets
+    from tritonrec.serving.fuzz import Fuzzer, ensemble_targets
     from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator
     from tritonrec.pipeline.train import train_pipeline
 

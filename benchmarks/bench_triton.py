@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _input_data(model, columns: dict[str, np.ndarray], rows: int, path: Path) -> None:
-    from tritonrec.transform.serving import pack_request
+    from tritonrec.serving.client import pack_request
 
     write_input_data(pack_request(model, {c: v[:rows] for c, v in columns.items()}), rows, path)
 
@@ -37,9 +37,9 @@ def _perf(server, model: str, batch: int, concurrency: int, data: Path, out: Pat
 
 
 def _check_sample(client, models, columns, expected) -> bool:
-    from tritonrec.client import infer
+    from tritonrec.serving.client import infer
     from tritonrec.transform.parity import compare
-    from tritonrec.transform.serving import pack_request, unpack_response
+    from tritonrec.serving.client import pack_request, unpack_response
 
     ok = True
     for name, model in models.items():
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tritonrec.export import export_transform, render_template, tensor_block
     from tritonrec.pipeline.workflow import nvtabular_transform
-    from tritonrec.serve import TritonServer
+    from tritonrec.serving.server import TritonServer
     from tritonrec.transform import compile_workflow
-    from tritonrec.transform.serving import TransformModel
+    from tritonrec.serving.transform_model import TransformModel
 
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
     workflow, _, held = fitted_criteo(work, train_rows=args.train_rows)

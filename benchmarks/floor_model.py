@@ -6,8 +6,8 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tritonrec.triton_tensors import input_array, output_tensor
-from tritonrec.triton_types import numpy_dtype
+from tritonrec.serving.tensors import input_array, output_tensor
+from tritonrec.serving.dtypes import numpy_dtype
 
 
 class TritonPythonModel:

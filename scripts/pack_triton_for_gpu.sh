@@ -5,7 +5,7 @@
 #   printf '#!/bin/bash\nexport LD_LIBRARY_PATH=/tmp/tri/tools/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}\nexec /tmp/tri/tools/perf_analyzer.bin "$@"\n' > /tmp/tri/perf_analyzer
 #   chmod +x /tmp/tri/perf_analyzer; mkdir -p /tmp/tri/bin; mv /tmp/tri/perf_analyzer /tmp/tri/bin/
 #   PATH=/tmp/tri/bin:$PATH PYTHONPATH=/tmp/tri/site python3 -P benchmarks/bench_gpu_lookup_triton.py
-# (PYTHONPATH makes tritonrec.serve find the server as a bundled "pytriton" package.)
+# (PYTHONPATH makes tritonrec.serving.server find the server as a bundled "pytriton" package.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -57,7 +57,7 @@ def criteo_small(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def start_server() -> Callable[..., contextlib.AbstractContextManager]:
     """Factory: ``with start_server(repo) as server:`` runs a real tritonserver, stopped after."""
-    from tritonrec.serve import running_server
+    from tritonrec.serving.server import running_server
 
     return running_server
 

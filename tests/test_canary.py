@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tritonrec.canary import canary_inputs, check_outputs, same_answer
+from tritonrec.serving.canary import canary_inputs, check_outputs, same_answer
 
 TRITONREC = str(Path(sys.executable).parent / "tritonrec")
 
@@ -19,7 +19,7 @@ MODEL = '''
 import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from tritonrec.triton_tensors import input_array, output_tensor
+from tritonrec.serving.tensors import input_array, output_tensor
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -107,9 +107,9 @@ def test_serve_check_names_each_model_that_fails_its_canary(repo):
 
 @pytest.mark.triton
 def test_supervisor_reports_a_changed_answer_and_counts_failures(repo, tmp_path):
-    from tritonrec.canary import CanaryProber
-    from tritonrec.serve import TritonServer
-    from tritonrec.supervise import Supervisor, SupervisorMetrics, SupervisorOptions
+    from tritonrec.serving.canary import CanaryProber
+    from tritonrec.serving.server import TritonServer
+    from tritonrec.serving.supervise import Supervisor, SupervisorMetrics, SupervisorOptions
 
     lines: list[str] = []
     healthy = tmp_path / "repo"

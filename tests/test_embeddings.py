@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from embedding_cache import EmbeddingStore, build_store
-from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError
-from tritonrec.transform.serving import RequestError
+from tritonrec.serving.fingerprint import FingerprintMismatchError
+from tritonrec.serving.lookup_model import EmbeddingLookupModel
+from tritonrec.serving.requests import RequestError
 
 
 @pytest.fixture
@@ -133,7 +134,7 @@ def _lists(rng, n, high=50, max_len=5):
 @pytest.mark.parametrize("list_layout,max_batch_size", [("padded", 64), ("offsets", 0)])
 def test_multi_hot_tables_are_summed_or_averaged(tmp_path, list_layout, max_batch_size):
     from tritonrec.transform.plan import ListColumn
-    from tritonrec.transform.serving import list_to_padded
+    from tritonrec.serving.lists import list_to_padded
 
     path, rows = _multi_hot_store(tmp_path)
     with EmbeddingLookupModel.open(path, ["user", "tags", "genres"], max_batch_size=max_batch_size,

@@ -15,11 +15,12 @@ import pytest
 
 from embedding_cache import EmbeddingStore, build_store
 from embedding_cache.integrity import write_manifest
-from tritonrec.client import infer, scrape_metrics
+from tritonrec.serving.client import infer, scrape_metrics
 from tritonrec.export import ServedScorer, export_ensemble
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
-from tritonrec.serve import ServerError, TritonServer
-from tritonrec.transform.serving import TransformModel, pack_request
+from tritonrec.serving.server import ServerError, TritonServer
+from tritonrec.serving.client import pack_request
+from tritonrec.serving.transform_model import TransformModel
 
 pytestmark = pytest.mark.triton
 RAW = CONTINUOUS + CATEGORICAL
@@ -27,7 +28,7 @@ RAW = CONTINUOUS + CATEGORICAL
 RANKER = '''
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from tritonrec.triton_tensors import input_array, output_tensor
+from tritonrec.serving.tensors import input_array, output_tensor
 
 
 class TritonPythonModel:
@@ -47,8 +48,8 @@ class TritonPythonModel:
 FAULTY = '''
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from tritonrec.transform.serving import RequestError
-from tritonrec.triton_tensors import input_array, output_tensor, respond
+from tritonrec.serving.transform_model import RequestError
+from tritonrec.serving.tensors import input_array, output_tensor, respond
 
 
 def double(requests):

@@ -11,7 +11,7 @@ import pytest
 
 from embedding_cache.integrity import write_manifest
 from tritonrec.cli import main
-from tritonrec.embeddings import FingerprintMismatchError
+from tritonrec.serving.fingerprint import FingerprintMismatchError
 from tritonrec.export import ServedScorer, export_ensemble
 
 

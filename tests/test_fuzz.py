@@ -2,14 +2,14 @@
 (random dtypes, shapes, names, values, empty and oversized batches, truncated bodies over gRPC and
 HTTP) through a real tritonserver: a named error or the in-process answer, never a crash or a hang,
 and a valid request right after each one gets the same answer as before
-(see :mod:`tritonrec.fuzz`; `benchmarks/bench_fuzz.py` runs 10,000)."""
+(see :mod:`tritonrec.serving.fuzz`; `benchmarks/bench_robustness.py` runs 10,000)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tritonrec.export import export_ensemble
-from tritonrec.fuzz import GRPC_CASES, HTTP_CASES, Fuzzer, ensemble_targets
+from tritonrec.serving.fuzz import GRPC_CASES, HTTP_CASES, Fuzzer, ensemble_targets
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
 
 pytestmark = pytest.mark.triton

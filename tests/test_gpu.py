@@ -100,7 +100,8 @@ def test_cupy_plan_equals_numpy_plan_for_minmax_buckets_and_hashes(rows):
 
 def test_torch_scorer_on_the_gpu_equals_the_cpu(tmp_path):
     torch = pytest.importorskip("torch")
-    from tritonrec.scorer.artifact import ScorerInfo, TorchScorerModel, save_scorer
+    from tritonrec.scorer.artifact import ScorerInfo, save_scorer
+    from tritonrec.serving.scorer_model import TorchScorerModel
     from tritonrec.scorer.dlrm import DLRM
 
     torch.manual_seed(0)
@@ -132,7 +133,8 @@ def test_cupy_plan_equals_numpy_plan_for_list_columns(rows):
     in the plan and through the transform model in both list conventions."""
     cupy = pytest.importorskip("cupy")
     from tritonrec.transform.plan import ListColumn
-    from tritonrec.transform.serving import TransformModel, pack_request
+    from tritonrec.serving.client import pack_request
+    from tritonrec.serving.transform_model import TransformModel
     from tritonrec.transform.steps import ListSlice
 
     vocab = np.arange(0, 4000, 2, dtype=np.int64)
@@ -175,9 +177,9 @@ def test_cupy_plan_equals_numpy_plan_for_list_columns(rows):
 def test_multi_hot_lookup_on_the_gpu_equals_the_host(tmp_path, list_layout, max_batch_size):
     cupy = pytest.importorskip("cupy")
     from embedding_cache import build_store
-    from tritonrec.embeddings import EmbeddingLookupModel
+    from tritonrec.serving.lookup_model import EmbeddingLookupModel
     from tritonrec.transform.plan import ListColumn
-    from tritonrec.transform.serving import list_to_padded
+    from tritonrec.serving.lists import list_to_padded
 
     rng = np.random.default_rng(0)
     store = build_store(tmp_path / "s", {t: (np.arange(5000), rng.normal(size=(5000, 16)).astype(np.float32)) for t in ("user", "tags")})
@@ -210,7 +212,8 @@ def test_string_columns_in_a_gpu_plan_are_hashed_on_the_host(layout):
     the transform model (host string inputs beside device numeric ones)."""
     cupy = pytest.importorskip("cupy")
     from embedding_cache import _core
-    from tritonrec.transform.serving import TransformModel, pack_request
+    from tritonrec.serving.client import pack_request
+    from tritonrec.serving.transform_model import TransformModel
 
     words = np.array([f"w{i}" for i in range(300)] + ["", "é", "日本"], dtype=object)
     keys = _core.hash_strings(words)[0].view(np.int64)

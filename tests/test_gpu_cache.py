@@ -153,7 +153,7 @@ def test_an_update_is_not_undone_by_an_insert_still_queued_on_another_stream(tab
 
 def test_the_embedding_lookup_model_on_gpu_ids(tmp_path):
     cupy = _cupy()
-    from tritonrec.embeddings import EmbeddingLookupModel
+    from tritonrec.serving.lookup_model import EmbeddingLookupModel
 
     rng = np.random.default_rng(8)
     tables = {name: (np.arange(5_000, dtype=np.int64), rng.normal(size=(5_000, 16)).astype(np.float32)) for name in ("a", "b", "c")}

@@ -14,9 +14,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.triton]
 @pytest.mark.parametrize("layout", ["per-column", "packed"])
 def test_the_transform_on_a_gpu_instance_equals_the_numpy_plan(tmp_path, start_server, layout):
     pytest.importorskip("cupy")
-    from tritonrec.client import infer_http
+    from tritonrec.serving.client import infer_http
     from tritonrec.export import export_transform
-    from tritonrec.transform.serving import TransformModel, pack_request, unpack_response
+    from tritonrec.serving.client import pack_request, unpack_response
+    from tritonrec.serving.transform_model import TransformModel
 
     plan, vocab = _hand_built_plan()
     rng = np.random.default_rng(5)
@@ -50,13 +51,14 @@ def test_a_multi_hot_ensemble_on_gpu_instances_equals_the_cpu_one(tmp_path, star
     pytest.importorskip("cupy")
     torch = pytest.importorskip("torch")
     from embedding_cache import build_store
-    from tritonrec.client import infer_http
+    from tritonrec.serving.client import infer_http
     from tritonrec.export import export_ensemble
     from tritonrec.scorer.artifact import ScorerInfo, save_scorer
     from tritonrec.scorer.dlrm import DLRMDense
     from tritonrec.transform._table import KeyTable
     from tritonrec.transform.plan import ColumnSpec, ListColumn, PlanGroup, TransformPlan
-    from tritonrec.transform.serving import TransformModel, pack_request
+    from tritonrec.serving.client import pack_request
+    from tritonrec.serving.transform_model import TransformModel
     from tritonrec.transform.steps import Categorify, ListSlice, LogOp
 
     vocab = np.arange(0, 600, 3, dtype=np.int64)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from tritonrec.pipeline.workflow import fit_workflow, nvtabular_transform
 from tritonrec.transform import TransformPlan, compile_workflow
-from tritonrec.transform.serving import TransformModel, pack_request, unpack_response
+from tritonrec.serving.client import pack_request, unpack_response
+from tritonrec.serving.transform_model import TransformModel
 
 WORDS = np.array([f"w{i}" for i in range(50)] + ["", "é"], dtype=object)
 

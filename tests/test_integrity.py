@@ -17,7 +17,8 @@ import pytest
 
 from embedding_cache import EmbeddingStore, StoreFormatError, build_store
 from embedding_cache.integrity import SEAL, IntegrityError, check_seal, seal, verify_files, write_manifest
-from tritonrec.scorer.artifact import ScorerFormatError, TorchScorerModel, read_scorer_info
+from tritonrec.scorer.artifact import ScorerFormatError, read_scorer_info
+from tritonrec.serving.scorer_model import TorchScorerModel
 from tritonrec.transform import PlanLoadError, TransformPlan
 
 HEX = "[0-9a-f]{64}"

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from tritonrec.transform import TransformPlan, compile_workflow
 from tritonrec.transform.compile import UnsupportedOpError
 from tritonrec.transform.plan import ListColumn
-from tritonrec.transform.serving import RequestError, TransformModel, pack_request, unpack_response
+from tritonrec.serving.client import pack_request, unpack_response
+from tritonrec.serving.requests import RequestError
+from tritonrec.serving.transform_model import TransformModel
 from tritonrec.transform.steps import ListSlice
 
 

@@ -48,10 +48,11 @@ def test_strings_and_lists_through_triton(workflow, tmp_path, start_server):
         pytest.skip("string inputs need numpy < 2 in Triton 2.51's Python stub (the model refuses to load; see test_strings_triton)")
     from merlin.io import Dataset
 
-    from tritonrec.client import infer_http
+    from tritonrec.serving.client import infer_http
     from tritonrec.export import export_transform
     from tritonrec.transform import compile_workflow
-    from tritonrec.transform.serving import TransformModel, pack_request, unpack_response
+    from tritonrec.serving.client import pack_request, unpack_response
+    from tritonrec.serving.transform_model import TransformModel
 
     plan = compile_workflow(workflow)
     export_transform(plan, tmp_path, "batched", max_batch_size=64)
@@ -102,10 +103,10 @@ def test_multi_hot_lookup_through_triton(tmp_path, start_server, kind):
     lengths with Triton batching, flat ids + offsets with max_batch_size 0; on CPU instances, and on
     GPU instances with their GPU cache (tensors kept on the device)."""
     from embedding_cache import build_store
-    from tritonrec.client import infer_http
-    from tritonrec.embeddings import EmbeddingLookupModel
+    from tritonrec.serving.client import infer_http
+    from tritonrec.serving.lookup_model import EmbeddingLookupModel
     from tritonrec.export import tensor_block
-    from tritonrec.transform.serving import list_to_padded
+    from tritonrec.serving.lists import list_to_padded
 
     rng = np.random.default_rng(0)
     store = build_store(tmp_path / "store", {t: (np.arange(100), rng.normal(size=(100, 8)).astype(np.float32)) for t in ("user", "tags")})
@@ -168,12 +169,13 @@ def test_multi_hot_ensemble_through_triton(tmp_path, start_server, combiner):
     from nvtabular import ops
 
     from embedding_cache import build_store
-    from tritonrec.client import infer_http
+    from tritonrec.serving.client import infer_http
     from tritonrec.export import export_ensemble
     from tritonrec.scorer.artifact import ScorerInfo, save_scorer
     from tritonrec.scorer.dlrm import DLRMDense
     from tritonrec.transform import compile_workflow
-    from tritonrec.transform.serving import TransformModel, pack_request
+    from tritonrec.serving.client import pack_request
+    from tritonrec.serving.transform_model import TransformModel
 
     rng = np.random.default_rng(2)
     n = 400

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tritonrec.model_config import ConfigError, model_path, store_role
+from tritonrec.serving.config import ConfigError, model_path, store_role
 
 
 def _config(role=None, groups=({"name": "m_0", "count": 2},)):

@@ -19,9 +19,12 @@ import torch
 
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
 from tritonrec.pipeline.workflow import nvtabular_transform
-from tritonrec.scorer.artifact import NonFiniteScoreError, ScorerInfo, TorchScorerModel, save_scorer
+from tritonrec.scorer.artifact import NonFiniteScoreError, ScorerInfo, save_scorer
+from tritonrec.serving.scorer_model import TorchScorerModel
 from tritonrec.transform.parity import compare
-from tritonrec.transform.serving import RequestError, TransformModel, pack_request
+from tritonrec.serving.client import pack_request
+from tritonrec.serving.requests import RequestError
+from tritonrec.serving.transform_model import TransformModel
 
 with np.errstate(over="ignore"):  # 1e39 does not fit float32: it becomes inf, as in a JSON body
     SPECIAL = np.array([np.inf, -np.inf, 1e39, -1e39, np.nan, 3.4e38, -3.4e38, 0.0, 1.0]).astype(np.float32)
@@ -95,7 +98,7 @@ def served(criteo_trained, tmp_path_factory, start_server):
 def test_a_served_infinity_is_a_named_client_error_and_other_rows_are_served(served, criteo_trained):
     from tritonclient.utils import InferenceServerException
 
-    from tritonrec.client import infer
+    from tritonrec.serving.client import infer
 
     model = TransformModel(criteo_trained["pipeline"].plan, "packed")
     good = pack_request(model, _rows_with(criteo_trained, "I5", criteo_trained["held_out"]["I5"][:4]))

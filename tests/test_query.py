@@ -9,7 +9,7 @@ import pytest
 from tritonrec.cli import main
 from tritonrec.export import export_ensemble
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, LABEL
-from tritonrec.query import QueryError, query
+from tritonrec.serving.query import QueryError, query
 
 pytestmark = pytest.mark.triton
 

@@ -10,9 +10,10 @@ import torch
 
 from embedding_cache import EmbeddingStore, read_store_info
 from embedding_cache.integrity import file_entry, write_manifest
-from tritonrec.scorer.artifact import ScorerFormatError, TorchScorerModel, read_scorer_info
+from tritonrec.scorer.artifact import ScorerFormatError, read_scorer_info
+from tritonrec.serving.scorer_model import TorchScorerModel
 from tritonrec.scorer.dlrm import DLRM, DLRMConfig, predict, roc_auc, save_dlrm
-from tritonrec.transform.serving import RequestError
+from tritonrec.serving.requests import RequestError
 
 
 def test_dlrm_shapes_follow_the_spec():

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tritonrec.client import infer
+from tritonrec.serving.client import infer
 from tritonrec.export import export_ensemble
-from tritonrec.serve import SHM_DIR, TritonServer, free_port, process_group_members
+from tritonrec.serving.server import SHM_DIR, TritonServer, free_port, process_group_members
 
 pytestmark = pytest.mark.triton
 TRITONREC = str(Path(sys.executable).parent / "tritonrec")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tritonrec.export import export_transform
-from tritonrec.serve import ServerError, TritonServer, find_tritonserver, prepare_backend_directory, project_backends
+from tritonrec.serving.server import ServerError, TritonServer, find_tritonserver, prepare_backend_directory, project_backends
 
 pytestmark = pytest.mark.triton
 TRITONREC = str(Path(sys.executable).parent / "tritonrec")

@@ -20,9 +20,10 @@ import pytest
 
 from embedding_cache import read_store_info
 from tritonrec.cli import main
-from tritonrec.client import infer
+from tritonrec.serving.client import infer
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
-from tritonrec.transform.serving import TransformModel, pack_request
+from tritonrec.serving.client import pack_request
+from tritonrec.serving.transform_model import TransformModel
 
 pytestmark = pytest.mark.triton
 ROWS = 96

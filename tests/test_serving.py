@@ -7,7 +7,9 @@ import pytest
 
 from tritonrec.transform import compile_workflow
 from tritonrec.transform.parity import compare
-from tritonrec.transform.serving import RequestError, TransformModel, pack_request, unpack_response
+from tritonrec.serving.client import pack_request, unpack_response
+from tritonrec.serving.requests import RequestError
+from tritonrec.serving.transform_model import TransformModel
 
 
 @pytest.fixture(scope="module")

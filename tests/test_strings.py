@@ -116,7 +116,8 @@ def test_string_hash_is_pandas_hash():
 
 
 def test_a_request_with_a_bad_string_fails_alone(strings):
-    from tritonrec.transform.serving import RequestError, TransformModel
+    from tritonrec.serving.requests import RequestError
+    from tritonrec.serving.transform_model import TransformModel
 
     model = TransformModel(strings["plan"], "per-column")
     good = {c: v.reshape(-1, 1) for c, v in _batch(20, 3, 0.8).items()}
@@ -135,7 +136,7 @@ def test_strings_through_tritonserver(strings, tmp_path, start_server):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from tritonrec.client import infer
+    from tritonrec.serving.client import infer
     from tritonrec.export import export_transform
 
     plan = strings["plan"]

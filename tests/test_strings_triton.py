@@ -27,7 +27,7 @@ def _plan() -> TransformPlan:
 
 
 def test_hand_built_string_plan(tmp_path, start_server):
-    from tritonrec.client import infer_http
+    from tritonrec.serving.client import infer_http
     from tritonrec.export import export_transform
 
     plan = _plan()
@@ -43,7 +43,7 @@ def test_hand_built_string_plan(tmp_path, start_server):
     if int(np.__version__.split(".")[0]) >= 2:
         # Triton 2.51's Python stub misreads BYTES tensors under numpy 2 and dies on the first
         # request: the model refuses to load instead, saying why
-        from tritonrec.serve import ServerError, TritonServer
+        from tritonrec.serving.server import ServerError, TritonServer
 
         with pytest.raises(ServerError, match=r"model 's'.*string \(BYTES\) inputs \['a', 'b'\] need numpy < 2"):
             TritonServer(tmp_path).start(timeout_s=60)
@@ -62,7 +62,7 @@ def test_hand_built_string_plan(tmp_path, start_server):
             from tritonclient.utils import InferenceServerException
         except ImportError:  # the GPU machine has no tritonclient: invalid UTF-8 cannot travel in JSON
             return
-        from tritonrec.client import infer
+        from tritonrec.serving.client import infer
 
         client = grpcclient.InferenceServerClient(server.grpc_url)
         np.testing.assert_array_equal(infer(client, "s", sent, ["a", "b"])["b"].reshape(-1), expected["b"])
@@ -75,7 +75,7 @@ def test_hand_built_string_plan(tmp_path, start_server):
 
 
 def test_string_inputs_are_refused_where_the_stub_cannot_read_them(monkeypatch):
-    from tritonrec import triton_tensors
+    from tritonrec.serving import tensors as triton_tensors
 
     monkeypatch.setattr(triton_tensors, "NUMPY_2", True)
     with pytest.raises(ValueError, match=r"string \(BYTES\) inputs \['s'\] need numpy < 2 .*'bytes_inputs_under_numpy2'"):

@@ -9,12 +9,13 @@ import warnings
 import numpy as np
 import pytest
 
-from tritonrec.client import infer
+from tritonrec.serving.client import infer
 from tritonrec.export import export_transform
 from tritonrec.pipeline.workflow import nvtabular_transform
 from tritonrec.transform import compile_workflow
 from tritonrec.transform.parity import compare
-from tritonrec.transform.serving import TransformModel, pack_request, unpack_response
+from tritonrec.serving.client import pack_request, unpack_response
+from tritonrec.serving.transform_model import TransformModel
 from zoo import batch, fit_data, fit_zoo
 
 pytestmark = pytest.mark.triton

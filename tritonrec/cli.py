@@ -19,7 +19,7 @@ def _admin_key(args: argparse.Namespace) -> str | None:
     nobody is told (the admin APIs then stay closed); None with ``--allow-admin``."""
     import os  # noqa: PLC0415
 
-    from tritonrec.serve import ServerError, check_admin_key, new_admin_key  # noqa: PLC0415
+    from tritonrec.serving.server import ServerError, check_admin_key, new_admin_key  # noqa: PLC0415
 
     if args.allow_admin:
         if args.admin_key_file:
@@ -37,7 +37,7 @@ def _admin_key(args: argparse.Namespace) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tritonrec.serve import ServerError, TritonServer  # noqa: PLC0415
+    from tritonrec.serving.server import ServerError, TritonServer  # noqa: PLC0415
 
     if args.http_port is not None and not args.http:
         print("tritonrec serve: --http-port needs --http (HTTP is off by default)", file=sys.stderr)
@@ -68,8 +68,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     if args.check:
         return _check(server, args)
-    from tritonrec.supervise import Supervisor, SupervisorMetrics, SupervisorOptions  # noqa: PLC0415
-    from tritonrec.serve import free_port  # noqa: PLC0415
+    from tritonrec.serving.supervise import Supervisor, SupervisorMetrics, SupervisorOptions  # noqa: PLC0415
+    from tritonrec.serving.server import free_port  # noqa: PLC0415
 
     metrics = SupervisorMetrics()
     supervisor_port = args.supervisor_metrics_port or free_port(args.host)
@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _admin_categories() -> tuple[str, ...]:
-    from tritonrec.serve import ADMIN_CATEGORIES  # noqa: PLC0415
+    from tritonrec.serving.server import ADMIN_CATEGORIES  # noqa: PLC0415
 
     return ADMIN_CATEGORIES
 
@@ -105,7 +105,7 @@ def _check(server: object, args: argparse.Namespace) -> int:
     """``serve --check``: one canary per READY model, a line each, then stop; 0 when all pass."""
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
-    from tritonrec.canary import CanaryProber  # noqa: PLC0415
+    from tritonrec.serving.canary import CanaryProber  # noqa: PLC0415
 
     prober = CanaryProber(server.grpc_url, args.canary_timeout, server.admin_headers())  # type: ignore[attr-defined]
     try:
@@ -194,7 +194,7 @@ def _export(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
-    from tritonrec.query import QueryError, query  # noqa: PLC0415
+    from tritonrec.serving.query import QueryError, query  # noqa: PLC0415
 
     try:
         predictions = query(args.url, args.model, args.file, batch_size=args.batch_size, output=args.output, log_dir=args.log)

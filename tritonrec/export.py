@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from tritonrec.transform.plan import TransformPlan
-from tritonrec.transform.serving import LAYOUTS, TensorSpec, TransformModel, list_layout_for, list_tensor_specs
+from tritonrec.serving.lists import list_layout_for, list_tensor_specs
+from tritonrec.serving.specs import TensorSpec
+from tritonrec.serving.transform_model import LAYOUTS, TransformModel
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -263,8 +265,10 @@ def export_ensemble(
         StoreFormatError, ScorerFormatError, FileNotFoundError: unreadable parts.
     """
     from embedding_cache import read_store_info  # noqa: PLC0415
-    from tritonrec.embeddings import COMBINERS, MISSING_CHOICES, check_fingerprint  # noqa: PLC0415
-    from tritonrec.scorer.artifact import ScorerInfo, check_scorer_tensors, read_scorer_info  # noqa: PLC0415
+    from tritonrec.serving.fingerprint import check_fingerprint  # noqa: PLC0415
+    from tritonrec.serving.lookup_model import COMBINERS, MISSING_CHOICES  # noqa: PLC0415
+    from tritonrec.scorer.artifact import ScorerInfo, read_scorer_info  # noqa: PLC0415
+    from tritonrec.serving.scorer_model import check_scorer_tensors  # noqa: PLC0415
 
     _check_name(name)
     if layout not in LAYOUTS:

@@ -9,7 +9,7 @@ directory; default ``store``; it must resolve inside the model repository unless
 threads; default all cores), ``plan_fingerprint`` (when set, the store must record it),
 ``store_role`` (``secondary``: every instance opens a RocksDB tier read-only, so any number of
 instances and models share one store; ``primary``: the model's first instance is its one writer;
-see :func:`tritonrec.model_config.store_role`). Every file of the store is verified against its
+see :func:`tritonrec.serving.config.store_role`). Every file of the store is verified against its
 checksum at load. Metrics:
 ``tritonrec_embedding_lookups_total``, ``tritonrec_embedding_misses_total``,
 ``tritonrec_embedding_lookup_duration_us``. KIND_GPU instances put a GPU cache on their device ahead
@@ -20,7 +20,7 @@ arrive in host memory are copied over). ``multi_hot`` (``table:sum,table:mean``)
 multi-hot: they take ``<table>__values`` + ``<table>__lengths`` (padded, when Triton batches) or
 ``<table>__offsets`` (flat, ``max_batch_size: 0``) instead of a column of ``ids``, and their output
 slot is the sum or mean of the rows' vectors. All logic is in
-:class:`tritonrec.embeddings.EmbeddingLookupModel`.
+:class:`tritonrec.serving.lookup_model.EmbeddingLookupModel`.
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ import time
 
 import triton_python_backend_utils as pb_utils
 
-from embedding_cache import StoreFormatError
-from tritonrec.embeddings import EmbeddingLookupModel, FingerprintMismatchError, parse_multi_hot
-from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter, store_role
-from tritonrec.transform.serving import list_layout_for
-from tritonrec.triton_metrics import LookupMetrics
-from tritonrec.triton_tensors import device_input_array, device_output_tensor, input_array, output_tensor, respond
+from tritonrec.serving.config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter, store_role
+from tritonrec.serving.lists import list_layout_for
+from tritonrec.serving.lookup_model import LOAD_ERRORS, EmbeddingLookupModel, parse_multi_hot
+from tritonrec.serving.metrics import LookupMetrics
+from tritonrec.serving.tensors import device_input_array, device_output_tensor, input_array, output_tensor, respond
 
 
 class TritonPythonModel:
@@ -74,7 +73,7 @@ class TritonPythonModel:
             )
             check_declared_tensors(config, "input", self.model.inputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
             check_declared_tensors(config, "output", self.model.outputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
-        except (StoreFormatError, ConfigError, FingerprintMismatchError, KeyError, ValueError, RuntimeError, ImportError) as e:
+        except LOAD_ERRORS as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         store = self.model.store
         pb_utils.Logger.log_info(

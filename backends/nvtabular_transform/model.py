@@ -5,12 +5,12 @@ directory (``<model>/<version>/plan`` unless the ``plan`` parameter names anothe
 repository; a path elsewhere needs ``allow_outside_repository: "true"``). Parameters:
 ``layout`` (inputs: ``per-column`` or ``packed``), ``output_layout`` (default: ``layout``), ``plan``,
 ``plan_fingerprint`` (when set, the plan must have it) and ``bytes_inputs_under_numpy2`` (see
-:func:`tritonrec.triton_tensors.check_string_inputs`). String columns arrive as BYTES tensors. KIND_GPU instances run the plan with cupy on their
+:func:`tritonrec.serving.tensors.check_string_inputs`). String columns arrive as BYTES tensors. KIND_GPU instances run the plan with cupy on their
 device and keep tensors there (``FORCE_CPU_ONLY_INPUT_TENSORS: "no"``; inputs that arrive in host
 memory are copied over; BYTES inputs are read on the host and hashed there, their codes then
 move to the device). Metrics: ``tritonrec_transform_rows_total``
-and ``tritonrec_transform_oov_total`` (see :mod:`tritonrec.triton_metrics`). All logic is in
-:class:`tritonrec.transform.serving.TransformModel`; this file moves tensors by DLPack.
+and ``tritonrec_transform_oov_total`` (see :mod:`tritonrec.serving.metrics`). All logic is in
+:class:`tritonrec.serving.transform_model.TransformModel`; this file moves tensors by DLPack.
 """
 
 from __future__ import annotations
@@ -20,15 +20,21 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
-from tritonrec.model_config import OUTSIDE_PARAMETER, ConfigError, check_declared_tensors, model_path
-from tritonrec.model_config import parameter as _parameter
-from tritonrec.transform.plan import PlanLoadError
-from tritonrec.transform.serving import TransformModel, list_layout_for
-from tritonrec.triton_metrics import TransformMetrics
-from tritonrec.triton_tensors import (
-    check_string_inputs, device_input_array, device_output_tensor, input_array, input_reader, output_tensor, respond,
+from tritonrec.serving.config import OUTSIDE_PARAMETER, check_declared_tensors, model_path
+from tritonrec.serving.config import parameter as _parameter
+from tritonrec.serving.fingerprint import check_fingerprint
+from tritonrec.serving.lists import list_layout_for
+from tritonrec.serving.metrics import TransformMetrics
+from tritonrec.serving.tensors import (
+    check_string_inputs,
+    device_input_array,
+    device_output_tensor,
+    input_array,
+    input_reader,
+    output_tensor,
+    respond,
 )
+from tritonrec.serving.transform_model import LOAD_ERRORS, TransformModel
 
 
 class TritonPythonModel:
@@ -79,7 +85,7 @@ class TritonPythonModel:
             what = f"the plan ({layout} inputs, {output_layout} outputs)"
             check_declared_tensors(config, "input", self.model.inputs, what)
             check_declared_tensors(config, "output", self.model.outputs, what)
-        except (PlanLoadError, ConfigError, FingerprintMismatchError, ValueError, ImportError) as e:
+        except LOAD_ERRORS as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self.output_names = [spec.name for spec in self.model.outputs]
         # BYTES inputs (no DLPack) are read on the host, on a GPU instance too: the plan hashes them there

@@ -6,7 +6,7 @@ the host, KIND_GPU instances on their device. Parameters: ``scorer`` (directory;
 inside the version directory; default ``scorer``; inside the model repository unless
 ``allow_outside_repository`` is ``"true"``), ``threads`` (torch CPU threads),
 ``plan_fingerprint`` (when set, the scorer must record it). All logic is in
-:class:`tritonrec.scorer.artifact.TorchScorerModel`.
+:class:`tritonrec.serving.scorer_model.TorchScorerModel`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import to_dlpack
 
-from tritonrec.embeddings import FingerprintMismatchError, check_fingerprint
-from tritonrec.model_config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter
-from tritonrec.scorer.artifact import ScorerFormatError, TorchScorerModel
-from tritonrec.triton_tensors import output_tensor, respond
+from tritonrec.serving.config import check_declared_tensors, int_parameter, model_path, parameter
+from tritonrec.serving.fingerprint import check_fingerprint
+from tritonrec.serving.scorer_model import LOAD_ERRORS, TorchScorerModel
+from tritonrec.serving.tensors import output_tensor, respond
 
 
 class TritonPythonModel:
@@ -35,7 +35,7 @@ class TritonPythonModel:
             check_fingerprint(f"scorer {scorer_dir}", self.model.info.plan_fingerprint, parameter(config, "plan_fingerprint") or None)
             check_declared_tensors(config, "input", self.model.inputs, f"the scorer {scorer_dir}")
             check_declared_tensors(config, "output", self.model.outputs, f"the scorer {scorer_dir}")
-        except (ScorerFormatError, ConfigError, FingerprintMismatchError, ValueError) as e:
+        except LOAD_ERRORS as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self.output = self.model.info.output
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, HIDDEN, LABEL, CriteoGenerator
-from tritonrec.triton_metrics import FLUSH_INTERVAL_S
+from tritonrec.serving.metrics import FLUSH_INTERVAL_S
 
 ENSEMBLE = "criteo"
 
@@ -61,14 +61,15 @@ def run_demo(options: DemoOptions) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     import embedding_cache  # noqa: PLC0415
-    from tritonrec.client import infer, scrape_metrics  # noqa: PLC0415
+    from tritonrec.serving.client import infer, scrape_metrics  # noqa: PLC0415
     from tritonrec.export import export_ensemble  # noqa: PLC0415
     from tritonrec.pipeline.train import train_pipeline  # noqa: PLC0415
     from tritonrec.pipeline.workflow import nvtabular_transform  # noqa: PLC0415
     from tritonrec.scorer.dlrm import TrainOptions, predict, roc_auc  # noqa: PLC0415
-    from tritonrec.serve import ServerError, TritonServer  # noqa: PLC0415
+    from tritonrec.serving.server import ServerError, TritonServer  # noqa: PLC0415
     from tritonrec.transform.parity import compare  # noqa: PLC0415
-    from tritonrec.transform.serving import TransformModel, pack_request  # noqa: PLC0415
+    from tritonrec.serving.client import pack_request  # noqa: PLC0415
+    from tritonrec.serving.transform_model import TransformModel  # noqa: PLC0415
 
     started = time.perf_counter()
     work = Path(options.workdir).resolve()

@@ -6,7 +6,7 @@ started it ends) it watches the process; when tritonserver dies it reports the e
 signal and the log's last lines, ends every process of its group (Python backend stubs
 included) and removes the shared-memory regions with the server's prefix, then restarts it up to
 ``restarts`` times with exponential backoff (1, 2, 4, ... s, at most 30 s) or returns 1. A canary
-thread probes every READY model every ``canary_interval_s`` (see :mod:`tritonrec.canary`) and
+thread probes every READY model every ``canary_interval_s`` (see :mod:`tritonrec.serving.canary`) and
 logs each model that starts or stops failing.
 
 Metrics (``prometheus_client``, on the supervisor's own endpoint):
@@ -26,8 +26,8 @@ import sys
 import threading
 from collections.abc import Callable
 
-from tritonrec.canary import CanaryProber, CanaryResult
-from tritonrec.serve import ServerError, TritonServer, describe_exit
+from tritonrec.serving.canary import CanaryProber, CanaryResult
+from tritonrec.serving.server import ServerError, TritonServer, describe_exit
 
 MAX_BACKOFF_S = 30.0
 

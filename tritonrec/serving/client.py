@@ -1,4 +1,6 @@
-"""A small gRPC client helper over ``tritonclient.grpc`` (loopback servers, numpy arrays)."""
+"""Client-side helpers: one request over gRPC (``tritonclient.grpc``) or HTTP/JSON (no library),
+Triton's metrics scraped, and a transform model's raw columns packed into its input tensors and
+its output tensors unpacked into columns."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.triton_types import numpy_dtype, wire_dtype
+from tritonrec.serving.dtypes import numpy_dtype, wire_dtype
+from tritonrec.serving.lists import list_from_tensors, list_tensor_names, list_to_tensors
+from tritonrec.serving.transform_model import TransformModel, packed_input_name, packed_output_name
+from tritonrec.transform.plan import ListColumn
 
 
 def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -78,3 +83,41 @@ def scrape_metrics(metrics_url: str) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             values[key] = float(value)
     return values
+
+
+def pack_request(model: TransformModel, columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Client side: raw columns ((n,) arrays; a :class:`ListColumn` or (values, offsets) pair for a
+    list column) -> the model's input tensors ([n, ...] arrays; a list column's two tensors in the
+    model's ``list_layout``)."""
+    out: dict[str, np.ndarray] = {}
+    for c in model.plan.input_schema:
+        if c.is_list:
+            column = columns[c.name]
+            column = column if isinstance(column, ListColumn) else ListColumn(*column)
+            column = ListColumn(np.asarray(column.values, dtype=c.dtype), np.asarray(column.offsets, dtype=np.int64))
+            values_name, second = list_tensor_names(c.name, model.list_layout)
+            out[values_name], out[second] = list_to_tensors(column, model.list_layout)
+        elif model.layout == "per-column":
+            out[c.name] = np.ascontiguousarray(np.asarray(columns[c.name], dtype=c.dtype).reshape(-1, 1))
+    if model.layout == "packed":
+        for d, names in model.plan.packed_inputs.items():
+            out[packed_input_name(d)] = np.ascontiguousarray(np.stack([np.asarray(columns[c], dtype=np.dtype(d)) for c in names], axis=1))
+    return {s.name: out[s.name] for s in model.inputs}
+
+
+def unpack_response(model: TransformModel, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Client side: the model's output tensors -> output column name -> (n,) array (a
+    :class:`ListColumn` with int64 offsets for a list column)."""
+    columns: dict[str, Any] = {}
+    for c in model.plan.output_schema:
+        if c.is_list:
+            values_name, second = list_tensor_names(c.name, model.list_layout)
+            columns[c.name] = list_from_tensors(c.name, np.asarray(outputs[values_name]), np.asarray(outputs[second]), model.list_layout)
+        elif model.output_layout == "per-column":
+            columns[c.name] = np.asarray(outputs[c.name]).reshape(-1)
+    if model.output_layout == "packed":
+        for d, names in model.plan.packed_outputs.items():
+            tensor = np.asarray(outputs[packed_output_name(d)])
+            for j, name in enumerate(names):
+                columns[name] = tensor[:, j]
+    return {c.name: columns[c.name] for c in model.plan.output_schema}

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.triton_types import numpy_dtype
+from tritonrec.serving.dtypes import numpy_dtype
 
 CANARY_PARAMETER = "tritonrec_canary"
 FLOAT_RTOL = 1e-5

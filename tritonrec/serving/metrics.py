@@ -21,7 +21,7 @@ The backends pass their ``pb_utils`` module in; nothing here imports Triton.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 LOOKUP_DURATION_BUCKETS_US = [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 100000.0]

@@ -12,38 +12,24 @@ from typing import Any
 
 import numpy as np
 
-from embedding_cache import EmbeddingStore, MissingPolicy, absent_keys_message
-from tritonrec.transform.plan import ListColumn
-from tritonrec.transform.serving import (
-    RequestError, TensorSpec, check_list_layout, check_list_rows, check_requests, list_from_tensors, list_tensor_names, list_tensor_specs,
-    merge_list_requests,
+from embedding_cache import EmbeddingStore, MissingPolicy, StoreFormatError, absent_keys_message
+from tritonrec.serving.config import ConfigError
+from tritonrec.serving.dtypes import wire_dtype
+from tritonrec.serving.fingerprint import FingerprintMismatchError, check_fingerprint
+from tritonrec.serving.lists import (
+    check_list_layout, check_list_rows, list_from_tensors, list_tensor_names, list_tensor_specs, merge_list_requests,
 )
+from tritonrec.serving.requests import RequestError, check_requests
+from tritonrec.serving.specs import TensorSpec
 from tritonrec.transform.steps import row_of_each_value
-from tritonrec.triton_types import wire_dtype
 
 IDS = "ids"
+LOAD_ERRORS = (StoreFormatError, ConfigError, FingerprintMismatchError, KeyError, ValueError, RuntimeError, ImportError)
+"""What opening a lookup model raises for a bad store or configuration (the message says what)."""
 EMBEDDINGS = "embeddings"
 MISSING_CHOICES = ("store", "zeros", "error")
 COMBINERS = ("sum", "mean")
 _ZEROS = MissingPolicy("zeros")
-
-
-class FingerprintMismatchError(ValueError):
-    """Parts trained against different transform statistics were put together; names both fingerprints."""
-
-
-def check_fingerprint(what: str, recorded: str | None, expected: str | None) -> None:
-    """Raises :class:`FingerprintMismatchError` when ``what`` records another plan fingerprint than ``expected``.
-
-    An ``expected`` of None checks nothing; a ``recorded`` of None (an artifact that records no
-    fingerprint) is refused when one is expected.
-    """
-    if expected and recorded != expected:
-        raise FingerprintMismatchError(
-            f"{what} was built for transform plan fingerprint {recorded!r}, but the transform's plan "
-            f"has fingerprint {expected!r}: it was trained with other fitted statistics; re-export it "
-            "from the same workflow"
-        )
 
 
 class EmbeddingLookupModel:
@@ -338,7 +324,7 @@ def parse_multi_hot(text: str) -> dict[str, str]:
     Raises:
         ConfigError: an entry that is not ``table:sum`` or ``table:mean``.
     """
-    from tritonrec.model_config import ConfigError  # noqa: PLC0415
+    from tritonrec.serving.config import ConfigError  # noqa: PLC0415
 
     out = {}
     for entry in (e.strip() for e in text.split(",") if e.strip()):

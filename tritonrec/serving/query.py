@@ -118,7 +118,7 @@ def query(
     import pandas as pd  # noqa: PLC0415
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
-    from tritonrec.client import infer  # noqa: PLC0415
+    from tritonrec.serving.client import infer  # noqa: PLC0415
 
     if batch_size < 1:
         raise QueryError(f"batch size {batch_size}: expected >= 1")

@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.triton_types import numpy_dtype, wire_dtype
+from tritonrec.serving.dtypes import numpy_dtype, wire_dtype
 
 Tensors = dict[str, np.ndarray]
 
@@ -586,10 +586,11 @@ def ensemble_targets(repository: str | Any, name: str, columns: Mapping[str, np.
 
     import torch  # noqa: PLC0415
 
-    from tritonrec.embeddings import EmbeddingLookupModel  # noqa: PLC0415
+    from tritonrec.serving.lookup_model import EmbeddingLookupModel  # noqa: PLC0415
     from tritonrec.export import _config_tensors  # noqa: PLC0415
-    from tritonrec.scorer.artifact import TorchScorerModel  # noqa: PLC0415
-    from tritonrec.transform.serving import TransformModel, pack_request  # noqa: PLC0415
+    from tritonrec.serving.scorer_model import TorchScorerModel  # noqa: PLC0415
+    from tritonrec.serving.client import pack_request  # noqa: PLC0415
+    from tritonrec.serving.transform_model import TransformModel  # noqa: PLC0415
 
     repo = Path(repository)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import _core
-from tritonrec.transform.serving import RequestError
+from tritonrec.serving.requests import RequestError
 
 
 def input_array(tensor: Any) -> np.ndarray:
