@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs Debian's RocksDB 7.8 shared library and headers (and the two libraries it needs that a
 # CUDA image lacks: gflags, snappy) into .gl/rocksdb.tar.xz, for GPU machines without apt or
-# network (the device tool carries it). scripts/device_run.sh unpacks it under /tmp/rdb and builds
+# network (the device tool carries it). tools/device_run.sh unpacks it under /tmp/rdb and builds
 # the RocksDB tier against it (CMAKE_PREFIX_PATH; CMakeLists.txt falls back to the bare library).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the device tool), from the repository root: builds tritonrec into the
 # machine's Python, then the named stages, copying logs and benchmarks/RESULTS.md to $OUT after each.
-#   bash scripts/device_run.sh tests gpu-cache triton
-# .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (scripts/pack_rocksdb_for_gpu.sh).
+#   bash tools/device_run.sh tests gpu-cache triton
+# .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (tools/pack_rocksdb_for_gpu.sh).
 # Stages: tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), triton (bench_gpu_lookup_triton.py;
-# needs .gl/tri.tar.xz carried, see scripts/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
+# needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
 set -uo pipefail
 R=$(pwd)
 OUT=${OUT:-/tmp/out}
@@ -18,7 +18,7 @@ unpack_triton() {
     chmod +x /tmp/tri/perf_analyzer && mkdir -p /tmp/tri/bin && mv /tmp/tri/perf_analyzer /tmp/tri/bin/
   fi
 }
-if [ -f .gl/rocksdb.tar.xz ]; then  # RocksDB from Debian's .deb files (scripts/pack_rocksdb_for_gpu.sh)
+if [ -f .gl/rocksdb.tar.xz ]; then  # RocksDB from Debian's .deb files (tools/pack_rocksdb_for_gpu.sh)
   tar -xJf .gl/rocksdb.tar.xz -C /tmp
   export CMAKE_PREFIX_PATH=/tmp/rdb/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
   export LD_LIBRARY_PATH=/tmp/rdb/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
