@@ -565,6 +565,13 @@ class Fuzzer:
         return report
 
 
+def _max_batch_size(config_text: str) -> int:
+    import re  # noqa: PLC0415
+
+    match = re.search(r"^max_batch_size:\s*(\d+)", config_text, re.M)
+    return int(match.group(1)) if match else 0
+
+
 def _parameter(config_text: str, key: str) -> str:
     import re  # noqa: PLC0415
 
@@ -587,7 +594,6 @@ def ensemble_targets(repository: str | Any, name: str, columns: Mapping[str, np.
     import torch  # noqa: PLC0415
 
     from tritonrec.serving.lookup_model import EmbeddingLookupModel  # noqa: PLC0415
-    from tritonrec.export import _config_tensors  # noqa: PLC0415
     from tritonrec.serving.scorer_model import TorchScorerModel  # noqa: PLC0415
     from tritonrec.serving.client import pack_request  # noqa: PLC0415
     from tritonrec.serving.transform_model import TransformModel  # noqa: PLC0415
@@ -598,12 +604,12 @@ def ensemble_targets(repository: str | Any, name: str, columns: Mapping[str, np.
         model = f"{name}_{suffix}"
         version = max((p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         config = repo / model / "config.pbtxt"
-        return version, config.read_text(), _config_tensors(config)[2]
+        return version, config.read_text(), _max_batch_size(config.read_text())
 
     transform_dir, transform_config, transform_max = step("transform")
     lookup_dir, lookup_config, lookup_max = step("embeddings")
     scorer_dir, _, scorer_max = step("scorer")
-    ensemble_max = _config_tensors(repo / name / "config.pbtxt")[2]
+    ensemble_max = _max_batch_size((repo / name / "config.pbtxt").read_text())
 
     # references take any number of rows: requests over a maximum are the server's to refuse
     transform = TransformModel.from_directory(transform_dir / "plan", "packed", 0, "packed")

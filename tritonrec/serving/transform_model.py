@@ -24,6 +24,14 @@ from tritonrec.transform.plan import ListColumn, PlanLoadError, TransformPlan, m
 from tritonrec.transform.steps import BadValueError
 
 LAYOUTS = ("per-column", "packed")
+
+
+def check_layout(what: str, layout: str) -> None:
+    """Raises ValueError naming ``what`` unless ``layout`` is one of :data:`LAYOUTS`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{what} {layout!r}: expected one of {LAYOUTS}")
+
+
 LOAD_ERRORS = (PlanLoadError, ConfigError, FingerprintMismatchError, ValueError, ImportError)
 """What loading a transform model raises for a bad plan or configuration (the message says what)."""
 
@@ -74,9 +82,8 @@ class TransformModel:
         list_layout: str = "padded",
     ) -> None:
         output_layout = output_layout or layout
-        for what, value in (("layout", layout), ("output_layout", output_layout)):
-            if value not in LAYOUTS:
-                raise ValueError(f"{what} {value!r}: expected one of {LAYOUTS}")
+        check_layout("layout", layout)
+        check_layout("output_layout", output_layout)
         check_list_layout(list_layout, max_batch_size)
         self.plan = plan
         self.layout = layout

@@ -1,0 +1,190 @@
+"""Writing transform -> embedding lookup -> scorer as one Triton ensemble."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonrec.export.checks import EnsembleColumns, ScorerWiring, ServedScorer, check_scorer, check_store, ensemble_columns
+from tritonrec.export.render import check_name, copy_tree, new_version, next_version, render_template, tensor_block
+from tritonrec.export.transform import check_instance_kind, export_transform, load_or_compile
+from tritonrec.serving.lists import list_tensor_specs
+from tritonrec.serving.specs import TensorSpec
+from tritonrec.serving.transform_model import TransformModel, check_layout
+from tritonrec.transform.plan import TransformPlan
+
+__all__ = ["ServedScorer", "export_ensemble"]
+
+
+def _optional(value: int | None) -> str:
+    return "" if value is None else str(int(value))
+
+
+def _lookup_specs(columns: EnsembleColumns) -> list[TensorSpec]:
+    """The lookup's inputs: ``ids`` [n_single] INT64, and each list column's padded pair."""
+    single = [TensorSpec("ids", np.dtype(np.int64), (len(columns.single),))] if columns.single else []
+    return single + [s for c in columns.multi for s in list_tensor_specs(c, np.dtype(np.int64), "padded")]
+
+
+def _write_lookup(repository: Path, name: str, store: Path, plan: TransformPlan, columns: EnsembleColumns, dim: int,
+                  options: Mapping[str, Any]) -> Path:
+    """Writes ``<name>_embeddings`` (a copy of the store); returns its new version directory."""
+    model_dir = repository / f"{name}_embeddings"
+    kind = options["lookup_kind"]
+    with new_version(model_dir) as version_dir:
+        copy_tree(store, version_dir / "store")
+        (model_dir / "config.pbtxt").write_text(render_template(
+            "embedding_lookup", name=model_dir.name, max_batch_size=options["max_batch_size"], n_tables=len(columns.tables),
+            inputs=tensor_block("input", _lookup_specs(columns)), multi_hot=",".join(f"{c}:{columns.combiners[c]}" for c in columns.multi),
+            dim=dim, instance_count=options["instance_count"], max_queue_delay_us=options["max_queue_delay_us"], store="store",
+            tables=",".join(columns.tables), missing_key_policy=options["missing_key_policy"],
+            host_budget_bytes=_optional(options["host_budget_bytes"]), threads=_optional(options["lookup_threads"]),
+            fingerprint=plan.fingerprint, instance_kind=kind, gpu_cache_bytes=_optional(options["gpu_cache_bytes"]),
+            gpu_eviction=options["gpu_eviction"], gpu_admission="true" if options["gpu_admission"] else "false",
+            gpu_cache_dtype=options["gpu_cache_dtype"], gpu_async_insert="true" if options["gpu_async_insert"] else "false",
+            force_cpu_inputs="no" if kind == "KIND_GPU" else "yes",
+        ))
+    return version_dir
+
+
+def _write_scorer(repository: Path, scorer: Path, wiring: ScorerWiring, plan: TransformPlan, columns: EnsembleColumns, dim: int,
+                  options: Mapping[str, Any]) -> Path:
+    """Writes ``wiring.model`` (torch_scorer, a copy of the scorer); returns its new version directory."""
+    model_dir = repository / wiring.model
+    kind = options["scorer_kind"]
+    with new_version(model_dir) as version_dir:
+        copy_tree(scorer, version_dir / "scorer")
+        (model_dir / "config.pbtxt").write_text(render_template(
+            "torch_scorer", name=wiring.model, max_batch_size=options["max_batch_size"], dense_input=wiring.dense_input,
+            embeddings_input=wiring.embeddings_input, output=wiring.output, n_dense=columns.n_dense, n_tables=len(columns.tables),
+            dim=dim, instance_count=options["instance_count"], instance_kind=kind, max_queue_delay_us=options["max_queue_delay_us"],
+            threads=_optional(options["scorer_threads"]), fingerprint=plan.fingerprint, force_cpu_inputs="no" if kind == "KIND_GPU" else "yes",
+        ))
+    return version_dir
+
+
+def _write_ensemble(repository: Path, name: str, plan: TransformPlan, columns: EnsembleColumns, wiring: ScorerWiring,
+                    versions: Mapping[str, int], layout: str, max_batch_size: int) -> Path:
+    """Writes the ensemble ``name`` calling the pinned ``versions`` of its steps."""
+    transform = TransformModel(plan, layout, max_batch_size, "packed")
+    lookup_specs = _lookup_specs(columns)
+    # a list column's codes leave the transform under the names its raw values came in with:
+    # inside the ensemble they get names of their own ("codes/<tensor>")
+    inner = {s.name: ("ids" if s.name == "ids" else f"codes/{s.name}") for s in lookup_specs}
+    passed = ([("OUTPUT_INT64", "ids")] if columns.single else []) + ([("OUTPUT_FP32", "dense")] if columns.n_dense else []) + [
+        (s.name, inner[s.name]) for s in lookup_specs if s.name != "ids"]
+    model_dir = repository / name
+    with new_version(model_dir):
+        (model_dir / "config.pbtxt").write_text(render_template(
+            "ensemble", name=name, max_batch_size=max_batch_size, inputs=tensor_block("input", transform.inputs),
+            transform=f"{name}_transform", transform_version=versions["transform"],
+            transform_inputs="\n".join(f'      input_map {{ key: "{s.name}" value: "{s.name}" }}' for s in transform.inputs),
+            transform_outputs="\n".join(f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in passed),
+            lookup_inputs="\n".join(f'      input_map {{ key: "{s.name}" value: "{inner[s.name]}" }}' for s in lookup_specs),
+            embeddings=f"{name}_embeddings", embeddings_version=versions["embeddings"],
+            scorer=wiring.model, scorer_version=versions["scorer"], dense_input=wiring.dense_input,
+            embeddings_input=wiring.embeddings_input, scorer_output=wiring.output, fingerprint=plan.fingerprint, layout=layout,
+            packed_inputs=json.dumps(plan.packed_inputs, separators=(",", ":")).replace('"', '\\"'),
+        ))
+    return model_dir
+
+
+def _check_options(name: str, layout: str, options: Mapping[str, Any]) -> None:
+    from tritonrec.serving.lookup_model import MISSING_CHOICES  # noqa: PLC0415
+
+    check_name(name)
+    check_name(f"{name}_transform")
+    check_layout("layout", layout)
+    if options["missing_key_policy"] not in MISSING_CHOICES:
+        raise ValueError(f"missing_key_policy {options['missing_key_policy']!r}: expected one of {MISSING_CHOICES}")
+    check_instance_kind("scorer_kind", options["scorer_kind"])
+    check_instance_kind("lookup_kind", options["lookup_kind"])
+    if options["lookup_kind"] == "KIND_GPU" and (options["gpu_cache_bytes"] is None or options["gpu_cache_bytes"] < 1):
+        raise ValueError("lookup_kind KIND_GPU needs gpu_cache_bytes >= 1 (device memory for the GPU cache)")
+
+
+def export_ensemble(
+    workflow: Any,
+    store: str | os.PathLike[str],
+    scorer: str | os.PathLike[str] | ServedScorer,
+    repository: str | os.PathLike[str],
+    name: str,
+    *,
+    layout: str = "packed",
+    max_batch_size: int = 16384,
+    instance_count: int = 1,
+    max_queue_delay_us: int = 0,
+    host_budget_bytes: int | None = None,
+    missing_key_policy: str = "store",
+    lookup_threads: int | None = None,
+    scorer_threads: int | None = None,
+    scorer_kind: str = "KIND_CPU",
+    lookup_kind: str = "KIND_CPU",
+    transform_kind: str = "KIND_CPU",
+    gpu_cache_bytes: int | None = None,
+    gpu_eviction: str = "lru",
+    gpu_admission: bool = False,
+    gpu_cache_dtype: str = "float32",
+    gpu_async_insert: bool = False,
+    multi_hot_combiner: str | Mapping[str, str] = "mean",
+) -> Path:
+    """Writes transform -> embedding lookup -> scorer as one Triton ensemble; returns its directory.
+
+    Models written (each under a new version directory N+1; the ensemble pins those versions):
+    ``<name>_transform`` (nvtabular_transform; ``layout`` inputs, packed outputs ``OUTPUT_INT64``
+    ids [batch, n_tables] and ``OUTPUT_FP32`` dense [batch, n_dense]), ``<name>_embeddings``
+    (embedding_lookup; a copy of ``store``, whose tables are the plan's categorical outputs,
+    recording the plan's fingerprint and table sizes), ``<name>_scorer`` (torch_scorer; a copy of
+    the ``scorer`` directory; not written for a :class:`ServedScorer` already in ``repository``),
+    and ``<name>`` (the ensemble: the transform's inputs in -> ``probability`` FP32 [batch, 1]).
+    ``workflow``: a fitted workflow, its directory, a :class:`TransformPlan` or a plan directory.
+    ``host_budget_bytes``: host memory for a store with a RocksDB tier (None: all rows in memory);
+    ``missing_key_policy``: ``store``, ``zeros`` or ``error``. ``*_kind``: ``KIND_CPU`` or
+    ``KIND_GPU`` instances; GPU lookups cache hot rows in ``gpu_cache_bytes`` of device memory
+    (``gpu_eviction`` lru/lfu, ``gpu_admission``, ``gpu_cache_dtype``, ``gpu_async_insert``).
+    ``multi_hot_combiner``: ``sum`` or ``mean`` of a list (multi-hot) column's vectors, one for
+    all or per column; list columns reach the lookup as ``<col>__values`` + ``<col>__lengths``.
+
+    Raises:
+        FingerprintMismatchError: the store or scorer was trained against another plan (names both).
+        ValueError: tensors that do not chain (names the tensor, dtype and dims), tables or sizes
+            that differ from the plan's, bad options. StoreFormatError, ScorerFormatError,
+            FileNotFoundError: unreadable parts.
+    """
+    from tritonrec.serving.lookup_model import COMBINERS  # noqa: PLC0415
+
+    options = dict(
+        max_batch_size=max_batch_size, instance_count=instance_count, max_queue_delay_us=max_queue_delay_us,
+        host_budget_bytes=host_budget_bytes, missing_key_policy=missing_key_policy, lookup_threads=lookup_threads,
+        scorer_threads=scorer_threads, scorer_kind=scorer_kind, lookup_kind=lookup_kind, gpu_cache_bytes=gpu_cache_bytes,
+        gpu_eviction=gpu_eviction, gpu_admission=gpu_admission, gpu_cache_dtype=gpu_cache_dtype, gpu_async_insert=gpu_async_insert,
+    )
+    _check_options(name, layout, options)
+    repository, plan = Path(repository), load_or_compile(workflow)
+    columns = ensemble_columns(plan, multi_hot_combiner, COMBINERS)
+    dim = check_store(store, plan, columns)
+    dense = TensorSpec("dense", np.dtype(np.float32), (columns.n_dense,))
+    embeddings = TensorSpec("embeddings", np.dtype(np.float32), (len(columns.tables), dim))
+    wiring = check_scorer(scorer, repository, name, plan, columns, dense, embeddings)
+    transform_dir = export_transform(
+        plan, repository, f"{name}_transform", layout=layout, max_batch_size=max_batch_size, instance_count=instance_count,
+        max_queue_delay_us=max_queue_delay_us, output_layout="packed", instance_kind=transform_kind,
+    )
+    written = [transform_dir / str(next_version(transform_dir) - 1)]
+    try:
+        written.append(_write_lookup(repository, name, Path(store), plan, columns, dim, options))
+        if wiring.version is None:
+            written.append(_write_scorer(repository, Path(scorer), wiring, plan, columns, dim, options))
+        versions = {"transform": int(written[0].name), "embeddings": int(written[1].name),
+                    "scorer": int(written[2].name) if wiring.version is None else wiring.version}
+        return _write_ensemble(repository, name, plan, columns, wiring, versions, layout, max_batch_size)
+    except BaseException:
+        for version_dir in written:
+            shutil.rmtree(version_dir, ignore_errors=True)
+        raise

@@ -1,0 +1,93 @@
+"""Writing a transform model (``backend: "nvtabular_transform"``) into a model repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tritonrec.export.render import check_name, new_version, render_template, tensor_block
+from tritonrec.serving.lists import list_layout_for
+from tritonrec.serving.transform_model import TransformModel, check_layout
+from tritonrec.transform.plan import TransformPlan
+
+INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
+
+
+def load_or_compile(source: Any, hashing: str = "auto") -> TransformPlan:
+    """A :class:`TransformPlan` from a plan, a plan directory, a workflow or a workflow directory."""
+    if isinstance(source, TransformPlan):
+        return source
+    if isinstance(source, (str, os.PathLike)) and (Path(source) / "manifest.json").is_file():
+        return TransformPlan.load(source)
+    from tritonrec.transform.compile import compile_workflow  # noqa: PLC0415 - needs nvtabular
+
+    return compile_workflow(source, hashing=hashing)
+
+
+def check_instance_kind(what: str, kind: str) -> None:
+    """Raises ValueError naming ``what`` unless ``kind`` is one of :data:`INSTANCE_KINDS`."""
+    if kind not in INSTANCE_KINDS:
+        raise ValueError(f"{what} {kind!r}: expected 'KIND_CPU' or 'KIND_GPU'")
+
+
+def export_transform(
+    workflow: Any,
+    repository: str | os.PathLike[str],
+    name: str,
+    *,
+    layout: str = "per-column",
+    max_batch_size: int = 16384,
+    instance_count: int = 1,
+    max_queue_delay_us: int = 0,
+    output_layout: str | None = None,
+    instance_kind: str = "KIND_CPU",
+    hashing: str = "auto",
+) -> Path:
+    """Writes a transform model into a Triton model repository.
+
+    Args:
+        workflow: a fitted ``nvtabular.Workflow``, the directory it was saved to, a
+            :class:`TransformPlan`, or a saved plan directory.
+        repository: the model repository (created if missing).
+        name: the model's name; a model of that name gets a new version directory N+1.
+        layout: ``"per-column"`` (one tensor per column) or ``"packed"`` (one per dtype).
+        max_batch_size: the most rows per request (Triton's ``max_batch_size``); 0: Triton does
+            not batch, and list columns travel as ``<name>__values`` + ``<name>__offsets`` (flat,
+            NVTabular's convention) instead of padded ``<name>__values`` + ``<name>__lengths``.
+        instance_count: CPU instances of the model.
+        max_queue_delay_us: dynamic batcher's queue delay in microseconds.
+        output_layout: layout of the outputs (default: ``layout``).
+        instance_kind: ``"KIND_CPU"``, or ``"KIND_GPU"``: the plan runs with cupy on the
+            instance's GPU and its tensors stay in device memory (string columns are hashed on
+            the host, their codes moved to the device).
+        hashing: as in :func:`~tritonrec.transform.compile.compile_workflow` (``"cpu"``: the
+            workflow ran on the CPU, whatever its saved metadata says).
+
+    Returns:
+        The model directory ``repository/name``.
+
+    Raises:
+        ValueError: a bad layout, name or size. UnsupportedOpError: the workflow cannot be compiled.
+    """
+    output_layout = output_layout or layout
+    check_layout("layout", layout)
+    check_layout("output_layout", output_layout)
+    check_name(name)
+    if max_batch_size < 0:
+        raise ValueError(f"max_batch_size {max_batch_size}: expected >= 0")
+    check_instance_kind("instance_kind", instance_kind)
+    plan = load_or_compile(workflow, hashing)
+    model = TransformModel(plan, layout, max_batch_size, output_layout, list_layout_for(max_batch_size))
+    model_dir = Path(repository) / name
+    with new_version(model_dir) as version_dir:
+        plan.save(version_dir / "plan")
+        (model_dir / "config.pbtxt").write_text(render_template(
+            "nvtabular_transform", name=name, max_batch_size=max_batch_size,
+            inputs=tensor_block("input", model.inputs, max_batch_size), outputs=tensor_block("output", model.outputs, max_batch_size),
+            instance_count=instance_count,
+            batching=f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}" if max_batch_size else "",
+            layout=layout, output_layout=output_layout, fingerprint=plan.fingerprint, instance_kind=instance_kind,
+            force_cpu_inputs="no" if instance_kind == "KIND_GPU" else "yes",
+        ))
+    return model_dir
