@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 
 ADMIN_KEY_ENV = "TRITONREC_ADMIN_KEY"
@@ -226,10 +227,8 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_serve(sub: Any) -> None:
+    """Subcommand ``serve``."""
     serve = sub.add_parser(
         "serve", help="run tritonserver on a model repository with tritonrec's backends, supervised",
         description="Runs tritonserver on MODEL_REPOSITORY with tritonrec's backends; secure by default: loopback "
@@ -261,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     serve.set_defaults(func=_serve)
 
+
+def _add_export_transform(sub: Any) -> None:
+    """Subcommand ``export-transform``."""
     export = sub.add_parser("export-transform", help="compile a fitted NVTabular workflow into a Triton model")
     export.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
     export.add_argument("repository", help="model repository to write into")
@@ -274,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "cpu: it ran on the CPU (pandas hashing)")
     export.set_defaults(func=_export_transform)
 
+
+def _add_export(sub: Any) -> None:
+    """Subcommand ``export``."""
     ensemble = sub.add_parser("export", help="export transform -> embedding lookup -> scorer as one Triton ensemble")
     ensemble.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
     ensemble.add_argument("repository", help="model repository to write into")
@@ -303,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="how the lookup combines the vectors of a list (multi-hot) column's ids")
     ensemble.set_defaults(func=_export)
 
+
+def _add_query(sub: Any) -> None:
+    """Subcommand ``query``."""
     query = sub.add_parser("query", help="score a parquet or CSV file of raw rows through a served model")
     query.add_argument("file", help=".parquet or .csv of raw rows (a 'label' column is carried along)")
     query.add_argument("--url", default="127.0.0.1:8001", help="gRPC address of tritonserver")
@@ -312,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--log", help="append requests, predictions and labels as parquet under LOG/<model>/")
     query.set_defaults(func=_query)
 
+
+def _add_demo(sub: Any) -> None:
+    """Subcommand ``demo``."""
     demo = sub.add_parser("demo", help="data -> fit -> train DLRM -> export the ensemble -> serve -> AUC, parity, latency")
     demo.add_argument("--workdir", default="demo-output", help="where data, workflow, model and repository go")
     demo.add_argument("--train-rows", type=int, default=500_000)
@@ -323,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="host memory for embedding rows as a fraction of their size, the rest in RocksDB (0: all in memory)")
     demo.add_argument("--keep-serving", action="store_true", help="leave the server up until Ctrl-C")
     demo.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_demo):
+        add(sub)
     return parser
 
 

@@ -351,72 +351,70 @@ class Fuzzer:
         """The raw tensors of a structurally bad request made from the valid ``tensors``, or None
         when ``case`` cannot apply to ``target``."""
         raw = _raw(tensors)
-        names = list(tensors)
         pick = int(self.rng.integers(0, len(raw)))
-        name, datatype, shape, data = raw[pick]
         batched = target.max_batch_size > 0
+        if case in ("empty_batch", "over_max_batch", "mismatched_batch"):
+            return self._bad_batch(target, case, raw, pick) if batched else None
+        if case == "missing_input":
+            return raw[:pick] + raw[pick + 1 :]
+        if case == "extra_input":
+            return [*raw, ("extra", *raw[pick][1:])]
+        raw[pick] = self._mutated(case, *raw[pick], batched)
+        return raw
+
+    def _bad_batch(self, target: Target, case: str, raw: list[tuple[str, str, list[int], bytes]], pick: int) -> list[Any] | None:
+        """Empty, oversized or (between inputs) mismatched batches of a batched model."""
         if case == "empty_batch":
-            if not batched:
-                return None
             return [(n, d, [0, *s[1:]], b"") for n, d, s, _ in raw]
         if case == "over_max_batch":
-            if not batched:
-                return None
             rows = int(self.rng.integers(target.max_batch_size + 1, 2 * target.max_batch_size + 1))
             return _raw(target.sample(self.rng, rows))
+        if len(raw) < 2:
+            return None
+        other = (pick + 1) % len(raw)
+        n2, d2, s2, b2 = raw[other]
+        rows = s2[0] + int(self.rng.choice([-1, 1, 2])) if s2[0] > 1 else s2[0] + 1
+        raw[other] = (n2, d2, [rows, *s2[1:]], (b2 * 2)[: rows * (len(b2) // max(s2[0], 1))])
+        return raw
+
+    def _mutated(self, case: str, name: str, datatype: str, shape: list[int], data: bytes, batched: bool) -> tuple[str, str, list[int], bytes]:
+        """One input made bad: its dtype, shape, name, bytes or datatype string."""
         if case == "wrong_dtype":
             other = {"FP32": ["FP64", "INT64", "FP16", "INT32"], "INT64": ["INT32", "FP32", "UINT64", "FP64"]}.get(datatype, ["FP32", "INT64"])
             new = str(self.rng.choice(other))
             with np.errstate(invalid="ignore", over="ignore"):  # NaN to int: any value will do
                 array = np.frombuffer(data, dtype=numpy_dtype(datatype)).astype(numpy_dtype(new))
-            raw[pick] = (name, new, shape, array.tobytes())
-            return raw
+            return name, new, shape, array.tobytes()
         if case == "wrong_shape":
-            inner = shape[1:] if batched else shape
-            itemsize = numpy_dtype(datatype).itemsize
-            rows = shape[0] if batched else 1
-            choice = int(self.rng.integers(0, 3))
-            if choice == 0 and inner:
-                new_inner = [inner[0] + int(self.rng.choice([-1, 1, 5])), *inner[1:]]
-            elif choice == 1:
-                new_inner = [*inner, 1]
-            else:
-                new_inner = inner[:-1] if inner else [2]
-            new_inner = [max(d, 0) for d in new_inner]
-            new_shape = [rows, *new_inner] if batched else new_inner
+            new_shape = self._wrong_shape(shape, batched)
             count = int(np.prod(new_shape)) if new_shape else 1
-            raw[pick] = (name, datatype, new_shape, self.rng.bytes(count * itemsize))
-            return raw
+            return name, datatype, new_shape, self.rng.bytes(count * numpy_dtype(datatype).itemsize)
         if case == "unknown_input":
-            raw[pick] = (name + "_x", datatype, shape, data)
-            return raw
-        if case == "missing_input":
-            return raw[:pick] + raw[pick + 1 :]
-        if case == "extra_input":
-            return [*raw, ("extra", datatype, shape, data)]
-        if case == "mismatched_batch":
-            if not batched or len(names) < 2:
-                return None
-            other = (pick + 1) % len(raw)
-            n2, d2, s2, b2 = raw[other]
-            rows = s2[0] + int(self.rng.choice([-1, 1, 2])) if s2[0] > 1 else s2[0] + 1
-            raw[other] = (n2, d2, [rows, *s2[1:]], (b2 * 2)[: rows * (len(b2) // max(s2[0], 1))])
-            return raw
+            return name + "_x", datatype, shape, data
         if case == "truncated_raw":
-            raw[pick] = (name, datatype, shape, data[: int(self.rng.integers(0, max(len(data), 1)))])
-            return raw
+            return name, datatype, shape, data[: int(self.rng.integers(0, max(len(data), 1)))]
         if case == "excess_raw":
-            raw[pick] = (name, datatype, shape, data + self.rng.bytes(int(self.rng.integers(1, 64))))
-            return raw
+            return name, datatype, shape, data + self.rng.bytes(int(self.rng.integers(1, 64)))
         if case == "bad_datatype":
-            raw[pick] = (name, str(self.rng.choice(["FP128", "", "fp32", "TYPE_FP32", "\x00"])), shape, data)
-            return raw
+            return name, str(self.rng.choice(["FP128", "", "fp32", "TYPE_FP32", "\x00"])), shape, data
         if case == "negative_shape":
             bad = list(shape)
             bad[int(self.rng.integers(0, len(bad)))] = int(self.rng.choice([-1, -2, -(2**40)]))
-            raw[pick] = (name, datatype, bad, data)
-            return raw
+            return name, datatype, bad, data
         raise ValueError(f"unknown case {case!r}")
+
+    def _wrong_shape(self, shape: list[int], batched: bool) -> list[int]:
+        """Another inner shape: one dim off, one dim more, or one dim fewer."""
+        inner = shape[1:] if batched else shape
+        choice = int(self.rng.integers(0, 3))
+        if choice == 0 and inner:
+            new_inner = [inner[0] + int(self.rng.choice([-1, 1, 5])), *inner[1:]]
+        elif choice == 1:
+            new_inner = [*inner, 1]
+        else:
+            new_inner = inner[:-1] if inner else [2]
+        new_inner = [max(d, 0) for d in new_inner]
+        return [shape[0], *new_inner] if batched else new_inner
 
     def _http_case(self, target: Target, case: str, report: FuzzReport) -> Outcome:
         assert self.http is not None
@@ -579,79 +577,84 @@ def _parameter(config_text: str, key: str) -> str:
     return match.group(1) if match else ""
 
 
+class InProcessEnsemble:
+    """The three steps of an exported ensemble (packed layout), loaded in process from the
+    repository's files: the reference of the fuzzer's targets. References take any number of rows:
+    requests over a maximum batch size are the server's to refuse."""
+
+    def __init__(self, repository: str | Any, name: str) -> None:
+        from pathlib import Path  # noqa: PLC0415
+
+        import torch  # noqa: PLC0415
+
+        from tritonrec.serving.lookup_model import EmbeddingLookupModel  # noqa: PLC0415
+        from tritonrec.serving.scorer_model import TorchScorerModel  # noqa: PLC0415
+        from tritonrec.serving.transform_model import TransformModel  # noqa: PLC0415
+
+        repo, self._torch = Path(repository), torch
+        self.max_batch_size: dict[str, int] = {}
+        folders = {}
+        for model in (name, f"{name}_transform", f"{name}_embeddings", f"{name}_scorer"):
+            text = (repo / model / "config.pbtxt").read_text()
+            self.max_batch_size[model] = _max_batch_size(text)
+            folders[model] = (max((p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)), text)
+        self.transform = TransformModel.from_directory(folders[f"{name}_transform"][0] / "plan", "packed", 0, "packed")
+        lookup_dir, lookup_config = folders[f"{name}_embeddings"]
+        tables = [t for t in _parameter(lookup_config, "tables").split(",") if t]
+        self.lookup = EmbeddingLookupModel.open(lookup_dir / "store", tables, missing=_parameter(lookup_config, "missing_key_policy") or "store", threads=1)
+        self.scorer = TorchScorerModel(folders[f"{name}_scorer"][0] / "scorer", "cpu", 0, threads=1)
+        self.dense_name, self.embeddings_name = (s.name for s in self.scorer.inputs)
+
+    def run(self, model: Any, tensors: Tensors) -> dict[str, np.ndarray]:
+        """One request through ``model`` (one of the three): its outputs as numpy arrays, or raises its error."""
+        if model is self.scorer:
+            tensors = {k: self._torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+        result = model.execute([tensors])[0]
+        if isinstance(result, Exception):
+            raise result
+        return {k: (v.numpy() if isinstance(v, self._torch.Tensor) else np.asarray(v)) for k, v in result.items()}
+
+    def ensemble(self, tensors: Tensors) -> dict[str, np.ndarray]:
+        """The ensemble's answer: transform, lookup, scorer in turn."""
+        t = self.run(self.transform, tensors)
+        e = self.run(self.lookup, {"ids": t["OUTPUT_INT64"]})
+        s = self.run(self.scorer, {self.dense_name: t["OUTPUT_FP32"], self.embeddings_name: e["embeddings"]})
+        return {"probability": s[self.scorer.info.output]}
+
+
 def ensemble_targets(repository: str | Any, name: str, columns: Mapping[str, np.ndarray], pool_rows: int = 512) -> list[Target]:
     """The four targets of an ensemble exported by ``tritonrec export`` (packed layout): the
-    ensemble ``name`` and its steps ``name_transform``, ``name_embeddings``, ``name_scorer``, each
-    with the step's own library model, loaded in process from the repository's files, as reference.
+    ensemble ``name`` and its steps ``name_transform``, ``name_embeddings``, ``name_scorer``, with
+    :class:`InProcessEnsemble` as reference.
 
     Args:
         repository: the model repository.
         columns: raw columns (the plan's inputs, (n,) each) that valid requests draw their rows from.
         pool_rows: rows of ``columns`` to draw from.
     """
-    from pathlib import Path  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
-
-    from tritonrec.serving.lookup_model import EmbeddingLookupModel  # noqa: PLC0415
-    from tritonrec.serving.scorer_model import TorchScorerModel  # noqa: PLC0415
     from tritonrec.serving.client import pack_request  # noqa: PLC0415
-    from tritonrec.serving.transform_model import TransformModel  # noqa: PLC0415
 
-    repo = Path(repository)
-
-    def step(suffix: str) -> tuple[Path, str, int]:
-        model = f"{name}_{suffix}"
-        version = max((p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-        config = repo / model / "config.pbtxt"
-        return version, config.read_text(), _max_batch_size(config.read_text())
-
-    transform_dir, transform_config, transform_max = step("transform")
-    lookup_dir, lookup_config, lookup_max = step("embeddings")
-    scorer_dir, _, scorer_max = step("scorer")
-    ensemble_max = _max_batch_size((repo / name / "config.pbtxt").read_text())
-
-    # references take any number of rows: requests over a maximum are the server's to refuse
-    transform = TransformModel.from_directory(transform_dir / "plan", "packed", 0, "packed")
-    tables = [t for t in _parameter(lookup_config, "tables").split(",") if t]
-    lookup = EmbeddingLookupModel.open(lookup_dir / "store", tables, missing=_parameter(lookup_config, "missing_key_policy") or "store", threads=1)
-    scorer = TorchScorerModel(scorer_dir / "scorer", "cpu", 0, threads=1)
-    dense_name, embeddings_name = (s.name for s in scorer.inputs)
-
+    ref = InProcessEnsemble(repository, name)
     n = min(pool_rows, len(next(iter(columns.values()))))
-    raw = pack_request(transform, {c: np.asarray(v[:n]) for c, v in columns.items()})
-    codes = transform.execute([raw])[0]
-    ids, dense = codes["OUTPUT_INT64"], codes["OUTPUT_FP32"]
-    embeddings = lookup.execute([{"ids": ids}])[0]["embeddings"]
+    raw = pack_request(ref.transform, {c: np.asarray(v[:n]) for c, v in columns.items()})
+    codes = ref.run(ref.transform, raw)
+    pools = {  # the valid inputs of each target, n rows each
+        name: raw, f"{name}_transform": raw, f"{name}_embeddings": {"ids": codes["OUTPUT_INT64"]},
+        f"{name}_scorer": {ref.dense_name: codes["OUTPUT_FP32"],
+                           ref.embeddings_name: ref.run(ref.lookup, {"ids": codes["OUTPUT_INT64"]})["embeddings"]},
+    }
+    references = {
+        name: ref.ensemble, f"{name}_transform": lambda t: ref.run(ref.transform, t),
+        f"{name}_embeddings": lambda t: ref.run(ref.lookup, t), f"{name}_scorer": lambda t: ref.run(ref.scorer, t),
+    }
+    outputs = {name: ["probability"], f"{name}_transform": ["OUTPUT_FP32", "OUTPUT_INT64"],
+               f"{name}_embeddings": ["embeddings"], f"{name}_scorer": [ref.scorer.info.output]}
 
-    def one(model: Any, tensors: Tensors) -> dict[str, np.ndarray]:
-        result = model.execute([tensors])[0]
-        if isinstance(result, Exception):
-            raise result
-        return {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in result.items()}
+    def sampler(pool: Tensors) -> Callable[[np.random.Generator, int], Tensors]:
+        return lambda rng, k: (lambda r: {key: v[r] for key, v in pool.items()})(rng.integers(0, n, size=k))
 
-    def score(tensors: Tensors) -> dict[str, np.ndarray]:
-        return one(scorer, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()})
-
-    def ensemble(tensors: Tensors) -> dict[str, np.ndarray]:
-        t = one(transform, tensors)
-        e = one(lookup, {"ids": t["OUTPUT_INT64"]})
-        s = score({dense_name: t["OUTPUT_FP32"], embeddings_name: e["embeddings"]})
-        return {"probability": s[scorer.info.output]}
-
-    def rows(rng: np.random.Generator, k: int) -> np.ndarray:
-        return rng.integers(0, n, size=k)
-
-    packed_inputs = {key: (v.dtype, v.shape[1:]) for key, v in raw.items()}
     return [
-        Target(name, packed_inputs, ["probability"], ensemble_max,
-               lambda rng, k: {key: v[rows(rng, k)] for key, v in raw.items()}, ensemble, finite_outputs=True),
-        Target(f"{name}_transform", packed_inputs, ["OUTPUT_FP32", "OUTPUT_INT64"], transform_max,
-               lambda rng, k: {key: v[rows(rng, k)] for key, v in raw.items()}, lambda t: one(transform, t)),
-        Target(f"{name}_embeddings", {"ids": (ids.dtype, ids.shape[1:])}, ["embeddings"], lookup_max,
-               lambda rng, k: {"ids": ids[rows(rng, k)]}, lambda t: one(lookup, t)),
-        Target(f"{name}_scorer", {dense_name: (dense.dtype, dense.shape[1:]), embeddings_name: (embeddings.dtype, embeddings.shape[1:])},
-               [scorer.info.output], scorer_max,
-               lambda rng, k: (lambda r: {dense_name: dense[r], embeddings_name: embeddings[r]})(rows(rng, k)), score,
-               finite_outputs=True),
+        Target(model, {key: (v.dtype, v.shape[1:]) for key, v in pools[model].items()}, outputs[model], ref.max_batch_size[model],
+               sampler(pools[model]), references[model], finite_outputs=model in (name, f"{name}_scorer"))
+        for model in (name, f"{name}_transform", f"{name}_embeddings", f"{name}_scorer")
     ]
