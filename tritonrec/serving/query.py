@@ -140,24 +140,33 @@ def query(
             part[LABEL] = rows[LABEL].to_numpy()
         parts.append(part)
         if log_path is not None:
-            logged = rows[[c for c in builder.required]].copy()
-            for name in builder.outputs:
-                logged[name] = part[name].to_numpy()
-            if LABEL in frame.columns:
-                logged[LABEL] = rows[LABEL].to_numpy()
-            logged["model"] = model
-            logged["request_time_ns"] = sent_ns
-            logged.to_parquet(log_path / f"part-{sent_ns}-{os.getpid()}-{start}.parquet", index=False)
+            _log_batch(log_path / f"part-{sent_ns}-{os.getpid()}-{start}.parquet", rows, part, builder, model, sent_ns)
         if progress is not None:
             progress(start + len(rows))
     predictions = pd.concat(parts) if parts else pd.DataFrame({name: [] for name in builder.outputs})
     if output is not None:
-        output = Path(output)
-        if output.suffix.lower() == ".csv":
-            predictions.to_csv(output, index=False)
-        else:
-            predictions.to_parquet(output, index=False)
+        _write(predictions, Path(output))
     return predictions
+
+
+def _log_batch(path: Path, rows: Any, part: Any, builder: RequestBuilder, model: str, sent_ns: int) -> None:
+    """One batch's raw columns, predictions, label, model and request time (UTC ns) as a parquet file."""
+    logged = rows[list(builder.required)].copy()
+    for name in builder.outputs:
+        logged[name] = part[name].to_numpy()
+    if LABEL in rows.columns:
+        logged[LABEL] = rows[LABEL].to_numpy()
+    logged["model"] = model
+    logged["request_time_ns"] = sent_ns
+    logged.to_parquet(path, index=False)
+
+
+def _write(predictions: Any, output: Path) -> None:
+    """``.csv`` by its suffix, else parquet."""
+    if output.suffix.lower() == ".csv":
+        predictions.to_csv(output, index=False)
+    else:
+        predictions.to_parquet(output, index=False)
 
 
 def _column(array: np.ndarray) -> Any:
