@@ -6,7 +6,7 @@ import nothing else of tritonrec. Beneath it: :mod:`tritonrec.transform` (the co
 
 - served models: :mod:`~tritonrec.serving.transform_model`, :mod:`~tritonrec.serving.lookup_model`,
   :mod:`~tritonrec.serving.scorer_model`
-- requests and tensors: :mod:`~tritonrec.serving.requests` (``RequestError``, ``check_requests``),
+- requests and tensors: :mod:`~tritonrec.serving.requests` (``RequestError``, ``run_batched``: how every served model runs a batch of requests),
   :mod:`~tritonrec.serving.specs` (``TensorSpec``), :mod:`~tritonrec.serving.lists` (list-column
   layouts), :mod:`~tritonrec.serving.tensors` (DLPack in and out, ``respond``),
   :mod:`~tritonrec.serving.dtypes` (numpy <-> Triton type names)

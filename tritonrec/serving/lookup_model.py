@@ -19,7 +19,7 @@ from tritonrec.serving.fingerprint import FingerprintMismatchError, check_finger
 from tritonrec.serving.lists import (
     check_list_layout, check_list_rows, list_from_tensors, list_tensor_names, list_tensor_specs, merge_list_requests,
 )
-from tritonrec.serving.requests import RequestError, check_requests
+from tritonrec.serving.requests import RequestError, row_slices, run_batched
 from tritonrec.serving.specs import TensorSpec
 from tritonrec.transform.steps import row_of_each_value
 
@@ -30,6 +30,10 @@ EMBEDDINGS = "embeddings"
 MISSING_CHOICES = ("store", "zeros", "error")
 COMBINERS = ("sum", "mean")
 _ZEROS = MissingPolicy("zeros")
+
+
+class _AbsentOnDevice(KeyError):
+    """A device lookup met ids that no tier holds in a table whose policy is ``error``."""
 
 
 class EmbeddingLookupModel:
@@ -199,101 +203,85 @@ class EmbeddingLookupModel:
         return RequestError(f"input '{IDS}': " + "; ".join(parts))
 
     def execute(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray] | Exception]:
-        """Per request, in order: ``{"embeddings": array}`` or the error that rejects it (others are served)."""
-        results, good = check_requests(requests, self.check_request)
-        if not good:
-            return results
+        """Per request, in order: ``{"embeddings": array}`` or the error that rejects it (others are served).
+
+        Ids absent from a table whose policy is ``error`` fail only the requests holding them: on
+        the host from the tiers' found flags, on the device (whose lookup raises KeyError) by
+        looking the requests up one by one.
+        """
         if self._multi:
-            return self._execute_multi_hot(requests, results, good)
-        parts = [requests[i][IDS] for i, _ in good]
-        on_device = hasattr(parts[0], "__cuda_array_interface__")
-        if on_device:
+            return run_batched(requests, self.check_request, self._run_multi_hot, retry_on=(KeyError,),
+                               refuse=lambda e: RequestError(str(e.args[0]) if e.args else str(e)))
+        return run_batched(requests, self.check_request, self._run_single, retry_on=(_AbsentOnDevice,),
+                           refuse=lambda e: RequestError(f"input '{IDS}': {e.args[0]}"))
+
+    def _run_single(self, batch: list[Mapping[str, Any]], rows: list[int]) -> list[Any]:
+        """Checked requests of a model without multi-hot tables, looked up in one call."""
+        parts = [r[IDS] for r in batch]
+        if hasattr(parts[0], "__cuda_array_interface__"):
             import cupy  # noqa: PLC0415 - GPU instances only
 
-            ids = parts[0] if len(parts) == 1 else cupy.concatenate(parts)
             try:
-                merged, absent = self.lookup(ids)
-            except KeyError:  # a strict table lacks some ids: fail only the requests holding them
-                for i, _ in good:
-                    try:
-                        results[i] = {EMBEDDINGS: self._lookup_device(requests[i][IDS])}
-                    except KeyError as e:
-                        results[i] = RequestError(f"input '{IDS}': {e.args[0]}")
-                return results
+                merged, absent = self.lookup(parts[0] if len(parts) == 1 else cupy.concatenate(parts))
+            except KeyError as e:  # a strict table lacks some ids
+                raise _AbsentOnDevice(*e.args) from None
         else:
-            ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            merged, absent = self.lookup(ids)
-        start = 0
-        for i, rows in good:
-            mine = {j: mask[start : start + rows] for j, mask in absent.items() if mask[start : start + rows].any()}
-            if mine:
-                results[i] = self._refusal(requests[i][IDS], mine)
-            else:
-                # a block of whole rows of a C-contiguous (n, n_tables, dim) array is contiguous
-                results[i] = {EMBEDDINGS: merged if len(good) == 1 else merged[start : start + rows]}
-            start += rows
+            merged, absent = self.lookup(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        results: list[Any] = []
+        for request, block in zip(batch, row_slices(rows)):
+            mine = {j: mask[block] for j, mask in absent.items() if mask[block].any()}
+            # a block of whole rows of a C-contiguous (n, n_tables, dim) array is contiguous
+            results.append(self._refusal(request[IDS], mine) if mine else {EMBEDDINGS: merged if len(batch) == 1 else merged[block]})
         return results
 
-    def _execute_multi_hot(self, requests: Sequence[Mapping[str, Any]], results: list[Any], good: list[tuple[int, int]]) -> list[Any]:
-        """:meth:`execute` for a model with multi-hot tables (requests checked)."""
-        sample = next(iter(requests[good[0][0]].values()))
-        xp = _array_module(sample)
-        on_device = xp is not np
-        n = sum(rows for _, rows in good)
+    def _run_multi_hot(self, batch: list[Mapping[str, Any]], rows: list[int]) -> list[Any]:
+        """Checked requests of a model with multi-hot tables, each table looked up in one call
+        (on the device a strict table lacking some ids raises KeyError)."""
+        xp = _array_module(next(iter(batch[0].values())))
+        n = sum(rows)
         out = xp.empty((n, len(self.tables), self.dim), dtype=np.float32)
         # output slot -> (bool (n,) rows holding absent ids, row of each key, keys, bool absent per key): strict host tables
         absent: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        try:
-            if self._single:
-                parts = [requests[i][IDS] for i, _ in good]
-                ids = parts[0] if len(parts) == 1 else xp.concatenate(parts)
-                tables = [self.tables[j] for j in self._single]
-                if on_device:
-                    out[:, self._single] = self.store.lookup_columns(tables, ids, missing=[self._device_policies[j] for j in self._single])
-                else:
-                    ids = np.ascontiguousarray(ids)
-                    found = np.empty(ids.shape, dtype=np.uint8)
-                    out[:, self._single] = self.store.lookup_columns(tables, ids, missing=[self._policies[j] for j in self._single], found=found)
-                    for k, j in enumerate(self._single):
-                        if self._strict[j] and not found[:, k].all():
-                            missed = found[:, k] == 0
-                            absent[j] = (missed, np.arange(n), ids[:, k], missed)
-            for j, table, combiner in self._multi:
-                values_name, second = list_tensor_names(table, self.list_layout)
-                column = merge_list_requests(
-                    [list_from_tensors(table, requests[i][values_name], requests[i][second], self.list_layout, xp) for i, _ in good], xp)
-                keys = xp.ascontiguousarray(column.values.astype(np.int64, copy=False))
-                if on_device:
-                    vectors = self.store.lookup(table, keys, missing=self._device_policies[j])
-                else:
-                    found = np.empty(keys.shape[0], dtype=np.uint8)
-                    vectors = self.store.lookup(table, keys, missing=self._policies[j], found=found)
-                    if self._strict[j] and not found.all():
-                        value_rows = row_of_each_value(column.lengths, np)
-                        missed = np.zeros(n, dtype=bool)
-                        missed[value_rows[found == 0]] = True
-                        absent[j] = (missed, value_rows, keys, found == 0)
-                out[:, j] = combine_rows(vectors, column.offsets, combiner, xp)
-        except KeyError as e:  # on the device, a strict table lacks some ids: fail only the requests holding them
-            if len(good) == 1:
-                results[good[0][0]] = RequestError(str(e.args[0]) if e.args else str(e))
-                return results
-            for i, _ in good:
-                results[i] = self.execute([requests[i]])[0]
-            return results
-        start = 0
-        for i, rows in good:
-            parts = []
-            for j, (missed, key_rows, keys, key_absent) in absent.items():
-                if missed[start : start + rows].any():
-                    mine = key_absent & (key_rows >= start) & (key_rows < start + rows)
-                    parts.append(absent_keys_message(self.tables[j], np.unique(keys[mine])))
-            if parts:
-                results[i] = RequestError("; ".join(parts))
+        if self._single:
+            self._look_up_single_slots(batch, xp, out, absent)
+        for j, table, combiner in self._multi:
+            values_name, second = list_tensor_names(table, self.list_layout)
+            column = merge_list_requests([list_from_tensors(table, r[values_name], r[second], self.list_layout, xp) for r in batch], xp)
+            keys = xp.ascontiguousarray(column.values.astype(np.int64, copy=False))
+            if xp is not np:
+                vectors = self.store.lookup(table, keys, missing=self._device_policies[j])
             else:
-                results[i] = {EMBEDDINGS: out if len(good) == 1 else out[start : start + rows]}
-            start += rows
+                found = np.empty(keys.shape[0], dtype=np.uint8)
+                vectors = self.store.lookup(table, keys, missing=self._policies[j], found=found)
+                if self._strict[j] and not found.all():
+                    value_rows = row_of_each_value(column.lengths, np)
+                    missed = np.zeros(n, dtype=bool)
+                    missed[value_rows[found == 0]] = True
+                    absent[j] = (missed, value_rows, keys, found == 0)
+            out[:, j] = combine_rows(vectors, column.offsets, combiner, xp)
+        results: list[Any] = []
+        for block in row_slices(rows):
+            parts = [absent_keys_message(self.tables[j], np.unique(keys[key_absent & (key_rows >= block.start) & (key_rows < block.stop)]))
+                     for j, (missed, key_rows, keys, key_absent) in absent.items() if missed[block].any()]
+            results.append(RequestError("; ".join(parts)) if parts else {EMBEDDINGS: out if len(rows) == 1 else out[block]})
         return results
+
+    def _look_up_single_slots(self, batch: list[Mapping[str, Any]], xp: Any, out: Any, absent: dict[int, Any]) -> None:
+        """Fills the one-id slots of ``out`` (n, n_tables, dim) from the requests' ``ids``; records
+        rows with ids absent from strict host tables in ``absent`` (see :meth:`_run_multi_hot`)."""
+        parts = [r[IDS] for r in batch]
+        ids = parts[0] if len(parts) == 1 else xp.concatenate(parts)
+        tables = [self.tables[j] for j in self._single]
+        if xp is not np:
+            out[:, self._single] = self.store.lookup_columns(tables, ids, missing=[self._device_policies[j] for j in self._single])
+            return
+        ids = np.ascontiguousarray(ids)
+        found = np.empty(ids.shape, dtype=np.uint8)
+        out[:, self._single] = self.store.lookup_columns(tables, ids, missing=[self._policies[j] for j in self._single], found=found)
+        for k, j in enumerate(self._single):
+            if self._strict[j] and not found[:, k].all():
+                missed = found[:, k] == 0
+                absent[j] = (missed, np.arange(ids.shape[0]), ids[:, k], missed)
 
     def _read_counters(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(table, tier) -> (keys looked up in that tier, keys that tier missed), cumulative."""

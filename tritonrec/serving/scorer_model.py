@@ -15,7 +15,7 @@ from tritonrec.scorer.artifact import MODEL_FILE, NonFiniteScoreError, ScorerFor
 from tritonrec.serving.config import ConfigError
 from tritonrec.serving.dtypes import triton_dtype
 from tritonrec.serving.fingerprint import FingerprintMismatchError
-from tritonrec.serving.requests import RequestError, check_requests
+from tritonrec.serving.requests import RequestError, row_slices, run_batched
 from tritonrec.serving.specs import TensorSpec
 
 class TorchScorerModel:
@@ -104,27 +104,23 @@ class TorchScorerModel:
         (e.g. +inf in a raw column, which NVTabular's ops carry through) when its inputs hold
         any, else a :class:`NonFiniteScoreError` (the model's own fault).
         """
+        return run_batched(requests, self.check_request, self._run)
+
+    def _run(self, batch: list[Mapping[str, Any]], rows: list[int]) -> list[Any]:
+        """Checked requests scored in one forward pass; a request with non-finite scores gets its error."""
         torch = self._torch
-        results, good = check_requests(requests, self.check_request)
-        if not good:
-            return results
         merged = []
         for spec in self.inputs:
-            parts = [requests[i][spec.name] for i, _ in good]
             # each part on the model's device before merging: a KIND_GPU instance that takes device
             # inputs may get some in host memory (Triton falls back to it when its CUDA pool is full)
-            parts = [(p if isinstance(p, torch.Tensor) else torch.from_numpy(np.asarray(p))).to(self.device) for p in parts]
+            parts = [(p if isinstance(p, torch.Tensor) else torch.from_numpy(np.asarray(p))).to(self.device) for p in (r[spec.name] for r in batch)]
             merged.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         scores = self.score(*merged)
         bad_rows = (~torch.isfinite(scores).all(dim=1)).nonzero().flatten().tolist() if scores.numel() else []
-        start = 0
-        for i, rows in good:
-            bad = [r - start for r in bad_rows if start <= r < start + rows]
-            if bad:
-                results[i] = self._non_finite_error(bad, [m[start : start + rows] for m in merged])
-            else:
-                results[i] = {self.info.output: scores[start : start + rows]}
-            start += rows
+        results: list[Any] = []
+        for block in row_slices(rows):
+            bad = [r - block.start for r in bad_rows if block.start <= r < block.stop]
+            results.append(self._non_finite_error(bad, [m[block] for m in merged]) if bad else {self.info.output: scores[block]})
         return results
 
     def _non_finite_error(self, rows: list[int], inputs: list[Any]) -> Exception:

@@ -18,7 +18,7 @@ from tritonrec.serving.fingerprint import FingerprintMismatchError
 from tritonrec.serving.lists import (
     check_list_layout, check_list_rows, list_from_tensors, list_tensor_names, list_tensor_specs, list_to_tensors, merge_list_requests,
 )
-from tritonrec.serving.requests import RequestError, check_requests
+from tritonrec.serving.requests import RequestError, run_batched
 from tritonrec.serving.specs import TensorSpec
 from tritonrec.transform.plan import ListColumn, PlanLoadError, TransformPlan, missing_and_extra
 from tritonrec.transform.steps import BadValueError
@@ -221,18 +221,11 @@ class TransformModel:
             Per request, in order: output name -> C-contiguous array the caller owns, or the
             :class:`RequestError` that rejects that request (the others are still served).
         """
-        results, good = check_requests(requests, self.check_request)
-        if not good:
-            return results
-        try:
-            return self._execute_checked(requests, results, good)
-        except BadValueError as e:  # a value no step can take: fail only the request(s) holding it
-            if len(good) == 1:
-                results[good[0][0]] = RequestError(str(e))
-                return results
-            for i, _ in good:
-                results[i] = self.execute([requests[i]])[0]
-            return results
+        return run_batched(requests, self.check_request, self._run, retry_on=(BadValueError,))
+
+    def _run(self, batch: list[Mapping[str, Any]], rows: list[int]) -> list[Any]:
+        """Checked requests merged and transformed in one plan run (a value no step can take raises BadValueError)."""
+        return self._execute_checked(batch, [{} for _ in batch], list(enumerate(rows)))
 
     def _execute_checked(self, requests: Sequence[Mapping[str, Any]], results: list[Any], good: list[tuple[int, int]]) -> list[Any]:
         """:meth:`execute` for the requests ``good`` ((index, rows) pairs) that passed the checks."""
