@@ -302,3 +302,45 @@ def test_the_device_probe_kernel_equals_the_host_lookup(entries, load_factor):
     got = table.to(cupy).lookup_block(cupy.asarray(block))
     np.testing.assert_array_equal(cupy.asnumpy(got), want)
     assert (want >= 0).sum() >= entries // 5  # present pairs were looked up, not only absent ones
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_ids_absent_from_a_strict_table_fail_only_their_request_on_the_gpu(tmp_path, multi_hot):
+    """On the device a strict table's lookup raises for the whole batch: the requests are then
+    looked up one by one, so only the one holding the absent id fails, naming it; the others get
+    the host's answer (also a batch of one bad request alone)."""
+    cupy = pytest.importorskip("cupy")
+    from embedding_cache import build_store
+    from tritonrec.serving.lists import list_to_padded
+    from tritonrec.serving.lookup_model import EmbeddingLookupModel
+    from tritonrec.serving.requests import RequestError
+    from tritonrec.transform.plan import ListColumn
+
+    rng = np.random.default_rng(3)
+    tables = {t: (np.arange(1000), rng.normal(size=(1000, 8)).astype(np.float32)) for t in ("user", "tags")}
+    store = build_store(tmp_path / "s", tables, missing={"user": "error", "tags": "error"})
+    kwargs = {"max_batch_size": 64, "multi_hot": {"tags": "mean"} if multi_hot else None}
+    requests = []
+    for n, bad in ((3, False), (2, True), (4, False)):
+        request = {"ids": rng.integers(0, 1000, (n, 1 if multi_hot else 2))}
+        if bad:
+            request["ids"][1, 0] = 5000  # no tier holds it
+        if multi_hot:
+            lengths = rng.integers(1, 4, n)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            request["tags__values"], request["tags__lengths"] = list_to_padded(ListColumn(rng.integers(0, 1000, int(offsets[-1])), offsets))
+        requests.append(request)
+    names = ["user", "tags"]
+    with EmbeddingLookupModel.open(store, names, **kwargs) as host:
+        want = host.execute(requests)
+    with EmbeddingLookupModel.open(store, names, device=0, gpu_cache_bytes=1 << 20, **kwargs) as gpu:
+        for batch in (requests, requests[1:2]):
+            got = gpu.execute([{k: cupy.asarray(v) for k, v in r.items()} for r in batch])
+            expected = want if batch is requests else want[1:2]
+            for w, g in zip(expected, got):
+                if isinstance(w, RequestError):
+                    assert isinstance(g, RequestError) and "5000" in str(g), g
+                else:
+                    np.testing.assert_allclose(cupy.asnumpy(g["embeddings"]), w["embeddings"], rtol=1e-6, atol=1e-6)
+    assert isinstance(want[1], RequestError) and not isinstance(want[0], RequestError)
