@@ -1,9 +1,203 @@
+"""Type stubs of ``embedding_cache._core``, the C++/CUDA extension (csrc/, pybind11).
+
+Memory spaces: "host" arrays are numpy arrays in host memory; "device" arguments of the GPU
+functions are raw device addresses as ints (e.g. ``cupy_array.data.ptr``), and ``stream`` is a
+``cudaStream_t`` handle as an int (e.g. ``cupy.cuda.Stream().ptr``). Array arguments must be
+C-contiguous with the dtypes stated; functions that say so release the GIL.
+"""
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
 has_cuda: bool
+"""True when the extension was built with its CUDA sources (a GPU may still be absent)."""
+has_rocksdb: bool
+"""True when the extension was built with the RocksDB tier."""
 
-def cuda_device_count() -> tuple[int, str | None]: ...
-def key_table_lookup(slots: npt.NDArray[np.int64], max_probe: int, keys: npt.NDArray[np.int64], out: npt.NDArray[np.int64]) -> None: ...
-def find_columns(tables: list[object], keys: npt.NDArray[np.int64], out: npt.NDArray[np.float32], found: npt.NDArray[np.uint8], pool: object) -> npt.NDArray[np.int64]: ...
+# -- transform helpers (host) -------------------------------------------------------------------
+
+def key_table_lookup(slots: npt.NDArray[np.int64], max_probe: int, keys: npt.NDArray[np.int64], out: npt.NDArray[np.int64]) -> None:
+    """Codes of a block of keys in a transform plan's key table (host memory, GIL released).
+
+    slots: int64 (capacity, 2), rows [key, column << 32 | code]; max_probe: the table's longest
+    displacement, in slots; keys: int64 (rows, columns), key (i, j) looked up in column j;
+    out: int64 (rows, columns), written with the code or -1 where absent.
+    """
+
+def hash_strings(values: npt.NDArray[np.object_]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint8]]:
+    """pandas' hash (``pandas.util.hash_array``, no index) of each string of a host object array.
+
+    values: any shape, holding str, UTF-8 bytes or None / NaN (null). Returns (hashes uint64,
+    nulls uint8) of the same shape; a null hashes to 2**64 - 1. ValueError for bytes that are not
+    UTF-8 (naming the flat index), TypeError for another element type.
+    """
+
+def host_dlpack_capsule(array: npt.NDArray[Any]) -> Any:
+    """A DLPack "dltensor" capsule viewing a C-contiguous host array (bool, int, uint or float), no
+    copy; it keeps ``array`` alive until the consumer's deleter runs and accepts any name a consumer
+    gives it (Triton's Python backend renames taken capsules "used_dlpack")."""
+
+def cuda_device_count() -> tuple[int, str | None]:
+    """(count >= 0, None) or (0, a one-line reason: no driver, no device, a build without CUDA)."""
+
+# -- host tier ------------------------------------------------------------------------------------
+
+class ThreadPool:
+    """Worker threads for batched host lookups."""
+
+    def __init__(self, threads: int = 0) -> None:
+        """threads: total threads per call (0: the machine's hardware threads)."""
+    @property
+    def threads(self) -> int: ...
+
+class RowDtype(enum.Enum):
+    """Row storage of a host table (rows are read out as float32)."""
+
+    float32 = 0
+    float16 = 1
+
+class HostTable:
+    """One embedding table in host memory: int64 key -> row of ``dim`` values (fp32 or fp16 storage),
+    rows in slabs of ``slab_rows``. ``max_rows`` > 0 makes it a frequency-aware cache of at most
+    that many rows (see :meth:`admit`)."""
+
+    def __init__(self, dim: int, dtype: RowDtype = ..., slab_rows: int = 65536, expected_rows: int = 0, max_rows: int = 0) -> None: ...
+    def insert_or_assign(self, keys: npt.NDArray[np.int64], rows: npt.NDArray[np.float32]) -> None:
+        """Inserts or overwrites rows: keys int64 (n,), rows float32 (n, dim), host."""
+    def assign_if_present(self, keys: npt.NDArray[np.int64], rows: npt.NDArray[np.float32]) -> None:
+        """Overwrites the rows of keys already held (int64 (n,), float32 (n, dim), host); others are left out."""
+    def admit(self, keys: npt.NDArray[np.int64], rows: npt.NDArray[np.float32]) -> int:
+        """Offers rows read from a lower tier (int64 (n,), float32 (n, dim), host): taken while there
+        is room, else by frequency (TinyLFU admission, sampled-LFU eviction). Returns how many were taken."""
+    def erase(self, keys: npt.NDArray[np.int64]) -> int:
+        """Erases keys (int64 (n,), host); returns how many were present."""
+    def find(self, keys: npt.NDArray[np.int64], out: npt.NDArray[np.float32], found: npt.NDArray[np.uint8], pool: ThreadPool) -> int:
+        """Looks keys (int64 (n,)) up, GIL released: out float32 (n, dim) gets found rows and zeros
+        elsewhere, found uint8 (n,) 1 where found (host arrays). Returns the number found."""
+    @property
+    def dim(self) -> int: ...
+    @property
+    def max_rows(self) -> int:
+        """0: holds every row; else the most rows it keeps (a cache)."""
+    @property
+    def dtype(self) -> RowDtype: ...
+    @property
+    def size(self) -> int:
+        """Rows held."""
+    @property
+    def bytes(self) -> int:
+        """Host memory held, in bytes (slabs and index)."""
+    def stats(self) -> dict[str, int]:
+        """Counters since creation, in keys: lookups, hits, misses."""
+
+def find_columns(tables: list[HostTable], keys: npt.NDArray[np.int64], out: npt.NDArray[np.float32], found: npt.NDArray[np.uint8], pool: ThreadPool) -> npt.NDArray[np.int64]:
+    """Looks column j of keys int64 (n, k) up in tables[j] (k tables of one dim), all columns in
+    one call, GIL released: out float32 (n, k, dim) gets found rows and zeros elsewhere, found
+    uint8 (n, k) 1 where found (host arrays). Returns int64 (k,): keys found per table."""
+
+# -- RocksDB tier (has_rocksdb) --------------------------------------------------------------------
+
+class PersistentTier:
+    """Rows of every table of a store in one RocksDB database (batched MultiGet). Tables are
+    numbered; rows are stored in the table's storage dtype (float32 or float16), host arrays."""
+
+    def __init__(self, path: str, create_if_missing: bool = False, block_cache_bytes: int = 67108864, secondary_path: str = "") -> None:
+        """Opens the database at ``path``: as the primary (the one writer), or with
+        ``secondary_path`` as a read-only secondary keeping its info log there. RuntimeError with
+        RocksDB's status when it cannot."""
+    def put(self, table: int, keys: npt.NDArray[np.int64], rows: npt.NDArray[Any]) -> None:
+        """Writes rows ((n, dim), storage dtype) of keys int64 (n,) in one atomic batch."""
+    def erase(self, table: int, keys: npt.NDArray[np.int64]) -> int:
+        """Erases keys int64 (n,); returns how many existed."""
+    def multi_get(self, table: int, keys: npt.NDArray[np.int64], out: npt.NDArray[Any], found: npt.NDArray[np.uint8]) -> int:
+        """Reads the rows of keys int64 (n,) into out ((n, dim), storage dtype); found uint8 (n,)
+        1 where present. Returns the count found."""
+    def scan(self, table: int, dim: int, dtype: Any, chunk: int, fn: Callable[[npt.NDArray[np.int64], npt.NDArray[Any]], None]) -> None:
+        """Calls fn(keys int64 (m,), rows (m, dim) of ``dtype``) over every row of a table, ``chunk`` rows at a time (copies)."""
+    def compact(self) -> None:
+        """Compacts the whole database (after a bulk load), GIL released."""
+    def count(self, table: int) -> int:
+        """Rows held for a table."""
+    @property
+    def disk_bytes(self) -> int:
+        """Live data on disk, in bytes (estimate)."""
+    def verify_file_checksums(self, threads: int = 1) -> tuple[int, int]:
+        """Reads every live table file (``threads`` at once) against its whole-file CRC32C in
+        RocksDB's MANIFEST; returns (files, bytes). RuntimeError naming the file and both checksums
+        on a mismatch, or for a file written without a checksum."""
+    def catch_up(self) -> None:
+        """A secondary: reads the primary's writes made since it opened or last caught up."""
+    @property
+    def sequence_number(self) -> int:
+        """Sequence number of the last write this instance sees (a secondary's moves on catch_up)."""
+    @property
+    def is_secondary(self) -> bool:
+        """True when opened as a read-only secondary."""
+
+# -- GPU tier (has_cuda) ------------------------------------------------------------------------
+
+class GpuRowDtype(enum.Enum):
+    """Row storage of a GPU cache."""
+
+    float32 = 0
+    float16 = 1
+    bfloat16 = 2
+
+class GpuOutDtype(enum.Enum):
+    """dtype of the rows a GPU cache lookup writes."""
+
+    float32 = 0
+    float16 = 1
+
+class GpuCache:
+    """One table's GPU cache: int64 keys in 16-way sets (set chosen by a hash of the key), rows in
+    device memory of ``device``. All methods are asynchronous on ``stream``; pointers are device
+    addresses."""
+
+    def __init__(self, capacity_rows: int, dim: int, dtype: GpuRowDtype = ..., eviction: str = "lru", device: int = 0,
+                 admission: bool = False, aging_multiple: int = 40) -> None:
+        """capacity_rows: rows held (whole sets); eviction: ``lru`` or ``lfu``; admission: TinyLFU
+        admission (a sketch, halved every aging_multiple x capacity_rows misses)."""
+    def find(self, keys: int, n: int, out: int, miss_index: int, miss_count: int, tick: int, stream: int, key_stride: int = 1,
+             out_stride: int = 0, out_dtype: GpuOutDtype = ...) -> None:
+        """keys: device int64, key i at keys[i * key_stride]; hits' rows go to out (row i at
+        out + i * out_stride elements of out_dtype; 0 = dim), misses' rows are left to the caller;
+        miss_index: device int32 (n,) gets the misses' positions (first *miss_count, any order);
+        miss_count: a device int32 scalar; tick: the LRU clock of this call."""
+    def insert(self, keys: int, rows: int, n: int, tick: int, stream: int) -> None:
+        """Inserts or overwrites keys device int64 (n,) (unique) with rows device float32 (n, dim)."""
+    def invalidate(self, keys: int, n: int, stream: int) -> None:
+        """Drops keys device int64 (n,)."""
+    @property
+    def capacity_rows(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+    @property
+    def bytes(self) -> int:
+        """Device memory held, in bytes."""
+
+def gather_miss_keys(keys: int, columns: int, n: int, miss_index: int, counts: int, max_count: int, out_keys: int, device: int, stream: int) -> None:
+    """Asynchronous: the missed keys of every column of keys device int64 (n, columns) into
+    out_keys device int64, column by column (column t's are keys at miss_index[t * n + j],
+    j < counts[t]; counts device int32 (columns,))."""
+
+def scatter_miss_rows(out: int, out_dtype: GpuOutDtype, columns: int, n: int, dim: int, miss_index: int, counts: int, max_count: int,
+                      row_of: int, rows: int, device: int, stream: int) -> None:
+    """Asynchronous: writes rows device float32 (u, dim) into out (n, columns, dim) of out_dtype at
+    the misses, in gather_miss_keys's order: miss j of column t gets rows[row_of[offset(t) + j]]."""
+
+def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) -> int:
+    """Device bytes per cached row (row, key, meta, lock share, and the admission sketch's share)."""
+
+def simulate_set_cache(trace: npt.NDArray[np.int64], capacity_rows: int, ways: int = 16, eviction: str = "lru", batch: int = 1,
+                       admission: bool = False, aging_multiple: int = 40) -> npt.NDArray[np.uint8]:
+    """Replays keys (host int64 (n,), access order) through the GPU cache's bookkeeping on the host
+    (same sets, ways and policy code), ``batch`` accesses per call; returns uint8 (n,), 1 where
+    the access hit."""
