@@ -13,6 +13,7 @@ Verification streams each file in 4 MiB chunks and hashes several files at once 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import os
@@ -103,3 +104,55 @@ def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestKind:
+    """What a manifest file must be, and how its errors name it.
+
+    Attributes:
+        format: the ``format`` field it must hold, e.g. ``"tritonrec.scorer"``.
+        version: the ``format_version`` it must hold.
+        label: its name in "not a tritonrec <label> manifest", e.g. ``"scorer"``.
+        what: the directory's name in "<dir> is not <what>", e.g. ``"a tritonrec scorer"``.
+        reader: what reads it, in "this <reader> reads version N", e.g. ``"tritonrec"``.
+        remedy: what to do about another version, e.g. ``"save the scorer again"``.
+        error: the exception raised, with one message naming the file.
+    """
+
+    format: str
+    version: int
+    label: str
+    what: str
+    reader: str
+    remedy: str
+    error: type[Exception]
+
+
+def read_sealed_manifest(directory: Path, name: str, kind: ManifestKind) -> tuple[Path, dict[str, Any]]:
+    """``(directory/name, its content)``: a JSON object of ``kind``'s format and version whose seal
+    (its own SHA-256, see :func:`seal`) matches its content.
+
+    Raises:
+        kind.error: no such file, not JSON, another format or format version, a broken seal; the
+            message names the file.
+    """
+    path = Path(directory) / name
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise kind.error(f"{path}: no such file: {directory} is not {kind.what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise kind.error(f"{path}: damaged manifest (not valid JSON: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != kind.format:
+        raise kind.error(f"{path}: not a tritonrec {kind.label} manifest")
+    if manifest.get("format_version") != kind.version:
+        raise kind.error(
+            f"{path}: {kind.label.split()[-1]} format version {manifest.get('format_version')!r}; this {kind.reader} reads "
+            f"version {kind.version} (which checksums every file): {kind.remedy}"
+        )
+    try:
+        check_seal(manifest, path)
+    except IntegrityError as e:
+        raise kind.error(str(e)) from None
+    return path, manifest

@@ -12,7 +12,6 @@ in slabs, a hash index, lookups on a thread pool with the GIL released.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import _core
-from embedding_cache.integrity import IntegrityError, check_seal, file_entry, verify_files, write_manifest
+from embedding_cache.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
 
 FORMAT = "tritonrec.embedding_store"
 FORMAT_VERSION = 2  # 2: SHA-256 of every file, a sealed manifest, RocksDB file checksums
@@ -304,25 +303,8 @@ def _read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     Raises:
         StoreFormatError: no such file, not JSON, another format or format version, a broken seal.
     """
-    manifest_path = path / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise StoreFormatError(f"{manifest_path}: no such file: {path} is not an embedding store") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreFormatError(f"{manifest_path}: damaged (not valid JSON: {e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise StoreFormatError(f"{manifest_path}: not a tritonrec embedding store manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise StoreFormatError(
-            f"{manifest_path}: store format version {manifest.get('format_version')!r}; this "
-            f"embedding_cache reads version {FORMAT_VERSION} (which checksums every file): rebuild the store"
-        )
-    try:
-        check_seal(manifest, manifest_path)
-    except IntegrityError as e:
-        raise StoreFormatError(str(e)) from None
-    return manifest_path, manifest
+    return read_sealed_manifest(path, MANIFEST, ManifestKind(
+        FORMAT, FORMAT_VERSION, "embedding store", "an embedding store", "embedding_cache", "rebuild the store", StoreFormatError))
 
 
 def read_store_info(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[TableInfo]]:

@@ -18,7 +18,6 @@ Triton backend serves it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding_cache.integrity import IntegrityError, check_seal, file_entry, verify_files, write_manifest
+from embedding_cache.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
 from tritonrec.serving.specs import TensorSpec
 
 FORMAT = "tritonrec.scorer"
@@ -114,22 +113,9 @@ def read_scorer_info(path: str | os.PathLike[str], verify: bool = False) -> Scor
         ScorerFormatError: no such file, not valid JSON, another format, missing fields, an
             edited manifest, or (``verify``) a missing or damaged model file, naming both checksums.
     """
-    manifest = Path(path) / MANIFEST
+    manifest, data = read_sealed_manifest(Path(path), MANIFEST, ManifestKind(
+        FORMAT, FORMAT_VERSION, "scorer", "a tritonrec scorer", "tritonrec", "save the scorer again", ScorerFormatError))
     try:
-        data = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        raise ScorerFormatError(f"{manifest}: no such file: {path} is not a tritonrec scorer") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScorerFormatError(f"{manifest}: damaged (not valid JSON: {e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ScorerFormatError(f"{manifest}: not a tritonrec scorer manifest")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ScorerFormatError(
-            f"{manifest}: scorer format version {data.get('format_version')!r}; this tritonrec reads {FORMAT_VERSION} "
-            "(which checksums every file): save the scorer again"
-        )
-    try:
-        check_seal(data, manifest)
         model_entry = data["files"]["model"]
         if model_entry.get("file") != MODEL_FILE:
             raise ScorerFormatError(f"{manifest}: lists model file {model_entry.get('file')!r}; expected {MODEL_FILE!r}")

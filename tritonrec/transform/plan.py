@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding_cache.integrity import IntegrityError, check_seal, file_entry, verify_files, write_manifest
+from embedding_cache.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
 from tritonrec.transform.steps import BadValueError, Categorify, IncompatibleStepError, Step, row_of_each_value, step_from_manifest
 
 PLAN_FORMAT_VERSION = 2  # 2: every array file's size and SHA-256, a sealed manifest
@@ -499,22 +499,10 @@ class TransformPlan:
                 unsupported NVTabular version, or a fingerprint mismatch.
         """
         root = Path(path)
-        manifest_path = root / MANIFEST
+        manifest_path, manifest = read_sealed_manifest(root, MANIFEST, ManifestKind(
+            "tritonrec.transform_plan", PLAN_FORMAT_VERSION, "transform plan", "a transform plan", "tritonrec", "re-export the plan",
+            PlanLoadError))
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except FileNotFoundError:
-            raise PlanLoadError(f"{manifest_path}: no such file: {root} is not a transform plan") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PlanLoadError(f"{manifest_path}: damaged manifest (not valid JSON: {e})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != "tritonrec.transform_plan":
-            raise PlanLoadError(f"{manifest_path}: not a tritonrec transform plan manifest")
-        if manifest.get("format_version") != PLAN_FORMAT_VERSION:
-            raise PlanLoadError(
-                f"{manifest_path}: plan format version {manifest.get('format_version')!r}; "
-                f"this tritonrec reads version {PLAN_FORMAT_VERSION} (which checksums every file): re-export the plan"
-            )
-        try:
-            check_seal(manifest, manifest_path)
             if verify:
                 verify_files(root, [ref for g in manifest["groups"] for st in g["steps"] for ref in st["arrays"].values()], manifest_path)
         except IntegrityError as e:
