@@ -40,6 +40,18 @@ std::pair<py::array_t<int64_t>, py::array_t<float>> require_keys_rows(const Host
   return {keys, rows};
 }
 
+/// A binding of table.*op(keys, rows, n): keys int64 (n,) and rows float32 (n, dim) host arrays
+/// checked, the GIL released during the call.
+template <typename R>
+auto with_keys_rows(R (HostTable::*op)(const int64_t*, const float*, int64_t)) {
+  return [op](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
+    auto [keys, rows] = require_keys_rows(table, keys_obj, rows_obj);
+    const int64_t n = keys.shape(0);
+    py::gil_scoped_release release;
+    return (table.*op)(keys.data(), rows.data(), n);
+  };
+}
+
 }  // namespace
 
 /// Looks up column j of keys (n, k) in tables[j], writing out (n, k, dim) and found (n, k).
@@ -126,33 +138,12 @@ Returns:
            py::arg("dim"), py::arg("dtype") = RowDtype::kFloat32, py::arg("slab_rows") = 1 << 16,
            py::arg("expected_rows") = 0, py::arg("max_rows") = 0,
            "max_rows > 0 makes the table a frequency-aware cache of at most max_rows rows (see admit).")
-      .def(
-          "insert_or_assign",
-          [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
-            auto [keys, rows] = require_keys_rows(table, keys_obj, rows_obj);
-            const int64_t n = keys.shape(0);
-            py::gil_scoped_release release;
-            table.insert_or_assign(keys.data(), rows.data(), n);
-          },
+      .def("insert_or_assign", with_keys_rows(&HostTable::insert_or_assign),
           py::arg("keys"), py::arg("rows"),
           "Inserts or overwrites rows. keys: int64 (n,); rows: float32 (n, dim), both C-contiguous host arrays.")
-      .def(
-          "assign_if_present",
-          [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
-            auto [keys, rows] = require_keys_rows(table, keys_obj, rows_obj);
-            const int64_t n = keys.shape(0);
-            py::gil_scoped_release release;
-            table.assign_if_present(keys.data(), rows.data(), n);
-          },
+      .def("assign_if_present", with_keys_rows(&HostTable::assign_if_present),
           py::arg("keys"), py::arg("rows"), "Overwrites the rows of keys already held; others are left out.")
-      .def(
-          "admit",
-          [](HostTable& table, py::handle keys_obj, py::handle rows_obj) {
-            auto [keys, rows] = require_keys_rows(table, keys_obj, rows_obj);
-            const int64_t n = keys.shape(0);
-            py::gil_scoped_release release;
-            return table.admit(keys.data(), rows.data(), n);
-          },
+      .def("admit", with_keys_rows(&HostTable::admit),
           py::arg("keys"), py::arg("rows"),
           "Offers rows read from a lower tier: taken while there is room, else by frequency (TinyLFU admission, "
           "sampled-LFU eviction). Returns how many were taken.")
