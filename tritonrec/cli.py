@@ -261,14 +261,19 @@ def _add_serve(sub: Any) -> None:
     serve.set_defaults(func=_serve)
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser, name_help: str, layout: str, layout_help: str) -> None:
+    """The arguments both exports take: workflow, repository, --name, --layout, --max-batch-size."""
+    parser.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
+    parser.add_argument("repository", help="model repository to write into")
+    parser.add_argument("--name", required=True, help=name_help)
+    parser.add_argument("--layout", choices=("per-column", "packed"), default=layout, help=layout_help or None)
+    parser.add_argument("--max-batch-size", type=int, default=16384)
+
+
 def _add_export_transform(sub: Any) -> None:
     """Subcommand ``export-transform``."""
     export = sub.add_parser("export-transform", help="compile a fitted NVTabular workflow into a Triton model")
-    export.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
-    export.add_argument("repository", help="model repository to write into")
-    export.add_argument("--name", required=True, help="model name")
-    export.add_argument("--layout", choices=("per-column", "packed"), default="per-column")
-    export.add_argument("--max-batch-size", type=int, default=16384)
+    _add_model_arguments(export, "model name", "per-column", "")
     export.add_argument("--instances", type=int, default=1, help="instances")
     export.add_argument("--gpu", action="store_true", help="KIND_GPU instances: the plan runs with cupy on the GPU")
     export.add_argument("--hashing", choices=("auto", "cpu"), default="auto",
@@ -280,9 +285,7 @@ def _add_export_transform(sub: Any) -> None:
 def _add_export(sub: Any) -> None:
     """Subcommand ``export``."""
     ensemble = sub.add_parser("export", help="export transform -> embedding lookup -> scorer as one Triton ensemble")
-    ensemble.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
-    ensemble.add_argument("repository", help="model repository to write into")
-    ensemble.add_argument("--name", required=True, help="ensemble name (its steps: NAME_transform, NAME_embeddings, NAME_scorer)")
+    _add_model_arguments(ensemble, "ensemble name (its steps: NAME_transform, NAME_embeddings, NAME_scorer)", "packed", "the ensemble's input layout")
     ensemble.add_argument("--store", required=True, help="embedding store directory (trained against the workflow)")
     ensemble.add_argument("--scorer", help="tritonrec scorer directory (TorchScript + scorer.json)")
     ensemble.add_argument("--scorer-model", help="instead: a scoring model already in the repository")
@@ -290,8 +293,6 @@ def _add_export(sub: Any) -> None:
     ensemble.add_argument("--embeddings-input", help="with --scorer-model: its input for the embeddings")
     ensemble.add_argument("--scorer-output", help="with --scorer-model: its probability output")
     ensemble.add_argument("--scorer-version", type=int, default=-1, help="with --scorer-model: version to call (-1: latest)")
-    ensemble.add_argument("--layout", choices=("per-column", "packed"), default="packed", help="the ensemble's input layout")
-    ensemble.add_argument("--max-batch-size", type=int, default=16384)
     ensemble.add_argument("--instances", type=int, default=1, help="instances of each step")
     ensemble.add_argument("--host-budget-bytes", type=int, help="host memory for a store with a RocksDB tier")
     ensemble.add_argument("--missing-key-policy", choices=("store", "zeros", "error"), default="store")
