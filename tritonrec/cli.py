@@ -213,18 +213,10 @@ def _query(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from tritonrec.pipeline.demo import DemoOptions, run_demo  # noqa: PLC0415
 
-    return run_demo(
-        DemoOptions(
-            workdir=args.workdir,
-            train_rows=args.train_rows,
-            eval_rows=args.eval_rows,
-            requests=args.requests,
-            keep_serving=args.keep_serving,
-            seed=args.seed,
-            epochs=args.epochs,
-            host_budget=args.host_budget,
-        )
-    )
+    import dataclasses  # noqa: PLC0415
+
+    # every demo option has its flag of the same name
+    return run_demo(DemoOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoOptions) if hasattr(args, f.name)}))
 
 
 def _add_serve(sub: Any) -> None:
