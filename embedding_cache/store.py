@@ -158,6 +158,29 @@ def build_store(
         raise ValueError("tables: expected at least one table")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+    prepared = _prepare_tables(tables, missing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "tables").mkdir(parents=True)
+        entries = _write_rocksdb(staging, prepared, dtype, path) if persistent else _write_npy(staging, prepared, dtype)
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "tables": entries, "metadata": dict(metadata or {})}
+        if persistent:
+            manifest["persistent"] = {"kind": "rocksdb", "dir": "rocksdb", "file_checksums": "crc32c"}
+        write_manifest(staging / MANIFEST, manifest)
+        _move_into_place(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+_Prepared = tuple[str, np.ndarray, np.ndarray, MissingPolicy]
+
+
+def _prepare_tables(tables: Mapping[str, tuple[Any, Any]], missing: Any) -> list[_Prepared]:
+    """(name, keys int64 (n,), rows (n, dim), policy) per table, checked (see :func:`build_store`)."""
     prepared = []
     for name, pair in tables.items():
         if not isinstance(name, str) or not name:
@@ -180,51 +203,56 @@ def build_store(
         prepared.append((name, keys, rows, MissingPolicy.parse(policy_value, rows.shape[1], name)))
     if isinstance(missing, Mapping) and set(missing) - set(tables):
         raise ValueError(f"missing-key policies for unknown tables {sorted(set(missing) - set(tables))}")
+    return prepared
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        (staging / "tables").mkdir(parents=True)
-        entries = []
-        tier = _core.PersistentTier(str(staging / "rocksdb"), create_if_missing=True) if persistent else None
-        for i, (name, keys, rows, policy) in enumerate(prepared):
-            entry = {"name": name, "rows": int(keys.shape[0]), "dim": int(rows.shape[1]), "dtype": dtype, "missing": policy.to_json()}
-            if tier is not None:
-                for start in range(0, keys.shape[0], _LOAD_CHUNK):
-                    chunk = slice(start, start + _LOAD_CHUNK)
-                    try:
-                        tier.put(i, keys[chunk], np.ascontiguousarray(rows[chunk].astype(dtype)))
-                    except RuntimeError as e:
-                        raise OSError(f"{path}: writing table {name!r} to RocksDB failed: {e}") from None
-            else:
-                keys_file, rows_file = f"tables/{i}.keys.npy", f"tables/{i}.rows.npy"
-                np.save(staging / keys_file, keys, allow_pickle=False)
-                np.save(staging / rows_file, rows.astype(dtype), allow_pickle=False)  # one rounding, from the input
-                entry["keys"] = file_entry(staging, keys_file)
-                entry["values"] = file_entry(staging, rows_file)
-            entries.append(entry)
-        if tier is not None:
+
+def _entry(name: str, keys: np.ndarray, rows: np.ndarray, dtype: str, policy: MissingPolicy) -> dict[str, Any]:
+    return {"name": name, "rows": int(keys.shape[0]), "dim": int(rows.shape[1]), "dtype": dtype, "missing": policy.to_json()}
+
+
+def _write_npy(staging: Path, prepared: list[_Prepared], dtype: str) -> list[dict[str, Any]]:
+    """Each table as ``tables/<i>.keys.npy`` + ``tables/<i>.rows.npy`` (listed with their checksums)."""
+    entries = []
+    for i, (name, keys, rows, policy) in enumerate(prepared):
+        entry = _entry(name, keys, rows, dtype, policy)
+        keys_file, rows_file = f"tables/{i}.keys.npy", f"tables/{i}.rows.npy"
+        np.save(staging / keys_file, keys, allow_pickle=False)
+        np.save(staging / rows_file, rows.astype(dtype), allow_pickle=False)  # one rounding, from the input
+        entry["keys"] = file_entry(staging, keys_file)
+        entry["values"] = file_entry(staging, rows_file)
+        entries.append(entry)
+    return entries
+
+
+def _write_rocksdb(staging: Path, prepared: list[_Prepared], dtype: str, path: Path) -> list[dict[str, Any]]:
+    """Every table's rows into one RocksDB database ``rocksdb/``, compacted and closed."""
+    tier = _core.PersistentTier(str(staging / "rocksdb"), create_if_missing=True)
+    entries = []
+    for i, (name, keys, rows, policy) in enumerate(prepared):
+        for start in range(0, keys.shape[0], _LOAD_CHUNK):
+            chunk = slice(start, start + _LOAD_CHUNK)
             try:
-                tier.compact()  # a bulk-loaded database reads faster compacted
+                tier.put(i, keys[chunk], np.ascontiguousarray(rows[chunk].astype(dtype)))
             except RuntimeError as e:
-                raise OSError(f"{path}: compacting RocksDB failed: {e}") from None
-        del tier  # closes the database before the directory moves
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "tables": entries, "metadata": dict(metadata or {})}
-        if persistent:
-            manifest["persistent"] = {"kind": "rocksdb", "dir": "rocksdb", "file_checksums": "crc32c"}
-        write_manifest(staging / MANIFEST, manifest)
-        if path.exists():
-            old = path.parent / f".{path.name}.replaced-{os.getpid()}"
-            os.rename(path, old)
-            os.rename(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path
+                raise OSError(f"{path}: writing table {name!r} to RocksDB failed: {e}") from None
+        entries.append(_entry(name, keys, rows, dtype, policy))
+    try:
+        tier.compact()  # a bulk-loaded database reads faster compacted
+    except RuntimeError as e:
+        raise OSError(f"{path}: compacting RocksDB failed: {e}") from None
+    del tier  # closes the database before the directory moves
+    return entries
+
+
+def _move_into_place(staging: Path, path: Path) -> None:
+    """Renames the finished ``staging`` directory to ``path`` (replacing an older store there)."""
+    if path.exists():
+        old = path.parent / f".{path.name}.replaced-{os.getpid()}"
+        os.rename(path, old)
+        os.rename(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, path)
 
 
 def build_store_from_parquet(
