@@ -435,32 +435,11 @@ class EmbeddingStore:
             raise ValueError(f"host_budget_bytes {host_budget_bytes}: expected >= 1")
         persistent = manifest.get("persistent")
         if persistent is not None:
-            if not _core.has_rocksdb:
-                raise StoreFormatError(f"{manifest_path}: this store keeps its rows in RocksDB, but {_NO_ROCKSDB}")
-            tier_dir = self.path / persistent.get("dir", "rocksdb")
-            if not tier_dir.is_dir():
-                raise StoreFormatError(f"{tier_dir}: missing (the store's RocksDB tier, listed in {MANIFEST})")
-            self._tier = self._open_tier(tier_dir, block_cache_bytes, role)
-            if verify:
-                started = time.perf_counter()
-                try:
-                    _files, self.verified_bytes = self._tier.verify_file_checksums(threads=os.cpu_count() or 1)
-                except RuntimeError as e:
-                    self._tier = None
-                    raise StoreFormatError(f"{tier_dir}: {e}") from None
-                self.verify_seconds = time.perf_counter() - started
+            self._open_persistent(manifest_path, persistent, block_cache_bytes, role, verify)
         elif host_budget_bytes is not None:
             raise ValueError("host_budget_bytes needs a store with a persistent tier (build_store(..., persistent=True))")
         elif verify:
-            started = time.perf_counter()
-            try:
-                refs = [e[part] for e in manifest["tables"] for part in ("keys", "values")]
-                self.verified_bytes = verify_files(self.path, refs, manifest_path)
-            except IntegrityError as e:
-                raise StoreFormatError(str(e)) from None
-            except (KeyError, TypeError, ValueError) as e:
-                raise StoreFormatError(f"{manifest_path}: damaged ({type(e).__name__}: {e})") from None
-            self.verify_seconds = time.perf_counter() - started
+            self._verify_npy(manifest, manifest_path)
         self._manifest_path = manifest_path
         try:
             self._entries = manifest["tables"]
@@ -471,13 +450,41 @@ class EmbeddingStore:
             raise StoreFormatError(f"{manifest_path}: damaged ({type(e).__name__}: {e})") from None
         self._closed = False
         self._gpu = None
+        self._gpu_options = None
         if (device is None) != (gpu_cache_bytes is None):
             raise ValueError("device and gpu_cache_bytes: give both for a GPU tier, or neither")
-        self._gpu_options = None
         if device is not None:
-            self._gpu_options = (int(device), int(gpu_cache_bytes), {e["name"]: float(e["rows"]) for e in self._entries},
-                                 gpu_cache_dtype, gpu_eviction, gpu_admission, gpu_async_insert)
-            self._open_gpu_tier()
+            self._open_gpu_tier((int(device), int(gpu_cache_bytes), {e["name"]: float(e["rows"]) for e in self._entries},
+                                 gpu_cache_dtype, gpu_eviction, gpu_admission, gpu_async_insert))
+
+    def _open_persistent(self, manifest_path: Path, persistent: Mapping[str, Any], block_cache_bytes: int, role: str, verify: bool) -> None:
+        """Opens the RocksDB tier in ``role`` and (``verify``) checks every table file's CRC32C."""
+        if not _core.has_rocksdb:
+            raise StoreFormatError(f"{manifest_path}: this store keeps its rows in RocksDB, but {_NO_ROCKSDB}")
+        tier_dir = self.path / persistent.get("dir", "rocksdb")
+        if not tier_dir.is_dir():
+            raise StoreFormatError(f"{tier_dir}: missing (the store's RocksDB tier, listed in {MANIFEST})")
+        self._tier = self._open_tier(tier_dir, block_cache_bytes, role)
+        if verify:
+            started = time.perf_counter()
+            try:
+                _files, self.verified_bytes = self._tier.verify_file_checksums(threads=os.cpu_count() or 1)
+            except RuntimeError as e:
+                self._tier = None
+                raise StoreFormatError(f"{tier_dir}: {e}") from None
+            self.verify_seconds = time.perf_counter() - started
+
+    def _verify_npy(self, manifest: Mapping[str, Any], manifest_path: Path) -> None:
+        """Checks every table's keys and rows file against its size and SHA-256."""
+        started = time.perf_counter()
+        try:
+            refs = [e[part] for e in manifest["tables"] for part in ("keys", "values")]
+            self.verified_bytes = verify_files(self.path, refs, manifest_path)
+        except IntegrityError as e:
+            raise StoreFormatError(str(e)) from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreFormatError(f"{manifest_path}: damaged ({type(e).__name__}: {e})") from None
+        self.verify_seconds = time.perf_counter() - started
 
     def _open_tables(self) -> None:
         """(Re)builds every table's host tier: all rows, or, with a budget, empty (filled from RocksDB on demand)."""
@@ -485,9 +492,13 @@ class EmbeddingStore:
         for i, entry in enumerate(self._entries):
             self._open_table(i, entry, self._manifest_path, total)
 
-    def _open_gpu_tier(self) -> None:
+    def _open_gpu_tier(self, options: tuple[Any, ...] | None = None) -> None:
+        """Opens the GPU tier with ``options`` (device, bytes, rows per table, dtype, eviction,
+        admission, async insert), remembered for reopening; None: the remembered ones."""
         from embedding_cache.gpu import GpuTier  # noqa: PLC0415 - needs cupy
 
+        if options is not None:
+            self._gpu_options = options
         device, capacity, rows, dtype, eviction, admission, async_insert = self._gpu_options
         self._gpu = GpuTier({name: int(t.dim) for name, t in self._tables.items()}, device, capacity, rows, dtype, eviction, admission,
                             async_insert)
