@@ -362,6 +362,16 @@ def absent_keys_message(table: str, keys: Any) -> str:
     return f"{keys.size} key(s) not in table {table!r}: {listed}{' ...' if keys.size > 10 else ''}"
 
 
+def _check_host_out(out: Any, out_dtype: str, shape: tuple[int, ...]) -> None:
+    """Raises TypeError / ValueError unless ``out`` is a C-contiguous, writeable numpy array of
+    ``out_dtype`` and ``shape``."""
+    if not isinstance(out, np.ndarray) or out.dtype != np.dtype(out_dtype):
+        raise TypeError(f"out: expected a {out_dtype} numpy array, got {getattr(out, 'dtype', type(out).__name__)}")
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape ({', '.join(map(str, shape))}), got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out: expected a C-contiguous, writeable array")
+
 # ------------------------------------------------------------------------------------- the store
 class EmbeddingStore:
     """An opened store: batched lookups, online updates and erases, per-tier statistics.
@@ -616,12 +626,7 @@ class EmbeddingStore:
             return self._lookup_device([table], keys, out, [missing], stream, out_dtype, columns=False)
         keys = _as_keys(keys, "keys")
         if out is not None:
-            if not isinstance(out, np.ndarray) or out.dtype != np.dtype(out_dtype):
-                raise TypeError(f"out: expected a {out_dtype} numpy array, got {getattr(out, 'dtype', type(out).__name__)}")
-            if out.shape != (keys.shape[0], host.dim):
-                raise ValueError(f"out: expected shape ({keys.shape[0]}, {host.dim}), got {out.shape}")
-            if not out.flags.c_contiguous or not out.flags.writeable:
-                raise ValueError("out: expected a C-contiguous, writeable array")
+            _check_host_out(out, out_dtype, (keys.shape[0], host.dim))
         if self._gpu is not None and found is None:
             cp = self._gpu.cp
             with cp.cuda.Device(self._gpu.device):

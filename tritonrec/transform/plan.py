@@ -180,6 +180,20 @@ def _sha256_array(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+
+def _load_arrays(root: Path, refs: Mapping[str, Mapping[str, Any]], manifest_path: Path) -> dict[str, np.ndarray]:
+    """A step's arrays (name -> host array) from the .npy files its manifest entry lists."""
+    arrays = {}
+    for name, ref in refs.items():
+        file = root / ref["file"]
+        try:
+            arrays[name] = np.load(file, allow_pickle=False)
+        except FileNotFoundError:
+            raise PlanLoadError(f"{file}: missing (listed in {manifest_path})") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise PlanLoadError(f"{file}: damaged array file ({e})") from None
+    return arrays
+
 class TransformPlan:
     """A compiled workflow: runs ``nvtabular.Workflow.transform``'s arithmetic on numpy arrays.
 
@@ -384,19 +398,9 @@ class TransformPlan:
             out[spec.name] = results[gi] if spec.is_list else xp.ascontiguousarray(results[gi][:, j])
         return out
 
-    def transform_packed(self, tensors: Mapping[str, Any], row_index: Any | None = None) -> dict[str, Any]:
-        """Transforms a batch in the packed layout: one (n, k) array per dtype.
-
-        Args:
-            tensors: dtype name (e.g. ``"int64"``) -> (n, k) array whose columns are
-                ``packed_inputs[dtype]`` in that order; and each list column by its name, as in
-                :meth:`transform` (list columns are never packed).
-            row_index: as in :meth:`transform`.
-
-        Returns:
-            dtype name -> (n, k) C-contiguous array whose columns are ``packed_outputs[dtype]``;
-            list output columns by name (:class:`ListColumn`).
-        """
+    def _check_packed(self, tensors: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+        """(the packed inputs as arrays of their dtype and the list columns checked, rows) of
+        :meth:`transform_packed`'s ``tensors``; KeyError, ValueError or TypeError naming the input."""
         xp = self.xp
         expected = [*self.packed_inputs, *self.list_inputs]
         missing, extra = missing_and_extra(tensors, expected)
@@ -423,7 +427,23 @@ class TransformPlan:
             elif values.shape[0] != n:
                 raise ValueError(f"packed inputs have different numbers of rows ({n} and {values.shape[0]})")
             checked[dtype_name] = values
-        n = n or 0
+        return checked, n or 0
+
+    def transform_packed(self, tensors: Mapping[str, Any], row_index: Any | None = None) -> dict[str, Any]:
+        """Transforms a batch in the packed layout: one (n, k) array per dtype.
+
+        Args:
+            tensors: dtype name (e.g. ``"int64"``) -> (n, k) array whose columns are
+                ``packed_inputs[dtype]`` in that order; and each list column by its name, as in
+                :meth:`transform` (list columns are never packed).
+            row_index: as in :meth:`transform`.
+
+        Returns:
+            dtype name -> (n, k) C-contiguous array whose columns are ``packed_outputs[dtype]``;
+            list output columns by name (:class:`ListColumn`).
+        """
+        xp = self.xp
+        checked, n = self._check_packed(tensors)
         rows = self._row_index(n, row_index)
         if self.hidden_schema:
             columns = {name: values[:, j] for d, values in checked.items() if d in self.packed_inputs
@@ -520,16 +540,7 @@ class TransformPlan:
             for g in manifest["groups"]:
                 steps = []
                 for s in g["steps"]:
-                    arrays = {}
-                    for name, ref in s["arrays"].items():
-                        file = root / ref["file"]
-                        try:
-                            arrays[name] = np.load(file, allow_pickle=False)
-                        except FileNotFoundError:
-                            raise PlanLoadError(f"{file}: missing (listed in {manifest_path})") from None
-                        except (ValueError, OSError, EOFError) as e:
-                            raise PlanLoadError(f"{file}: damaged array file ({e})") from None
-                    steps.append(step_from_manifest(s["kind"], s["params"], arrays))
+                    steps.append(step_from_manifest(s["kind"], s["params"], _load_arrays(root, s["arrays"], manifest_path)))
                 groups.append(PlanGroup(list(g["inputs"]), list(g["outputs"]), np.dtype(g["input_dtype"]), steps, bool(g.get("list", False))))
             plan = cls(
                 [ColumnSpec.from_json(c) for c in manifest["input_schema"]],
