@@ -99,20 +99,33 @@ def check_outputs(config: Mapping[str, Any], outputs: Mapping[str, np.ndarray | 
     return None
 
 
+def first_difference(expected: Mapping[str, Any], got: Mapping[str, np.ndarray | None], atol: float, rtol: float) -> tuple[str, str] | None:
+    """``(output name, what differs)`` for the first output of ``expected`` that ``got`` lacks
+    (``"missing"``), has in another shape (``"shape [..] instead of [..]"``) or with other values
+    (``"largest difference D"``: floats beyond ``atol`` + ``rtol`` x |expected|, NaN equal to NaN;
+    other dtypes exactly); None when all match."""
+    for name, want in expected.items():
+        have = got.get(name)
+        if have is None:
+            return name, "missing"
+        want = np.asarray(want)
+        if have.shape != want.shape:
+            return name, f"shape {list(have.shape)} instead of {list(want.shape)}"
+        if want.dtype.kind == "f":
+            bad = ~np.isclose(have, want, atol=atol, rtol=rtol, equal_nan=True)
+        else:
+            bad = np.asarray(have != want)
+        if bad.any():
+            if want.dtype.kind in "fiub":
+                return name, f"largest difference {np.abs(have[bad].astype(np.float64) - want[bad].astype(np.float64)).max()}"
+            return name, f"{int(bad.sum())} values differ"
+    return None
+
+
 def same_answer(baseline: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> str | None:
     """None when ``outputs`` equal ``baseline`` (floats to :data:`FLOAT_RTOL`); else the difference."""
-    for name, expected in baseline.items():
-        got = outputs[name]
-        if got.shape != expected.shape:
-            return f"output {name!r} changed shape from {list(expected.shape)} to {list(got.shape)}"
-        if expected.dtype.kind == "f":
-            equal = np.allclose(got, expected, rtol=FLOAT_RTOL, atol=FLOAT_ATOL)
-        else:
-            equal = np.array_equal(got, expected)
-        if not equal:
-            worst = np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() if expected.dtype.kind in "fiub" else "?"
-            return f"output {name!r} changed since the first canary (largest difference {worst})"
-    return None
+    difference = first_difference(baseline, outputs, FLOAT_ATOL, FLOAT_RTOL)
+    return None if difference is None else f"output {difference[0]!r} changed since the first canary ({difference[1]})"
 
 
 class CanaryProber:

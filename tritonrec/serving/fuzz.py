@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from tritonrec.serving.canary import first_difference
 from tritonrec.serving.dtypes import numpy_dtype, wire_dtype
 
 Tensors = dict[str, np.ndarray]
@@ -144,21 +145,10 @@ class Outcome:
 
 
 def outputs_match(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], atol: float, rtol: float) -> str | None:
-    """None when every expected output is in ``got`` with its shape and values; else the first difference."""
-    for name, want in expected.items():
-        have = got.get(name)
-        if have is None:
-            return f"output {name!r} missing"
-        want = np.asarray(want)
-        if have.shape != want.shape:
-            return f"output {name!r} has shape {have.shape}, expected {want.shape}"
-        if want.dtype.kind == "f":
-            if not np.allclose(have, want, atol=atol, rtol=rtol, equal_nan=True):
-                bad = ~np.isclose(have, want, atol=atol, rtol=rtol, equal_nan=True)
-                return f"output {name!r}: {int(bad.sum())} values differ, e.g. {have[bad][0]} vs {want[bad][0]}"
-        elif not np.array_equal(have, want):
-            return f"output {name!r}: {int((have != want).sum())} values differ"
-    return None
+    """None when every expected output is in ``got`` with its shape and values (see
+    :func:`tritonrec.serving.canary.first_difference`); else the first difference, in words."""
+    difference = first_difference(expected, got, atol, rtol)
+    return None if difference is None else f"output {difference[0]!r}: {difference[1]}"
 
 
 def _only_later_batch_lies(raw: Sequence[tuple[str, str, list[int], bytes]], tensors: Tensors) -> bool:
