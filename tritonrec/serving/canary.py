@@ -140,7 +140,6 @@ class CanaryProber:
     def __init__(self, grpc_url: str, timeout_s: float = 10.0, headers: Mapping[str, str] | None = None) -> None:
         import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
-        self._grpc = grpcclient
         self.client = grpcclient.InferenceServerClient(grpc_url)
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
@@ -166,6 +165,8 @@ class CanaryProber:
         """One canary request to ``model``; never raises for the server's or the model's faults."""
         from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
+        from tritonrec.serving.client import infer  # noqa: PLC0415
+
         t0 = time.perf_counter()
 
         def result(reason: str | None) -> CanaryResult:
@@ -173,18 +174,8 @@ class CanaryProber:
 
         try:
             config = self._config(model)
-            tensors = canary_inputs(config)
-            inputs = []
-            for name, array in tensors.items():
-                datatype = "BYTES" if array.dtype == np.dtype(object) else self._grpc.np_to_triton_dtype(array.dtype)
-                tensor = self._grpc.InferInput(name, list(array.shape), datatype)
-                tensor.set_data_from_numpy(array)
-                inputs.append(tensor)
             names = [t["name"] for t in config.get("output", [])]
-            answer = self.client.infer(
-                model, inputs, outputs=[self._grpc.InferRequestedOutput(n) for n in names], client_timeout=self.timeout_s
-            )
-            outputs = {n: answer.as_numpy(n) for n in names}
+            outputs = infer(self.client, model, canary_inputs(config), names, self.timeout_s)
         except InferenceServerException as e:
             message = e.message() or str(e)
             if "Deadline Exceeded" in message:

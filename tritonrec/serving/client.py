@@ -15,17 +15,20 @@ from tritonrec.serving.transform_model import TransformModel, packed_input_name,
 from tritonrec.transform.plan import ListColumn
 
 
-def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-    """Sends one request; returns output name -> array.
+def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: Sequence[str],
+          timeout_s: float | None = None) -> dict[str, np.ndarray | None]:
+    """Sends one request; returns output name -> array (None for an output the answer lacks).
 
     Args:
         client: a ``tritonclient.grpc.InferenceServerClient``.
         model: model name.
-        tensors: input name -> array (any numeric dtype Triton knows).
+        tensors: input name -> array (any numeric dtype Triton knows; object arrays as BYTES).
         outputs: the output names to fetch.
+        timeout_s: seconds to wait for the answer (None: no limit).
 
     Raises:
-        tritonclient.utils.InferenceServerException: the server's error for this request.
+        tritonclient.utils.InferenceServerException: the server's error for this request
+            ("Deadline Exceeded" after ``timeout_s``).
     """
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
@@ -35,8 +38,21 @@ def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: S
         tensor.set_data_from_numpy(np.ascontiguousarray(array))
         inputs.append(tensor)
     requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
-    result = client.infer(model, inputs, outputs=requested)
+    result = client.infer(model, inputs, outputs=requested, client_timeout=timeout_s)
     return {name: result.as_numpy(name) for name in outputs}
+
+
+def json_inputs(tensors: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The ``inputs`` of an HTTP/JSON inference request: name, shape, datatype and the values,
+    row-major (bytes as str: JSON carries valid Unicode only; NaN and infinities cannot travel)."""
+    return [{"name": name, "shape": list(array.shape), "datatype": wire_dtype(array.dtype),
+             "data": [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]}
+            for name, array in tensors.items()]
+
+
+def json_outputs(reply: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Output name -> array of an HTTP/JSON inference answer (parsed JSON)."""
+    return {o["name"]: np.asarray(o["data"], dtype=numpy_dtype(o["datatype"])).reshape(o["shape"]) for o in reply["outputs"]}
 
 
 def infer_http(http_url: str, model: str, tensors: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -55,19 +71,14 @@ def infer_http(http_url: str, model: str, tensors: Mapping[str, np.ndarray], out
     import urllib.error  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
-    inputs = []
-    for name, array in tensors.items():
-        datatype = wire_dtype(array.dtype)
-        data = [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
-        inputs.append({"name": name, "shape": list(array.shape), "datatype": datatype, "data": data})
-    body = json.dumps({"inputs": inputs, "outputs": [{"name": name} for name in outputs]}).encode()
+    body = json.dumps({"inputs": json_inputs(tensors), "outputs": [{"name": name} for name in outputs]}).encode()
     request = urllib.request.Request(f"http://{http_url}/v2/models/{model}/infer", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as r:
             reply = json.loads(r.read())
     except urllib.error.HTTPError as e:
         raise RuntimeError(f"model {model!r}: {json.loads(e.read()).get('error', e.reason)}") from None
-    return {o["name"]: np.asarray(o["data"], dtype=numpy_dtype(o["datatype"])).reshape(o["shape"]) for o in reply["outputs"]}
+    return json_outputs(reply)
 
 
 def scrape_metrics(metrics_url: str) -> dict[str, float]:

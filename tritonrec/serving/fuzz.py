@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from tritonrec.serving.canary import first_difference
+from tritonrec.serving.client import json_inputs, json_outputs, pack_request
 from tritonrec.serving.dtypes import numpy_dtype, wire_dtype
 
 Tensors = dict[str, np.ndarray]
@@ -236,23 +237,13 @@ class HttpSender:
             connection.close()
 
     def infer(self, model: str, tensors: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Outcome:
-        body = json.dumps({
-            "inputs": [{"name": n, "shape": list(a.shape), "datatype": wire_dtype(a.dtype), "data": _json_values(a)} for n, a in tensors.items()],
-            "outputs": [{"name": n, "parameters": {"binary_data": False}} for n in outputs],
-        }).encode()
+        body = json.dumps({"inputs": json_inputs(tensors), "outputs": [{"name": n, "parameters": {"binary_data": False}} for n in outputs]}).encode()
         status, reply, problem = self.post(f"/v2/models/{model}/infer", body)
         if status is None:
             return Outcome(hang=problem == "timeout", crash=problem != "timeout", error=problem)
         if status != 200:
             return Outcome(error=json.loads(reply).get("error", "") if reply.startswith(b"{") else reply.decode(errors="replace"))
-        parsed = json.loads(reply)
-        return Outcome(outputs={o["name"]: np.asarray(o["data"], dtype=numpy_dtype(o["datatype"])).reshape(o["shape"])
-                                for o in parsed["outputs"]})
-
-
-def _json_values(array: np.ndarray) -> list[Any]:
-    """JSON numbers for an array (NaN and infinities cannot travel in JSON: the caller avoids them)."""
-    return array.reshape(-1).tolist()
+        return Outcome(outputs=json_outputs(json.loads(reply)))
 
 
 class Fuzzer:
@@ -417,8 +408,7 @@ class Fuzzer:
             if not (outcome.hang or outcome.crash):
                 self._judge_answer(target, case, tensors, outcome, report, may_refuse=False)
             return outcome
-        body = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": wire_dtype(a.dtype), "data": _json_values(a)}
-                           for n, a in tensors.items()]}
+        body = {"inputs": json_inputs(tensors)}
         declared = None
         headers = None
         if case == "http_bad_json":
@@ -622,8 +612,6 @@ def ensemble_targets(repository: str | Any, name: str, columns: Mapping[str, np.
         columns: raw columns (the plan's inputs, (n,) each) that valid requests draw their rows from.
         pool_rows: rows of ``columns`` to draw from.
     """
-    from tritonrec.serving.client import pack_request  # noqa: PLC0415
-
     ref = InProcessEnsemble(repository, name)
     n = min(pool_rows, len(next(iter(columns.values()))))
     raw = pack_request(ref.transform, {c: np.asarray(v[:n]) for c, v in columns.items()})
