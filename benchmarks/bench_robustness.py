@@ -71,8 +71,9 @@ def _start_cli(repo: Path) -> tuple[subprocess.Popen, dict[str, str], int]:
         if line.startswith("Ctrl-C"):
             break
     endpoints = {p[0]: p[1] for p in (line.split() for line in lines[1:]) if len(p) >= 2}
-    server = next(int(s.parent.name) for s in Path("/proc").glob("[0-9]*/stat")
-                  if "(tritonserver)" in _read(s) and int(_read(s).rsplit(")", 1)[1].split()[1]) == process.pid)
+    from tritonrec.serving.server import child_processes
+
+    (server,) = child_processes(process.pid, "tritonserver")
     return process, endpoints, server
 
 

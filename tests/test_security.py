@@ -25,7 +25,7 @@ import pytest
 
 from tritonrec.serving.client import infer
 from tritonrec.export import export_ensemble
-from tritonrec.serving.server import SHM_DIR, TritonServer, free_port, process_group_members
+from tritonrec.serving.server import SHM_DIR, TritonServer, child_processes, free_port, process_group_members
 
 pytestmark = pytest.mark.triton
 TRITONREC = str(Path(sys.executable).parent / "tritonrec")
@@ -64,14 +64,9 @@ class Cli:
 
     def server_pid(self) -> int:
         """The tritonserver this CLI started (its child)."""
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                text = stat.read_text()
-            except OSError:
-                continue
-            if "(tritonserver)" in text and int(text.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                return int(stat.parent.name)
-        raise AssertionError("no tritonserver child")
+        children = child_processes(self.process.pid, "tritonserver")
+        assert len(children) == 1, f"tritonserver children of the CLI: {children}"
+        return children[0]
 
     def finish(self, sig: int = signal.SIGTERM, timeout: float = 90) -> tuple[int, str, str]:
         if self.process.poll() is None:

@@ -7,7 +7,10 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tritonrec.serving.server import TritonServer
 
 
 ADMIN_KEY_ENV = "TRITONREC_ADMIN_KEY"
@@ -38,7 +41,7 @@ def _admin_key(args: argparse.Namespace) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tritonrec.serving.server import ServerError, TritonServer  # noqa: PLC0415
+    from tritonrec.serving.server import ADMIN_CATEGORIES, ServerError, TritonServer  # noqa: PLC0415
 
     if args.http_port is not None and not args.http:
         print("tritonrec serve: --http-port needs --http (HTTP is off by default)", file=sys.stderr)
@@ -86,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  metrics  {server.metrics_url}")
     print(f"  canary   http://{args.host}:{supervisor_port}/metrics")
     print(f"  log      {server.log_path}")
-    print(f"  admin    {'open to every client (--allow-admin)' if args.allow_admin else 'restricted (' + ', '.join(_admin_categories()) + ')'}")
+    print(f"  admin    {'open to every client (--allow-admin)' if args.allow_admin else 'restricted (' + ', '.join(ADMIN_CATEGORIES) + ')'}")
     print("Ctrl-C or SIGTERM stops it.", flush=True)
     options = SupervisorOptions(restarts=args.restart, canary_interval_s=args.canary_interval,
                                 canary_timeout_s=args.canary_timeout, start_timeout_s=args.timeout)
@@ -96,19 +99,13 @@ def _serve(args: argparse.Namespace) -> int:
         metrics.close()
 
 
-def _admin_categories() -> tuple[str, ...]:
-    from tritonrec.serving.server import ADMIN_CATEGORIES  # noqa: PLC0415
-
-    return ADMIN_CATEGORIES
-
-
-def _check(server: object, args: argparse.Namespace) -> int:
+def _check(server: TritonServer, args: argparse.Namespace) -> int:
     """``serve --check``: one canary per READY model, a line each, then stop; 0 when all pass."""
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
     from tritonrec.serving.canary import CanaryProber  # noqa: PLC0415
 
-    prober = CanaryProber(server.grpc_url, args.canary_timeout, server.admin_headers())  # type: ignore[attr-defined]
+    prober = CanaryProber(server.grpc_url, args.canary_timeout, server.admin_headers())
     try:
         results = prober.probe_all()
     except InferenceServerException as e:
@@ -116,7 +113,7 @@ def _check(server: object, args: argparse.Namespace) -> int:
         results = None
     finally:
         prober.close()
-        server.stop()  # type: ignore[attr-defined]
+        server.stop()
     if results is None:
         return 1
     if not results:
@@ -221,11 +218,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: Any) -> None:
     """Subcommand ``serve``."""
+    from tritonrec.serving.server import ADMIN_CATEGORIES  # noqa: PLC0415 - standard library only
+
     serve = sub.add_parser(
         "serve", help="run tritonserver on a model repository with tritonrec's backends, supervised",
         description="Runs tritonserver on MODEL_REPOSITORY with tritonrec's backends; secure by default: loopback "
-                    "only, gRPC only, the admin APIs (" + ", ".join(("model-repository", "shared-memory", "statistics", "trace", "logging"))
-                    + ") behind a key. Options after -- go to tritonserver.",
+                    f"only, gRPC only, the admin APIs ({', '.join(ADMIN_CATEGORIES)}) behind a key. Options after -- go to tritonserver.",
         usage="tritonrec serve MODEL_REPOSITORY [options] [-- TRITONSERVER_OPTION ...]",
     )
     serve.add_argument("model_repository")

@@ -260,18 +260,34 @@ def new_admin_key() -> str:
     return secrets.token_urlsafe(32)
 
 
-def process_group_members(pgid: int) -> list[int]:
-    """Process ids whose process group is ``pgid`` (from ``/proc``; Linux)."""
-    members = []
+def _live_processes() -> Iterator[tuple[int, str, int, int]]:
+    """(pid, command name, parent pid, process group) of every live (not zombie) process, from ``/proc`` (Linux)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:  # ended meanwhile
             continue
-        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[0] != "Z":
+            yield int(stat.parent.name), text[text.index("(") + 1 : text.rindex(")")], int(fields[1]), int(fields[2])
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Process ids whose process group is ``pgid``."""
+    return [pid for pid, _, _, group in _live_processes() if group == pgid]
+
+
+def child_processes(parent_pid: int, name: str) -> list[int]:
+    """Process ids of the live children of ``parent_pid`` whose command name is ``name`` (e.g. ``"tritonserver"``)."""
+    return [pid for pid, comm, ppid, _ in _live_processes() if ppid == parent_pid and comm == name]
+
+
+def _wait_group_gone(pgid: int, grace_s: float) -> list[int]:
+    """Waits up to ``grace_s`` for group ``pgid`` to have no live process; returns those left."""
+    deadline = time.monotonic() + grace_s
+    while (left := process_group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def end_process_group(pgid: int, grace_s: float = 5.0) -> tuple[list[int], list[int]]:
@@ -286,16 +302,11 @@ def end_process_group(pgid: int, grace_s: float = 5.0) -> tuple[list[int], list[
         return [], []
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and process_group_members(pgid):
-        time.sleep(0.05)
-    stubborn = process_group_members(pgid)
+    stubborn = _wait_group_gone(pgid, grace_s)
     if stubborn:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and process_group_members(pgid):
-            time.sleep(0.05)
+        _wait_group_gone(pgid, grace_s)
     return alive, stubborn
 
 
@@ -403,11 +414,6 @@ class TritonServer:
     @property
     def log_path(self) -> Path:
         return self._log_path
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running server (also its process group id), None when not running."""
-        return self._process.pid if self._process is not None else None
 
     def admin_headers(self) -> dict[str, str]:
         """gRPC headers that open the admin categories (empty when they are not restricted)."""
