@@ -18,7 +18,7 @@ from tritonrec.serving.fingerprint import FingerprintMismatchError
 from tritonrec.serving.lists import (
     check_list_layout, check_list_rows, list_from_tensors, list_tensor_names, list_tensor_specs, list_to_tensors, merge_list_requests,
 )
-from tritonrec.serving.requests import RequestError, run_batched
+from tritonrec.serving.requests import RequestError, row_slices, run_batched
 from tritonrec.serving.specs import TensorSpec
 from tritonrec.transform.plan import ListColumn, PlanLoadError, TransformPlan, missing_and_extra
 from tritonrec.transform.steps import BadValueError
@@ -189,26 +189,25 @@ class TransformModel:
                 raise RequestError(f"input {name!r} has {array.shape[0]} rows, other inputs have {rows}")
         return check_list_rows(tensors, self._list_inputs, self.list_layout, rows, "list column", self.max_batch_size, self.plan.xp)
 
-    def _list_columns(self, requests: Sequence[Mapping[str, Any]], good: list[tuple[int, int]]) -> dict[str, ListColumn]:
-        """The list input columns of the good requests, merged (requests checked)."""
+    def _list_columns(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, ListColumn]:
+        """The list input columns of the (checked) requests, merged."""
         xp = self.plan.xp
         merged = {}
         for column, (values_name, second) in self._list_inputs.items():
             merged[column] = merge_list_requests(
-                [list_from_tensors(column, requests[i][values_name], requests[i][second], self.list_layout, xp) for i, _ in good], xp)
+                [list_from_tensors(column, r[values_name], r[second], self.list_layout, xp) for r in batch], xp)
         return merged
 
-    def _list_outputs(self, column: str, result: ListColumn, good: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        """Per good request, the two output tensors of list output ``column``."""
+    def _list_outputs(self, column: str, result: ListColumn, rows: Sequence[int]) -> list[dict[str, Any]]:
+        """Per request (of ``rows`` rows each), the two output tensors of list output ``column``."""
         xp = self.plan.xp
         values_name, second = list_tensor_names(column, self.list_layout)
-        out, start = [], 0
-        for _, rows in good:
-            first = int(result.offsets[start])
-            offsets = result.offsets[start : start + rows + 1] - first
+        out = []
+        for block in row_slices(rows):
+            first = int(result.offsets[block.start])
+            offsets = result.offsets[block.start : block.stop + 1] - first
             values, other = list_to_tensors(ListColumn(result.values[first : first + int(offsets[-1])], offsets), self.list_layout, xp)
             out.append({values_name: values, second: other})
-            start += rows
         return out
 
     def execute(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray] | RequestError]:
@@ -224,17 +223,14 @@ class TransformModel:
         return run_batched(requests, self.check_request, self._run, retry_on=(BadValueError,))
 
     def _run(self, batch: list[Mapping[str, Any]], rows: list[int]) -> list[Any]:
-        """Checked requests merged and transformed in one plan run (a value no step can take raises BadValueError)."""
-        return self._execute_checked(batch, [{} for _ in batch], list(enumerate(rows)))
-
-    def _execute_checked(self, requests: Sequence[Mapping[str, Any]], results: list[Any], good: list[tuple[int, int]]) -> list[Any]:
-        """:meth:`execute` for the requests ``good`` ((index, rows) pairs) that passed the checks."""
+        """Checked requests (``rows`` rows each) merged and transformed in one plan run; per request
+        its outputs (a value no step can take raises BadValueError)."""
         xp = self.plan.xp  # numpy, or cupy for a plan on a GPU (requests then hold cupy arrays)
-        row_index = np.concatenate([np.arange(rows, dtype=np.int64) for _, rows in good])
-        lists = self._list_columns(requests, good)
+        row_index = np.concatenate([np.arange(n, dtype=np.int64) for n in rows])
+        lists = self._list_columns(batch)
         if self.layout == "per-column":
             columns = {
-                spec.name: _concat([requests[i][spec.name] for i, _ in good], np if spec.dtype == object else xp).reshape(-1)
+                spec.name: _concat([r[spec.name] for r in batch], np if spec.dtype == object else xp).reshape(-1)
                 for spec in self.inputs if spec.name not in self._list_tensors
             }
             transformed = self.plan.transform_unchecked({**columns, **lists}, row_index)  # checked per request above
@@ -246,7 +242,7 @@ class TransformModel:
                 }
         else:
             packed = {
-                spec.dtype.name: _concat([requests[i][spec.name] for i, _ in good], np if spec.dtype == object else xp)
+                spec.dtype.name: _concat([r[spec.name] for r in batch], np if spec.dtype == object else xp)
                 for spec in self.inputs if spec.name not in self._list_tensors
             }
             transformed = self.plan.transform_packed({**packed, **lists}, row_index=row_index)
@@ -258,16 +254,13 @@ class TransformModel:
                     for j, name in enumerate(names):
                         merged[name] = xp.ascontiguousarray(transformed[dtype_name][:, j : j + 1])
         self._count(merged, int(row_index.shape[0]), {c: transformed[c] for c in self.plan.list_outputs})
-        list_parts = [self._list_outputs(c, transformed[c], good) for c in self.plan.list_outputs]
-        start = 0
-        for k, (i, rows) in enumerate(good):
-            if len(good) == 1:
-                results[i] = dict(merged)
-            else:
-                results[i] = {name: xp.ascontiguousarray(a[start : start + rows]) for name, a in merged.items()}
+        list_parts = [self._list_outputs(c, transformed[c], rows) for c in self.plan.list_outputs]
+        results = []
+        for k, block in enumerate(row_slices(rows)):
+            result = dict(merged) if len(rows) == 1 else {name: xp.ascontiguousarray(a[block]) for name, a in merged.items()}
             for parts in list_parts:
-                results[i].update(parts[k])
-            start += rows
+                result.update(parts[k])
+            results.append(result)
         return results
 
 
