@@ -41,7 +41,7 @@ def _admin_key(args: argparse.Namespace) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tritonrec.serving.server import ADMIN_CATEGORIES, ServerError, TritonServer  # noqa: PLC0415
+    from tritonrec.serving.server import ADMIN_CATEGORIES, ServerError, TritonServer, free_port  # noqa: PLC0415
 
     if args.http_port is not None and not args.http:
         print("tritonrec serve: --http-port needs --http (HTTP is off by default)", file=sys.stderr)
@@ -73,7 +73,6 @@ def _serve(args: argparse.Namespace) -> int:
     if args.check:
         return _check(server, args)
     from tritonrec.serving.supervise import Supervisor, SupervisorMetrics, SupervisorOptions  # noqa: PLC0415
-    from tritonrec.serving.server import free_port  # noqa: PLC0415
 
     metrics = SupervisorMetrics()
     supervisor_port = args.supervisor_metrics_port or free_port(args.host)
