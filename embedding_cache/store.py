@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import _core
-from embedding_cache.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
+from tritonrec.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
 
 FORMAT = "tritonrec.embedding_store"
 FORMAT_VERSION = 2  # 2: SHA-256 of every file, a sealed manifest, RocksDB file checksums

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything tritonrec needs, idempotently, into .venv at the repository root:
 #   1. a virtual environment with the pinned NVTabular + Triton stack (requirements/),
-#   2. tritonrec itself, built from source (embedding_cache._core via scikit-build-core + CMake),
+#   2. tritonrec itself, built from source (embedding_cache._core and tritonrec._native via scikit-build-core + CMake),
 #   3. perf_analyzer (from the tritonclient 2.44.0 wheel) wired to the server wheel's libraries.
 # Each step is skipped when its inputs have not changed since it last succeeded.
 set -euo pipefail

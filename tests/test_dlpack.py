@@ -1,4 +1,4 @@
-"""_core.host_dlpack_capsule: the zero-copy host export the Python backends hand Triton."""
+"""_native.host_dlpack_capsule: the zero-copy host export the Python backends hand Triton."""
 
 import gc
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedding_cache import _core
+from tritonrec import _native
 
 
 def _renamed_like_triton(capsule) -> None:
@@ -24,7 +24,7 @@ def _renamed_like_triton(capsule) -> None:
                                    np.float16, np.float32, np.float64])
 def test_consumer_sees_the_array_without_a_copy(dtype):
     array = (np.arange(12) % 3).astype(dtype).reshape(3, 4)
-    viewed = torch.utils.dlpack.from_dlpack(_core.host_dlpack_capsule(array))
+    viewed = torch.utils.dlpack.from_dlpack(_native.host_dlpack_capsule(array))
     assert viewed.data_ptr() == array.ctypes.data
     np.testing.assert_array_equal(viewed.numpy(), array)
 
@@ -32,7 +32,7 @@ def test_consumer_sees_the_array_without_a_copy(dtype):
 def test_the_array_lives_until_the_consumer_lets_go():
     array = np.arange(6, dtype=np.float32)
     base = sys.getrefcount(array)
-    viewed = torch.utils.dlpack.from_dlpack(_core.host_dlpack_capsule(array))
+    viewed = torch.utils.dlpack.from_dlpack(_native.host_dlpack_capsule(array))
     gc.collect()
     assert sys.getrefcount(array) == base + 1  # held for the consumer
     del viewed
@@ -43,7 +43,7 @@ def test_the_array_lives_until_the_consumer_lets_go():
 def test_an_unconsumed_capsule_releases_the_array():
     array = np.zeros((2, 2), dtype=np.int64)
     base = sys.getrefcount(array)
-    capsule = _core.host_dlpack_capsule(array)
+    capsule = _native.host_dlpack_capsule(array)
     assert sys.getrefcount(array) == base + 1
     del capsule
     assert sys.getrefcount(array) == base
@@ -54,7 +54,7 @@ def test_a_capsule_renamed_by_its_consumer_is_left_to_the_consumer(capfd):
     # numpy 1.26, free what the consumer still uses); ours leaves the tensor to the consumer.
     array = np.ones(4, dtype=np.float32)
     base = sys.getrefcount(array)
-    capsule = _core.host_dlpack_capsule(array)
+    capsule = _native.host_dlpack_capsule(array)
     _renamed_like_triton(capsule)
     del capsule
     gc.collect()
@@ -64,6 +64,6 @@ def test_a_capsule_renamed_by_its_consumer_is_left_to_the_consumer(capfd):
 
 def test_bad_arrays_are_refused_by_name():
     with pytest.raises(TypeError, match="array: expected a C-contiguous array"):
-        _core.host_dlpack_capsule(np.zeros((3, 2), dtype=np.float32).T)
+        _native.host_dlpack_capsule(np.zeros((3, 2), dtype=np.float32).T)
     with pytest.raises(TypeError, match="array: expected a bool, integer or floating-point dtype"):
-        _core.host_dlpack_capsule(np.array(["a", "b"]))
+        _native.host_dlpack_capsule(np.array(["a", "b"]))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from embedding_cache import EmbeddingStore, build_store
-from embedding_cache.integrity import write_manifest
+from tritonrec.integrity import write_manifest
 from tritonrec.serving.client import infer, scrape_metrics
 from tritonrec.export import ServedScorer, export_ensemble
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS

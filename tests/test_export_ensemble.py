@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from embedding_cache.integrity import write_manifest
+from tritonrec.integrity import write_manifest
 from tritonrec.cli import main
 from tritonrec.serving.fingerprint import FingerprintMismatchError
 from tritonrec.export import ServedScorer, export_ensemble

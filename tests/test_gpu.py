@@ -211,12 +211,12 @@ def test_string_columns_in_a_gpu_plan_are_hashed_on_the_host(layout):
     host and its codes move to the device; outputs equal the numpy plan's, in process and through
     the transform model (host string inputs beside device numeric ones)."""
     cupy = pytest.importorskip("cupy")
-    from embedding_cache import _core
+    from tritonrec import _native
     from tritonrec.serving.client import pack_request
     from tritonrec.serving.transform_model import TransformModel
 
     words = np.array([f"w{i}" for i in range(300)] + ["", "é", "日本"], dtype=object)
-    keys = _core.hash_strings(words)[0].view(np.int64)
+    keys = _native.hash_strings(words)[0].view(np.int64)
     table = KeyTable.build(np.zeros(keys.size, dtype=np.int64), keys, np.arange(3, 3 + keys.size, dtype=np.int64))
     vocab = np.arange(0, 900, 3, dtype=np.int64)
     ints = KeyTable.build(np.zeros(vocab.size, dtype=np.int64), vocab, np.arange(3, 3 + vocab.size, dtype=np.int64))

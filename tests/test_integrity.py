@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from embedding_cache import EmbeddingStore, StoreFormatError, build_store
-from embedding_cache.integrity import SEAL, IntegrityError, check_seal, seal, verify_files, write_manifest
+from tritonrec.integrity import SEAL, IntegrityError, check_seal, seal, verify_files, write_manifest
 from tritonrec.scorer.artifact import ScorerFormatError, read_scorer_info
 from tritonrec.serving.scorer_model import TorchScorerModel
 from tritonrec.transform import PlanLoadError, TransformPlan
@@ -71,7 +71,7 @@ def test_verify_files_names_the_file_and_both_digests(tmp_path):
         files.append(f"{i}.bin")
     manifest = tmp_path / "m.json"
     write_manifest(manifest, {"files": [{"file": f, "bytes": 0, "sha256": ""} for f in files]})
-    from embedding_cache.integrity import file_entry
+    from tritonrec.integrity import file_entry
 
     entries = [file_entry(tmp_path, f) for f in files]
     assert verify_files(tmp_path, entries, manifest, threads=3) == sum(100_000 + i for i in range(5))

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from embedding_cache.integrity import write_manifest
+from tritonrec.integrity import write_manifest
 from tritonrec.transform import PlanLoadError, TransformPlan, compile_workflow
 
 

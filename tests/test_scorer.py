@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from embedding_cache import EmbeddingStore, read_store_info
-from embedding_cache.integrity import file_entry, write_manifest
+from tritonrec.integrity import file_entry, write_manifest
 from tritonrec.scorer.artifact import ScorerFormatError, read_scorer_info
 from tritonrec.serving.scorer_model import TorchScorerModel
 from tritonrec.scorer.dlrm import DLRM, DLRMConfig, predict, roc_auc, save_dlrm

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedding_cache import _core
+from tritonrec import _native
 from tritonrec.pipeline.workflow import fit_workflow, nvtabular_transform
 from tritonrec.transform import TransformPlan, compile_workflow
 from tritonrec.transform.parity import compare
@@ -110,7 +110,7 @@ def test_bad_strings_are_refused_by_name(strings):
 
 def test_string_hash_is_pandas_hash():
     values = np.array(["", "a", "ünïcødé ✓", "x" * 1000, None, "12345678", "1234567"], dtype=object)
-    hashes, nulls = _core.hash_strings(values)
+    hashes, nulls = _native.hash_strings(values)
     np.testing.assert_array_equal(hashes, pd.util.hash_array(values))
     assert nulls.tolist() == [0, 0, 0, 0, 1, 0, 0]
 

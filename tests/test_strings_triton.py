@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedding_cache import _core
+from tritonrec import _native
 from tritonrec.transform._table import KeyTable
 from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
 from tritonrec.transform.steps import Categorify
@@ -17,7 +17,7 @@ VOCAB = [np.array([f"u{i}" for i in range(500)], dtype=object), np.array(["", "Ã
 
 
 def _plan() -> TransformPlan:
-    keys = [_core.hash_strings(v)[0].view(np.int64) for v in VOCAB]
+    keys = [_native.hash_strings(v)[0].view(np.int64) for v in VOCAB]
     columns = [np.full(k.size, j, dtype=np.int64) for j, k in enumerate(keys)]
     codes = [np.arange(3, 3 + k.size, dtype=np.int64) for k in keys]
     table = KeyTable.build(np.concatenate(columns), np.concatenate(keys), np.concatenate(codes))

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from embedding_cache import _core
+from tritonrec import _native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,19 +85,19 @@ def test_native_lookup_checks_its_arguments():
     table = KeyTable.build(np.array([0]), np.array([5]), np.array([9]))
     keys = np.array([[5]], dtype=np.int64)
     out = np.empty((1, 1), dtype=np.int64)
-    _core.key_table_lookup(table.slots, table.max_probe, keys, out)
+    _native.key_table_lookup(table.slots, table.max_probe, keys, out)
     assert out[0, 0] == 9
     with pytest.raises(TypeError, match="keys: expected a C-contiguous int64 array of 2 dimensions"):
-        _core.key_table_lookup(table.slots, table.max_probe, keys.astype(np.int32), out)
+        _native.key_table_lookup(table.slots, table.max_probe, keys.astype(np.int32), out)
     with pytest.raises(TypeError, match="out: expected a C-contiguous int64 array"):
-        _core.key_table_lookup(table.slots, table.max_probe, keys, np.empty((2, 2), dtype=np.int64)[:, ::2])
+        _native.key_table_lookup(table.slots, table.max_probe, keys, np.empty((2, 2), dtype=np.int64)[:, ::2])
     with pytest.raises(ValueError, match="out: expected the shape of keys"):
-        _core.key_table_lookup(table.slots, table.max_probe, keys, np.empty((2, 1), dtype=np.int64))
+        _native.key_table_lookup(table.slots, table.max_probe, keys, np.empty((2, 1), dtype=np.int64))
     with pytest.raises(ValueError, match="slots: expected shape"):
-        _core.key_table_lookup(np.zeros((3, 2), dtype=np.int64), 0, keys, out)
+        _native.key_table_lookup(np.zeros((3, 2), dtype=np.int64), 0, keys, out)
     with pytest.raises(ValueError, match="max_probe"):
-        _core.key_table_lookup(table.slots, table.capacity, keys, out)
+        _native.key_table_lookup(table.slots, table.capacity, keys, out)
     readonly = np.empty((1, 1), dtype=np.int64)
     readonly.setflags(write=False)
     with pytest.raises(ValueError, match="out: expected a writeable array"):
-        _core.key_table_lookup(table.slots, table.max_probe, keys, readonly)
+        _native.key_table_lookup(table.slots, table.max_probe, keys, readonly)

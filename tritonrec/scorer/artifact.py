@@ -6,7 +6,7 @@ A scorer is a directory::
                   [batch, n_tables, dim]) -> probability float32 [batch, 1]
     scorer.json   format, the transform plan's fingerprint, the embedding tables (names, in ids
                   column order, and sizes), n_dense, dim, tensor names, model.pt's size and
-                  SHA-256; sealed by its own SHA-256 (see :mod:`embedding_cache.integrity`)
+                  SHA-256; sealed by its own SHA-256 (see :mod:`tritonrec.integrity`)
 
 Both are verified before the model is loaded: a damaged or edited scorer is refused, naming the
 file and both checksums.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding_cache.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
+from tritonrec.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
 from tritonrec.serving.specs import TensorSpec
 
 FORMAT = "tritonrec.scorer"

@@ -1,7 +1,7 @@
 """Moving numeric arrays between Triton's Python backend and the library.
 
 Inputs: ``np.from_dlpack(pb_tensor)`` (zero-copy, read-only) works with numpy 1 and 2. Outputs go by
-DLPack without a copy, through a capsule made by ``embedding_cache._core.host_dlpack_capsule``, not
+DLPack without a copy, through a capsule made by ``tritonrec._native.host_dlpack_capsule``, not
 numpy's own: the Python backend renames a capsule it takes "used_dlpack" where the DLPack protocol
 says "used_dltensor", and numpy's capsule destructor then fails ("PyCapsule_GetPointer called with
 incorrect name" in the server's log under numpy 2; a dead stub under numpy 1.26). Our capsule, like
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding_cache import _core
+from tritonrec import _native
 from tritonrec.serving.requests import RequestError
 
 
@@ -63,7 +63,7 @@ def output_tensor(pb_utils: Any, name: str, array: np.ndarray) -> Any:
     """
     if array.dtype == object:  # strings: BYTES, which DLPack cannot carry
         return pb_utils.Tensor(name, array)
-    return pb_utils.Tensor.from_dlpack(name, _core.host_dlpack_capsule(np.ascontiguousarray(array)))
+    return pb_utils.Tensor.from_dlpack(name, _native.host_dlpack_capsule(np.ascontiguousarray(array)))
 
 
 def device_input_array(tensor: Any) -> Any:

@@ -2,7 +2,7 @@
 
 Open addressing with linear probing at load factor <= 0.25. Each slot is 16 bytes, one row of an
 int64 (capacity, 2) array: ``[key, column << 32 | code]``, so a probe is one gather of one row.
-Built once at compile time; looked up by a compiled loop on the host (``embedding_cache._core``),
+Built once at compile time; looked up by a compiled loop on the host (``tritonrec._native``),
 by one elementwise kernel on cupy, or (the reference) with a handful of vectorised numpy
 operations per probe round; every categorical column of a group is looked up in one call.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 try:  # the compiled probe loop; the numpy path below gives the same codes
-    from embedding_cache._core import key_table_lookup as _native_lookup
+    from tritonrec._native import key_table_lookup as _native_lookup
 except ImportError:  # pragma: no cover - a checkout without the built extension
     _native_lookup = None
 
@@ -82,9 +82,9 @@ class KeyTable:
         self._shift = 64 - (capacity.bit_length() - 1)
         self.xp = xp
         self.native = (xp is np and _native_lookup is not None) if native is None else bool(native)
-        """Host lookups run the compiled probe loop of ``embedding_cache._core`` (else numpy)."""
+        """Host lookups run the compiled probe loop of ``tritonrec._native`` (else numpy)."""
         if self.native and (xp is not np or _native_lookup is None):
-            raise ValueError("the native lookup needs host numpy arrays and embedding_cache._core")
+            raise ValueError("the native lookup needs host numpy arrays and tritonrec._native")
         if self.native:
             self.slots = np.ascontiguousarray(slots, dtype=np.int64)
 

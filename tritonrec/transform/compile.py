@@ -250,9 +250,9 @@ def _merge_target_encoding(params: list[dict[str, Any]], key_dtype: np.dtype, ou
 def _table_keys(values: np.ndarray, key_dtype: np.dtype, column: str, op_name: str) -> np.ndarray:
     """int64 table keys of a column's categories: the value, float64 bits, or pandas' string hash."""
     if key_dtype.kind == "O":
-        from embedding_cache import _core  # noqa: PLC0415
+        from tritonrec import _native  # noqa: PLC0415
 
-        hashes = _core.hash_strings(np.asarray(values, dtype=object))[0]
+        hashes = _native.hash_strings(np.asarray(values, dtype=object))[0]
         if np.unique(hashes).size != hashes.size:
             raise UnsupportedOpError(op_name, column, "two category strings share a 64-bit hash")
         return hashes.view(np.int64)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding_cache.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
+from tritonrec.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
 from tritonrec.transform.steps import BadValueError, Categorify, IncompatibleStepError, Step, row_of_each_value, step_from_manifest
 
 PLAN_FORMAT_VERSION = 2  # 2: every array file's size and SHA-256, a sealed manifest

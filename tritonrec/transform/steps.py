@@ -81,13 +81,13 @@ def _string_hashes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         BadValueError: bytes that are not UTF-8, or a value that is not a string, naming its
             column (position in the block) and row.
     """
-    from embedding_cache import _core  # noqa: PLC0415
+    from tritonrec import _native  # noqa: PLC0415
 
     hashes = np.empty(values.shape, dtype=np.uint64)
     nulls = np.empty(values.shape, dtype=np.uint8)
     for j in range(values.shape[1]):
         try:
-            hashes[:, j], nulls[:, j] = _core.hash_strings(values[:, j])
+            hashes[:, j], nulls[:, j] = _native.hash_strings(values[:, j])
         except (TypeError, ValueError) as e:  # "value <row>: <reason>"
             where, _, reason = str(e).partition(": ")
             raise BadValueError(j, int(where.split()[-1]), reason) from None
