@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from embedding_cache import _core
-    from tritonrec.serving.client import infer_http, scrape_metrics
+    from embedding_cache import GpuCacheOptions, _core
     from tritonrec.export import export_ensemble
     from tritonrec.scorer.dlrm import DLRM, DLRMConfig, predict, save_dlrm
+    from tritonrec.serving.client import infer_http, scrape_metrics
     from tritonrec.serving.server import TritonServer
     from tritonrec.serving.client import pack_request
     from tritonrec.serving.transform_model import TransformModel
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         export_ensemble(
             plan, work / "store", work / "scorer", repo, name, layout="packed", max_batch_size=65536,
             transform_kind=kind, lookup_kind=kind, scorer_kind=kind,
-            **({"gpu_cache_bytes": cache_bytes, "gpu_eviction": "lfu", "gpu_admission": True} if kind == "KIND_GPU" else {}),
+            gpu_cache=GpuCacheOptions(cache_bytes, eviction="lfu", admission=True) if kind == "KIND_GPU" else None,
         )
     print(f"built plan, DLRM, store and repository in {time.time() - t0:.0f} s ({total_rows:,} rows)", flush=True)
 

@@ -146,6 +146,13 @@ class GpuCache:
         out + i * out_stride elements of out_dtype; 0 = dim), misses' rows are left to the caller;
         miss_index: device int32 (n,) gets the misses' positions (first *miss_count, any order);
         miss_count: a device int32 scalar; tick: the LRU clock of this call."""
+    def find_column(self, keys: int, n: int, columns: int, column: int, out: int, miss_index: int, miss_counts: int, tick: int,
+                    stream: int, out_dtype: GpuOutDtype = ...) -> None:
+        """:meth:`find` of column ``column`` of a block, async on ``stream``: ``keys`` device int64
+        (n, columns) C-contiguous; hits' rows into slot ``column`` of ``out`` device (n, columns, dim)
+        of ``out_dtype``; the misses' positions into row ``column`` of ``miss_index`` device int32
+        (columns, n), their count into ``miss_counts[column]`` (device int32 (columns,)). The
+        addresses of the column are computed here, from the layouts stated."""
     def insert(self, keys: int, rows: int, n: int, tick: int, stream: int) -> None:
         """Inserts or overwrites keys device int64 (n,) (unique) with rows device float32 (n, dim)."""
     def invalidate(self, keys: int, n: int, stream: int) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 
 def _build(args: argparse.Namespace) -> int:
-    from embedding_cache.store import build_store_from_parquet  # noqa: PLC0415
+    from embedding_cache.build import build_store_from_parquet  # noqa: PLC0415
 
     sources = {}
     for spec in args.table:
@@ -27,7 +27,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from embedding_cache.store import FORMAT_VERSION, EmbeddingStore  # noqa: PLC0415
+    from embedding_cache.format import FORMAT_VERSION  # noqa: PLC0415
+    from embedding_cache.store import EmbeddingStore  # noqa: PLC0415
 
     with EmbeddingStore(args.store, threads=1, verify=not args.no_verify) as store:
         stats = store.stats()

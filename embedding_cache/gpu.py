@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import _core
+from embedding_cache.options import GpuCacheOptions
 
-DTYPES = ("float32", "float16", "bfloat16")
 OUT_DTYPES = ("float32", "float16")
-EVICTIONS = ("lru", "lfu")
 
 # read_host(column, keys int64 (m,) host, found uint8 (m,) host, out float32 (m, dim) host): the
 # host tiers' lookup of one column's (unique) missed keys into `out`, with the table's missing-key
@@ -74,55 +73,64 @@ def _align(n: int) -> int:
     return (n + 255) & ~255
 
 
+def _read_columns(read_host: ReadHost, offsets: np.ndarray, missed: np.ndarray, row_of: np.ndarray, ordered_keys: np.ndarray,
+                  rows: np.ndarray) -> np.ndarray:
+    """Reads each column's missed keys (``missed[offsets[j]:offsets[j + 1]]``, int64) from the host
+    tiers into ``rows`` (float32 (total, dim), pinned), the keys that exist first in each column's
+    range (``ordered_keys``) so that they are inserted as one range; ``row_of`` (int32 (total,))
+    maps each missed position to its row. Returns the rows that exist per column (int64 (k,))."""
+    k = offsets.size - 1
+    row_of[:] = np.arange(missed.size, dtype=np.int32)
+    present = np.zeros(k, dtype=np.int64)
+    for j in range(k):
+        lo, hi = int(offsets[j]), int(offsets[j + 1])
+        if lo == hi:
+            continue
+        column_keys = missed[lo:hi]
+        found = np.empty(hi - lo, dtype=np.uint8)
+        read_host(j, column_keys, found, rows[lo:hi])
+        present[j] = int(found.sum())
+        if present[j] != found.size:
+            order = np.argsort(found == 0, kind="stable")
+            rows[lo:hi] = rows[lo:hi][order]
+            column_keys = column_keys[order]
+            row_of[lo + order] = np.arange(lo, hi, dtype=np.int32)
+        ordered_keys[lo:hi] = column_keys
+    return present
+
+
 class GpuTier:
     """GPU caches of a store's tables on one device.
 
     Args:
         tables: table name -> dim.
         device: CUDA device number.
-        capacity_bytes: device memory for all tables' caches together, shared in proportion to
-            each table's ``weights`` entry (rows held = bytes / per-row bytes, at least one set of 16).
+        options: the cache's :class:`GpuCacheOptions`: ``cache_bytes`` of device memory for all
+            tables' caches together, shared in proportion to each table's ``weights`` entry (rows
+            held = bytes / per-row bytes, at least one set of 16); row ``dtype`` (hits are the
+            stored rows, rounded to nearest even; misses are the host's rows); ``eviction``;
+            TinyLFU ``admission`` (a missed row replaces a full set's victim only if a frequency
+            sketch of the misses saw its key more often than the victim was used); ``async_insert``
+            (insert missed rows on the tier's own stream instead of the lookup's).
         weights: table name -> share weight (e.g. the table's row count).
-        dtype: row storage, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (hits are the stored
-            rows, rounded to nearest even; misses are the host's rows).
-        eviction: ``"lru"`` or ``"lfu"``.
-        admission: TinyLFU admission: a missed row replaces a full set's victim only if a
-            frequency sketch of the misses saw its key more often than the victim was used.
-        async_insert: insert missed rows on the tier's own stream instead of the lookup's.
     """
 
-    def __init__(
-        self,
-        tables: dict[str, int],
-        device: int,
-        capacity_bytes: int,
-        weights: dict[str, float],
-        dtype: str = "float32",
-        eviction: str = "lru",
-        admission: bool = False,
-        async_insert: bool = False,
-    ) -> None:
+    def __init__(self, tables: dict[str, int], device: int, options: GpuCacheOptions, weights: dict[str, float]) -> None:
         if not _core.has_cuda:
             raise RuntimeError("this build of embedding_cache has no CUDA sources (built without nvcc)")
-        if dtype not in DTYPES:
-            raise ValueError(f"gpu_cache_dtype {dtype!r}: expected one of {DTYPES}")
-        if eviction not in EVICTIONS:
-            raise ValueError(f"gpu_eviction {eviction!r}: expected one of {EVICTIONS}")
-        if capacity_bytes < 1:
-            raise ValueError(f"gpu_cache_bytes {capacity_bytes}: expected >= 1")
         count, error = _core.cuda_device_count()
         if not 0 <= device < count:
             raise ValueError(f"device {device}: this process sees {count} CUDA device(s){f' ({error})' if error else ''}")
         self.cp = _cupy()
         self.device = device
-        self.async_insert = bool(async_insert)
-        row_dtype = getattr(_core.GpuRowDtype, dtype)
+        self.async_insert = bool(options.async_insert)
+        row_dtype = getattr(_core.GpuRowDtype, options.dtype)
         total = sum(weights.values()) or 1.0
         self._tables: dict[str, _TableCache] = {}
         for name, dim in tables.items():
-            share = capacity_bytes * weights[name] / total
-            rows = max(16, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, bool(admission))))
-            self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, eviction, device, bool(admission)), dim)
+            share = options.cache_bytes * weights[name] / total
+            rows = max(16, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
+            self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission), dim)
         self._tick = 0
         self._to_host = _Pinned(self.cp)  # missed keys, device -> host
         self._to_device = _Pinned(self.cp)  # unique keys, row indices and rows, host -> device
@@ -184,12 +192,11 @@ class GpuTier:
             if n == 0:
                 return out
             kind = getattr(_core.GpuOutDtype, out_dtype)
-            item = out.itemsize
             miss_index = cp.empty((k, n), dtype=cp.int32)
             counts = cp.empty(k, dtype=cp.int32)
             for j, entry in enumerate(entries):
-                entry.cache.find(keys.data.ptr + 8 * j, n, out.data.ptr + item * dim * j, miss_index.data.ptr + 4 * n * j,
-                                 counts.data.ptr + 4 * j, self._tick, s.ptr, key_stride=k, out_stride=k * dim, out_dtype=kind)
+                entry.cache.find_column(keys.data.ptr, n, k, j, out.data.ptr, miss_index.data.ptr, counts.data.ptr, self._tick, s.ptr,
+                                        out_dtype=kind)
             host_counts = counts.get(stream=s)  # waits for this stream only
             for entry, c in zip(entries, host_counts.tolist()):
                 entry.lookups += n
@@ -225,23 +232,7 @@ class GpuTier:
             row_of = block[: 4 * total].view(np.int32)
             ordered_keys = block[keys_at : keys_at + 8 * total].view(np.int64)
             rows = block[rows_at:nbytes].view(np.float32).reshape(total, dim)
-            row_of[:] = np.arange(total, dtype=np.int32)
-            present = np.empty(k, dtype=np.int64)
-            for j in range(k):
-                lo, hi = int(offsets[j]), int(offsets[j + 1])
-                if lo == hi:
-                    present[j] = 0
-                    continue
-                column_keys = host_missed[lo:hi]
-                found = np.empty(hi - lo, dtype=np.uint8)
-                read_host(j, column_keys, found, rows[lo:hi])
-                present[j] = int(found.sum())
-                if present[j] != found.size:  # the keys that exist first: they are inserted as one range
-                    order = np.argsort(found == 0, kind="stable")
-                    rows[lo:hi] = rows[lo:hi][order]
-                    column_keys = column_keys[order]
-                    row_of[lo + order] = np.arange(lo, hi, dtype=np.int32)
-                ordered_keys[lo:hi] = column_keys
+            present = _read_columns(read_host, offsets, host_missed, row_of, ordered_keys, rows)
             device_block = cp.empty(nbytes, dtype=cp.uint8)
             device_block.set(block, stream=s)
             self._to_device_done = s.record()

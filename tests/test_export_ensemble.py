@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from embedding_cache import GpuCacheOptions
 from tritonrec.integrity import write_manifest
 from tritonrec.cli import main
 from tritonrec.serving.fingerprint import FingerprintMismatchError
@@ -152,8 +153,8 @@ def test_gpu_lookup_instances(parts, tmp_path):
         export_ensemble(plan, store, scorer, tmp_path, "rank", lookup_kind="KIND_GPU")
     with pytest.raises(ValueError, match="lookup_kind 'GPU'"):
         export_ensemble(plan, store, scorer, tmp_path, "rank", lookup_kind="GPU")
-    export_ensemble(plan, store, scorer, tmp_path, "rank", lookup_kind="KIND_GPU", gpu_cache_bytes=1 << 30, gpu_eviction="lfu", gpu_admission=True,
-                    gpu_cache_dtype="bfloat16", gpu_async_insert=True)
+    export_ensemble(plan, store, scorer, tmp_path, "rank", lookup_kind="KIND_GPU",
+                    gpu_cache=GpuCacheOptions(1 << 30, dtype="bfloat16", eviction="lfu", admission=True, async_insert=True))
     config = (tmp_path / "rank_embeddings" / "config.pbtxt").read_text()
     assert "kind: KIND_GPU" in config
     for key, value in (("gpu_cache_bytes", str(1 << 30)), ("gpu_eviction", "lfu"), ("gpu_admission", "true"), ("gpu_cache_dtype", "bfloat16"),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import embedding_cache
+from embedding_cache import GpuCacheOptions
 from tritonrec.transform._table import KeyTable
 from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
 from tritonrec.transform.steps import (
@@ -197,7 +198,7 @@ def test_multi_hot_lookup_on_the_gpu_equals_the_host(tmp_path, list_layout, max_
         requests.append(request)
     with EmbeddingLookupModel.open(store, ["user", "tags"], **kwargs) as host:
         want = host.execute(requests)
-    with EmbeddingLookupModel.open(store, ["user", "tags"], device=0, gpu_cache_bytes=1 << 20, **kwargs) as gpu:
+    with EmbeddingLookupModel.open(store, ["user", "tags"], device=0, gpu_cache=GpuCacheOptions(1 << 20), **kwargs) as gpu:
         for _ in range(2):  # cold, then warm cache
             got = gpu.execute([{k: cupy.asarray(v) for k, v in r.items()} for r in requests])
             for w, g in zip(want, got):
@@ -334,7 +335,7 @@ def test_ids_absent_from_a_strict_table_fail_only_their_request_on_the_gpu(tmp_p
     names = ["user", "tags"]
     with EmbeddingLookupModel.open(store, names, **kwargs) as host:
         want = host.execute(requests)
-    with EmbeddingLookupModel.open(store, names, device=0, gpu_cache_bytes=1 << 20, **kwargs) as gpu:
+    with EmbeddingLookupModel.open(store, names, device=0, gpu_cache=GpuCacheOptions(1 << 20), **kwargs) as gpu:
         for batch in (requests, requests[1:2]):
             got = gpu.execute([{k: cupy.asarray(v) for k, v in r.items()} for r in batch])
             expected = want if batch is requests else want[1:2]

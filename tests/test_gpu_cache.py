@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedding_cache import EmbeddingStore, build_store
+from embedding_cache import EmbeddingStore, GpuCacheOptions, build_store
 
 pytestmark = pytest.mark.gpu
 def _cupy():
@@ -161,7 +161,7 @@ def test_the_embedding_lookup_model_on_gpu_ids(tmp_path):
     ids = rng.integers(0, 5_000, size=(300, 3))
     bad = ids[:2].copy()
     bad[1, 1] = 10**6  # absent from the strict table b
-    with EmbeddingLookupModel.open(path, ["a", "b", "c"], device=0, gpu_cache_bytes=1 << 20) as model:
+    with EmbeddingLookupModel.open(path, ["a", "b", "c"], device=0, gpu_cache=GpuCacheOptions(1 << 20)) as model:
         results = model.execute([{"ids": cupy.asarray(ids[:100])}, {"ids": cupy.asarray(bad)}, {"ids": cupy.asarray(ids[100:])}])
         got = cupy.asnumpy(cupy.concatenate([results[0]["embeddings"], results[2]["embeddings"]]))
         expected = np.stack([tables[t][1][ids[:, j]] for j, t in enumerate("abc")], axis=1)

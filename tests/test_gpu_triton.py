@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from embedding_cache import GpuCacheOptions
 from test_gpu import _hand_built_plan
 
 pytestmark = [pytest.mark.gpu, pytest.mark.triton]
@@ -83,7 +84,7 @@ def test_a_multi_hot_ensemble_on_gpu_instances_equals_the_cpu_one(tmp_path, star
     for name, kind in (("gpu", "KIND_GPU"), ("cpu", "KIND_CPU")):
         export_ensemble(plan, store, tmp_path / "scorer", repo, name, layout="per-column", max_batch_size=4096, transform_kind=kind,
                         lookup_kind=kind, scorer_kind=kind, multi_hot_combiner="sum",
-                        **({"gpu_cache_bytes": 1 << 20} if kind == "KIND_GPU" else {}))
+                        gpu_cache=GpuCacheOptions(1 << 20) if kind == "KIND_GPU" else None)
     n = 1500
     lengths = rng.integers(0, 9, n)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

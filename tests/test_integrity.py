@@ -175,12 +175,13 @@ def test_flipped_bytes_in_a_scorer_weight_are_refused(criteo_trained, tmp_path):
 def test_damaged_models_refuse_to_load_in_tritonserver_and_say_why(criteo_trained, criteo_persistent_store, tmp_path, start_server):
     """Plan, RocksDB store and scorer each damaged in an exported repository: each model is
     unavailable with a reason naming its damaged file; the server itself stays up."""
+    from embedding_cache import HostOptions
     from tritonrec.export import export_ensemble
 
     pipeline = criteo_trained["pipeline"]
     repo = tmp_path / "repo"
     export_ensemble(pipeline.plan, criteo_persistent_store, pipeline.scorer_dir, repo, "criteo", max_batch_size=64,
-                    host_budget_bytes=1 << 20)
+                    host=HostOptions(budget_bytes=1 << 20))
     manifest = json.loads((repo / "criteo_transform" / "1" / "plan" / "manifest.json").read_text())
     array = next(r["file"] for g in manifest["groups"] for s in g["steps"] for r in s["arrays"].values())
     flip(repo / "criteo_transform" / "1" / "plan" / array)

@@ -6,7 +6,6 @@ import io
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,9 +121,9 @@ def test_missing_rocksdb_directory_is_named(persistent_store):
 
 
 def test_a_build_without_rocksdb_refuses_such_stores(persistent_store, monkeypatch):
-    import embedding_cache.store as store_module
+    from embedding_cache import _core as core_module
 
-    monkeypatch.setattr(store_module._core, "has_rocksdb", False)
+    monkeypatch.setattr(core_module, "has_rocksdb", False)
     with pytest.raises(StoreFormatError, match=r"store.json: this store keeps its rows in RocksDB, but this build of embedding_cache has no RocksDB tier"):
         EmbeddingStore(persistent_store[0])
     with pytest.raises(RuntimeError, match="no RocksDB tier"):
@@ -198,7 +197,7 @@ def test_one_primary_and_any_number_of_secondaries_share_a_store(persistent_stor
                 s.erase("emb", keys[:1])
         with pytest.raises(PermissionError, match="catch_up is for a store opened with role='secondary'"):
             primary.catch_up()
-        log_dirs = [Path(s._secondary_dir.peek()[2][0]) for s in secondaries]  # (object, function, args, kwargs)
+        log_dirs = [s._tier.secondary_dir for s in secondaries]
         assert all(d.is_dir() for d in log_dirs)
         for s in secondaries:
             s.close()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from embedding_cache import HostOptions
 from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS
 from tritonrec.scorer.dlrm import predict
 from tritonrec.serving.client import pack_request
@@ -47,7 +48,7 @@ def test_transform_model_equals_the_plan_at_every_request_size(criteo_trained, l
 def test_lookup_model_equals_the_weights_at_every_request_size(criteo_trained, criteo_persistent_store, tier):
     pipeline = criteo_trained["pipeline"]
     tables = pipeline.plan.packed_outputs["int64"]
-    store, options = (pipeline.store_dir, {}) if tier == "host" else (criteo_persistent_store, {"host_budget_bytes": 64 << 10})
+    store, options = (pipeline.store_dir, {}) if tier == "host" else (criteo_persistent_store, {"host": HostOptions(budget_bytes=64 << 10)})
     ids = criteo_trained["ids"]
     weights = pipeline.model.table_weights()
     blocks = _blocks(len(ids))

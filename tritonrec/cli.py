@@ -148,7 +148,7 @@ def _export_transform(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from embedding_cache import StoreFormatError  # noqa: PLC0415
+    from embedding_cache import GpuCacheOptions, HostOptions, StoreFormatError  # noqa: PLC0415
     from tritonrec.export import ServedScorer, export_ensemble  # noqa: PLC0415
     from tritonrec.scorer.artifact import ScorerFormatError  # noqa: PLC0415
     from tritonrec.transform.compile import UnsupportedOpError  # noqa: PLC0415
@@ -165,18 +165,17 @@ def _export(args: argparse.Namespace) -> int:
             return 2
         scorer = ServedScorer(args.scorer_model, args.dense_input, args.embeddings_input, args.scorer_output, args.scorer_version)
     try:
+        gpu_cache = None
+        if args.gpu_cache_bytes:
+            gpu_cache = GpuCacheOptions(args.gpu_cache_bytes, args.gpu_cache_dtype, args.gpu_eviction, args.gpu_admission,
+                                        args.gpu_async_insert)
         model_dir = export_ensemble(
             args.workflow, args.store, scorer, args.repository, args.name,
             layout=args.layout, max_batch_size=args.max_batch_size, instance_count=args.instances,
-            host_budget_bytes=args.host_budget_bytes, missing_key_policy=args.missing_key_policy,
+            missing_key_policy=args.missing_key_policy, host=HostOptions(budget_bytes=args.host_budget_bytes),
             scorer_kind="KIND_GPU" if args.scorer_gpu else "KIND_CPU",
             transform_kind="KIND_GPU" if args.transform_gpu else "KIND_CPU",
-            lookup_kind="KIND_GPU" if args.gpu_cache_bytes else "KIND_CPU",
-            gpu_cache_bytes=args.gpu_cache_bytes,
-            gpu_eviction=args.gpu_eviction,
-            gpu_admission=args.gpu_admission,
-            gpu_cache_dtype=args.gpu_cache_dtype,
-            gpu_async_insert=args.gpu_async_insert,
+            lookup_kind="KIND_GPU" if gpu_cache else "KIND_CPU", gpu_cache=gpu_cache,
             multi_hot_combiner=args.multi_hot_combiner,
         )
     except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError) as e:

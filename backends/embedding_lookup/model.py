@@ -30,7 +30,7 @@ import time
 
 import triton_python_backend_utils as pb_utils
 
-from tritonrec.serving.config import ConfigError, check_declared_tensors, int_parameter, model_path, parameter, store_role
+from tritonrec.serving.config import ConfigError, check_declared_tensors, model_path, parameter, store_role, tier_options
 from tritonrec.serving.lists import list_layout_for
 from tritonrec.serving.lookup_model import LOAD_ERRORS, EmbeddingLookupModel, parse_multi_hot
 from tritonrec.serving.metrics import LookupMetrics
@@ -46,9 +46,7 @@ class TritonPythonModel:
         device = int(args["model_instance_device_id"]) if self.gpu else None
         try:
             store_dir = model_path(args, config, "store")
-            gpu_cache_bytes = int_parameter(config, "gpu_cache_bytes", None) if self.gpu else None
-            if self.gpu and gpu_cache_bytes is None:
-                raise ConfigError("KIND_GPU instances need the parameter 'gpu_cache_bytes' (device memory for the GPU cache)")
+            host, gpu_cache = tier_options(config, self.gpu)
             if not tables:
                 raise ConfigError("parameter 'tables' is empty: expected the table name of each ids column, comma-separated")
             max_batch_size = int(config.get("max_batch_size", 0))
@@ -59,14 +57,9 @@ class TritonPythonModel:
                 max_batch_size=max_batch_size,
                 missing=parameter(config, "missing_key_policy", "store"),
                 fingerprint=parameter(config, "plan_fingerprint") or None,
-                host_budget_bytes=int_parameter(config, "host_budget_bytes", None),
-                threads=int_parameter(config, "threads", None),
+                host=host,
                 device=device,
-                gpu_cache_bytes=gpu_cache_bytes,
-                gpu_eviction=parameter(config, "gpu_eviction", "lru"),
-                gpu_admission=parameter(config, "gpu_admission", "false").lower() == "true",
-                gpu_cache_dtype=parameter(config, "gpu_cache_dtype", "float32") or "float32",
-                gpu_async_insert=parameter(config, "gpu_async_insert", "false").lower() == "true",
+                gpu_cache=gpu_cache,
                 multi_hot=parse_multi_hot(parameter(config, "multi_hot", "")),
                 list_layout=list_layout_for(max_batch_size),
                 role=role,

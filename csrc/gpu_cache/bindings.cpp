@@ -15,6 +15,19 @@ namespace py = pybind11;
 namespace tritonrec {
 namespace {
 
+#if TRITONREC_HAS_CUDA
+// Runs a lookup with the GIL released; std::invalid_argument becomes ValueError.
+void find_async(const GpuCache& cache, const GpuCache::FindArgs& args, uintptr_t stream) {
+  py::gil_scoped_release release;
+  try {
+    cache.find_async(args, reinterpret_cast<cudaStream_t>(stream));
+  } catch (const std::invalid_argument& e) {
+    py::gil_scoped_acquire acquire;
+    throw py::value_error(e.what());
+  }
+}
+#endif
+
 Eviction parse_eviction(const std::string& name) {
   if (name == "lru") return Eviction::kLru;
   if (name == "lfu") return Eviction::kLfu;
@@ -105,13 +118,7 @@ Returns:
             args.miss_index = reinterpret_cast<int32_t*>(miss_index);
             args.miss_count = reinterpret_cast<int32_t*>(miss_count);
             args.tick = tick;
-            py::gil_scoped_release release;
-            try {
-              cache.find_async(args, reinterpret_cast<cudaStream_t>(stream));
-            } catch (const std::invalid_argument& e) {
-              py::gil_scoped_acquire acquire;
-              throw py::value_error(e.what());
-            }
+            find_async(cache, args, stream);
           },
           py::arg("keys"), py::arg("n"), py::arg("out"), py::arg("miss_index"), py::arg("miss_count"), py::arg("tick"),
           py::arg("stream"), py::arg("key_stride") = 1, py::arg("out_stride") = 0,
@@ -119,6 +126,32 @@ Returns:
           "Asynchronous on `stream`: keys device int64 (key i at keys[i * key_stride]) -> hits' rows in out (row i at "
           "out + i * out_stride elements of out_dtype; 0 = dim); misses' rows are left for the caller; miss_index "
           "device int32 (n,) gets their positions (first *miss_count, any order), miss_count a device int32 scalar.")
+      .def(
+          "find_column",
+          [](const GpuCache& cache, uintptr_t keys, int64_t n, int64_t columns, int64_t column, uintptr_t out,
+             uintptr_t miss_index, uintptr_t miss_counts, uint32_t tick, uintptr_t stream, GpuOutDtype out_dtype) {
+            if (columns < 1 || column < 0 || column >= columns) throw py::value_error("column: expected 0 <= column < columns");
+            if (n < 0) throw py::value_error("n: expected >= 0");
+            const int64_t dim = cache.dim();
+            const int64_t item = out_dtype == GpuOutDtype::kFloat16 ? 2 : 4;
+            GpuCache::FindArgs args;
+            args.keys = reinterpret_cast<const int64_t*>(keys) + column;
+            args.key_stride = columns;
+            args.n = n;
+            args.out = reinterpret_cast<void*>(out + static_cast<uintptr_t>(item * dim * column));
+            args.out_stride = columns * dim;
+            args.out_dtype = out_dtype;
+            args.miss_index = reinterpret_cast<int32_t*>(miss_index) + n * column;
+            args.miss_count = reinterpret_cast<int32_t*>(miss_counts) + column;
+            args.tick = tick;
+            find_async(cache, args, stream);
+          },
+          py::arg("keys"), py::arg("n"), py::arg("columns"), py::arg("column"), py::arg("out"), py::arg("miss_index"),
+          py::arg("miss_counts"), py::arg("tick"), py::arg("stream"), py::arg("out_dtype") = GpuOutDtype::kFloat32,
+          "find() of one column of a block, asynchronous on `stream`: keys device int64 (n, columns) C-contiguous, "
+          "column `column` looked up; hits' rows into out (n, columns, dim) of out_dtype, slot `column`; the misses' "
+          "positions into row `column` of miss_index device int32 (columns, n) and their count into "
+          "miss_counts[column] (device int32 (columns,)).")
       .def(
           "insert",
           [](GpuCache& cache, uintptr_t keys, uintptr_t rows, int64_t n, uint32_t tick, uintptr_t stream) {

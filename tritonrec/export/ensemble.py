@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from embedding_cache.options import GpuCacheOptions, HostOptions
 from tritonrec.export.checks import EnsembleColumns, ScorerWiring, ServedScorer, check_scorer, check_store, ensemble_columns
 from tritonrec.export.render import check_name, copy_tree, new_version, next_version, render_template, tensor_block
 from tritonrec.export.transform import check_instance_kind, export_transform, load_or_compile
@@ -26,6 +28,36 @@ def _optional(value: int | None) -> str:
     return "" if value is None else str(int(value))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """What :func:`export_ensemble` writes into the lookup's and the scorer's configurations."""
+
+    max_batch_size: int
+    instance_count: int
+    max_queue_delay_us: int
+    missing_key_policy: str
+    scorer_threads: int | None
+    scorer_kind: str
+    lookup_kind: str
+    host: HostOptions
+    gpu_cache: GpuCacheOptions | None
+
+    def check(self, name: str, layout: str) -> None:
+        """ValueError naming a bad option, model ``name`` or ``layout``."""
+        from tritonrec.serving.lookup_model import MISSING_CHOICES  # noqa: PLC0415
+
+        check_name(name)
+        check_name(f"{name}_transform")
+        check_layout("layout", layout)
+        if self.missing_key_policy not in MISSING_CHOICES:
+            raise ValueError(f"missing_key_policy {self.missing_key_policy!r}: expected one of {MISSING_CHOICES}")
+        check_instance_kind("scorer_kind", self.scorer_kind)
+        check_instance_kind("lookup_kind", self.lookup_kind)
+        if self.lookup_kind == "KIND_GPU" and self.gpu_cache is None:
+            raise ValueError("lookup_kind KIND_GPU needs gpu_cache_bytes: gpu_cache=GpuCacheOptions(cache_bytes=...), "
+                             "device memory for the GPU cache")
+
+
 def _lookup_specs(columns: EnsembleColumns) -> list[TensorSpec]:
     """The lookup's inputs: ``ids`` [n_single] INT64, and each list column's padded pair."""
     single = [TensorSpec("ids", np.dtype(np.int64), (len(columns.single),))] if columns.single else []
@@ -33,38 +65,35 @@ def _lookup_specs(columns: EnsembleColumns) -> list[TensorSpec]:
 
 
 def _write_lookup(repository: Path, name: str, store: Path, plan: TransformPlan, columns: EnsembleColumns, dim: int,
-                  options: Mapping[str, Any]) -> Path:
+                  options: _Options) -> Path:
     """Writes ``<name>_embeddings`` (a copy of the store); returns its new version directory."""
     model_dir = repository / f"{name}_embeddings"
-    kind = options["lookup_kind"]
+    kind = options.lookup_kind
     with new_version(model_dir) as version_dir:
         copy_tree(store, version_dir / "store")
         (model_dir / "config.pbtxt").write_text(render_template(
-            "embedding_lookup", name=model_dir.name, max_batch_size=options["max_batch_size"], n_tables=len(columns.tables),
+            "embedding_lookup", name=model_dir.name, max_batch_size=options.max_batch_size, n_tables=len(columns.tables),
             inputs=tensor_block("input", _lookup_specs(columns)), multi_hot=",".join(f"{c}:{columns.combiners[c]}" for c in columns.multi),
-            dim=dim, instance_count=options["instance_count"], max_queue_delay_us=options["max_queue_delay_us"], store="store",
-            tables=",".join(columns.tables), missing_key_policy=options["missing_key_policy"],
-            host_budget_bytes=_optional(options["host_budget_bytes"]), threads=_optional(options["lookup_threads"]),
-            fingerprint=plan.fingerprint, instance_kind=kind, gpu_cache_bytes=_optional(options["gpu_cache_bytes"]),
-            gpu_eviction=options["gpu_eviction"], gpu_admission="true" if options["gpu_admission"] else "false",
-            gpu_cache_dtype=options["gpu_cache_dtype"], gpu_async_insert="true" if options["gpu_async_insert"] else "false",
-            force_cpu_inputs="no" if kind == "KIND_GPU" else "yes",
+            dim=dim, instance_count=options.instance_count, max_queue_delay_us=options.max_queue_delay_us, store="store",
+            tables=",".join(columns.tables), missing_key_policy=options.missing_key_policy, fingerprint=plan.fingerprint,
+            instance_kind=kind, force_cpu_inputs="no" if kind == "KIND_GPU" else "yes",
+            **options.host.to_parameters(), **GpuCacheOptions.parameters_of(options.gpu_cache),
         ))
     return version_dir
 
 
 def _write_scorer(repository: Path, scorer: Path, wiring: ScorerWiring, plan: TransformPlan, columns: EnsembleColumns, dim: int,
-                  options: Mapping[str, Any]) -> Path:
+                  options: _Options) -> Path:
     """Writes ``wiring.model`` (torch_scorer, a copy of the scorer); returns its new version directory."""
     model_dir = repository / wiring.model
-    kind = options["scorer_kind"]
+    kind = options.scorer_kind
     with new_version(model_dir) as version_dir:
         copy_tree(scorer, version_dir / "scorer")
         (model_dir / "config.pbtxt").write_text(render_template(
-            "torch_scorer", name=wiring.model, max_batch_size=options["max_batch_size"], dense_input=wiring.dense_input,
+            "torch_scorer", name=wiring.model, max_batch_size=options.max_batch_size, dense_input=wiring.dense_input,
             embeddings_input=wiring.embeddings_input, output=wiring.output, n_dense=columns.n_dense, n_tables=len(columns.tables),
-            dim=dim, instance_count=options["instance_count"], instance_kind=kind, max_queue_delay_us=options["max_queue_delay_us"],
-            threads=_optional(options["scorer_threads"]), fingerprint=plan.fingerprint, force_cpu_inputs="no" if kind == "KIND_GPU" else "yes",
+            dim=dim, instance_count=options.instance_count, instance_kind=kind, max_queue_delay_us=options.max_queue_delay_us,
+            threads=_optional(options.scorer_threads), fingerprint=plan.fingerprint, force_cpu_inputs="no" if kind == "KIND_GPU" else "yes",
         ))
     return version_dir
 
@@ -95,20 +124,6 @@ def _write_ensemble(repository: Path, name: str, plan: TransformPlan, columns: E
     return model_dir
 
 
-def _check_options(name: str, layout: str, options: Mapping[str, Any]) -> None:
-    from tritonrec.serving.lookup_model import MISSING_CHOICES  # noqa: PLC0415
-
-    check_name(name)
-    check_name(f"{name}_transform")
-    check_layout("layout", layout)
-    if options["missing_key_policy"] not in MISSING_CHOICES:
-        raise ValueError(f"missing_key_policy {options['missing_key_policy']!r}: expected one of {MISSING_CHOICES}")
-    check_instance_kind("scorer_kind", options["scorer_kind"])
-    check_instance_kind("lookup_kind", options["lookup_kind"])
-    if options["lookup_kind"] == "KIND_GPU" and (options["gpu_cache_bytes"] is None or options["gpu_cache_bytes"] < 1):
-        raise ValueError("lookup_kind KIND_GPU needs gpu_cache_bytes >= 1 (device memory for the GPU cache)")
-
-
 def export_ensemble(
     workflow: Any,
     store: str | os.PathLike[str],
@@ -120,36 +135,31 @@ def export_ensemble(
     max_batch_size: int = 16384,
     instance_count: int = 1,
     max_queue_delay_us: int = 0,
-    host_budget_bytes: int | None = None,
     missing_key_policy: str = "store",
-    lookup_threads: int | None = None,
     scorer_threads: int | None = None,
     scorer_kind: str = "KIND_CPU",
     lookup_kind: str = "KIND_CPU",
     transform_kind: str = "KIND_CPU",
-    gpu_cache_bytes: int | None = None,
-    gpu_eviction: str = "lru",
-    gpu_admission: bool = False,
-    gpu_cache_dtype: str = "float32",
-    gpu_async_insert: bool = False,
+    host: HostOptions | None = None,
+    gpu_cache: GpuCacheOptions | None = None,
     multi_hot_combiner: str | Mapping[str, str] = "mean",
 ) -> Path:
     """Writes transform -> embedding lookup -> scorer as one Triton ensemble; returns its directory.
 
-    Models written (each under a new version directory N+1; the ensemble pins those versions):
-    ``<name>_transform`` (nvtabular_transform; ``layout`` inputs, packed outputs ``OUTPUT_INT64``
-    ids [batch, n_tables] and ``OUTPUT_FP32`` dense [batch, n_dense]), ``<name>_embeddings``
-    (embedding_lookup; a copy of ``store``, whose tables are the plan's categorical outputs,
-    recording the plan's fingerprint and table sizes), ``<name>_scorer`` (torch_scorer; a copy of
-    the ``scorer`` directory; not written for a :class:`ServedScorer` already in ``repository``),
-    and ``<name>`` (the ensemble: the transform's inputs in -> ``probability`` FP32 [batch, 1]).
-    ``workflow``: a fitted workflow, its directory, a :class:`TransformPlan` or a plan directory.
-    ``host_budget_bytes``: host memory for a store with a RocksDB tier (None: all rows in memory);
-    ``missing_key_policy``: ``store``, ``zeros`` or ``error``. ``*_kind``: ``KIND_CPU`` or
-    ``KIND_GPU`` instances; GPU lookups cache hot rows in ``gpu_cache_bytes`` of device memory
-    (``gpu_eviction`` lru/lfu, ``gpu_admission``, ``gpu_cache_dtype``, ``gpu_async_insert``).
-    ``multi_hot_combiner``: ``sum`` or ``mean`` of a list (multi-hot) column's vectors, one for
-    all or per column; list columns reach the lookup as ``<col>__values`` + ``<col>__lengths``.
+    Models written (each under a new version N+1, pinned by the ensemble): ``<name>_transform``
+    (nvtabular_transform; ``layout`` inputs, packed outputs ``OUTPUT_INT64`` ids [batch, n_tables]
+    and ``OUTPUT_FP32`` dense [batch, n_dense]), ``<name>_embeddings`` (embedding_lookup; a copy of
+    ``store``, whose tables are the plan's categorical outputs, recording the plan's fingerprint and
+    table sizes), ``<name>_scorer`` (torch_scorer; a copy of the ``scorer`` directory; not written
+    for a :class:`ServedScorer` already in ``repository``), and ``<name>`` (the ensemble: the
+    transform's inputs in -> ``probability`` FP32 [batch, 1]). ``workflow``: a fitted workflow, its
+    directory, a :class:`TransformPlan` or a plan directory. ``missing_key_policy``: ``store``,
+    ``zeros`` or ``error``. ``*_kind``: ``KIND_CPU`` or ``KIND_GPU`` instances. ``host``: the
+    lookup's :class:`HostOptions` (lookup threads; a host memory budget for a store with a RocksDB
+    tier; default: every row in memory). ``gpu_cache``: the :class:`GpuCacheOptions` of ``KIND_GPU``
+    lookups (device memory, dtype, eviction, admission, async inserts). ``multi_hot_combiner``:
+    ``sum`` or ``mean`` of a list (multi-hot) column's vectors, one for all or per column; list
+    columns reach the lookup as ``<col>__values`` + ``<col>__lengths``.
 
     Raises:
         FingerprintMismatchError: the store or scorer was trained against another plan (names both).
@@ -159,13 +169,9 @@ def export_ensemble(
     """
     from tritonrec.serving.lookup_model import COMBINERS  # noqa: PLC0415
 
-    options = dict(
-        max_batch_size=max_batch_size, instance_count=instance_count, max_queue_delay_us=max_queue_delay_us,
-        host_budget_bytes=host_budget_bytes, missing_key_policy=missing_key_policy, lookup_threads=lookup_threads,
-        scorer_threads=scorer_threads, scorer_kind=scorer_kind, lookup_kind=lookup_kind, gpu_cache_bytes=gpu_cache_bytes,
-        gpu_eviction=gpu_eviction, gpu_admission=gpu_admission, gpu_cache_dtype=gpu_cache_dtype, gpu_async_insert=gpu_async_insert,
-    )
-    _check_options(name, layout, options)
+    options = _Options(max_batch_size, instance_count, max_queue_delay_us, missing_key_policy, scorer_threads, scorer_kind,
+                       lookup_kind, host or HostOptions(), gpu_cache)
+    options.check(name, layout)
     repository, plan = Path(repository), load_or_compile(workflow)
     columns = ensemble_columns(plan, multi_hot_combiner, COMBINERS)
     dim = check_store(store, plan, columns)
@@ -176,14 +182,22 @@ def export_ensemble(
         plan, repository, f"{name}_transform", layout=layout, max_batch_size=max_batch_size, instance_count=instance_count,
         max_queue_delay_us=max_queue_delay_us, output_layout="packed", instance_kind=transform_kind,
     )
-    written = [transform_dir / str(next_version(transform_dir) - 1)]
+    return _write_steps(repository, name, Path(store), scorer, plan, columns, wiring, dim, layout, options,
+                        transform_dir / str(next_version(transform_dir) - 1))
+
+
+def _write_steps(repository: Path, name: str, store: Path, scorer: Any, plan: TransformPlan, columns: EnsembleColumns,
+                 wiring: ScorerWiring, dim: int, layout: str, options: _Options, transform_version: Path) -> Path:
+    """Writes the lookup, the scorer (unless served already) and the ensemble after the transform's
+    ``transform_version``; on any failure removes every version directory it and the transform wrote."""
+    written = [transform_version]
     try:
-        written.append(_write_lookup(repository, name, Path(store), plan, columns, dim, options))
+        written.append(_write_lookup(repository, name, store, plan, columns, dim, options))
         if wiring.version is None:
             written.append(_write_scorer(repository, Path(scorer), wiring, plan, columns, dim, options))
         versions = {"transform": int(written[0].name), "embeddings": int(written[1].name),
                     "scorer": int(written[2].name) if wiring.version is None else wiring.version}
-        return _write_ensemble(repository, name, plan, columns, wiring, versions, layout, max_batch_size)
+        return _write_ensemble(repository, name, plan, columns, wiring, versions, layout, options.max_batch_size)
     except BaseException:
         for version_dir in written:
             shutil.rmtree(version_dir, ignore_errors=True)

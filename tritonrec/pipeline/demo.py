@@ -118,7 +118,8 @@ def _export(options: DemoOptions, pipeline: Any, repository: Path, persistent: b
     if persistent:
         _, tables = embedding_cache.read_store_info(pipeline.store_dir)
         budget = max(1, int(options.host_budget * sum(t.rows * t.dim * 4 for t in tables)))
-    export_ensemble(pipeline.plan, pipeline.store_dir, pipeline.scorer_dir, repository, ENSEMBLE, layout="packed", host_budget_bytes=budget)
+    export_ensemble(pipeline.plan, pipeline.store_dir, pipeline.scorer_dir, repository, ENSEMBLE, layout="packed",
+                    host=embedding_cache.HostOptions(budget_bytes=budget))
     return budget
 
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from embedding_cache.options import GpuCacheOptions, HostOptions, OptionsError
+
 
 class ConfigError(ValueError):
     """A config.pbtxt that does not fit the model; the message names the field and the value."""
@@ -103,3 +105,18 @@ def store_role(config: Mapping[str, Any], instance_name: str) -> str:
     groups = config.get("instance_group") or [{}]
     first = f"{groups[0].get('name', config.get('name', ''))}_0"
     return "primary" if role == "primary" and instance_name == first else "secondary"
+
+
+def tier_options(config: Mapping[str, Any], gpu: bool) -> tuple[HostOptions, GpuCacheOptions | None]:
+    """The store tiers' options from a lookup model's parameters (see
+    :meth:`HostOptions.to_parameters`, :meth:`GpuCacheOptions.to_parameters`); the GPU cache's
+    only for a ``gpu`` instance, which needs ``gpu_cache_bytes``. ConfigError naming a bad parameter."""
+    strings = {key: parameter(config, key) for key in config.get("parameters", {})}
+    try:
+        host = HostOptions.from_parameters(strings)
+        gpu_cache = GpuCacheOptions.from_parameters(strings) if gpu else None
+    except OptionsError as e:
+        raise ConfigError(str(e)) from None
+    if gpu and gpu_cache is None:
+        raise ConfigError("KIND_GPU instances need the parameter 'gpu_cache_bytes' (device memory for the GPU cache)")
+    return host, gpu_cache

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from embedding_cache import HostOptions
 from tritonrec.serving.canary import first_difference
 from tritonrec.serving.client import json_inputs, json_outputs, pack_request
 from tritonrec.serving.dtypes import numpy_dtype, wire_dtype
@@ -581,7 +582,8 @@ class InProcessEnsemble:
         self.transform = TransformModel.from_directory(folders[f"{name}_transform"][0] / "plan", "packed", 0, "packed")
         lookup_dir, lookup_config = folders[f"{name}_embeddings"]
         tables = [t for t in _parameter(lookup_config, "tables").split(",") if t]
-        self.lookup = EmbeddingLookupModel.open(lookup_dir / "store", tables, missing=_parameter(lookup_config, "missing_key_policy") or "store", threads=1)
+        self.lookup = EmbeddingLookupModel.open(lookup_dir / "store", tables, missing=_parameter(lookup_config, "missing_key_policy") or "store",
+                                                host=HostOptions(threads=1))
         self.scorer = TorchScorerModel(folders[f"{name}_scorer"][0] / "scorer", "cpu", 0, threads=1)
         self.dense_name, self.embeddings_name = (s.name for s in self.scorer.inputs)
 

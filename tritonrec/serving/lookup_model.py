@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding_cache import EmbeddingStore, MissingPolicy, StoreFormatError, absent_keys_message
+from embedding_cache import EmbeddingStore, GpuCacheOptions, HostOptions, MissingPolicy, StoreFormatError, absent_keys_message
 from tritonrec.serving.config import ConfigError
 from tritonrec.serving.dtypes import wire_dtype
 from tritonrec.serving.fingerprint import FingerprintMismatchError, check_fingerprint
@@ -120,27 +120,19 @@ class EmbeddingLookupModel:
         max_batch_size: int = 0,
         missing: str = "store",
         fingerprint: str | None = None,
-        host_budget_bytes: int | None = None,
-        threads: int | None = None,
+        host: HostOptions | None = None,
         device: int | None = None,
-        gpu_cache_bytes: int | None = None,
-        gpu_eviction: str = "lru",
-        gpu_admission: bool = False,
-        gpu_cache_dtype: str = "float32",
-        gpu_async_insert: bool = False,
+        gpu_cache: GpuCacheOptions | None = None,
         multi_hot: Mapping[str, str] | None = None,
         list_layout: str = "padded",
         role: str = "secondary",
     ) -> EmbeddingLookupModel:
         """Opens the store at ``store_path`` (see :class:`EmbeddingStore` for its errors, the
-        GPU tier's options and ``role``; every file verified) and wraps it. With ``device``, ids
-        on that GPU are looked up there. Serving only reads: by default the store's RocksDB tier
+        tiers' options ``host`` and ``gpu_cache``, and ``role``; every file verified) and wraps it.
+        With ``device`` (and ``gpu_cache``), ids on that GPU are looked up there. Serving only reads: by default the store's RocksDB tier
         is opened as a read-only secondary, so any number of models and instances share it."""
         store = EmbeddingStore(
-            Path(store_path), role=role, host_budget_bytes=host_budget_bytes, threads=threads, device=device,
-            gpu_cache_bytes=gpu_cache_bytes, gpu_eviction=gpu_eviction, gpu_admission=gpu_admission,
-            gpu_cache_dtype=gpu_cache_dtype, gpu_async_insert=gpu_async_insert,
-        )
+            Path(store_path), role=role, device=device, host=host or HostOptions(), gpu_cache=gpu_cache)
         try:
             return cls(store, tables, max_batch_size, missing, fingerprint, multi_hot, list_layout)
         except BaseException:
