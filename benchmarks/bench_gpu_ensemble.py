@@ -33,8 +33,8 @@ N_DENSE, N_TABLES = 13, 26
 def build_plan(rows: int, seed: int = 0):
     """A Criteo-shaped TransformPlan and each table's vocabulary keys (int64 (rows,) per table)."""
     from tritonrec.transform._table import KeyTable
+    from tritonrec.transform.ops import Categorify, Clip, FillMissing, LogOp, Normalize
     from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
-    from tritonrec.transform.steps import Categorify, Clip, FillMissing, LogOp, Normalize
 
     rng = np.random.default_rng(seed)
     vocab = [rng.choice(2**62, size=rows, replace=False).astype(np.int64) for _ in range(N_TABLES)]
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     from tritonrec.export import export_ensemble
     from tritonrec.scorer.dlrm import DLRM, DLRMConfig, predict, save_dlrm
     from tritonrec.serving.client import infer_http, scrape_metrics
-    from tritonrec.serving.server import TritonServer
     from tritonrec.serving.client import pack_request
+    from tritonrec.serving.server import TritonServer
     from tritonrec.serving.transform_model import TransformModel
 
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-ensemble-"))

@@ -28,8 +28,8 @@ from common import header, write_section  # noqa: E402
 def ops_plan(rows: int, seed: int):
     """The numeric-op plan and (rows,) host input columns for it."""
     from tritonrec.transform._table import KeyTable
+    from tritonrec.transform.ops import Bucketize, FillMissing, HashBucket, HashedCross, NormalizeMinMax, TargetEncode
     from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
-    from tritonrec.transform.steps import Bucketize, FillMissing, HashBucket, HashedCross, NormalizeMinMax, TargetEncode
 
     groups = [
         PlanGroup(["x", "y"], ["x", "y"], np.dtype(np.float32),

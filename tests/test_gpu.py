@@ -9,10 +9,10 @@ import pytest
 import embedding_cache
 from embedding_cache import GpuCacheOptions
 from tritonrec.transform._table import KeyTable
-from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
-from tritonrec.transform.steps import (
+from tritonrec.transform.ops import (
     Bucketize, Categorify, Clip, FillMissing, HashBucket, HashedCross, LogOp, Normalize, NormalizeMinMax, TargetEncode,
 )
+from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
 
 pytestmark = pytest.mark.gpu
 
@@ -102,8 +102,8 @@ def test_cupy_plan_equals_numpy_plan_for_minmax_buckets_and_hashes(rows):
 def test_torch_scorer_on_the_gpu_equals_the_cpu(tmp_path):
     torch = pytest.importorskip("torch")
     from tritonrec.scorer.artifact import ScorerInfo, save_scorer
-    from tritonrec.serving.scorer_model import TorchScorerModel
     from tritonrec.scorer.dlrm import DLRM
+    from tritonrec.serving.scorer_model import TorchScorerModel
 
     torch.manual_seed(0)
     model = DLRM(13, [10] * 26)
@@ -133,10 +133,10 @@ def test_cupy_plan_equals_numpy_plan_for_list_columns(rows):
     """List columns (Categorify, ListSlice with and without padding) on cupy equal the numpy plan,
     in the plan and through the transform model in both list conventions."""
     cupy = pytest.importorskip("cupy")
-    from tritonrec.transform.plan import ListColumn
     from tritonrec.serving.client import pack_request
     from tritonrec.serving.transform_model import TransformModel
-    from tritonrec.transform.steps import ListSlice
+    from tritonrec.transform.ops import ListSlice
+    from tritonrec.transform.plan import ListColumn
 
     vocab = np.arange(0, 4000, 2, dtype=np.int64)
     table = KeyTable.build(np.zeros(vocab.size, dtype=np.int64), vocab, np.arange(3, 3 + vocab.size, dtype=np.int64))
@@ -178,9 +178,9 @@ def test_cupy_plan_equals_numpy_plan_for_list_columns(rows):
 def test_multi_hot_lookup_on_the_gpu_equals_the_host(tmp_path, list_layout, max_batch_size):
     cupy = pytest.importorskip("cupy")
     from embedding_cache import build_store
+    from tritonrec.serving.lists import list_to_padded
     from tritonrec.serving.lookup_model import EmbeddingLookupModel
     from tritonrec.transform.plan import ListColumn
-    from tritonrec.serving.lists import list_to_padded
 
     rng = np.random.default_rng(0)
     store = build_store(tmp_path / "s", {t: (np.arange(5000), rng.normal(size=(5000, 16)).astype(np.float32)) for t in ("user", "tags")})
@@ -258,7 +258,7 @@ def test_staged_crosses_on_the_gpu_equal_the_numpy_plan():
     """A HashedCross of a string column and Categorify codes (hidden per-column hashes, then XOR):
     the cupy plan (the string hashes made on the host) equals the numpy plan, by columns and packed."""
     cupy = pytest.importorskip("cupy")
-    from tritonrec.transform.steps import IndexedHash, XorBuckets
+    from tritonrec.transform.ops import IndexedHash, XorBuckets
 
     vocab = np.arange(0, 900, 3, dtype=np.int64)
     ints = KeyTable.build(np.zeros(vocab.size, dtype=np.int64), vocab, np.arange(3, 3 + vocab.size, dtype=np.int64))

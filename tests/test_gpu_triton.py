@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.triton]
 @pytest.mark.parametrize("layout", ["per-column", "packed"])
 def test_the_transform_on_a_gpu_instance_equals_the_numpy_plan(tmp_path, start_server, layout):
     pytest.importorskip("cupy")
-    from tritonrec.serving.client import infer_http
     from tritonrec.export import export_transform
+    from tritonrec.serving.client import infer_http
     from tritonrec.serving.client import pack_request, unpack_response
     from tritonrec.serving.transform_model import TransformModel
 
@@ -52,15 +52,15 @@ def test_a_multi_hot_ensemble_on_gpu_instances_equals_the_cpu_one(tmp_path, star
     pytest.importorskip("cupy")
     torch = pytest.importorskip("torch")
     from embedding_cache import build_store
-    from tritonrec.serving.client import infer_http
     from tritonrec.export import export_ensemble
     from tritonrec.scorer.artifact import ScorerInfo, save_scorer
     from tritonrec.scorer.dlrm import DLRMDense
-    from tritonrec.transform._table import KeyTable
-    from tritonrec.transform.plan import ColumnSpec, ListColumn, PlanGroup, TransformPlan
+    from tritonrec.serving.client import infer_http
     from tritonrec.serving.client import pack_request
     from tritonrec.serving.transform_model import TransformModel
-    from tritonrec.transform.steps import Categorify, ListSlice, LogOp
+    from tritonrec.transform._table import KeyTable
+    from tritonrec.transform.ops import Categorify, ListSlice, LogOp
+    from tritonrec.transform.plan import ColumnSpec, ListColumn, PlanGroup, TransformPlan
 
     vocab = np.arange(0, 600, 3, dtype=np.int64)
     table = KeyTable.build(np.zeros(vocab.size, dtype=np.int64), vocab, np.arange(3, 3 + vocab.size, dtype=np.int64))

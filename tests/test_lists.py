@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tritonrec.transform import TransformPlan, compile_workflow
-from tritonrec.transform.compile import UnsupportedOpError
-from tritonrec.transform.plan import ListColumn
 from tritonrec.serving.client import pack_request, unpack_response
 from tritonrec.serving.requests import RequestError
 from tritonrec.serving.transform_model import TransformModel
-from tritonrec.transform.steps import ListSlice
+from tritonrec.transform import TransformPlan, compile_workflow
+from tritonrec.transform.compile import UnsupportedOpError
+from tritonrec.transform.ops import ListSlice
+from tritonrec.transform.plan import ListColumn
 
 
 def to_list_column(rows: list[list[int]], dtype=np.int64) -> ListColumn:
@@ -280,7 +280,7 @@ class _NotNumpy:
 @settings(max_examples=100, deadline=None)
 @given(lengths=st.lists(st.integers(0, 6), max_size=30), start=st.integers(-5, 5), end=st.integers(-5, 5), pad=st.booleans())
 def test_the_array_module_path_without_numpy_specials(lengths, start, end, pad):
-    from tritonrec.transform.steps import row_of_each_value
+    from tritonrec.transform.ops import row_of_each_value
 
     counts = np.array(lengths, dtype=np.int64)
     np.testing.assert_array_equal(row_of_each_value(counts, _NotNumpy()), np.repeat(np.arange(counts.size), counts))

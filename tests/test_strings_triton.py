@@ -9,8 +9,8 @@ import pytest
 
 from tritonrec import _native
 from tritonrec.transform._table import KeyTable
+from tritonrec.transform.ops import Categorify
 from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
-from tritonrec.transform.steps import Categorify
 
 pytestmark = pytest.mark.triton
 VOCAB = [np.array([f"u{i}" for i in range(500)], dtype=object), np.array(["", "é", "日本", "x" * 200, "b"], dtype=object)]
@@ -27,8 +27,8 @@ def _plan() -> TransformPlan:
 
 
 def test_hand_built_string_plan(tmp_path, start_server):
-    from tritonrec.serving.client import infer_http
     from tritonrec.export import export_transform
+    from tritonrec.serving.client import infer_http
 
     plan = _plan()
     rng = np.random.default_rng(0)

@@ -1,10 +1,8 @@
 """TransformPlan: a fitted NVTabular workflow compiled to vectorised array code.
 
-A plan is a directory: ``manifest.json`` (schemas, steps, parameters, fingerprint, each array
-file's size and SHA-256, sealed by its own SHA-256) and ``arrays/`` (one ``.npy`` file per large
-parameter, e.g. a vocabulary's hash table), all verified at load. Running it needs numpy
-(cupy on a GPU) and, for the fastest categorical lookups on the CPU, tritonrec's own compiled core;
-nvtabular, dask and pandas are needed only to compile it.
+A plan is a directory (written and read by :mod:`tritonrec.transform.plan_io`). Running it needs
+numpy (cupy on a GPU) and, for the fastest categorical lookups on the CPU, tritonrec's own compiled
+core; nvtabular, dask and pandas are needed only to compile it.
 
 Columns that go through the same chain of ops run together as one *group*: the group's values are
 one (n, k) array and each op is one array operation over all k columns.
@@ -13,8 +11,6 @@ one (n, k) array and each op is one array operation over all k columns.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,14 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
-from tritonrec.transform.steps import BadValueError, Categorify, IncompatibleStepError, Step, row_of_each_value, step_from_manifest
-
-PLAN_FORMAT_VERSION = 2  # 2: every array file's size and SHA-256, a sealed manifest
-"""Version of the plan directory layout; a plan of another version is refused at load."""
-SUPPORTED_NVTABULAR_VERSIONS = ("23.08.00",)
-"""NVTabular releases whose transform semantics the steps reproduce."""
-MANIFEST = "manifest.json"
+from tritonrec.transform.ops import BadValueError, Categorify, Step, row_of_each_value
 
 
 class PlanLoadError(OSError):
@@ -173,27 +162,6 @@ def missing_and_extra(given: Mapping[str, Any], expected: Sequence[str]) -> tupl
     return [name for name in expected if name not in given], sorted(set(given) - set(expected))
 
 
-def _sha256_array(array: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-
-def _load_arrays(root: Path, refs: Mapping[str, Mapping[str, Any]], manifest_path: Path) -> dict[str, np.ndarray]:
-    """A step's arrays (name -> host array) from the .npy files its manifest entry lists."""
-    arrays = {}
-    for name, ref in refs.items():
-        file = root / ref["file"]
-        try:
-            arrays[name] = np.load(file, allow_pickle=False)
-        except FileNotFoundError:
-            raise PlanLoadError(f"{file}: missing (listed in {manifest_path})") from None
-        except (ValueError, OSError, EOFError) as e:
-            raise PlanLoadError(f"{file}: damaged array file ({e})") from None
-    return arrays
-
 class TransformPlan:
     """A compiled workflow: runs ``nvtabular.Workflow.transform``'s arithmetic on numpy arrays.
 
@@ -299,18 +267,10 @@ class TransformPlan:
                     found[name] = ranges
         return {c.name: found[c.name] for c in self.output_schema if c.name in found}
 
-    # ------------------------------------------------------------------------------ fingerprint
     def _compute_fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        digest.update(f"nvtabular={self.nvtabular_version}\n".encode())
-        for group in self.groups:
-            digest.update(json.dumps([group.inputs, group.outputs, group.input_dtype.name, *(["list"] if group.is_list else [])]).encode())
-            for step in group.steps:
-                digest.update(json.dumps([step.kind, step.params()], sort_keys=True).encode())
-                for name, array in sorted(step.arrays().items()):
-                    digest.update(name.encode())
-                    digest.update(_sha256_array(array).encode())
-        return digest.hexdigest()[:32]
+        from tritonrec.transform.plan_io import fingerprint  # noqa: PLC0415 - plan_io builds plans
+
+        return fingerprint(self.nvtabular_version, self.groups)
 
     # ---------------------------------------------------------------------------------- running
     def _row_index(self, n: int, row_index: Any | None) -> Any:
@@ -474,35 +434,11 @@ class TransformPlan:
         return TransformPlan(self.input_schema, self.output_schema, groups, self.nvtabular_version, xp, self.fingerprint, self.hidden_schema)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Writes the plan to directory ``path`` (created; existing plan files are replaced)."""
-        root = Path(path)
-        (root / "arrays").mkdir(parents=True, exist_ok=True)
-        groups_json = []
-        for gi, group in enumerate(self.groups):
-            steps_json = []
-            for si, step in enumerate(group.steps):
-                files = {}
-                for name, array in step.arrays().items():
-                    rel = f"arrays/g{gi}_s{si}_{name}.npy"
-                    np.save(root / rel, np.asarray(array), allow_pickle=False)
-                    files[name] = file_entry(root, rel)
-                steps_json.append({"kind": step.kind, "params": step.params(), "arrays": files})
-            groups_json.append(
-                {"inputs": group.inputs, "outputs": group.outputs, "input_dtype": group.input_dtype.name, "steps": steps_json,
-                 **({"list": True} if group.is_list else {})}
-            )
-        manifest = {
-            "format": "tritonrec.transform_plan",
-            "format_version": PLAN_FORMAT_VERSION,
-            "nvtabular_version": self.nvtabular_version,
-            "fingerprint": self.fingerprint,
-            "input_schema": [c.to_json() for c in self.input_schema],
-            "output_schema": [c.to_json() for c in self.output_schema],
-            **({"hidden_schema": [c.to_json() for c in self.hidden_schema]} if self.hidden_schema else {}),
-            "groups": groups_json,
-        }
-        write_manifest(root / MANIFEST, manifest)
-        return root
+        """Writes the plan to directory ``path`` (created; existing plan files are replaced); see
+        :mod:`tritonrec.transform.plan_io` for the layout."""
+        from tritonrec.transform.plan_io import save_plan  # noqa: PLC0415 - plan_io builds plans
+
+        return save_plan(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], verify: bool = True) -> TransformPlan:
@@ -518,49 +454,9 @@ class TransformPlan:
                 recorded and the found checksum), an edited manifest, another format version, an
                 unsupported NVTabular version, or a fingerprint mismatch.
         """
-        root = Path(path)
-        manifest_path, manifest = read_sealed_manifest(root, MANIFEST, ManifestKind(
-            "tritonrec.transform_plan", PLAN_FORMAT_VERSION, "transform plan", "a transform plan", "tritonrec", "re-export the plan",
-            PlanLoadError))
-        try:
-            if verify:
-                verify_files(root, [ref for g in manifest["groups"] for st in g["steps"] for ref in st["arrays"].values()], manifest_path)
-        except IntegrityError as e:
-            raise PlanLoadError(str(e)) from None
-        except (KeyError, TypeError, AttributeError) as e:
-            raise PlanLoadError(f"{manifest_path}: damaged manifest ({type(e).__name__}: {e})") from None
-        version = manifest.get("nvtabular_version")
-        if version not in SUPPORTED_NVTABULAR_VERSIONS:
-            raise PlanLoadError(
-                f"{manifest_path}: plan compiled for nvtabular {version!r}; this tritonrec reproduces "
-                f"nvtabular {', '.join(SUPPORTED_NVTABULAR_VERSIONS)} only"
-            )
-        try:
-            groups = []
-            for g in manifest["groups"]:
-                steps = []
-                for s in g["steps"]:
-                    steps.append(step_from_manifest(s["kind"], s["params"], _load_arrays(root, s["arrays"], manifest_path)))
-                groups.append(PlanGroup(list(g["inputs"]), list(g["outputs"]), np.dtype(g["input_dtype"]), steps, bool(g.get("list", False))))
-            plan = cls(
-                [ColumnSpec.from_json(c) for c in manifest["input_schema"]],
-                [ColumnSpec.from_json(c) for c in manifest["output_schema"]],
-                groups,
-                version,
-                hidden_schema=[ColumnSpec.from_json(c) for c in manifest.get("hidden_schema", [])],
-            )
-        except PlanLoadError:
-            raise
-        except IncompatibleStepError as e:
-            raise PlanLoadError(f"{manifest_path}: {e}") from None
-        except (KeyError, TypeError, ValueError) as e:
-            raise PlanLoadError(f"{manifest_path}: damaged manifest ({type(e).__name__}: {e})") from None
-        if plan.fingerprint != manifest.get("fingerprint"):
-            raise PlanLoadError(
-                f"{manifest_path}: fingerprint {manifest.get('fingerprint')!r} does not match the "
-                f"plan's contents ({plan.fingerprint}): the plan was altered"
-            )
-        return plan
+        from tritonrec.transform.plan_io import load_plan  # noqa: PLC0415 - plan_io builds plans
+
+        return load_plan(path, verify)
 
     def __repr__(self) -> str:
         return (
