@@ -6,11 +6,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define TRITONREC_HD __host__ __device__ __forceinline__
-#else
-#define TRITONREC_HD inline
-#endif
+#include "common/mix.hpp"  // mix64, TRITONREC_HD
 
 namespace tritonrec {
 
@@ -22,16 +18,6 @@ enum class Eviction : int32_t {
 
 /// Empty slot marker of a key array (no valid key equals it).
 constexpr int64_t kEmptyKey = INT64_MIN;
-
-/// 64-bit mix (splitmix64 finaliser): set selection and the sketch's hashes.
-TRITONREC_HD uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
 
 /// The set a key lives in, among `sets` sets.
 TRITONREC_HD int64_t set_of(int64_t key, int64_t sets) {

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "common/mix.hpp"
 #include "host_store/detail/half.hpp"
 
 namespace tritonrec {
@@ -32,19 +33,8 @@ HostTable::HostTable(const HostTableOptions& options)
   }
 }
 
-namespace {
-inline uint64_t mix(uint64_t h) noexcept {
-  h ^= h >> 33;
-  h *= 0xFF51AFD7ED558CCDull;
-  h ^= h >> 33;
-  h *= 0xC4CEB9FE1A85EC53ull;
-  h ^= h >> 33;
-  return h;
-}
-}  // namespace
-
 void HostTable::count_access(int64_t key) const noexcept {
-  const uint64_t h = mix(static_cast<uint64_t>(key));
+  const uint64_t h = mix64(static_cast<uint64_t>(key));
   for (int d = 0; d < 4; ++d) {
     auto& counter = sketch_[static_cast<size_t>(d * sketch_width_ + ((h >> (16 * d)) & static_cast<uint64_t>(sketch_width_ - 1)))];
     if (counter.load(std::memory_order_relaxed) < 0xFFFF) counter.fetch_add(1, std::memory_order_relaxed);
@@ -53,7 +43,7 @@ void HostTable::count_access(int64_t key) const noexcept {
 }
 
 uint32_t HostTable::frequency(int64_t key) const noexcept {
-  const uint64_t h = mix(static_cast<uint64_t>(key));
+  const uint64_t h = mix64(static_cast<uint64_t>(key));
   uint32_t least = 0xFFFF;
   for (int d = 0; d < 4; ++d) {
     const auto& counter = sketch_[static_cast<size_t>(d * sketch_width_ + ((h >> (16 * d)) & static_cast<uint64_t>(sketch_width_ - 1)))];

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "gpu_cache/policy.hpp"  // mix64: the splitmix64 finaliser pandas applies too
+#include "common/mix.hpp"  // mix64: the splitmix64 finaliser pandas applies too
 
 namespace tritonrec {
 namespace {
