@@ -19,14 +19,19 @@ class OptionsError(ValueError):
     """An option or ``config.pbtxt`` parameter with a bad value; the message names it."""
 
 
-def _int_or_none(parameters: Mapping[str, str], key: str) -> int | None:
-    text = parameters.get(key, "")
+def int_or_none(text: str, key: str) -> int | None:
+    """The integer of a ``config.pbtxt`` string parameter ``key``; None for ``""``; OptionsError
+    naming the parameter for anything else that is not an integer."""
     if not text:
         return None
     try:
         return int(text)
     except ValueError:
         raise OptionsError(f"parameter {key!r} is {text!r}: expected an integer") from None
+
+
+def _int_or_none(parameters: Mapping[str, str], key: str) -> int | None:
+    return int_or_none(parameters.get(key, ""), key)
 
 
 def _flag(parameters: Mapping[str, str], key: str) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from embedding_cache.options import GpuCacheOptions, HostOptions, OptionsError
+from embedding_cache.options import GpuCacheOptions, HostOptions, OptionsError, int_or_none
 
 
 class ConfigError(ValueError):
@@ -50,13 +50,11 @@ def model_path(args: Mapping[str, Any], config: Mapping[str, Any], key: str) -> 
 
 def int_parameter(config: Mapping[str, Any], key: str, default: int | None) -> int | None:
     """An integer parameter; ``default`` when absent. Raises :class:`ConfigError` for a non-integer."""
-    text = parameter(config, key)
-    if not text:
-        return default
     try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"parameter {key!r} is {text!r}: expected an integer") from None
+        value = int_or_none(parameter(config, key), key)
+    except OptionsError as e:
+        raise ConfigError(str(e)) from None
+    return default if value is None else value
 
 
 def check_declared_tensors(config: Mapping[str, Any], field: str, specs: Sequence[Any], what: str) -> None:

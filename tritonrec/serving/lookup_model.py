@@ -21,7 +21,7 @@ from tritonrec.serving.lists import (
 )
 from tritonrec.serving.requests import RequestError, row_slices, run_batched
 from tritonrec.serving.specs import TensorSpec
-from tritonrec.transform.steps import row_of_each_value
+from tritonrec.transform.ops import row_of_each_value
 
 IDS = "ids"
 LOAD_ERRORS = (StoreFormatError, ConfigError, FingerprintMismatchError, KeyError, ValueError, RuntimeError, ImportError)

@@ -21,7 +21,7 @@ The backends pass their ``pb_utils`` module in; nothing here imports Triton.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 LOOKUP_DURATION_BUCKETS_US = [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 100000.0]
@@ -52,37 +52,56 @@ class _Flusher:
         self.flush()
 
 
-class LookupMetrics:
+class _ModelMetrics:
+    """The metrics of one model: its families (``FAMILIES``: name, help, ``COUNTER`` or
+    ``HISTOGRAM``), registered once, and a thread that sends what ``read`` reports every
+    ``interval_s`` seconds and once more on :meth:`close`."""
+
+    FAMILIES: tuple[tuple[str, str, str], ...] = ()
+
+    def __init__(self, pb_utils: Any, model: str, read: Callable[[], Any], interval_s: float = FLUSH_INTERVAL_S) -> None:
+        family = pb_utils.MetricFamily
+        self._families = [family(name, text, getattr(family, kind)) for name, text, kind in self.FAMILIES]
+        self._read = read
+        self._metrics(model, *self._families)
+        self._flusher = _Flusher(self._send, interval_s)
+
+    def _metrics(self, model: str, *families: Any) -> None:
+        """Makes the model's metrics of each family."""
+        raise NotImplementedError
+
+    def _send(self) -> None:
+        """Sends what changed since the last call."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Sends what is pending and stops the thread."""
+        self._flusher.close()
+
+
+class LookupMetrics(_ModelMetrics):
     """Counters and the duration histogram of one embedding_lookup model.
 
     Args:
         pb_utils: the ``triton_python_backend_utils`` module.
         model: the model's name (label ``model``).
-        read_deltas: returns (table, tier) -> (lookups, misses) since its previous call.
+        read: returns (table, tier) -> (lookups, misses) since its previous call.
         interval_s: seconds between sends.
     """
 
-    def __init__(
-        self,
-        pb_utils: Any,
-        model: str,
-        read_deltas: Callable[[], Mapping[tuple[str, str], tuple[int, int]]],
-        interval_s: float = FLUSH_INTERVAL_S,
-    ) -> None:
-        family = pb_utils.MetricFamily
-        self._families = [
-            family("tritonrec_embedding_lookups_total", "Embedding keys looked up, per table and tier", family.COUNTER),
-            family("tritonrec_embedding_misses_total", "Embedding keys a tier did not hold, per table and tier", family.COUNTER),
-            family("tritonrec_embedding_lookup_duration_us", "Duration of one batched embedding lookup, in microseconds", family.HISTOGRAM),
-        ]
-        lookups, misses, duration = self._families
-        self._read_deltas = read_deltas
-        keys = list(read_deltas())
+    FAMILIES = (
+        ("tritonrec_embedding_lookups_total", "Embedding keys looked up, per table and tier", "COUNTER"),
+        ("tritonrec_embedding_misses_total", "Embedding keys a tier did not hold, per table and tier", "COUNTER"),
+        ("tritonrec_embedding_lookup_duration_us", "Duration of one batched embedding lookup, in microseconds", "HISTOGRAM"),
+    )
+
+    def _metrics(self, model: str, *families: Any) -> None:
+        lookups, misses, duration = families
+        keys = list(self._read())
         self._lookups = {key: lookups.Metric(labels={"model": model, "table": key[0], "tier": key[1]}) for key in keys}
         self._misses = {key: misses.Metric(labels={"model": model, "table": key[0], "tier": key[1]}) for key in keys}
         self._duration = duration.Metric(labels={"model": model}, buckets=LOOKUP_DURATION_BUCKETS_US)
         self._durations: list[float] = []
-        self._flusher = _Flusher(self._send, interval_s)
 
     def observe_duration(self, duration_us: float) -> None:
         """Queues one execute's lookup duration, in microseconds (cheap: no call to the server)."""
@@ -90,7 +109,7 @@ class LookupMetrics:
 
     def _send(self) -> None:
         durations, self._durations = self._durations, []
-        for key, (lookups, misses) in self._read_deltas().items():
+        for key, (lookups, misses) in self._read().items():
             if lookups:
                 self._lookups[key].increment(lookups)
             if misses:
@@ -98,44 +117,32 @@ class LookupMetrics:
         for value in durations:
             self._duration.observe(value)
 
-    def close(self) -> None:
-        """Sends what is pending and stops the thread."""
-        self._flusher.close()
 
-
-class TransformMetrics:
+class TransformMetrics(_ModelMetrics):
     """Row and out-of-vocabulary counters of one nvtabular_transform model.
 
     Args:
         pb_utils: the ``triton_python_backend_utils`` module.
         model: the model's name.
-        read_totals: returns (rows transformed, column -> out-of-vocabulary values), cumulative.
+        read: returns (rows transformed, column -> out-of-vocabulary values), cumulative.
         interval_s: seconds between sends.
     """
 
-    def __init__(
-        self,
-        pb_utils: Any,
-        model: str,
-        read_totals: Callable[[], tuple[int, Mapping[str, int]]],
-        interval_s: float = FLUSH_INTERVAL_S,
-    ) -> None:
-        family = pb_utils.MetricFamily
-        self._families = [
-            family("tritonrec_transform_rows_total", "Rows transformed", family.COUNTER),
-            family("tritonrec_transform_oov_total", "Categorical values encoded out of vocabulary, per column", family.COUNTER),
-        ]
-        rows, oov = self._families
-        self._read_totals = read_totals
-        _, columns = read_totals()
+    FAMILIES = (
+        ("tritonrec_transform_rows_total", "Rows transformed", "COUNTER"),
+        ("tritonrec_transform_oov_total", "Categorical values encoded out of vocabulary, per column", "COUNTER"),
+    )
+
+    def _metrics(self, model: str, *families: Any) -> None:
+        rows, oov = families
+        _, columns = self._read()
         self._rows = rows.Metric(labels={"model": model})
         self._oov = {c: oov.Metric(labels={"model": model, "column": c}) for c in columns}
         self._last_rows = 0
         self._last_oov = dict.fromkeys(columns, 0)
-        self._flusher = _Flusher(self._send, interval_s)
 
     def _send(self) -> None:
-        rows_total, oov_total = self._read_totals()
+        rows_total, oov_total = self._read()
         if rows_total != self._last_rows:
             self._rows.increment(rows_total - self._last_rows)
             self._last_rows = rows_total
@@ -143,7 +150,3 @@ class TransformMetrics:
             if total != self._last_oov[column]:
                 self._oov[column].increment(total - self._last_oov[column])
                 self._last_oov[column] = total
-
-    def close(self) -> None:
-        """Sends what is pending and stops the thread."""
-        self._flusher.close()

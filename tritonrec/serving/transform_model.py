@@ -6,7 +6,7 @@ each request's input arrays in and sends the arrays or the error it gets back ou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from tritonrec.serving.lists import (
 )
 from tritonrec.serving.requests import RequestError, row_slices, run_batched
 from tritonrec.serving.specs import TensorSpec
-from tritonrec.transform.plan import ListColumn, PlanLoadError, TransformPlan, missing_and_extra
-from tritonrec.transform.steps import BadValueError
+from tritonrec.transform.ops import BadValueError
+from tritonrec.transform.plan import ColumnSpec, ListColumn, PlanLoadError, TransformPlan, missing_and_extra
 
 LAYOUTS = ("per-column", "packed")
 
@@ -34,6 +34,17 @@ def check_layout(what: str, layout: str) -> None:
 
 LOAD_ERRORS = (PlanLoadError, ConfigError, FingerprintMismatchError, ValueError, ImportError)
 """What loading a transform model raises for a bad plan or configuration (the message says what)."""
+
+
+def _side_specs(schema: Sequence[ColumnSpec], layout: str, packed: Mapping[str, Sequence[str]], packed_name: Callable[[str], str],
+                list_layout: str) -> list[TensorSpec]:
+    """The tensors of one side (inputs or outputs) of the model in ``layout``: one per column, or
+    one per dtype (``packed``: dtype -> its columns, named by ``packed_name``) and each list
+    column's own pair."""
+    if layout == "per-column":
+        return _column_specs(schema, list_layout)
+    lists = [s for c in schema if c.is_list for s in list_tensor_specs(c.name, c.dtype, list_layout)]
+    return [TensorSpec(packed_name(d), np.dtype(d), (len(cols),)) for d, cols in packed.items()] + lists
 
 
 def _column_specs(schema: Sequence[Any], list_layout: str) -> list[TensorSpec]:
@@ -90,20 +101,8 @@ class TransformModel:
         self.output_layout = output_layout
         self.list_layout = list_layout
         self.max_batch_size = int(max_batch_size)
-        list_in = [s for c in plan.input_schema if c.is_list for s in list_tensor_specs(c.name, c.dtype, list_layout)]
-        list_out = [s for c in plan.output_schema if c.is_list for s in list_tensor_specs(c.name, c.dtype, list_layout)]
-        if layout == "per-column":
-            self.inputs = _column_specs(plan.input_schema, list_layout)
-        else:
-            self.inputs = [
-                TensorSpec(packed_input_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_inputs.items()
-            ] + list_in
-        if output_layout == "per-column":
-            self.outputs = _column_specs(plan.output_schema, list_layout)
-        else:
-            self.outputs = [
-                TensorSpec(packed_output_name(d), np.dtype(d), (len(cols),)) for d, cols in plan.packed_outputs.items()
-            ] + list_out
+        self.inputs = _side_specs(plan.input_schema, layout, plan.packed_inputs, packed_input_name, list_layout)
+        self.outputs = _side_specs(plan.output_schema, output_layout, plan.packed_outputs, packed_output_name, list_layout)
         self._input_by_name = {s.name: s for s in self.inputs}
         self._list_inputs = {c.name: list_tensor_names(c.name, list_layout) for c in plan.input_schema if c.is_list}
         self._list_tensors = {t for pair in self._list_inputs.values() for t in pair}
