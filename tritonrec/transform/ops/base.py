@@ -79,8 +79,9 @@ class Step(ABC):
 
     @classmethod
     def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Step:
-        """The step saved with ``params()`` and ``arrays()`` (the default: a step without parameters)."""
-        return cls()
+        """The step saved with ``params()`` and ``arrays()``. The default: ``params()``'s keys are the
+        constructor's arguments (a step with arrays overrides this)."""
+        return cls(**params)
 
     def signature(self) -> tuple[Any, ...]:
         """Columns whose steps have equal signatures run in one group."""

@@ -35,10 +35,6 @@ class Bucketize(Step):
     def params(self) -> dict[str, Any]:
         return {"boundaries": self.boundaries}
 
-    @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Bucketize:
-        return cls(params["boundaries"])
-
 
 def compile_bucketize(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bool) -> ColumnStep:
     boundaries = [float(b) for b in op.boundaries(column)]

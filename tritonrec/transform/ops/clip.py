@@ -45,10 +45,6 @@ class Clip(Step):
     def signature(self) -> tuple[Any, ...]:
         return (self.kind, self.min_values is not None, self.max_values is not None)
 
-    @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Clip:
-        return cls(params["min_values"], params["max_values"])
-
 
 def compile_clip(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bool) -> ColumnStep:
     for bound in (op.min_value, op.max_value):

@@ -29,10 +29,6 @@ class FillMissing(Step):
     def params(self) -> dict[str, Any]:
         return {"fill_values": self.fill_values.tolist()}
 
-    @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> FillMissing:
-        return cls(params["fill_values"])
-
 
 def compile_fill_missing(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bool) -> ColumnStep:
     if op.add_binary_cols:

@@ -31,10 +31,6 @@ class HashBucket(Step):
     def params(self) -> dict[str, Any]:
         return {"num_buckets": self.num_buckets.tolist()}
 
-    @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> HashBucket:
-        return cls(params["num_buckets"])
-
 
 def compile_hash_bucket(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bool) -> ColumnStep:
     if dtype.kind not in "iufO":

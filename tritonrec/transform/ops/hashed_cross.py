@@ -52,10 +52,6 @@ class XorBuckets(Step):
     def signature(self) -> tuple[Any, ...]:
         return (self.kind, self.num_buckets)
 
-    @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> XorBuckets:
-        return cls(params["num_buckets"])
-
 
 class HashedCross(XorBuckets):
     """``nvtabular.ops.HashedCross(num_buckets)``: one output column from the group's k input

@@ -54,10 +54,6 @@ class ListSlice(Step):
     def signature(self) -> tuple[Any, ...]:
         return (self.kind, self.start, self.end, self.pad, self.pad_value)
 
-    @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> ListSlice:
-        return cls(params["start"], params["end"], params["pad"], params["pad_value"], params["max_elements"])
-
 
 def compile_list_slice(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bool) -> ColumnStep:
     if not on_list:

@@ -41,10 +41,6 @@ class Normalize(Step):
     def signature(self) -> tuple[Any, ...]:
         return (self.kind, self.out_dtype.name)
 
-    @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Normalize:
-        return cls(params["means"], params["stds"], params["out_dtype"])
-
 
 def compile_normalize(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bool) -> ColumnStep:
     if column not in op.means:

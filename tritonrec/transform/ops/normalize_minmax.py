@@ -67,10 +67,6 @@ class NormalizeMinMax(Step):
     def signature(self) -> tuple[Any, ...]:
         return (self.kind, self.integer_stats, self.out_dtype.name)
 
-    @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> NormalizeMinMax:
-        return cls(params["mins"], params["difs"], params["integer_stats"], params["out_dtype"])
-
 
 def compile_normalize_minmax(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bool) -> ColumnStep:
     if column not in op.mins or column not in op.maxs:
