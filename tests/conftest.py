@@ -118,12 +118,29 @@ def _server_processes() -> dict[int, str]:
         except (OSError, IndexError):
             continue
         if state != "Z" and argv and argv[0] and Path(argv[0].decode(errors="replace")).name in _SERVER_PROCESSES:
-            found[int(cmdline.parent.name)] = b" ".join(argv).decode(errors="replace")[:200]
+            found[int(cmdline.parent.name)] = b" ".join(argv).decode(errors="replace")
     return found
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config._servers_before = set(_server_processes())  # type: ignore[attr-defined]
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """True when ``ancestor`` is a parent, grandparent, ... of live process ``pid`` (Linux /proc)."""
+    from pathlib import Path
+
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if pid == ancestor:
+            return True
+    return False
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -132,9 +149,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import time
 
     before = getattr(session.config, "_servers_before", set())
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = str(factory.getbasetemp()) if factory is not None else None
     deadline = time.monotonic() + 15  # a server stopped by the last teardown may still be exiting
     while True:
-        left = {pid: cmd for pid, cmd in _server_processes().items() if pid not in before}
+        # this session's: under its own temporary directory or below this process (another test
+        # session on the machine, e.g. a CI run of a clone, has servers of its own)
+        left = {pid: cmd for pid, cmd in _server_processes().items()
+                if pid not in before and ((basetemp is not None and basetemp in cmd) or _descends_from(pid, os.getpid()))}
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -142,6 +164,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        listing = "\n".join(f"  {pid}: {cmd}" for pid, cmd in left.items())
+        listing = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in left.items())
         print(f"\nFAILED: the tests left {len(left)} tritonserver/stub process(es) running (now killed):\n{listing}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
