@@ -144,3 +144,80 @@ def test_categorify_with_an_empty_vocabulary_compiles_and_matches_nvtabular(tmp_
         columns = {"a": np.array(batch, dtype=dtype)}
         report = compare(nvtabular_transform(workflow, columns), plan.transform(columns))
         assert report.ok, report.summary()
+
+
+def _parity(workflow, columns, sizes=(200, 1, 2, 0)):
+    """The plan's outputs equal NVTabular's for the first n rows of ``columns``, n in ``sizes``."""
+    from tritonrec.pipeline.workflow import nvtabular_transform
+    from tritonrec.transform.parity import compare
+
+    plan = compile_workflow(workflow)
+    used = [c.name for c in plan.input_schema]  # the plan takes the inputs its outputs need
+    for n in sizes:
+        if n == 0:  # NVTabular cannot transform an empty frame: the plan's answer is empty columns
+            assert all(v.shape[0] == 0 for v in plan.transform({c: columns[c][:0] for c in used}).values())
+            continue
+        batch = {c: v[:n] for c, v in columns.items()}
+        report = compare(nvtabular_transform(workflow, batch), plan.transform({c: batch[c] for c in used}))
+        assert report.ok, report.summary()
+    return plan
+
+
+@pytest.mark.parametrize("graph", [
+    lambda ops: ["a"] >> ops.Categorify() >> ops.AddTags(["categorical"]),
+    lambda ops: ["a"] >> ops.Categorify() >> ops.TagAsItemID(),
+    lambda ops: ["a"] >> ops.Categorify() >> ops.TagAsUserFeatures(),
+    lambda ops: ["b"] >> ops.AddMetadata(tags=["continuous"]) >> ops.LogOp(),
+    lambda ops: ["b"] >> ops.AddProperties({"domain": {"min": 0}}),
+    lambda ops: (["a", "b"] >> ops.Categorify())["a"],  # column selection: SubsetColumns
+], ids=["AddTags", "TagAsItemID", "TagAsUserFeatures", "AddMetadata", "AddProperties", "node[col]"])
+def test_schema_only_ops_compile_to_nothing(tmp_path, graph):
+    from nvtabular import ops
+
+    rng = np.random.default_rng(1)
+    columns = {"a": rng.integers(0, 30, 200).astype(np.int64), "b": rng.integers(0, 30, 200).astype(np.int64)}
+    workflow = _fit(graph(ops), tmp_path, ["a", "b"])
+    plan = _parity(workflow, columns)
+    assert all(s.kind != "add_tags" for g in plan.groups for s in g.steps)
+
+
+def test_lambda_op_is_named_as_such_with_the_reason(tmp_path):
+    from nvtabular import ops
+
+    workflow = _fit(["a"] >> ops.LambdaOp(lambda col: col + 1), tmp_path, ["a"])
+    with pytest.raises(UnsupportedOpError, match=r"cannot compile op LambdaOp on column 'a': it runs Python the plan cannot read"):
+        compile_workflow(workflow)
+
+
+@pytest.mark.parametrize("options", [{"encode_type": "combo"}, {"split_out": 2}, {"split_out": 3, "dtype": "int32"}],
+                         ids=["combo-on-one-column", "split_out-2", "split_out-3-int32"])
+def test_categorify_options_whose_codes_equal_the_defaults_compile(tmp_path, options):
+    """NVTabular's own tests check these give what encode_type="joint", split_out=1 give."""
+    from nvtabular import ops
+
+    rng = np.random.default_rng(2)
+    columns = {"a": rng.integers(0, 50, 200).astype(np.int64)}
+    _parity(_fit(["a"] >> ops.Categorify(**options), tmp_path, ["a"]), columns)
+
+
+def test_target_encoding_that_keeps_its_folds_is_refused_with_the_reason(tmp_path):
+    import nvtabular as nvt
+    from nvtabular import ops
+
+    rng = np.random.default_rng(3)
+    data = {"a": rng.integers(0, 20, 200).astype(np.int64), "y": rng.integers(0, 2, 200).astype(np.int64)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        workflow = fit_workflow(nvt.Workflow(["a"] >> ops.TargetEncoding(["y"], drop_folds=False)), data, ["a", "y"], tmp_path)
+    with pytest.raises(UnsupportedOpError, match=r"TargetEncoding on column '(__fold__|TE_a_y)': drop_folds=False adds the '__fold__'"):
+        compile_workflow(workflow)
+
+
+def test_fitting_writes_the_statistics_beside_the_workflow_not_in_the_working_directory(tmp_path, monkeypatch):
+    from nvtabular import ops
+
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    _fit(["a"] >> ops.Categorify() >> ops.TargetEncoding(["b"]), tmp_path / "workflow", ["a", "b"])
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert (tmp_path / "workflow" / "categories").is_dir()

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.transform.ops import LIST_OPS, PASS_THROUGH, Chain, IndexedHash, UnsupportedOpError, compile_op, cross_chain
+from tritonrec.transform.ops import (
+    LIST_OPS, PASS_THROUGH, Chain, IndexedHash, UnsupportedOpError, compile_op, cross_chain, op_name,
+)
 from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
 
 __all__ = ["HASHINGS", "LIST_OPS", "UnsupportedOpError", "compile_workflow", "fitted_on"]
@@ -28,8 +30,24 @@ def _is(op: Any, name: str) -> bool:
     return type(op).__name__ == name and type(op).__module__.split(".")[0] == "nvtabular"
 
 
+NVTABULAR_MISSING = (
+    "compiling an NVTabular workflow needs nvtabular 23.08 in this Python (pip install -c requirements/constraints.txt "
+    "'tritonrec[training]' from the repository, or scripts/setup.sh); serving a saved plan directory needs none"
+)
+
+
+def import_nvtabular() -> Any:
+    """The ``nvtabular`` module; ImportError with :data:`NVTABULAR_MISSING` and the cause when it
+    is absent or does not import (e.g. built against another numpy)."""
+    try:
+        import nvtabular  # noqa: PLC0415 - compile-time dependency only
+    except (ImportError, ValueError) as e:  # ValueError: "numpy.dtype size changed" from a mismatched build
+        raise ImportError(f"{NVTABULAR_MISSING} ({type(e).__name__}: {e})") from None
+    return nvtabular
+
+
 def _load_workflow(workflow_or_saved_dir: Any) -> Any:
-    import nvtabular  # noqa: PLC0415 - compile-time dependency only
+    nvtabular = import_nvtabular()
 
     if isinstance(workflow_or_saved_dir, (str, os.PathLike)):
         path = Path(workflow_or_saved_dir)
@@ -89,9 +107,10 @@ class _Walker:
     def __init__(self, input_dtypes: Mapping[str, np.dtype], list_inputs: set[str]) -> None:
         from merlin.dag.ops.concat_columns import ConcatColumns  # noqa: PLC0415
         from merlin.dag.ops.selection import SelectionOp  # noqa: PLC0415
+        from merlin.dag.ops.subset_columns import SubsetColumns  # noqa: PLC0415 - node["col"]
 
         self.input_dtypes, self.list_inputs = input_dtypes, list_inputs
-        self._selections = (SelectionOp, ConcatColumns)
+        self._selections = (SelectionOp, ConcatColumns, SubsetColumns)
         self._memo: dict[int, dict[str, Chain]] = {}
 
     def visit(self, node: Any) -> dict[str, Chain]:
@@ -125,8 +144,11 @@ class _Walker:
 
     def _chain(self, op: Any, out_name: str, sources: list[str], available: Mapping[str, Chain]) -> Chain:
         """The chain of output ``out_name`` of ``op`` over ``sources``."""
-        name = type(op).__name__
+        name = op_name(op)
         if _is(op, "TargetEncoding"):  # its sources are the target(s) and the category column
+            if not op.drop_folds:
+                raise UnsupportedOpError(name, out_name, "drop_folds=False adds the '__fold__' column, a fold id drawn per "
+                                         "training row: serve the workflow with drop_folds=True (the default)")
             sources = [c for c in sources if c not in op.target_columns]
         listed = [c for c in sources if (available[c].on_list(self.list_inputs) if c in available else c in self.list_inputs)]
         if listed and (len(sources) != 1 or name not in LIST_OPS):
@@ -202,10 +224,11 @@ def compile_workflow(workflow_or_saved_dir: Any, hashing: str = "auto") -> Trans
     Raises:
         UnsupportedOpError: an op or option the plan cannot reproduce; names the op and column.
         FileNotFoundError: the directory holds no saved workflow, or a vocabulary file is missing.
+        ImportError: nvtabular is not installed or does not import (the message says what to install).
     """
     if hashing not in HASHINGS:
         raise ValueError(f"hashing {hashing!r}: expected one of {HASHINGS}")
-    import nvtabular  # noqa: PLC0415
+    nvtabular = import_nvtabular()
 
     workflow = _load_workflow(workflow_or_saved_dir)
     input_dtypes, list_inputs = _input_columns(workflow)

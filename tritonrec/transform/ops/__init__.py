@@ -42,8 +42,10 @@ COMPILERS: dict[str, CompileOp] = {name: fn for module in _MODULES for name, fn 
 """NVTabular op class name -> the compile function of one op on one column (HashedCross, which
 combines columns, compiles through :func:`cross_chain`)."""
 
-PASS_THROUGH = ("Rename", "ValueCount")
-"""Ops that change only a column's name or schema: the chain goes on unchanged."""
+PASS_THROUGH = ("Rename", "ValueCount", "AddMetadata", "AddTags", "AddProperties", "TagAsItemID", "TagAsUserID",
+                "TagAsItemFeatures", "TagAsUserFeatures")
+"""NVTabular ops that change only a column's name or schema (tags, properties, value counts): the
+chain goes on unchanged."""
 
 LIST_OPS = ("Categorify", "ListSlice", "LogOp", *PASS_THROUGH)
 """Ops the plan runs on list (multi-hot) columns; others are refused there, naming the op."""
@@ -58,13 +60,22 @@ def step_from_manifest(kind: str, params: dict[str, Any], arrays: dict[str, np.n
     return cls.from_saved(params, arrays)
 
 
+def op_name(op: Any) -> str:
+    """The name users know an op by (``LambdaOp`` for merlin's ``UDF`` class, which it is)."""
+    return "LambdaOp" if type(op).__name__ == "UDF" else type(op).__name__
+
+
 def compile_op(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bool) -> ColumnStep:
     """The step of NVTabular ``op`` on one source ``column`` (see :data:`CompileOp`);
     UnsupportedOpError for an op the registry lacks, naming it."""
-    name = type(op).__name__
+    name = op_name(op)
+    if name == "LambdaOp":
+        raise UnsupportedOpError(name, column, "it runs Python the plan cannot read: express it with NVTabular's built-in ops, or "
+                                 "apply it before the request reaches the transform")
     compile_fn = COMPILERS.get(name)
     if compile_fn is None or type(op).__module__.split(".")[0] != "nvtabular":
-        raise UnsupportedOpError(name, column, "this op is not supported by the plan compiler")
+        raise UnsupportedOpError(name, column, f"this op is not supported by the plan compiler (supported: {', '.join(sorted(COMPILERS))}, "
+                                 f"HashedCross, and the schema-only ops {', '.join(PASS_THROUGH)})")
     return compile_fn(op, column, dtype, out_name, on_list)
 
 
@@ -72,5 +83,5 @@ __all__ = [
     "COMPILERS", "LIST_OPS", "NULL_CODE", "OOV_CODE", "PASS_THROUGH", "STEPS", "BadValueError", "Bucketize", "Categorify", "Chain",
     "Clip", "ColumnStep", "FillMissing", "HashBucket", "HashedCross", "IncompatibleStepError", "IndexedHash", "ListSlice",
     "LogOp", "Normalize", "NormalizeMinMax", "Step", "TargetEncode", "UnsupportedOpError", "XorBuckets", "compile_op",
-    "cross_chain", "row_of_each_value", "step_from_manifest",
+    "cross_chain", "op_name", "row_of_each_value", "step_from_manifest",
 ]

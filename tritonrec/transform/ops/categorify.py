@@ -119,19 +119,17 @@ def compile_categorify(op: Any, column: str, dtype: np.dtype, out_name: str, on_
 
     if on_list:
         _check_list(op, column, dtype)
-    if op.encode_type != "joint" or op.storage_name.get(column, column) != column:
+    if op.storage_name.get(column, column) != column:
         raise UnsupportedOpError("Categorify", column, "multi-column (joint or combo) encoding is not supported yet")
+    # encode_type "combo" on a single column encodes it as "joint" does
     if op.single_table:
         raise UnsupportedOpError("Categorify", column, "single_table=True is not supported")
     if op.search_sorted:
         raise UnsupportedOpError("Categorify", column, "search_sorted=True is not supported")
-    split_out = op.split_out.get(column, 1) if isinstance(op.split_out, dict) else op.split_out
-    if split_out != 1:
-        raise UnsupportedOpError("Categorify", column, f"split_out={split_out} is not supported")
-    path = op.categories.get(column)
+    path = op.categories.get(column)  # a file, or with split_out > 1 a directory of parts (read as one)
     if not path:
         raise UnsupportedOpError("Categorify", column, "no fitted vocabulary (workflow not fitted?)")
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"Categorify vocabulary of column {column!r} not found at {path}")
     num_buckets = categorify_buckets(op, column)
     vocab = pd.read_parquet(path, columns=[column])[column]
