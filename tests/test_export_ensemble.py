@@ -171,3 +171,22 @@ def test_gpu_scorer_keeps_inputs_on_the_device(parts, tmp_path):
     export_ensemble(plan, store, scorer, tmp_path / "cpu", "rank")
     config = (tmp_path / "cpu" / "rank_scorer" / "config.pbtxt").read_text()
     assert "kind: KIND_CPU" in config and 'key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "yes" }' in config
+
+
+def test_outputs_the_ensemble_cannot_pass_are_named_with_the_fix(parts, tmp_path):
+    import numpy as np
+
+    from tritonrec.transform.ops import Bucketize, Normalize
+    from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
+
+    _, store, scorer = parts
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    groups = [PlanGroup(["x"], ["x"], f64, [Normalize([0.0], [1.0], f64)]), PlanGroup(["b"], ["b"], f32, [Bucketize([[0.5]])])]
+    plan = TransformPlan([ColumnSpec("x", f64), ColumnSpec("b", f32)], [ColumnSpec("x", f64), ColumnSpec("b", np.dtype(np.int32))],
+                         groups, "23.08.00")
+    with pytest.raises(ValueError) as caught:
+        export_ensemble(plan, store, scorer, tmp_path, "rank")
+    message = str(caught.value)
+    assert "the plan also outputs float64: ['x'] (end the column's ops with a float32 step: Normalize(out_dtype=np.float32)" in message
+    assert "int32: ['b'] (Bucketize and HashBucket give int32, not codes: follow them with Categorify()" in message
+    assert not (tmp_path / "rank").exists()

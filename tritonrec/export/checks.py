@@ -62,12 +62,29 @@ class EnsembleColumns:
     n_dense: int
 
 
+_DTYPE_FIXES = {
+    "f": "end the column's ops with a float32 step: Normalize(out_dtype=np.float32) or NormalizeMinMax(out_dtype=np.float32) "
+         "(both give float64 by default), or LogOp() (float32)",
+    "i": "Bucketize and HashBucket give int32, not codes: follow them with Categorify() (int64 codes)",
+    "u": "follow the column's ops with Categorify() (int64 codes)",
+}
+
+
+def _check_output_dtypes(plan: TransformPlan) -> None:
+    """ValueError naming each plan output the ensemble cannot pass (it passes int64 Categorify codes
+    and float32 dense features), by dtype, and the change to the workflow that fixes it."""
+    other = {d: cols for d, cols in plan.packed_outputs.items() if d not in ("int64", "float32")}
+    if other:
+        lines = [f"{d}: {cols} ({_DTYPE_FIXES.get(np.dtype(d).kind, 'leave the column out of the workflow outputs')})"
+                 for d, cols in sorted(other.items())]
+        raise ValueError("the ensemble passes int64 ids (Categorify codes) and float32 dense features; the plan also outputs "
+                         + "; ".join(lines))
+
+
 def ensemble_columns(plan: TransformPlan, multi_hot_combiner: str | Mapping[str, str], combiner_choices: tuple[str, ...]) -> EnsembleColumns:
     """The plan's outputs, checked: every int64 output (packed or list) a Categorify code, floats float32."""
     codes = plan.categorical_codes()
-    other = sorted(set(plan.packed_outputs) - {"int64", "float32"})
-    if other:
-        raise ValueError(f"the plan outputs columns of dtype {other}: the ensemble passes only int64 ids and float32 dense features")
+    _check_output_dtypes(plan)
     single = list(plan.packed_outputs.get("int64", []))
     multi = list(plan.list_outputs)
     not_codes = [c for c in multi if c not in codes or next(s.dtype for s in plan.output_schema if s.name == c) != np.int64]
