@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,34 +54,40 @@ def _lookup(args: argparse.Namespace) -> int:
 
     with EmbeddingStore(args.store, threads=1) as store:
         keys = np.array(args.keys, dtype=np.int64)
-        rows = store.lookup(args.table, keys)
-        for key, row in zip(keys.tolist(), rows):
-            print(f"{key}: " + " ".join(f"{v:.7g}" for v in row))
+        found = np.empty(keys.size, dtype=np.uint8)
+        rows = store.lookup(args.table, keys, found=found)
+        policy = next(t.missing for t in store.tables if t.name == args.table)
+        for key, row, present in zip(keys.tolist(), rows, found.tolist()):
+            note = "" if present else f"  (absent: the table's missing-key policy, {policy})"
+            print(f"{key}: " + " ".join(f"{v:.7g}" for v in row) + note)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedding-cache", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build a store from parquet files (a key column and a list-of-float column)")
-    build.add_argument("store")
-    build.add_argument("--table", action="append", required=True, metavar="NAME=FILE.parquet")
-    build.add_argument("--key-column", default="key")
-    build.add_argument("--vector-column", default="vector")
-    build.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    build = sub.add_parser("build", help="build a store from parquet files (a key column and a list-of-float column)",
+                           formatter_class=defaults)
+    build.add_argument("store", help="the store directory to write")
+    build.add_argument("--table", action="append", required=True, metavar="NAME=FILE.parquet",
+                       help="a table and its parquet file (repeat for each table)")
+    build.add_argument("--key-column", default="key", help="the parquet column of integer keys")
+    build.add_argument("--vector-column", default="vector", help="the parquet column of float vectors (lists of one length)")
+    build.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="row storage")
     build.add_argument("--missing", choices=("zeros", "error"), default="zeros", help="missing-key policy")
-    build.add_argument("--overwrite", action="store_true")
+    build.add_argument("--overwrite", action="store_true", help="replace a store at that path")
     build.add_argument("--persistent", action="store_true", help="keep the rows in a RocksDB tier")
     build.set_defaults(func=_build)
-    info = sub.add_parser("info", help="tables, sizes and policies of a store")
-    info.add_argument("store")
+    info = sub.add_parser("info", help="tables, sizes and policies of a store", formatter_class=defaults)
+    info.add_argument("store", help="the store directory")
     info.add_argument("--no-verify", action="store_true", help="skip checking every file against its checksum")
     info.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     info.set_defaults(func=_info)
-    lookup = sub.add_parser("lookup", help="print the rows of keys")
-    lookup.add_argument("store")
-    lookup.add_argument("table")
-    lookup.add_argument("keys", nargs="+", type=int)
+    lookup = sub.add_parser("lookup", help="print the rows of keys (marking keys no tier holds)", formatter_class=defaults)
+    lookup.add_argument("store", help="the store directory")
+    lookup.add_argument("table", help="the table's name")
+    lookup.add_argument("keys", nargs="+", type=int, help="integer keys")
     lookup.set_defaults(func=_lookup)
     return parser
 
@@ -88,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except (OSError, ValueError, KeyError, TypeError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"embedding-cache {args.command}: {message}", file=sys.stderr)

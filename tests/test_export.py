@@ -52,3 +52,47 @@ def test_gpu_instances_of_the_transform(criteo_small, tmp_path):
     config = (model_dir / "config.pbtxt").read_text()
     assert "kind: KIND_GPU" in config and 'key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no" }' in config
     assert "kind: KIND_CPU" in (export_transform(criteo_small["dir"], tmp_path, "c").joinpath("config.pbtxt")).read_text()
+
+
+@pytest.mark.parametrize("command", ["export-transform", "export"])
+def test_a_python_without_nvtabular_gets_one_line_saying_what_to_install(tmp_path, monkeypatch, capsys, command):
+    import sys
+
+    from tritonrec.cli import main
+
+    (tmp_path / "workflow").mkdir()
+    monkeypatch.setitem(sys.modules, "nvtabular", None)  # `import nvtabular` now raises ImportError
+    extra = ["--store", str(tmp_path / "s"), "--scorer", str(tmp_path / "x")] if command == "export" else []
+    args = [command, str(tmp_path / "workflow"), str(tmp_path / "repo"), "--name", "m", *extra]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"tritonrec {command}: compiling an NVTabular workflow needs nvtabular 23.08")
+    assert "pip install -c requirements/constraints.txt 'tritonrec[training]'" in err
+
+
+def test_a_saved_plan_exports_without_nvtabular(criteo_small, tmp_path, monkeypatch):
+    import sys
+
+    compile_workflow(criteo_small["workflow"]).save(tmp_path / "plan")
+    monkeypatch.setitem(sys.modules, "nvtabular", None)
+    export_transform(tmp_path / "plan", tmp_path / "repo", "m")
+    assert TransformPlan.load(tmp_path / "repo" / "m" / "1" / "plan").fingerprint == TransformPlan.load(tmp_path / "plan").fingerprint
+
+
+def test_every_option_of_every_command_says_what_it_is_and_its_default():
+    import argparse
+
+    from embedding_cache.cli import build_parser as cache_parser
+    from tritonrec.cli import build_parser
+
+    for top in (build_parser(), cache_parser()):
+        commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices
+        for name, parser in commands.items():
+            undocumented = [a.dest for a in parser._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+            assert undocumented == [], f"{top.prog} {name}: {undocumented}"
+            text = parser.format_help()
+            for action in parser._actions:
+                shown = action.default not in (None, False) and action.default is not argparse.SUPPRESS
+                if shown and action.option_strings and "default" not in action.help:
+                    assert f"(default: {action.default})" in " ".join(text.split()), f"{top.prog} {name} {action.dest}"

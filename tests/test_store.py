@@ -299,6 +299,28 @@ def test_cli_build_info_lookup(tmp_path):
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not an embedding store" in bad.stderr
 
 
+def test_cli_marks_absent_keys_and_stops_quietly_when_the_reader_does(tmp_path):
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).parent / "embedding-cache")
+    store = build_store(tmp_path / "s", {"emb": (np.arange(5), np.ones((5, 2)))})
+    looked = subprocess.run([cli, "lookup", str(store), "emb", "4", "99"], capture_output=True, text=True, timeout=120)
+    assert looked.returncode == 0, looked.stderr
+    assert looked.stdout.splitlines() == ["4: 1 1", "99: 0 0  (absent: the table's missing-key policy, zeros)"]
+    # `... | head -1`: the reader closes the pipe after one line of 30,000
+    process = subprocess.Popen([cli, "lookup", str(store), "emb", *map(str, range(30_000))], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert first == b"0: 1 1\n"
+    assert process.returncode == 0 and err == b"", err.decode()
+    import os
+
+    helped = subprocess.run([cli, "build", "--help"], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert "(default: key)" in helped.stdout and "(default: zeros)" in helped.stdout
+
+
 def test_fp16_tables_round_once_from_float64(tmp_path):
     # 1 + 2**-11 + 2**-40 in float64 rounds up to 1 + 2**-10 in fp16; through float32 it would
     # first become the tie 1 + 2**-11 and then round to even, 1.0.

@@ -140,7 +140,7 @@ def _export_transform(args: argparse.Namespace) -> int:
             instance_kind="KIND_GPU" if args.gpu else "KIND_CPU",
             hashing=args.hashing,
         )
-    except (UnsupportedOpError, PlanLoadError, FileNotFoundError, ValueError, TypeError) as e:
+    except (UnsupportedOpError, PlanLoadError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"tritonrec export-transform: {e}", file=sys.stderr)
         return 1
     print(f"wrote {model_dir} ({args.layout} layout)")
@@ -178,7 +178,8 @@ def _export(args: argparse.Namespace) -> int:
             lookup_kind="KIND_GPU" if gpu_cache else "KIND_CPU", gpu_cache=gpu_cache,
             multi_hot_combiner=args.multi_hot_combiner,
         )
-    except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError) as e:
+    except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError,
+            ImportError) as e:
         print(f"tritonrec export: {e}", file=sys.stderr)
         return 1
     version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
@@ -224,14 +225,14 @@ def _add_serve(sub: Any) -> None:
                     f"only, gRPC only, the admin APIs ({', '.join(ADMIN_CATEGORIES)}) behind a key. Options after -- go to tritonserver.",
         usage="tritonrec serve MODEL_REPOSITORY [options] [-- TRITONSERVER_OPTION ...]",
     )
-    serve.add_argument("model_repository")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("model_repository", help="the model repository (e.g. written by tritonrec export)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     serve.add_argument("--http", action="store_true",
                        help="serve HTTP/JSON too (Triton 2.51's JSON parser can be crashed by one deeply nested body: "
                             "expose it only to trusted clients)")
-    serve.add_argument("--http-port", type=int)
-    serve.add_argument("--grpc-port", type=int)
-    serve.add_argument("--metrics-port", type=int)
+    serve.add_argument("--http-port", type=int, help="HTTP port with --http (default: a free one)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one; the banner prints it)")
+    serve.add_argument("--metrics-port", type=int, help="Triton's metrics port (default: a free one)")
     serve.add_argument("--allow-admin", action="store_true",
                        help="leave Triton's admin APIs (model loading, shared memory, statistics, trace, logging) open to every client")
     serve.add_argument("--admin-key-file",
@@ -254,14 +255,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser, name_help: str, layout
     parser.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
     parser.add_argument("repository", help="model repository to write into")
     parser.add_argument("--name", required=True, help=name_help)
-    parser.add_argument("--layout", choices=("per-column", "packed"), default=layout, help=layout_help or None)
-    parser.add_argument("--max-batch-size", type=int, default=16384)
+    parser.add_argument("--layout", choices=("per-column", "packed"), default=layout, help=layout_help)
+    parser.add_argument("--max-batch-size", type=int, default=16384, help="the models' max_batch_size (rows per batch)")
 
 
 def _add_export_transform(sub: Any) -> None:
     """Subcommand ``export-transform``."""
     export = sub.add_parser("export-transform", help="compile a fitted NVTabular workflow into a Triton model")
-    _add_model_arguments(export, "model name", "per-column", "")
+    _add_model_arguments(export, "model name", "per-column",
+                         "input layout: a tensor per column (what Merlin clients send) or one per dtype (faster)")
     export.add_argument("--instances", type=int, default=1, help="instances")
     export.add_argument("--gpu", action="store_true", help="KIND_GPU instances: the plan runs with cupy on the GPU")
     export.add_argument("--hashing", choices=("auto", "cpu"), default="auto",
@@ -283,7 +285,8 @@ def _add_export(sub: Any) -> None:
     ensemble.add_argument("--scorer-version", type=int, default=-1, help="with --scorer-model: version to call (-1: latest)")
     ensemble.add_argument("--instances", type=int, default=1, help="instances of each step")
     ensemble.add_argument("--host-budget-bytes", type=int, help="host memory for a store with a RocksDB tier")
-    ensemble.add_argument("--missing-key-policy", choices=("store", "zeros", "error"), default="store")
+    ensemble.add_argument("--missing-key-policy", choices=("store", "zeros", "error"), default="store",
+                          help="ids no tier holds: each table's own policy, zero rows, or an error naming them")
     ensemble.add_argument("--scorer-gpu", action="store_true", help="KIND_GPU instances of the torch scorer")
     ensemble.add_argument("--transform-gpu", action="store_true", help="KIND_GPU instances of the transform (cupy plan)")
     ensemble.add_argument("--gpu-cache-bytes", type=int, help="KIND_GPU lookup instances with a GPU cache of this many bytes")
@@ -303,7 +306,7 @@ def _add_query(sub: Any) -> None:
     query = sub.add_parser("query", help="score a parquet or CSV file of raw rows through a served model")
     query.add_argument("file", help=".parquet or .csv of raw rows (a 'label' column is carried along)")
     query.add_argument("--url", default="127.0.0.1:8001", help="gRPC address of tritonserver")
-    query.add_argument("--model", required=True)
+    query.add_argument("--model", required=True, help="the served model's name (an ensemble or a transform)")
     query.add_argument("--batch-size", type=int, default=1024, help="rows per request")
     query.add_argument("--output", help="write the predictions here (.parquet or .csv)")
     query.add_argument("--log", help="append requests, predictions and labels as parquet under LOG/<model>/")
@@ -314,10 +317,10 @@ def _add_demo(sub: Any) -> None:
     """Subcommand ``demo``."""
     demo = sub.add_parser("demo", help="data -> fit -> train DLRM -> export the ensemble -> serve -> AUC, parity, latency")
     demo.add_argument("--workdir", default="demo-output", help="where data, workflow, model and repository go")
-    demo.add_argument("--train-rows", type=int, default=500_000)
-    demo.add_argument("--eval-rows", type=int, default=20_000)
+    demo.add_argument("--train-rows", type=int, default=500_000, help="synthetic rows to fit and train on")
+    demo.add_argument("--eval-rows", type=int, default=20_000, help="held-out rows scored through the server")
     demo.add_argument("--requests", type=int, default=300, help="timed requests per batch size")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the training")
     demo.add_argument("--epochs", type=int, default=1, help="DLRM training epochs")
     demo.add_argument("--host-budget", type=float, default=0.25,
                       help="host memory for embedding rows as a fraction of their size, the rest in RocksDB (0: all in memory)")
@@ -325,9 +328,26 @@ def _add_demo(sub: Any) -> None:
     demo.set_defaults(func=_demo)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help says its default or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or "") or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser: ``--help`` shows every option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_demo):
         add(sub)
     return parser
