@@ -20,12 +20,48 @@ def _build(args: argparse.Namespace) -> int:
         if not sep or not name or not file:
             raise ValueError(f"--table {spec!r}: expected NAME=FILE.parquet")
         sources[name] = file
+    metadata = _plan_metadata(args.plan, sources) if args.plan else None
+    if metadata is not None:
+        _check_keys_fit(sources, args.key_column, metadata["table_sizes"])
     path = build_store_from_parquet(
         args.store, sources, key_column=args.key_column, vector_column=args.vector_column,
-        dtype=args.dtype, missing=args.missing, overwrite=args.overwrite, persistent=args.persistent,
+        dtype=args.dtype, missing=args.missing, overwrite=args.overwrite, persistent=args.persistent, metadata=metadata,
     )
-    print(f"wrote {path} ({len(sources)} table(s))")
+    print(f"wrote {path} ({len(sources)} table(s){', for plan ' + metadata['plan_fingerprint'] if metadata else ''})")
     return 0
+
+
+def _plan_metadata(plan_dir: str, tables: dict[str, str]) -> dict:
+    """``plan_fingerprint`` and ``table_sizes`` of the transform plan in ``plan_dir`` (its sealed
+    manifest; no transform code needed) for ``tables``, each of which must be one of its
+    Categorify outputs. ValueError naming the plan or the table otherwise."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from tritonrec.integrity import PLAN_FORMAT, PLAN_FORMAT_VERSION, PLAN_MANIFEST, ManifestKind, read_sealed_manifest  # noqa: PLC0415
+
+    kind = ManifestKind(PLAN_FORMAT, PLAN_FORMAT_VERSION, "transform plan", "a transform plan", "embedding-cache", "re-export the plan",
+                        ValueError)
+    manifest_path, manifest = read_sealed_manifest(Path(plan_dir), PLAN_MANIFEST, kind)
+    sizes = manifest.get("table_sizes")
+    if not isinstance(sizes, dict):
+        raise ValueError(f"{manifest_path}: records no table sizes (saved by an older tritonrec): re-export the plan")
+    unknown = sorted(set(tables) - set(sizes))
+    if unknown:
+        raise ValueError(f"--table {unknown}: not Categorify outputs of the plan {plan_dir} (its tables: {sorted(sizes)})")
+    return {"plan_fingerprint": manifest["fingerprint"], "table_sizes": {t: int(sizes[t]) for t in tables}}
+
+
+def _check_keys_fit(sources: dict[str, str], key_column: str, sizes: dict[str, int]) -> None:
+    """Every key of each table's parquet file is a code of the plan (0 <= key < size); else
+    ValueError naming the table and the keys out of range, before anything is written."""
+    import pyarrow.parquet as pq  # noqa: PLC0415 - optional dependency
+
+    for table, source in sources.items():
+        keys = np.asarray(pq.read_table(source, columns=[key_column]).column(key_column).to_numpy())
+        outside = keys[(keys < 0) | (keys >= sizes[table])]
+        if outside.size:
+            raise ValueError(f"table {table!r}: {outside.size} key(s) outside the plan's codes 0..{sizes[table] - 1} "
+                             f"(keys are the column's Categorify codes), e.g. {outside[:5].tolist()}; nothing was written")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -78,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--missing", choices=("zeros", "error"), default="zeros", help="missing-key policy")
     build.add_argument("--overwrite", action="store_true", help="replace a store at that path")
     build.add_argument("--persistent", action="store_true", help="keep the rows in a RocksDB tier")
+    build.add_argument("--plan", metavar="PLAN_DIR",
+                       help="the transform plan (a plan directory, e.g. MODEL_REPOSITORY/NAME_transform/1/plan) whose "
+                            "Categorify codes the keys are: records its fingerprint and table sizes, which tritonrec export checks")
     build.set_defaults(func=_build)
     info = sub.add_parser("info", help="tables, sizes and policies of a store", formatter_class=defaults)
     info.add_argument("store", help="the store directory")

@@ -190,3 +190,51 @@ def test_outputs_the_ensemble_cannot_pass_are_named_with_the_fix(parts, tmp_path
     assert "the plan also outputs float64: ['x'] (end the column's ops with a float32 step: Normalize(out_dtype=np.float32)" in message
     assert "int32: ['b'] (Bucketize and HashBucket give int32, not codes: follow them with Categorify()" in message
     assert not (tmp_path / "rank").exists()
+
+
+def test_a_store_of_ones_own_tables_built_with_the_plan_is_accepted(parts, tmp_path):
+    """embedding-cache build --plan records what export checks; without it export says how to."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedding_cache import read_store_info
+    from tritonrec.export import store_metadata
+
+    plan, _, scorer = parts
+    plan.save(tmp_path / "plan")
+    sizes = store_metadata(plan)["table_sizes"]
+    rng = np.random.default_rng(0)
+    tables = []
+    for column in plan.packed_outputs["int64"]:
+        keys = np.arange(sizes[column])
+        pq.write_table(pa.table({"key": keys, "vector": list(rng.normal(size=(keys.size, 16)).astype(np.float32))}),
+                       tmp_path / f"{column}.parquet")
+        tables += ["--table", f"{column}={tmp_path / f'{column}.parquet'}"]
+    cli = str(Path(sys.executable).parent / "embedding-cache")
+    run = lambda *args: subprocess.run([cli, "build", *args], capture_output=True, text=True, timeout=300)  # noqa: E731
+    built = run(str(tmp_path / "store"), *tables, "--plan", str(tmp_path / "plan"))
+    assert built.returncode == 0, built.stderr
+    assert read_store_info(tmp_path / "store")[0] == store_metadata(plan)
+    export_ensemble(plan, tmp_path / "store", scorer, tmp_path / "repo", "rank")
+
+    assert run(str(tmp_path / "bare"), *tables).returncode == 0  # no --plan: no fingerprint
+    with pytest.raises(FingerprintMismatchError, match=r"records no transform plan fingerprint .*`embedding-cache build --plan PLAN_DIR"):
+        export_ensemble(plan, tmp_path / "bare", scorer, tmp_path / "repo2", "rank")
+
+    column = plan.packed_outputs["int64"][0]
+    pq.write_table(pa.table({"key": np.array([0, sizes[column]]), "vector": list(np.zeros((2, 16), np.float32))}), tmp_path / "big.parquet")
+    failed = run(str(tmp_path / "s2"), "--table", f"{column}={tmp_path / 'big.parquet'}", "--plan", str(tmp_path / "plan"))
+    assert failed.returncode == 1 and f"table '{column}': 1 key(s) outside the plan's codes 0..{sizes[column] - 1}" in failed.stderr
+    assert not (tmp_path / "s2").exists()
+    failed = run(str(tmp_path / "s3"), "--table", f"nope={tmp_path / 'big.parquet'}", "--plan", str(tmp_path / "plan"))
+    assert failed.returncode == 1 and "--table ['nope']: not Categorify outputs of the plan" in failed.stderr
+    manifest = json.loads((tmp_path / "plan" / "manifest.json").read_text())
+    del manifest["table_sizes"]
+    write_manifest(tmp_path / "plan" / "manifest.json", manifest)  # a plan saved before this version
+    failed = run(str(tmp_path / "s4"), *tables[:2], "--plan", str(tmp_path / "plan"))
+    assert failed.returncode == 1 and "records no table sizes (saved by an older tritonrec): re-export the plan" in failed.stderr

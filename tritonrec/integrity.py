@@ -106,6 +106,12 @@ def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+PLAN_FORMAT = "tritonrec.transform_plan"
+"""The ``format`` of a transform plan's ``manifest.json`` (written by ``tritonrec.transform.plan_io``)."""
+PLAN_FORMAT_VERSION = 2  # 2: every array file's size and SHA-256, a sealed manifest
+"""Version of the plan directory layout; a plan of another version is refused at load."""
+PLAN_MANIFEST = "manifest.json"
+
 @dataclasses.dataclass(frozen=True)
 class ManifestKind:
     """What a manifest file must be, and how its errors name it.

@@ -104,13 +104,22 @@ def ensemble_columns(plan: TransformPlan, multi_hot_combiner: str | Mapping[str,
     return EnsembleColumns(single, multi, tables, combiners, sizes, len(plan.packed_outputs.get("float32", [])))
 
 
+def store_metadata(plan: TransformPlan) -> dict[str, Any]:
+    """What an embedding store built for ``plan`` records, for :func:`check_store`:
+    ``plan_fingerprint`` and ``table_sizes`` (Categorify output -> the rows its table needs, codes
+    0 .. size-1). Pass it as ``build_store(..., metadata=store_metadata(plan))``; the command line
+    does the same with ``embedding-cache build --plan PLAN_DIR``."""
+    return {"plan_fingerprint": plan.fingerprint, "table_sizes": {c: r[0] for c, r in plan.categorical_codes().items()}}
+
+
 def check_store(store: str | os.PathLike[str], plan: TransformPlan, columns: EnsembleColumns) -> int:
     """The store was trained against ``plan``: its fingerprint, one table per id column with the
     plan's size, one dim for all. Returns that dim."""
     from embedding_cache import read_store_info  # noqa: PLC0415
 
     metadata, store_tables = read_store_info(store)
-    check_fingerprint(f"embedding store {store}", metadata.get("plan_fingerprint"), plan.fingerprint)
+    check_fingerprint(f"embedding store {store}", metadata.get("plan_fingerprint"), plan.fingerprint,
+                      "build it with `embedding-cache build --plan PLAN_DIR ...`, or build_store(..., metadata=store_metadata(plan))")
     by_name = {t.name: t for t in store_tables}
     absent = [c for c in columns.tables if c not in by_name]
     if absent:

@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.integrity import IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files, write_manifest
+from tritonrec.integrity import (
+    PLAN_FORMAT, PLAN_FORMAT_VERSION, PLAN_MANIFEST, IntegrityError, ManifestKind, file_entry, read_sealed_manifest, verify_files,
+    write_manifest,
+)
 from tritonrec.transform.ops import IncompatibleStepError, step_from_manifest
 from tritonrec.transform.plan import ColumnSpec, PlanGroup, PlanLoadError, TransformPlan
 
-PLAN_FORMAT_VERSION = 2  # 2: every array file's size and SHA-256, a sealed manifest
-"""Version of the plan directory layout; a plan of another version is refused at load."""
 SUPPORTED_NVTABULAR_VERSIONS = ("23.08.00",)
 """NVTabular releases whose transform semantics the steps reproduce."""
-MANIFEST = "manifest.json"
+MANIFEST = PLAN_MANIFEST
 
 
 
@@ -70,7 +71,7 @@ def save_plan(plan: TransformPlan, path: str | os.PathLike[str]) -> Path:
              **({"list": True} if group.is_list else {})}
         )
     manifest = {
-        "format": "tritonrec.transform_plan",
+        "format": PLAN_FORMAT,
         "format_version": PLAN_FORMAT_VERSION,
         "nvtabular_version": plan.nvtabular_version,
         "fingerprint": plan.fingerprint,
@@ -78,6 +79,9 @@ def save_plan(plan: TransformPlan, path: str | os.PathLike[str]) -> Path:
         "output_schema": [c.to_json() for c in plan.output_schema],
         **({"hidden_schema": [c.to_json() for c in plan.hidden_schema]} if plan.hidden_schema else {}),
         "groups": groups_json,
+        # what an embedding store for this plan records (embedding-cache build --plan reads it): the rows
+        # each Categorify output's table needs (codes 0 .. size-1); derived, not part of the fingerprint
+        "table_sizes": {column: ranges[0] for column, ranges in plan.categorical_codes().items()},
     }
     write_manifest(root / MANIFEST, manifest)
     return root
@@ -101,7 +105,7 @@ def load_plan(path: str | os.PathLike[str], verify: bool = True) -> TransformPla
     """Loads a plan directory written by :func:`save_plan` (see :meth:`TransformPlan.load`)."""
     root = Path(path)
     manifest_path, manifest = read_sealed_manifest(root, MANIFEST, ManifestKind(
-        "tritonrec.transform_plan", PLAN_FORMAT_VERSION, "transform plan", "a transform plan", "tritonrec", "re-export the plan",
+        PLAN_FORMAT, PLAN_FORMAT_VERSION, "transform plan", "a transform plan", "tritonrec", "re-export the plan",
         PlanLoadError))
     try:
         if verify:
