@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -41,7 +42,7 @@ def _admin_key(args: argparse.Namespace) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tritonrec.serving.server import ADMIN_CATEGORIES, ServerError, TritonServer, free_port  # noqa: PLC0415
+    from tritonrec.serving.server import ServerError, TritonServer, free_port  # noqa: PLC0415
 
     if args.http_port is not None and not args.http:
         print("tritonrec serve: --http-port needs --http (HTTP is off by default)", file=sys.stderr)
@@ -82,20 +83,36 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop()
         print(f"tritonrec serve: --supervisor-metrics-port {supervisor_port}: {e.strerror}", file=sys.stderr)
         return 1
-    print(f"tritonserver ready: {server.model_repository}")
-    print(f"  gRPC     {server.grpc_url}")
-    print(f"  HTTP     {server.http_url or 'off (--http serves it)'}")
-    print(f"  metrics  {server.metrics_url}")
-    print(f"  canary   http://{args.host}:{supervisor_port}/metrics")
-    print(f"  log      {server.log_path}")
-    print(f"  admin    {'open to every client (--allow-admin)' if args.allow_admin else 'restricted (' + ', '.join(ADMIN_CATEGORIES) + ')'}")
-    print("Ctrl-C or SIGTERM stops it.", flush=True)
+    _announce(server, args, supervisor_port)
     options = SupervisorOptions(restarts=args.restart, canary_interval_s=args.canary_interval,
                                 canary_timeout_s=args.canary_timeout, start_timeout_s=args.timeout)
     try:
         return Supervisor(server, options, metrics).run(stop)
     finally:
         metrics.close()
+        if args.endpoints_file:
+            from tritonrec.serving.endpoints import remove_endpoints  # noqa: PLC0415
+
+            remove_endpoints(args.endpoints_file)
+
+
+def _announce(server: TritonServer, args: argparse.Namespace, supervisor_port: int) -> None:
+    """The banner, and the endpoints file when asked for (see :mod:`tritonrec.serving.endpoints`)."""
+    from tritonrec.serving.endpoints import write_endpoints  # noqa: PLC0415
+    from tritonrec.serving.server import ADMIN_CATEGORIES  # noqa: PLC0415
+
+    canary = f"http://{args.host}:{supervisor_port}/metrics"
+    print(f"tritonserver ready: {server.model_repository}")
+    print(f"  gRPC     {server.grpc_url}")
+    print(f"  HTTP     {server.http_url or 'off (--http serves it)'}")
+    print(f"  metrics  {server.metrics_url}")
+    print(f"  canary   {canary}")
+    print(f"  log      {server.log_path}")
+    print(f"  admin    {'open to every client (--allow-admin)' if args.allow_admin else 'restricted (' + ', '.join(ADMIN_CATEGORIES) + ')'}")
+    if args.endpoints_file:
+        endpoints = {"grpc": server.grpc_url, "http": server.http_url, "metrics": server.metrics_url, "canary": canary, "pid": os.getpid()}
+        print(f"  endpoints {write_endpoints(args.endpoints_file, endpoints)}")
+    print("Ctrl-C or SIGTERM stops it.", flush=True)
 
 
 def _check(server: TritonServer, args: argparse.Namespace) -> int:
@@ -191,12 +208,20 @@ def _export(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
-    from tritonrec.serving.query import QueryError, query  # noqa: PLC0415
+    from tritonrec.serving.endpoints import EndpointsError, read_endpoints  # noqa: PLC0415
+    from tritonrec.serving.query import TRITON_GRPC_DEFAULT, QueryError, query  # noqa: PLC0415
 
     try:
-        predictions = query(args.url, args.model, args.file, batch_size=args.batch_size, output=args.output, log_dir=args.log)
-    except (QueryError, InferenceServerException) as e:
+        url = args.url or (read_endpoints(args.endpoints_file)["grpc"] if args.endpoints_file else TRITON_GRPC_DEFAULT)
+        predictions = query(url, args.model, args.file, batch_size=args.batch_size, output=args.output, log_dir=args.log)
+    except (QueryError, EndpointsError) as e:
         print(f"tritonrec query: {e}", file=sys.stderr)
+        return 1
+    except InferenceServerException as e:
+        hint = "" if args.url or args.endpoints_file else (
+            f" (no --url or --endpoints-file: tried Triton's default {TRITON_GRPC_DEFAULT}; `tritonrec serve` picks free ports "
+            "and writes them to its --endpoints-file)")
+        print(f"tritonrec query: {e}{hint}", file=sys.stderr)
         return 1
     where = f" to {args.output}" if args.output else ""
     logged = f"; logged under {args.log}/{args.model}" if args.log else ""
@@ -247,6 +272,8 @@ def _add_serve(sub: Any) -> None:
                        help="start, send one canary request to every model, stop; exit 1 when any fails")
     serve.add_argument("--tritonserver", help="path of the tritonserver binary (default: PATH, then the bundled one)")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    serve.add_argument("--endpoints-file", metavar="FILE",
+                       help="write the chosen addresses here as JSON once ready (tritonrec query --endpoints-file reads it); removed at exit")
     serve.set_defaults(func=_serve)
 
 
@@ -305,7 +332,9 @@ def _add_query(sub: Any) -> None:
     """Subcommand ``query``."""
     query = sub.add_parser("query", help="score a parquet or CSV file of raw rows through a served model")
     query.add_argument("file", help=".parquet or .csv of raw rows (a 'label' column is carried along)")
-    query.add_argument("--url", default="127.0.0.1:8001", help="gRPC address of tritonserver")
+    where = query.add_mutually_exclusive_group()
+    where.add_argument("--url", help="gRPC address of tritonserver (default: 127.0.0.1:8001, Triton's own default)")
+    where.add_argument("--endpoints-file", metavar="FILE", help="read the gRPC address from the file `tritonrec serve --endpoints-file` writes")
     query.add_argument("--model", required=True, help="the served model's name (an ensemble or a transform)")
     query.add_argument("--batch-size", type=int, default=1024, help="rows per request")
     query.add_argument("--output", help="write the predictions here (.parquet or .csv)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -14,7 +13,9 @@ import numpy as np
 
 from embedding_cache.options import GpuCacheOptions, HostOptions
 from tritonrec.export.checks import EnsembleColumns, ScorerWiring, ServedScorer, check_scorer, check_store, ensemble_columns
-from tritonrec.export.render import check_name, copy_tree, new_version, next_version, render_template, tensor_block
+from tritonrec.export.render import (
+    check_name, copy_tree, json_parameter, new_version, next_version, render_template, tensor_block,
+)
 from tritonrec.export.transform import check_instance_kind, export_transform, load_or_compile
 from tritonrec.serving.lists import list_tensor_specs
 from tritonrec.serving.specs import TensorSpec
@@ -119,7 +120,7 @@ def _write_ensemble(repository: Path, name: str, plan: TransformPlan, columns: E
             embeddings=f"{name}_embeddings", embeddings_version=versions["embeddings"],
             scorer=wiring.model, scorer_version=versions["scorer"], dense_input=wiring.dense_input,
             embeddings_input=wiring.embeddings_input, scorer_output=wiring.output, fingerprint=plan.fingerprint, layout=layout,
-            packed_inputs=json.dumps(plan.packed_inputs, separators=(",", ":")).replace('"', '\\"'),
+            packed_inputs=json_parameter(plan.packed_inputs),
         ))
     return model_dir
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import string
@@ -76,3 +77,9 @@ def copy_tree(source: Path, target: Path) -> None:
         shutil.copy2(src, dst)
 
     shutil.copytree(source, target, copy_function=link_or_copy)
+
+
+def json_parameter(value: Any) -> str:
+    """``value`` as compact JSON escaped for a ``string_value: "..."`` of a config.pbtxt (e.g. a
+    plan's ``packed_inputs``: dtype -> its columns in order, which clients read back)."""
+    return json.dumps(value, separators=(",", ":")).replace('"', '\\"')

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tritonrec.export.render import check_name, new_version, render_template, tensor_block
+from tritonrec.export.render import check_name, json_parameter, new_version, render_template, tensor_block
 from tritonrec.serving.lists import list_layout_for
 from tritonrec.serving.transform_model import TransformModel, check_layout
 from tritonrec.transform.plan import TransformPlan
@@ -85,9 +85,8 @@ def export_transform(
         (model_dir / "config.pbtxt").write_text(render_template(
             "nvtabular_transform", name=name, max_batch_size=max_batch_size,
             inputs=tensor_block("input", model.inputs, max_batch_size), outputs=tensor_block("output", model.outputs, max_batch_size),
-            instance_count=instance_count,
+            instance_count=instance_count, instance_kind=instance_kind, force_cpu_inputs="no" if instance_kind == "KIND_GPU" else "yes",
             batching=f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}" if max_batch_size else "",
-            layout=layout, output_layout=output_layout, fingerprint=plan.fingerprint, instance_kind=instance_kind,
-            force_cpu_inputs="no" if instance_kind == "KIND_GPU" else "yes",
+            layout=layout, output_layout=output_layout, fingerprint=plan.fingerprint, packed_inputs=json_parameter(plan.packed_inputs),
         ))
     return model_dir

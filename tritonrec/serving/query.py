@@ -2,8 +2,9 @@
 
 The model's inputs are read from the server (``get_model_config``): a per-column model takes one
 [batch, 1] tensor per raw column, named as the column; a packed model (``INPUT_<TYPE>`` tensors)
-names its column order in the ``packed_inputs`` parameter and says ``input_layout`` ``packed``, as
-exported ensembles do.
+names its column order in the ``packed_inputs`` parameter and says ``layout`` (a transform) or
+``input_layout`` (an ensemble) ``packed``, as tritonrec's exports write them. List columns travel
+as their two tensors in either layout; see :class:`RequestBuilder`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tritonrec.serving.dtypes import numpy_dtype
+from tritonrec.serving.lists import list_from_tensors, list_tensor_names, list_to_tensors
+from tritonrec.transform.plan import ListColumn
+
 LABEL = "label"
-_TRITON_DTYPES = {"TYPE_FP32": "float32", "TYPE_FP64": "float64", "TYPE_INT64": "int64", "TYPE_INT32": "int32", "TYPE_FP16": "float16"}
+TRITON_GRPC_DEFAULT = "127.0.0.1:8001"
+"""Triton's own default gRPC address (``tritonrec serve`` picks free ports: see its ``--endpoints-file``)."""
 
 
 class QueryError(ValueError):
@@ -40,39 +46,65 @@ def read_rows(path: str | os.PathLike[str]) -> Any:
     raise QueryError(f"{path}: expected a .parquet or .csv file, got {suffix or 'no suffix'!r}")
 
 
+def _numpy(model: str, tensor: Mapping[str, Any]) -> np.dtype:
+    try:
+        return numpy_dtype(tensor["data_type"].removeprefix("TYPE_"))
+    except (KeyError, ValueError):
+        raise QueryError(f"model {model!r}: input {tensor['name']!r} has type {tensor['data_type']}, which this client cannot fill") from None
+
+
+def _list_pairs(names: Any) -> dict[str, str]:
+    """List column -> ``"padded"`` or ``"offsets"``, for each ``<col>__values`` beside a
+    ``<col>__lengths`` or ``<col>__offsets`` among ``names``."""
+    pairs = {}
+    for name in names:
+        column, _, part = name.rpartition("__")
+        if part == "values" and f"{column}__lengths" in names:
+            pairs[column] = "padded"
+        elif part == "values" and f"{column}__offsets" in names:
+            pairs[column] = "offsets"
+    return pairs
+
+
 class RequestBuilder:
-    """Turns rows of a DataFrame into a model's input tensors, from the model's configuration."""
+    """Turns rows of a DataFrame into a model's input tensors, from the model's configuration.
+
+    Every column kind the transform takes: numbers, strings (TYPE_STRING; a null cannot travel in
+    Triton's BYTES and is refused naming its row), and list columns (a list or array per row),
+    sent as ``<col>__values`` + ``<col>__lengths`` (padded) or ``<col>__offsets``. A packed model
+    (``layout``/``input_layout`` ``packed``) takes one tensor per dtype, its columns in the order
+    of its ``packed_inputs`` parameter, as tritonrec's exports write it.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.model = config.get("name", "?")
-        inputs = config.get("input", [])
+        inputs = {t["name"]: t for t in config.get("input", [])}
         self.outputs = [o["name"] for o in config.get("output", [])]
-        parameters = config.get("parameters", {})
-        packed = parameters.get("packed_inputs", {}).get("string_value", "")
-        if parameters.get("input_layout", {}).get("string_value", "") == "per-column":
-            packed = ""
-        self.packed: dict[str, tuple[str, list[str]]] = {}  # tensor -> (dtype, columns)
-        self.columns: dict[str, str] = {}  # tensor (= column) -> dtype
-        if packed:
-            order = json.loads(packed)
-            for tensor in inputs:
-                dtype = _TRITON_DTYPES.get(tensor["data_type"])
-                if dtype is None or dtype not in order:
-                    raise QueryError(f"model {self.model!r}: input {tensor['name']!r} ({tensor['data_type']}) is not in its packed_inputs {sorted(order)}")
-                self.packed[tensor["name"]] = (dtype, order[dtype])
+        self.output_lists = _list_pairs(self.outputs)  # list column -> its layout
+        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        layout = parameters.get("input_layout") or parameters.get("layout") or "per-column"
+        # list column -> (values dtype, "padded" | "offsets")
+        self.lists = {c: (_numpy(self.model, inputs[f"{c}__values"]), layout_) for c, layout_ in _list_pairs(inputs).items()}
+        listed = {n for c, (_, layout_) in self.lists.items() for n in list_tensor_names(c, layout_)}
+        scalars = {n: t for n, t in inputs.items() if n not in listed}
+        self.packed: dict[str, tuple[np.dtype, list[str]]] = {}  # tensor -> (dtype, columns)
+        self.columns: dict[str, np.dtype] = {}  # tensor (= column) -> dtype
+        if layout == "packed" and scalars:
+            order = json.loads(parameters.get("packed_inputs") or "{}")
+            if not order:
+                raise QueryError(f"model {self.model!r} takes packed inputs but records no packed_inputs: re-export it with this tritonrec")
+            for name, tensor in scalars.items():
+                dtype = _numpy(self.model, tensor)
+                if dtype.name not in order:
+                    raise QueryError(f"model {self.model!r}: input {name!r} ({tensor['data_type']}) is not in its packed_inputs {sorted(order)}")
+                self.packed[name] = (dtype, list(order[dtype.name]))
         else:
-            for tensor in inputs:
-                dtype = _TRITON_DTYPES.get(tensor["data_type"])
-                if dtype is None:
-                    raise QueryError(f"model {self.model!r}: input {tensor['name']!r} has type {tensor['data_type']}, which this client cannot fill")
-                self.columns[tensor["name"]] = dtype
+            self.columns = {name: _numpy(self.model, tensor) for name, tensor in scalars.items()}
 
     @property
     def required(self) -> list[str]:
         """The raw columns the file must have."""
-        if self.packed:
-            return [c for _, columns in self.packed.values() for c in columns]
-        return list(self.columns)
+        return [c for _, columns in self.packed.values() for c in columns] + list(self.columns) + list(self.lists)
 
     def check(self, frame: Any, path: Any) -> None:
         missing = [c for c in self.required if c not in frame.columns]
@@ -81,12 +113,49 @@ class RequestBuilder:
 
     def tensors(self, frame: Any) -> dict[str, np.ndarray]:
         """Input name -> array for the rows of ``frame``."""
-        if self.packed:
-            return {
-                name: np.ascontiguousarray(np.stack([frame[c].to_numpy().astype(dtype) for c in columns], axis=1))
-                for name, (dtype, columns) in self.packed.items()
-            }
-        return {name: np.ascontiguousarray(frame[name].to_numpy().astype(dtype).reshape(-1, 1)) for name, dtype in self.columns.items()}
+        out = {name: np.ascontiguousarray(np.stack([self._column(frame, c, dtype) for c in columns], axis=1))
+               for name, (dtype, columns) in self.packed.items()}
+        out.update({name: np.ascontiguousarray(self._column(frame, name, dtype).reshape(-1, 1)) for name, dtype in self.columns.items()})
+        for column, (dtype, layout) in self.lists.items():
+            values_name, second = list_tensor_names(column, layout)
+            out[values_name], out[second] = list_to_tensors(self._list(frame, column, dtype), layout)
+        return out
+
+    @property
+    def output_columns(self) -> list[str]:
+        """The columns of the predictions: each output, a list column's two as one of its name."""
+        listed = {n for c, layout in self.output_lists.items() for n in list_tensor_names(c, layout)}
+        return [n for n in self.outputs if n not in listed] + list(self.output_lists)
+
+    def columns_of(self, result: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """The outputs of one response as columns of its rows: a [batch, 1] output as values, a
+        wider one as a list per row, a list column's two tensors as one list per row (its name)."""
+        columns = {name: _column(result[name]) for name in self.output_columns if name not in self.output_lists}
+        for column, layout in self.output_lists.items():
+            values_name, second = list_tensor_names(column, layout)
+            rows = list_from_tensors(column, np.asarray(result[values_name]), np.asarray(result[second]), layout)
+            columns[column] = [rows.values[a:b] for a, b in zip(rows.offsets[:-1].tolist(), rows.offsets[1:].tolist())]
+        return columns
+
+    def _column(self, frame: Any, column: str, dtype: np.dtype) -> np.ndarray:
+        values = frame[column].to_numpy()
+        if dtype.kind != "O":
+            return values.astype(dtype)
+        nulls = [i for i, v in enumerate(values) if not isinstance(v, (str, bytes))]
+        if nulls:
+            raise QueryError(f"column {column!r}, row {frame.index[nulls[0]]}: {values[nulls[0]]!r} is not a string (Triton's "
+                             f"BYTES tensors have no null; {len(nulls)} such value(s) in this batch)")
+        return values.astype(object)
+
+    def _list(self, frame: Any, column: str, dtype: np.dtype) -> ListColumn:
+        rows = frame[column].to_numpy()
+        try:
+            parts = [np.asarray(r if r is not None else [], dtype=dtype).reshape(-1) for r in rows]
+        except (TypeError, ValueError) as e:
+            raise QueryError(f"column {column!r}: expected a list of {dtype} per row ({e})") from None
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([p.size for p in parts], out=offsets[1:])
+        return ListColumn(np.concatenate(parts) if parts else np.zeros(0, dtype=dtype), offsets)
 
 
 def query(
@@ -135,7 +204,7 @@ def query(
         rows = frame.iloc[start : start + batch_size]
         sent_ns = time.time_ns()
         result = infer(client, model, builder.tensors(rows), builder.outputs)
-        part = pd.DataFrame({name: _column(result[name]) for name in builder.outputs}, index=rows.index)
+        part = pd.DataFrame(builder.columns_of(result), index=rows.index)
         if LABEL in frame.columns:
             part[LABEL] = rows[LABEL].to_numpy()
         parts.append(part)
@@ -143,7 +212,7 @@ def query(
             _log_batch(log_path / f"part-{sent_ns}-{os.getpid()}-{start}.parquet", rows, part, builder, model, sent_ns)
         if progress is not None:
             progress(start + len(rows))
-    predictions = pd.concat(parts) if parts else pd.DataFrame({name: [] for name in builder.outputs})
+    predictions = pd.concat(parts) if parts else pd.DataFrame({name: [] for name in builder.output_columns})
     if output is not None:
         _write(predictions, Path(output))
     return predictions
@@ -152,7 +221,7 @@ def query(
 def _log_batch(path: Path, rows: Any, part: Any, builder: RequestBuilder, model: str, sent_ns: int) -> None:
     """One batch's raw columns, predictions, label, model and request time (UTC ns) as a parquet file."""
     logged = rows[list(builder.required)].copy()
-    for name in builder.outputs:
+    for name in builder.output_columns:
         logged[name] = part[name].to_numpy()
     if LABEL in rows.columns:
         logged[LABEL] = rows[LABEL].to_numpy()
