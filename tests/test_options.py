@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -72,3 +74,14 @@ def test_a_store_takes_the_objects_or_the_keywords_not_both(tmp_path):
         EmbeddingStore(path, threads=0)
     with pytest.raises(ValueError, match="give both"):
         EmbeddingStore(path, gpu_cache=GpuCacheOptions(1 << 20))
+
+
+def test_the_null_string_parameter_is_a_json_string():
+    from tritonrec.serving.config import null_string_parameter
+
+    assert null_string_parameter(_config()) is None
+    assert null_string_parameter(_config(null_string='""')) == ""
+    assert null_string_parameter(_config(null_string='"<NA>"')) == "<NA>"
+    for bad in ("3", "<NA>", "[1]"):
+        with pytest.raises(ConfigError, match=rf"parameter 'null_string' is '{re.escape(bad)}': expected a JSON string"):
+            null_string_parameter(_config(null_string=bad))

@@ -50,6 +50,7 @@ def served(tmp_path_factory, start_server):
     export_transform(plan, repo, "cols", layout="per-column")
     export_transform(plan, repo, "packed", layout="packed")
     export_transform(plan, repo, "flat", layout="per-column", max_batch_size=0)  # lists as values + offsets
+    export_transform(plan, repo, "nullable", layout="packed", null_string="")  # "" is NVTabular's null
     rows = _frame(N, 1)
     rows.to_parquet(work / "rows.parquet")
     with start_server(repo) as server:
@@ -134,3 +135,18 @@ def test_endpoints_files_that_cannot_be_used_are_named(tmp_path):
     path.write_text('{"http": "x"}')
     with pytest.raises(EndpointsError, match=r"no gRPC address"):
         read_endpoints(path)
+
+
+def test_an_export_with_a_null_string_serves_it_as_null(served, tmp_path):
+    server, plan, work = served
+    frame = pd.read_parquet(work / "rows.parquet")
+    assert (frame["city"] == "").any()
+    assert main(["query", "--url", server.grpc_url, "--model", "nullable", "--output", str(tmp_path / "p.parquet"),
+                 str(work / "rows.parquet")]) == 0
+    got = np.stack([np.asarray(v) for v in pd.read_parquet(tmp_path / "p.parquet")["OUTPUT_INT64"]])
+    city = plan.packed_outputs["int64"].index("city")
+    with_nulls = frame.assign(city=frame["city"].where(frame["city"] != "", None))
+    np.testing.assert_array_equal(got[:, city], _expected(plan, with_nulls)["city"])
+    assert (got[(frame["city"] == "").to_numpy(), city] == 1).all()  # Categorify's null code
+    config = (work / "repo" / "nullable" / "config.pbtxt").read_text()
+    assert 'key: "null_string" value: { string_value: "\\"\\"" }' in config

@@ -98,6 +98,39 @@ def test_bytes_inputs_are_read_as_utf8(strings):
         np.testing.assert_array_equal(got_bytes[c], got_str[c])
 
 
+@pytest.mark.parametrize("layout", ["per-column", "packed"])
+@pytest.mark.parametrize("marker", ["", "<NA>"])
+def test_a_declared_null_string_is_served_as_nvtabulars_null(strings, layout, marker):
+    """Triton's BYTES cannot carry a null: a model exported with null_string reads that value as
+    null (NVTabular's code 1, its null hash bucket); without it the value is an ordinary string."""
+    from tritonrec.serving.client import pack_request, unpack_response
+    from tritonrec.serving.transform_model import TransformModel
+
+    plan = strings["plan"]
+    columns = _batch(200, 3, 0.6)
+    expected = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        guard = {c: np.array(["item-0"], dtype=object) if c.startswith("s") else np.array([1], dtype=np.int64) for c in columns}
+        expected = nvtabular_transform(strings["workflow"], {c: np.concatenate([v, guard[c]]) for c, v in columns.items()})
+    sent = {c: (np.array([marker.encode() if v is None else v.encode() for v in a], dtype=object) if c.startswith("s") and marker
+                else np.array([marker if v is None else v for v in a], dtype=object) if c.startswith("s") else a)
+            for c, a in columns.items()}
+    if marker == "":  # "" is also a value of the batch: it becomes null too, as it would in NVTabular only if sent as null
+        expected = nvtabular_transform(strings["workflow"], {c: np.concatenate([np.where(v == "", None, v) if c.startswith("s") else v,
+                                                                               guard[c]]) for c, v in columns.items()})
+    marked = TransformModel(plan, layout, 0, null_string=marker)
+    got = unpack_response(marked, marked.execute([pack_request(marked, sent)])[0])
+    report = compare({c: v[:200] for c, v in expected.items()}, got)
+    assert report.ok, report.summary()
+    plain = TransformModel(plan, layout, 0)
+    unmarked = unpack_response(plain, plain.execute([pack_request(plain, sent)])[0])
+    nulls = np.array([v is None for v in columns["s1"]])
+    assert (unmarked["s1"][nulls] == 2).all() and (got["s1"][nulls] == 1).all()  # OOV without the marker, null with it
+    with pytest.raises(ValueError, match="null_string 3: expected a string"):
+        TransformModel(plan, layout, 0, null_string=3)
+
+
 def test_bad_strings_are_refused_by_name(strings):
     columns = _batch(4, 2, 0.5)
     columns["s2"] = np.array(["ok", b"\xff\xfe", None, "x"], dtype=object)

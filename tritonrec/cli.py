@@ -156,6 +156,7 @@ def _export_transform(args: argparse.Namespace) -> int:
             instance_count=args.instances,
             instance_kind="KIND_GPU" if args.gpu else "KIND_CPU",
             hashing=args.hashing,
+            null_string=args.null_string,
         )
     except (UnsupportedOpError, PlanLoadError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"tritonrec export-transform: {e}", file=sys.stderr)
@@ -193,7 +194,7 @@ def _export(args: argparse.Namespace) -> int:
             scorer_kind="KIND_GPU" if args.scorer_gpu else "KIND_CPU",
             transform_kind="KIND_GPU" if args.transform_gpu else "KIND_CPU",
             lookup_kind="KIND_GPU" if gpu_cache else "KIND_CPU", gpu_cache=gpu_cache,
-            multi_hot_combiner=args.multi_hot_combiner,
+            multi_hot_combiner=args.multi_hot_combiner, null_string=args.null_string,
         )
     except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError,
             ImportError) as e:
@@ -278,12 +279,15 @@ def _add_serve(sub: Any) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, name_help: str, layout: str, layout_help: str) -> None:
-    """The arguments both exports take: workflow, repository, --name, --layout, --max-batch-size."""
+    """The arguments both exports take: workflow, repository, --name, --layout, --max-batch-size, --null-string."""
     parser.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
     parser.add_argument("repository", help="model repository to write into")
     parser.add_argument("--name", required=True, help=name_help)
     parser.add_argument("--layout", choices=("per-column", "packed"), default=layout, help=layout_help)
     parser.add_argument("--max-batch-size", type=int, default=16384, help="the models' max_batch_size (rows per batch)")
+    parser.add_argument("--null-string", metavar="S",
+                        help="a string column's value that means null, as NVTabular's missing value (Triton's BYTES has no "
+                             "null): e.g. --null-string '' for clients that send missing categories as empty strings")
 
 
 def _add_export_transform(sub: Any) -> None:

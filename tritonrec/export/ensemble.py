@@ -18,6 +18,7 @@ from tritonrec.export.render import (
 )
 from tritonrec.export.transform import check_instance_kind, export_transform, load_or_compile
 from tritonrec.serving.lists import list_tensor_specs
+from tritonrec.serving.lookup_model import COMBINERS
 from tritonrec.serving.specs import TensorSpec
 from tritonrec.serving.transform_model import TransformModel, check_layout
 from tritonrec.transform.plan import TransformPlan
@@ -144,6 +145,7 @@ def export_ensemble(
     host: HostOptions | None = None,
     gpu_cache: GpuCacheOptions | None = None,
     multi_hot_combiner: str | Mapping[str, str] = "mean",
+    null_string: str | None = None,
 ) -> Path:
     """Writes transform -> embedding lookup -> scorer as one Triton ensemble; returns its directory.
 
@@ -160,7 +162,8 @@ def export_ensemble(
     tier; default: every row in memory). ``gpu_cache``: the :class:`GpuCacheOptions` of ``KIND_GPU``
     lookups (device memory, dtype, eviction, admission, async inserts). ``multi_hot_combiner``:
     ``sum`` or ``mean`` of a list (multi-hot) column's vectors, one for all or per column; list
-    columns reach the lookup as ``<col>__values`` + ``<col>__lengths``.
+    columns reach the lookup as ``<col>__values`` + ``<col>__lengths``. ``null_string``: see
+    :func:`export_transform`.
 
     Raises:
         FingerprintMismatchError: the store or scorer was trained against another plan (names both).
@@ -168,20 +171,17 @@ def export_ensemble(
             that differ from the plan's, bad options. StoreFormatError, ScorerFormatError,
             FileNotFoundError: unreadable parts.
     """
-    from tritonrec.serving.lookup_model import COMBINERS  # noqa: PLC0415
-
     options = _Options(max_batch_size, instance_count, max_queue_delay_us, missing_key_policy, scorer_threads, scorer_kind,
                        lookup_kind, host or HostOptions(), gpu_cache)
     options.check(name, layout)
     repository, plan = Path(repository), load_or_compile(workflow)
     columns = ensemble_columns(plan, multi_hot_combiner, COMBINERS)
     dim = check_store(store, plan, columns)
-    dense = TensorSpec("dense", np.dtype(np.float32), (columns.n_dense,))
-    embeddings = TensorSpec("embeddings", np.dtype(np.float32), (len(columns.tables), dim))
-    wiring = check_scorer(scorer, repository, name, plan, columns, dense, embeddings)
+    wiring = check_scorer(scorer, repository, name, plan, columns, TensorSpec("dense", np.dtype(np.float32), (columns.n_dense,)),
+                          TensorSpec("embeddings", np.dtype(np.float32), (len(columns.tables), dim)))
     transform_dir = export_transform(
         plan, repository, f"{name}_transform", layout=layout, max_batch_size=max_batch_size, instance_count=instance_count,
-        max_queue_delay_us=max_queue_delay_us, output_layout="packed", instance_kind=transform_kind,
+        max_queue_delay_us=max_queue_delay_us, output_layout="packed", instance_kind=transform_kind, null_string=null_string,
     )
     return _write_steps(repository, name, Path(store), scorer, plan, columns, wiring, dim, layout, options,
                         transform_dir / str(next_version(transform_dir) - 1))

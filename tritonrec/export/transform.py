@@ -31,6 +31,16 @@ def check_instance_kind(what: str, kind: str) -> None:
         raise ValueError(f"{what} {kind!r}: expected 'KIND_CPU' or 'KIND_GPU'")
 
 
+def _check_arguments(name: str, layout: str, output_layout: str, max_batch_size: int, instance_kind: str) -> None:
+    """ValueError naming a bad argument of :func:`export_transform`."""
+    check_layout("layout", layout)
+    check_layout("output_layout", output_layout)
+    check_name(name)
+    if max_batch_size < 0:
+        raise ValueError(f"max_batch_size {max_batch_size}: expected >= 0")
+    check_instance_kind("instance_kind", instance_kind)
+
+
 def export_transform(
     workflow: Any,
     repository: str | os.PathLike[str],
@@ -43,6 +53,7 @@ def export_transform(
     output_layout: str | None = None,
     instance_kind: str = "KIND_CPU",
     hashing: str = "auto",
+    null_string: str | None = None,
 ) -> Path:
     """Writes a transform model into a Triton model repository.
 
@@ -63,6 +74,8 @@ def export_transform(
             the host, their codes moved to the device).
         hashing: as in :func:`~tritonrec.transform.compile.compile_workflow` (``"cpu"``: the
             workflow ran on the CPU, whatever its saved metadata says).
+        null_string: the value of a string column that the model reads as null (NVTabular's
+            missing value; Triton's BYTES tensors cannot carry a null), e.g. ``""``; None: none.
 
     Returns:
         The model directory ``repository/name``.
@@ -71,14 +84,9 @@ def export_transform(
         ValueError: a bad layout, name or size. UnsupportedOpError: the workflow cannot be compiled.
     """
     output_layout = output_layout or layout
-    check_layout("layout", layout)
-    check_layout("output_layout", output_layout)
-    check_name(name)
-    if max_batch_size < 0:
-        raise ValueError(f"max_batch_size {max_batch_size}: expected >= 0")
-    check_instance_kind("instance_kind", instance_kind)
+    _check_arguments(name, layout, output_layout, max_batch_size, instance_kind)
     plan = load_or_compile(workflow, hashing)
-    model = TransformModel(plan, layout, max_batch_size, output_layout, list_layout_for(max_batch_size))
+    model = TransformModel(plan, layout, max_batch_size, output_layout, list_layout_for(max_batch_size), null_string)
     model_dir = Path(repository) / name
     with new_version(model_dir) as version_dir:
         plan.save(version_dir / "plan")
@@ -88,5 +96,6 @@ def export_transform(
             instance_count=instance_count, instance_kind=instance_kind, force_cpu_inputs="no" if instance_kind == "KIND_GPU" else "yes",
             batching=f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}" if max_batch_size else "",
             layout=layout, output_layout=output_layout, fingerprint=plan.fingerprint, packed_inputs=json_parameter(plan.packed_inputs),
+            null_string="" if null_string is None else json_parameter(null_string),
         ))
     return model_dir

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,18 @@ def tier_options(config: Mapping[str, Any], gpu: bool) -> tuple[HostOptions, Gpu
     if gpu and gpu_cache is None:
         raise ConfigError("KIND_GPU instances need the parameter 'gpu_cache_bytes' (device memory for the GPU cache)")
     return host, gpu_cache
+
+
+def null_string_parameter(config: Mapping[str, Any]) -> str | None:
+    """The ``null_string`` parameter: a JSON string (``"\\"\\""`` in config.pbtxt for ``""``), the
+    value of a string column that stands for null; None when absent or empty. ConfigError otherwise."""
+    text = parameter(config, "null_string")
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, str):
+        raise ConfigError(f"parameter 'null_string' is {text!r}: expected a JSON string, e.g. \"\" for the empty string")
+    return value

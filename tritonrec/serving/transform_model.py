@@ -81,6 +81,9 @@ class TransformModel:
         layout: input layout, ``"per-column"`` or ``"packed"``.
         max_batch_size: the most rows one request may carry (0: no limit).
         output_layout: output layout (default: ``layout``).
+        list_layout: how list columns travel (see :func:`~tritonrec.serving.lists.list_tensor_names`).
+        null_string: the value of a string column that means null, as NVTabular's null (e.g. ``""``
+            for clients that send missing categories as empty strings); None: every string is a value.
 
     Attributes:
         rows_total: rows transformed so far (requests that were rejected do not count).
@@ -90,9 +93,13 @@ class TransformModel:
 
     def __init__(
         self, plan: TransformPlan, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None,
-        list_layout: str = "padded",
+        list_layout: str = "padded", null_string: str | None = None,
     ) -> None:
         output_layout = output_layout or layout
+        if null_string is not None and not isinstance(null_string, str):
+            raise ValueError(f"null_string {null_string!r}: expected a string (or None: no null marker)")
+        self.null_string = null_string
+        """A string column's value that stands for null (Triton's BYTES cannot carry one), or None."""
         check_layout("layout", layout)
         check_layout("output_layout", output_layout)
         check_list_layout(list_layout, max_batch_size)
@@ -156,10 +163,17 @@ class TransformModel:
     @classmethod
     def from_directory(
         cls, plan_dir: str | Path, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None,
-        list_layout: str = "padded",
+        list_layout: str = "padded", null_string: str | None = None,
     ) -> TransformModel:
         """Loads the plan in ``plan_dir`` (see :meth:`TransformPlan.load` for its errors)."""
-        return cls(TransformPlan.load(plan_dir), layout, max_batch_size, output_layout, list_layout)
+        return cls(TransformPlan.load(plan_dir), layout, max_batch_size, output_layout, list_layout, null_string)
+
+    def _strings(self, values: np.ndarray) -> np.ndarray:
+        """A string block with :attr:`null_string` (as str or UTF-8 bytes) replaced by None (null)."""
+        if self.null_string is None or values.size == 0:
+            return values
+        marked = (values == self.null_string) | (values == self.null_string.encode())
+        return np.where(marked, None, values) if marked.any() else values
 
     def check_request(self, tensors: Mapping[str, Any]) -> int:
         """Checks one request's inputs; returns its number of rows.
@@ -221,6 +235,12 @@ class TransformModel:
         """
         return run_batched(requests, self.check_request, self._run, retry_on=(BadValueError,))
 
+    def _column(self, spec: TensorSpec, parts: list[Any], xp: Any) -> Any:
+        """One input tensor of every request of a batch, joined (strings on the host, nulls marked)."""
+        if spec.dtype == object:
+            return self._strings(_concat(parts, np))
+        return _concat(parts, xp)
+
     def _run(self, batch: list[Mapping[str, Any]], rows: list[int]) -> list[Any]:
         """Checked requests (``rows`` rows each) merged and transformed in one plan run; per request
         its outputs (a value no step can take raises BadValueError)."""
@@ -229,7 +249,7 @@ class TransformModel:
         lists = self._list_columns(batch)
         if self.layout == "per-column":
             columns = {
-                spec.name: _concat([r[spec.name] for r in batch], np if spec.dtype == object else xp).reshape(-1)
+                spec.name: self._column(spec, [r[spec.name] for r in batch], xp).reshape(-1)
                 for spec in self.inputs if spec.name not in self._list_tensors
             }
             transformed = self.plan.transform_unchecked({**columns, **lists}, row_index)  # checked per request above
@@ -241,7 +261,7 @@ class TransformModel:
                 }
         else:
             packed = {
-                spec.dtype.name: _concat([r[spec.name] for r in batch], np if spec.dtype == object else xp)
+                spec.dtype.name: self._column(spec, [r[spec.name] for r in batch], xp)
                 for spec in self.inputs if spec.name not in self._list_tensors
             }
             transformed = self.plan.transform_packed({**packed, **lists}, row_index=row_index)
