@@ -346,6 +346,28 @@ def _add_query(sub: Any) -> None:
     query.set_defaults(func=_query)
 
 
+def _add_install_backends(sub: Any) -> None:
+    """Subcommand ``install-backends``."""
+    install = sub.add_parser("install-backends", help="put tritonrec's backends into another Triton install's backend directory")
+    install.add_argument("backend_dir", help="the server's backend directory (NGC containers: /opt/tritonserver/backends)")
+    install.set_defaults(func=_install_backends)
+
+
+def _install_backends(args: argparse.Namespace) -> int:
+    from tritonrec.serving.install import InstallError, install_backends  # noqa: PLC0415
+    from tritonrec.serving.server import ServerError, project_backends, project_backends_dir  # noqa: PLC0415
+
+    try:
+        done = install_backends(args.backend_dir, project_backends_dir(), project_backends())
+    except (InstallError, ServerError) as e:
+        print(f"tritonrec install-backends: {e}", file=sys.stderr)
+        return 1
+    print(f"installed {', '.join(done.backends)} into {args.backend_dir} (Python stub: {done.stub_python or 'unknown version'})")
+    print(f"start the server with their environment:\n  set -a; . {done.env_file}; set +a\n"
+          f"  tritonserver --backend-directory {args.backend_dir} --model-repository MODEL_REPOSITORY")
+    return 0
+
+
 def _add_demo(sub: Any) -> None:
     """Subcommand ``demo``."""
     demo = sub.add_parser("demo", help="data -> fit -> train DLRM -> export the ensemble -> serve -> AUC, parity, latency")
@@ -381,7 +403,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_demo):
+    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_install_backends, _add_demo):
         add(sub)
     return parser
 

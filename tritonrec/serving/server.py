@@ -20,13 +20,14 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from tritonrec.serving.install import copy_backends, python_paths
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the tritonrec package
 
@@ -122,13 +123,7 @@ def prepare_backend_directory(install: ServerInstall) -> Path:
             target = python_dir / "triton_python_backend_stub"
             if not target.is_file() or target.stat().st_size != stub.stat().st_size or _read(target) != _read(stub):
                 shutil.copy2(stub, target)
-        for name in project_backends():
-            source = project_backends_dir() / name
-            dest = backend_dir / name
-            dest.mkdir(parents=True, exist_ok=True)
-            for file in source.glob("*.py"):
-                if not (dest / file.name).is_file() or _read(dest / file.name) != _read(file):
-                    shutil.copy2(file, dest / file.name)
+        copy_backends(backend_dir, project_backends_dir(), project_backends())
     except PermissionError as e:
         raise ServerError(f"cannot install tritonrec's backends into {backend_dir}: {e.strerror}") from None
     return backend_dir
@@ -165,13 +160,12 @@ def server_environment(install: ServerInstall) -> dict[str, str]:
     environment's bin; PYTHONPATH gets this environment's site-packages.
     """
     env = dict(os.environ)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    site, libdir, bindir = python_paths()
     lib_paths = [libdir, *map(str, install.library_dirs)]
     if env.get("LD_LIBRARY_PATH"):
         lib_paths.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in lib_paths if p)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
     if env.get("PYTHONPATH"):
         site.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(site))
