@@ -141,6 +141,17 @@ def _check(server: TritonServer, args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _input_dtypes(specs: list[str]) -> dict[str, str]:
+    """``--input-dtype COLUMN=DTYPE`` options as a mapping; ValueError naming a malformed one."""
+    out = {}
+    for spec in specs:
+        column, sep, dtype = spec.partition("=")
+        if not sep or not column or not dtype:
+            raise ValueError(f"--input-dtype {spec!r}: expected COLUMN=DTYPE, e.g. C1=int32")
+        out[column] = dtype
+    return out
+
+
 def _export_transform(args: argparse.Namespace) -> int:
     from tritonrec.export import export_transform  # noqa: PLC0415
     from tritonrec.transform.compile import UnsupportedOpError  # noqa: PLC0415
@@ -157,6 +168,7 @@ def _export_transform(args: argparse.Namespace) -> int:
             instance_kind="KIND_GPU" if args.gpu else "KIND_CPU",
             hashing=args.hashing,
             null_string=args.null_string,
+            input_dtypes=_input_dtypes(args.input_dtype),
         )
     except (UnsupportedOpError, PlanLoadError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"tritonrec export-transform: {e}", file=sys.stderr)
@@ -194,7 +206,8 @@ def _export(args: argparse.Namespace) -> int:
             scorer_kind="KIND_GPU" if args.scorer_gpu else "KIND_CPU",
             transform_kind="KIND_GPU" if args.transform_gpu else "KIND_CPU",
             lookup_kind="KIND_GPU" if gpu_cache else "KIND_CPU", gpu_cache=gpu_cache,
-            multi_hot_combiner=args.multi_hot_combiner, null_string=args.null_string,
+            multi_hot_combiner=args.multi_hot_combiner, null_string=args.null_string, input_dtypes=_input_dtypes(args.input_dtype),
+            cast_float64=args.cast_float64, output_name=args.output_name,
         )
     except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError,
             ImportError) as e:
@@ -285,6 +298,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, name_help: str, layout
     parser.add_argument("--name", required=True, help=name_help)
     parser.add_argument("--layout", choices=("per-column", "packed"), default=layout, help=layout_help)
     parser.add_argument("--max-batch-size", type=int, default=16384, help="the models' max_batch_size (rows per batch)")
+    parser.add_argument("--input-dtype", action="append", default=[], metavar="COLUMN=DTYPE",
+                        help="the dtype clients send a raw column as (per-column layout; COLUMN may be a pattern, C*), cast to "
+                             "the plan's: e.g. --input-dtype 'C*=int32' for Merlin's Criteo client; repeat for more")
     parser.add_argument("--null-string", metavar="S",
                         help="a string column's value that means null, as NVTabular's missing value (Triton's BYTES has no "
                              "null): e.g. --null-string '' for clients that send missing categories as empty strings")
@@ -327,6 +343,9 @@ def _add_export(sub: Any) -> None:
                           help="with --gpu-cache-bytes: row storage of the GPU cache")
     ensemble.add_argument("--gpu-async-insert", action="store_true",
                           help="with --gpu-cache-bytes: insert missed rows off the lookup's stream")
+    ensemble.add_argument("--cast-float64", action="store_true",
+                          help="pass float64 dense outputs (Normalize without out_dtype) to the scorer as float32")
+    ensemble.add_argument("--output-name", default="probability", help="the ensemble's output (Merlin's HugeCTR ensembles: OUTPUT0)")
     ensemble.add_argument("--multi-hot-combiner", choices=("sum", "mean"), default="mean",
                           help="how the lookup combines the vectors of a list (multi-hot) column's ids")
     ensemble.set_defaults(func=_export)

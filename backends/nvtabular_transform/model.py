@@ -5,7 +5,8 @@ directory (``<model>/<version>/plan`` unless the ``plan`` parameter names anothe
 repository; a path elsewhere needs ``allow_outside_repository: "true"``). Parameters:
 ``layout`` (inputs: ``per-column`` or ``packed``), ``output_layout`` (default: ``layout``), ``plan``,
 ``plan_fingerprint`` (when set, the plan must have it), ``null_string`` (a JSON string, e.g. ``"\\"\\""``:
-string values equal to it are null, as NVTabular's missing values) and ``bytes_inputs_under_numpy2`` (see
+string values equal to it are null, as NVTabular's missing values), ``input_dtypes`` (JSON: column -> the
+dtype clients send, cast to the plan's), ``cast_float64`` (float64 outputs in OUTPUT_FP32) and ``bytes_inputs_under_numpy2`` (see
 :func:`tritonrec.serving.tensors.check_string_inputs`). String columns arrive as BYTES tensors. KIND_GPU instances run the plan with cupy on their
 device and keep tensors there (``FORCE_CPU_ONLY_INPUT_TENSORS: "no"``; inputs that arrive in host
 memory are copied over; BYTES inputs are read on the host and hashed there, their codes then
@@ -21,7 +22,7 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from tritonrec.serving.config import OUTSIDE_PARAMETER, check_declared_tensors, model_path, null_string_parameter
+from tritonrec.serving.config import OUTSIDE_PARAMETER, check_declared_tensors, model_path, transform_conventions
 from tritonrec.serving.config import parameter as _parameter
 from tritonrec.serving.fingerprint import check_fingerprint
 from tritonrec.serving.lists import list_layout_for
@@ -73,15 +74,15 @@ class TritonPythonModel:
             plan_dir = model_path(args, config, "plan")
             max_batch_size = int(config.get("max_batch_size", 0))
             list_layout = list_layout_for(max_batch_size)
-            null_string = null_string_parameter(config)
-            self.model = TransformModel.from_directory(plan_dir, layout, max_batch_size, output_layout, list_layout, null_string)
+            conventions = transform_conventions(config)
+            self.model = TransformModel.from_directory(plan_dir, layout, max_batch_size, output_layout, list_layout, **conventions)
             if self.gpu:  # the same plan with cupy on the instance's device; tensors stay there
                 import cupy
 
                 self.device = cupy.cuda.Device(int(args["model_instance_device_id"]))
                 with self.device:
                     self.model = TransformModel(self.model.plan.to(cupy), layout, self.model.max_batch_size, output_layout, list_layout,
-                                                null_string)
+                                                **conventions)
             check_fingerprint("parameter plan_fingerprint of config.pbtxt", _parameter(config, "plan_fingerprint", self.model.plan.fingerprint), self.model.plan.fingerprint)
             string_inputs = {spec.name for spec in self.model.inputs if spec.dtype == object}
             check_string_inputs(string_inputs, _parameter(config, "bytes_inputs_under_numpy2", "false").lower() == "true")

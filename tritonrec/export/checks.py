@@ -64,16 +64,19 @@ class EnsembleColumns:
 
 _DTYPE_FIXES = {
     "f": "end the column's ops with a float32 step: Normalize(out_dtype=np.float32) or NormalizeMinMax(out_dtype=np.float32) "
-         "(both give float64 by default), or LogOp() (float32)",
+         "(both give float64 by default), or LogOp() (float32); or export with cast_float64=True (--cast-float64) to pass "
+         "float64 columns as float32",
     "i": "Bucketize and HashBucket give int32, not codes: follow them with Categorify() (int64 codes)",
     "u": "follow the column's ops with Categorify() (int64 codes)",
 }
 
 
-def _check_output_dtypes(plan: TransformPlan) -> None:
+def _check_output_dtypes(plan: TransformPlan, cast_float64: bool) -> None:
     """ValueError naming each plan output the ensemble cannot pass (it passes int64 Categorify codes
-    and float32 dense features), by dtype, and the change to the workflow that fixes it."""
-    other = {d: cols for d, cols in plan.packed_outputs.items() if d not in ("int64", "float32")}
+    and float32 dense features, and float64 ones cast with ``cast_float64``), by dtype, and the
+    change to the workflow that fixes it."""
+    passed = ("int64", "float32", "float64") if cast_float64 else ("int64", "float32")
+    other = {d: cols for d, cols in plan.packed_outputs.items() if d not in passed}
     if other:
         lines = [f"{d}: {cols} ({_DTYPE_FIXES.get(np.dtype(d).kind, 'leave the column out of the workflow outputs')})"
                  for d, cols in sorted(other.items())]
@@ -81,10 +84,12 @@ def _check_output_dtypes(plan: TransformPlan) -> None:
                          + "; ".join(lines))
 
 
-def ensemble_columns(plan: TransformPlan, multi_hot_combiner: str | Mapping[str, str], combiner_choices: tuple[str, ...]) -> EnsembleColumns:
-    """The plan's outputs, checked: every int64 output (packed or list) a Categorify code, floats float32."""
+def ensemble_columns(plan: TransformPlan, multi_hot_combiner: str | Mapping[str, str], combiner_choices: tuple[str, ...],
+                     cast_float64: bool = False) -> EnsembleColumns:
+    """The plan's outputs, checked: every int64 output (packed or list) a Categorify code, floats
+    float32 (or float64, passed as float32, with ``cast_float64``)."""
     codes = plan.categorical_codes()
-    _check_output_dtypes(plan)
+    _check_output_dtypes(plan, cast_float64)
     single = list(plan.packed_outputs.get("int64", []))
     multi = list(plan.list_outputs)
     not_codes = [c for c in multi if c not in codes or next(s.dtype for s in plan.output_schema if s.name == c) != np.int64]
@@ -101,7 +106,8 @@ def ensemble_columns(plan: TransformPlan, multi_hot_combiner: str | Mapping[str,
     if not tables:
         raise ValueError("the plan has no Categorify output: nothing to look up")
     sizes = {c: codes[c][0] for c in tables}
-    return EnsembleColumns(single, multi, tables, combiners, sizes, len(plan.packed_outputs.get("float32", [])))
+    n_dense = sum(len(plan.packed_outputs.get(d, [])) for d in (("float32", "float64") if cast_float64 else ("float32",)))
+    return EnsembleColumns(single, multi, tables, combiners, sizes, n_dense)
 
 
 def store_metadata(plan: TransformPlan) -> dict[str, Any]:

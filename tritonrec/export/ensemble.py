@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +44,10 @@ class _Options:
     lookup_kind: str
     host: HostOptions
     gpu_cache: GpuCacheOptions | None
+    null_string: str | None = None
+    input_dtypes: Mapping[str, str] | None = None
+    cast_float64: bool = False
+    output_name: str = "probability"
 
     def check(self, name: str, layout: str) -> None:
         """ValueError naming a bad option, model ``name`` or ``layout``."""
@@ -51,6 +56,8 @@ class _Options:
         check_name(name)
         check_name(f"{name}_transform")
         check_layout("layout", layout)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", self.output_name):
+            raise ValueError(f"output_name {self.output_name!r}: expected a tensor name (letters, digits, _ . -)")
         if self.missing_key_policy not in MISSING_CHOICES:
             raise ValueError(f"missing_key_policy {self.missing_key_policy!r}: expected one of {MISSING_CHOICES}")
         check_instance_kind("scorer_kind", self.scorer_kind)
@@ -101,9 +108,10 @@ def _write_scorer(repository: Path, scorer: Path, wiring: ScorerWiring, plan: Tr
 
 
 def _write_ensemble(repository: Path, name: str, plan: TransformPlan, columns: EnsembleColumns, wiring: ScorerWiring,
-                    versions: Mapping[str, int], layout: str, max_batch_size: int) -> Path:
+                    versions: Mapping[str, int], layout: str, options: _Options) -> Path:
     """Writes the ensemble ``name`` calling the pinned ``versions`` of its steps."""
-    transform = TransformModel(plan, layout, max_batch_size, "packed")
+    max_batch_size = options.max_batch_size
+    transform = TransformModel(plan, layout, max_batch_size, "packed", input_dtypes=options.input_dtypes, cast_float64=options.cast_float64)
     lookup_specs = _lookup_specs(columns)
     # a list column's codes leave the transform under the names its raw values came in with:
     # inside the ensemble they get names of their own ("codes/<tensor>")
@@ -121,7 +129,7 @@ def _write_ensemble(repository: Path, name: str, plan: TransformPlan, columns: E
             embeddings=f"{name}_embeddings", embeddings_version=versions["embeddings"],
             scorer=wiring.model, scorer_version=versions["scorer"], dense_input=wiring.dense_input,
             embeddings_input=wiring.embeddings_input, scorer_output=wiring.output, fingerprint=plan.fingerprint, layout=layout,
-            packed_inputs=json_parameter(plan.packed_inputs),
+            packed_inputs=json_parameter(plan.packed_inputs), output=options.output_name,
         ))
     return model_dir
 
@@ -146,6 +154,9 @@ def export_ensemble(
     gpu_cache: GpuCacheOptions | None = None,
     multi_hot_combiner: str | Mapping[str, str] = "mean",
     null_string: str | None = None,
+    input_dtypes: Mapping[str, str] | None = None,
+    cast_float64: bool = False,
+    output_name: str = "probability",
 ) -> Path:
     """Writes transform -> embedding lookup -> scorer as one Triton ensemble; returns its directory.
 
@@ -162,8 +173,9 @@ def export_ensemble(
     tier; default: every row in memory). ``gpu_cache``: the :class:`GpuCacheOptions` of ``KIND_GPU``
     lookups (device memory, dtype, eviction, admission, async inserts). ``multi_hot_combiner``:
     ``sum`` or ``mean`` of a list (multi-hot) column's vectors, one for all or per column; list
-    columns reach the lookup as ``<col>__values`` + ``<col>__lengths``. ``null_string``: see
-    :func:`export_transform`.
+    columns reach the lookup as ``<col>__values`` + ``<col>__lengths``. ``null_string``,
+    ``input_dtypes``, ``cast_float64``: see :func:`export_transform`. ``output_name``: the
+    ensemble's output (``OUTPUT0`` for clients of Merlin's HugeCTR ensembles).
 
     Raises:
         FingerprintMismatchError: the store or scorer was trained against another plan (names both).
@@ -172,19 +184,25 @@ def export_ensemble(
             FileNotFoundError: unreadable parts.
     """
     options = _Options(max_batch_size, instance_count, max_queue_delay_us, missing_key_policy, scorer_threads, scorer_kind,
-                       lookup_kind, host or HostOptions(), gpu_cache)
+                       lookup_kind, host or HostOptions(), gpu_cache, null_string, input_dtypes, cast_float64, output_name)
     options.check(name, layout)
     repository, plan = Path(repository), load_or_compile(workflow)
-    columns = ensemble_columns(plan, multi_hot_combiner, COMBINERS)
+    columns = ensemble_columns(plan, multi_hot_combiner, COMBINERS, cast_float64)
     dim = check_store(store, plan, columns)
     wiring = check_scorer(scorer, repository, name, plan, columns, TensorSpec("dense", np.dtype(np.float32), (columns.n_dense,)),
                           TensorSpec("embeddings", np.dtype(np.float32), (len(columns.tables), dim)))
-    transform_dir = export_transform(
-        plan, repository, f"{name}_transform", layout=layout, max_batch_size=max_batch_size, instance_count=instance_count,
-        max_queue_delay_us=max_queue_delay_us, output_layout="packed", instance_kind=transform_kind, null_string=null_string,
-    )
+    transform_dir = _export_transform(plan, repository, name, layout, transform_kind, options)
     return _write_steps(repository, name, Path(store), scorer, plan, columns, wiring, dim, layout, options,
                         transform_dir / str(next_version(transform_dir) - 1))
+
+
+def _export_transform(plan: TransformPlan, repository: Path, name: str, layout: str, kind: str, options: _Options) -> Path:
+    """The ensemble's transform step ``<name>_transform``: ``layout`` inputs, packed outputs."""
+    return export_transform(
+        plan, repository, f"{name}_transform", layout=layout, max_batch_size=options.max_batch_size, instance_count=options.instance_count,
+        max_queue_delay_us=options.max_queue_delay_us, output_layout="packed", instance_kind=kind, null_string=options.null_string,
+        input_dtypes=options.input_dtypes, cast_float64=options.cast_float64,
+    )
 
 
 def _write_steps(repository: Path, name: str, store: Path, scorer: Any, plan: TransformPlan, columns: EnsembleColumns,
@@ -198,7 +216,7 @@ def _write_steps(repository: Path, name: str, store: Path, scorer: Any, plan: Tr
             written.append(_write_scorer(repository, Path(scorer), wiring, plan, columns, dim, options))
         versions = {"transform": int(written[0].name), "embeddings": int(written[1].name),
                     "scorer": int(written[2].name) if wiring.version is None else wiring.version}
-        return _write_ensemble(repository, name, plan, columns, wiring, versions, layout, options.max_batch_size)
+        return _write_ensemble(repository, name, plan, columns, wiring, versions, layout, options)
     except BaseException:
         for version_dir in written:
             shutil.rmtree(version_dir, ignore_errors=True)

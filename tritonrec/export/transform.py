@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,20 @@ def _check_arguments(name: str, layout: str, output_layout: str, max_batch_size:
     check_instance_kind("instance_kind", instance_kind)
 
 
+def _config(name: str, model: TransformModel, instance_count: int, instance_kind: str, max_queue_delay_us: int) -> str:
+    """The transform model's config.pbtxt: its tensors, instances, batching and parameters."""
+    plan, mbs = model.plan, model.max_batch_size
+    return render_template(
+        "nvtabular_transform", name=name, max_batch_size=mbs,
+        inputs=tensor_block("input", model.inputs, mbs), outputs=tensor_block("output", model.outputs, mbs),
+        instance_count=instance_count, instance_kind=instance_kind, force_cpu_inputs="no" if instance_kind == "KIND_GPU" else "yes",
+        batching=f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}" if mbs else "",
+        layout=model.layout, output_layout=model.output_layout, fingerprint=plan.fingerprint, packed_inputs=json_parameter(plan.packed_inputs),
+        null_string="" if model.null_string is None else json_parameter(model.null_string),
+        input_dtypes=json_parameter({c: d.name for c, d in model.input_dtypes.items()}), cast_float64=str(model.cast_float64).lower(),
+    )
+
+
 def export_transform(
     workflow: Any,
     repository: str | os.PathLike[str],
@@ -54,6 +69,8 @@ def export_transform(
     instance_kind: str = "KIND_CPU",
     hashing: str = "auto",
     null_string: str | None = None,
+    input_dtypes: Mapping[str, str] | None = None,
+    cast_float64: bool = False,
 ) -> Path:
     """Writes a transform model into a Triton model repository.
 
@@ -76,6 +93,7 @@ def export_transform(
             workflow ran on the CPU, whatever its saved metadata says).
         null_string: the value of a string column that the model reads as null (NVTabular's
             missing value; Triton's BYTES tensors cannot carry a null), e.g. ``""``; None: none.
+        input_dtypes, cast_float64: see :class:`~tritonrec.serving.transform_model.TransformModel`.
 
     Returns:
         The model directory ``repository/name``.
@@ -86,16 +104,10 @@ def export_transform(
     output_layout = output_layout or layout
     _check_arguments(name, layout, output_layout, max_batch_size, instance_kind)
     plan = load_or_compile(workflow, hashing)
-    model = TransformModel(plan, layout, max_batch_size, output_layout, list_layout_for(max_batch_size), null_string)
+    model = TransformModel(plan, layout, max_batch_size, output_layout, list_layout_for(max_batch_size), null_string, input_dtypes,
+                           cast_float64)
     model_dir = Path(repository) / name
     with new_version(model_dir) as version_dir:
         plan.save(version_dir / "plan")
-        (model_dir / "config.pbtxt").write_text(render_template(
-            "nvtabular_transform", name=name, max_batch_size=max_batch_size,
-            inputs=tensor_block("input", model.inputs, max_batch_size), outputs=tensor_block("output", model.outputs, max_batch_size),
-            instance_count=instance_count, instance_kind=instance_kind, force_cpu_inputs="no" if instance_kind == "KIND_GPU" else "yes",
-            batching=f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}" if max_batch_size else "",
-            layout=layout, output_layout=output_layout, fingerprint=plan.fingerprint, packed_inputs=json_parameter(plan.packed_inputs),
-            null_string="" if null_string is None else json_parameter(null_string),
-        ))
+        (model_dir / "config.pbtxt").write_text(_config(name, model, instance_count, instance_kind, max_queue_delay_us))
     return model_dir

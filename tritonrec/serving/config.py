@@ -134,3 +134,20 @@ def null_string_parameter(config: Mapping[str, Any]) -> str | None:
     if not isinstance(value, str):
         raise ConfigError(f"parameter 'null_string' is {text!r}: expected a JSON string, e.g. \"\" for the empty string")
     return value
+
+
+def transform_conventions(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A transform model's serving conventions from its parameters, as keywords of
+    :class:`~tritonrec.serving.transform_model.TransformModel`: ``null_string``, ``input_dtypes``
+    (a JSON object column -> dtype), ``cast_float64`` (``true``/``false``). ConfigError naming a bad one."""
+    text = parameter(config, "input_dtypes")
+    try:
+        input_dtypes = json.loads(text) if text else {}
+    except ValueError:
+        input_dtypes = None
+    if not isinstance(input_dtypes, dict) or not all(isinstance(v, str) for v in input_dtypes.values()):
+        raise ConfigError(f"parameter 'input_dtypes' is {text!r}: expected a JSON object of column -> dtype name")
+    cast = parameter(config, "cast_float64", "false").lower()
+    if cast not in ("true", "false"):
+        raise ConfigError(f"parameter 'cast_float64' is {cast!r}: expected true or false")
+    return {"null_string": null_string_parameter(config), "input_dtypes": input_dtypes, "cast_float64": cast == "true"}

@@ -6,6 +6,8 @@ each request's input arrays in and sends the arrays or the error it gets back ou
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,53 @@ def _column_specs(schema: Sequence[Any], list_layout: str) -> list[TensorSpec]:
     return specs
 
 
+def _castable(sent: np.dtype, plan: np.dtype) -> bool:
+    """A value of dtype ``sent`` becomes the plan's without losing the integers clients send:
+    a wider (or equal) integer, an integer or bool for a float, a wider float."""
+    return (sent.kind in "iub" and plan.kind == "f") or (sent.kind != "O" and plan.kind != "O" and np.can_cast(sent, plan, "safe"))
+
+
+def _input_dtypes(plan: TransformPlan, layout: str, declared: Mapping[str, Any]) -> dict[str, np.dtype]:
+    """The declared input dtypes that differ from the plan's, checked (ValueError naming the column)."""
+    if declared and layout != "per-column":
+        raise ValueError("input_dtypes: only for the per-column layout (a packed tensor has one dtype per tensor)")
+    columns = {c.name: c for c in plan.input_schema}
+    out = {}
+    for name, dtype in _expand(declared, [c for c in columns if not columns[c].is_list]).items():
+        if name not in columns or columns[name].is_list:
+            raise ValueError(f"input_dtypes: {name!r} is not a raw (non-list) input column of the plan ({sorted(columns)})")
+        sent, planned = np.dtype(dtype), columns[name].dtype
+        if sent != planned and not _castable(sent, planned):
+            raise ValueError(f"input_dtypes: column {name!r} sent as {sent} cannot become the plan's {planned} without loss")
+        if sent != planned:
+            out[name] = sent
+    return out
+
+
+def _expand(declared: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    """``declared`` with glob patterns (``C*``) replaced by the ``names`` they match (ValueError
+    for a pattern that matches none); later entries win."""
+    out: dict[str, Any] = {}
+    for key, value in declared.items():
+        if any(ch in key for ch in "*?["):
+            matched = [n for n in names if fnmatch.fnmatchcase(n, key)]
+            if not matched:
+                raise ValueError(f"input_dtypes: pattern {key!r} matches no raw input column ({names})")
+            out.update(dict.fromkeys(matched, value))
+        else:
+            out[key] = value
+    return out
+
+
+def _float32_packing(plan: TransformPlan) -> dict[str, list[str]]:
+    """The plan's packed outputs with its float64 columns in the float32 tensor (output order)."""
+    floats = [c.name for c in plan.output_schema if not c.is_list and c.dtype.kind == "f" and c.dtype.name in ("float32", "float64")]
+    packing = {d: list(names) for d, names in plan.packed_outputs.items() if d not in ("float32", "float64")}
+    if floats:
+        packing["float32"] = floats
+    return packing
+
+
 def packed_input_name(dtype: np.dtype | str) -> str:
     """Name of the packed input tensor of one dtype, e.g. ``INPUT_INT64``."""
     return f"INPUT_{triton_dtype(dtype)}"
@@ -84,6 +133,11 @@ class TransformModel:
         list_layout: how list columns travel (see :func:`~tritonrec.serving.lists.list_tensor_names`).
         null_string: the value of a string column that means null, as NVTabular's null (e.g. ``""``
             for clients that send missing categories as empty strings); None: every string is a value.
+        input_dtypes: raw column (or glob pattern, ``C*``) -> the dtype clients send it as (per-column layout), cast to the
+            plan's on the way in: a wider integer, an integer or bool for a float column, a wider
+            float (e.g. Merlin's clients send categorical ids as INT32 and integer features as INT64).
+        cast_float64: packed outputs carry float64 columns (e.g. ``Normalize`` without ``out_dtype``)
+            cast to float32 in ``OUTPUT_FP32``, all float columns in the workflow's output order.
 
     Attributes:
         rows_total: rows transformed so far (requests that were rejected do not count).
@@ -93,13 +147,17 @@ class TransformModel:
 
     def __init__(
         self, plan: TransformPlan, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None,
-        list_layout: str = "padded", null_string: str | None = None,
+        list_layout: str = "padded", null_string: str | None = None, input_dtypes: Mapping[str, Any] | None = None,
+        cast_float64: bool = False,
     ) -> None:
         output_layout = output_layout or layout
         if null_string is not None and not isinstance(null_string, str):
             raise ValueError(f"null_string {null_string!r}: expected a string (or None: no null marker)")
         self.null_string = null_string
         """A string column's value that stands for null (Triton's BYTES cannot carry one), or None."""
+        self.input_dtypes = _input_dtypes(plan, layout, input_dtypes or {})
+        """Raw column -> the dtype its tensor is declared with, where it differs from the plan's (cast on the way in)."""
+        self.cast_float64 = bool(cast_float64)
         check_layout("layout", layout)
         check_layout("output_layout", output_layout)
         check_list_layout(list_layout, max_batch_size)
@@ -108,8 +166,11 @@ class TransformModel:
         self.output_layout = output_layout
         self.list_layout = list_layout
         self.max_batch_size = int(max_batch_size)
-        self.inputs = _side_specs(plan.input_schema, layout, plan.packed_inputs, packed_input_name, list_layout)
-        self.outputs = _side_specs(plan.output_schema, output_layout, plan.packed_outputs, packed_output_name, list_layout)
+        self._out_packing = _float32_packing(plan) if cast_float64 and output_layout == "packed" else plan.packed_outputs
+        self.inputs = [s if s.name not in self.input_dtypes else dataclasses.replace(s, dtype=self.input_dtypes[s.name])
+                       for s in _side_specs(plan.input_schema, layout, plan.packed_inputs, packed_input_name, list_layout)]
+        self.outputs = _side_specs(plan.output_schema, output_layout, self._out_packing, packed_output_name, list_layout)
+        self._plan_dtypes = {c.name: c.dtype for c in plan.input_schema}
         self._input_by_name = {s.name: s for s in self.inputs}
         self._list_inputs = {c.name: list_tensor_names(c.name, list_layout) for c in plan.input_schema if c.is_list}
         self._list_tensors = {t for pair in self._list_inputs.values() for t in pair}
@@ -163,10 +224,11 @@ class TransformModel:
     @classmethod
     def from_directory(
         cls, plan_dir: str | Path, layout: str = "per-column", max_batch_size: int = 0, output_layout: str | None = None,
-        list_layout: str = "padded", null_string: str | None = None,
+        list_layout: str = "padded", **conventions: Any,
     ) -> TransformModel:
-        """Loads the plan in ``plan_dir`` (see :meth:`TransformPlan.load` for its errors)."""
-        return cls(TransformPlan.load(plan_dir), layout, max_batch_size, output_layout, list_layout, null_string)
+        """Loads the plan in ``plan_dir`` (see :meth:`TransformPlan.load` for its errors);
+        ``conventions``: ``null_string``, ``input_dtypes``, ``cast_float64``."""
+        return cls(TransformPlan.load(plan_dir), layout, max_batch_size, output_layout, list_layout, **conventions)
 
     def _strings(self, values: np.ndarray) -> np.ndarray:
         """A string block with :attr:`null_string` (as str or UTF-8 bytes) replaced by None (null)."""
@@ -236,10 +298,17 @@ class TransformModel:
         return run_batched(requests, self.check_request, self._run, retry_on=(BadValueError,))
 
     def _column(self, spec: TensorSpec, parts: list[Any], xp: Any) -> Any:
-        """One input tensor of every request of a batch, joined (strings on the host, nulls marked)."""
+        """One input tensor of every request of a batch, joined (strings on the host, nulls marked;
+        a declared input dtype cast to the plan's)."""
         if spec.dtype == object:
             return self._strings(_concat(parts, np))
-        return _concat(parts, xp)
+        joined = _concat(parts, xp)
+        return joined.astype(self._plan_dtypes[spec.name]) if spec.name in self.input_dtypes else joined
+
+    def _packed_outputs(self, columns: Mapping[str, Any], xp: Any) -> dict[str, Any]:
+        """Output column -> (n,) array, as the packed output tensors (cast where they pack another dtype)."""
+        return {packed_output_name(d): xp.stack([columns[c].astype(d, copy=False) for c in names], axis=1)
+                for d, names in self._out_packing.items()}
 
     def _run(self, batch: list[Mapping[str, Any]], rows: list[int]) -> list[Any]:
         """Checked requests (``rows`` rows each) merged and transformed in one plan run; per request
@@ -256,17 +325,18 @@ class TransformModel:
             if self.output_layout == "per-column":
                 merged = {c.name: transformed[c.name].reshape(-1, 1) for c in self.plan.output_schema if not c.is_list}
             else:
-                merged = {
-                    packed_output_name(d): xp.stack([transformed[c] for c in names], axis=1) for d, names in self.plan.packed_outputs.items()
-                }
+                merged = self._packed_outputs(transformed, xp)
         else:
             packed = {
                 spec.dtype.name: self._column(spec, [r[spec.name] for r in batch], xp)
                 for spec in self.inputs if spec.name not in self._list_tensors
             }
             transformed = self.plan.transform_packed({**packed, **lists}, row_index=row_index)
-            if self.output_layout == "packed":
+            if self.output_layout == "packed" and self._out_packing is self.plan.packed_outputs:
                 merged = {packed_output_name(d): transformed[d] for d in self.plan.packed_outputs}
+            elif self.output_layout == "packed":
+                merged = self._packed_outputs({n: transformed[d][:, j] for d, names in self.plan.packed_outputs.items()
+                                               for j, n in enumerate(names)}, xp)
             else:
                 merged = {}
                 for dtype_name, names in self.plan.packed_outputs.items():
