@@ -52,7 +52,10 @@ def _by_hand(backends: Path, repo: Path, log: Path):
                f"--grpc-port={port} --allow-metrics=false --grpc-address=127.0.0.1")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}  # only what the env file gives
     with open(log, "wb") as out:
-        process = subprocess.Popen(["bash", "-c", command], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # from the repository's directory, as the user's shell would be anywhere but a tritonrec checkout (whose
+        # source folders, without the built extensions, would shadow the installed packages in the stub)
+        process = subprocess.Popen(["bash", "-c", command], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   cwd=repo)
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         deadline = time.monotonic() + 120

@@ -5,7 +5,9 @@ tritonrec's backends are Python-based: Triton runs each ``<backend>/model.py`` i
 backend's stub process, which must (1) be built for the Python that tritonrec is installed in (the
 stub links one libpython) and (2) find ``tritonrec`` on its ``PYTHONPATH``. :func:`install_backends`
 copies the backends, checks the stub's Python and writes ``tritonrec.env``, the environment the
-server needs (source it before starting tritonserver).
+server needs (source it before starting tritonserver, from any directory but a tritonrec source
+checkout: the stub puts its working directory on ``sys.path``, where the checkout's folders, without
+the built extensions, would shadow the installed packages).
 """
 
 from __future__ import annotations
