@@ -18,16 +18,11 @@ from typing import Any
 import numpy as np
 
 from tritonrec.transform.ops import (
-    LIST_OPS, PASS_THROUGH, Chain, IndexedHash, UnsupportedOpError, compile_op, cross_chain, op_name,
+    LIST_OPS, PASS_THROUGH, Chain, IndexedHash, UnsupportedOpError, compile_op, cross_chain, is_op, op_name,
 )
 from tritonrec.transform.plan import ColumnSpec, PlanGroup, TransformPlan
 
 __all__ = ["HASHINGS", "LIST_OPS", "UnsupportedOpError", "compile_workflow", "fitted_on"]
-
-
-def _is(op: Any, name: str) -> bool:
-    """True for NVTabular's own op class ``name`` (a subclass elsewhere is another op)."""
-    return type(op).__name__ == name and type(op).__module__.split(".")[0] == "nvtabular"
 
 
 NVTABULAR_MISSING = (
@@ -145,7 +140,7 @@ class _Walker:
     def _chain(self, op: Any, out_name: str, sources: list[str], available: Mapping[str, Chain]) -> Chain:
         """The chain of output ``out_name`` of ``op`` over ``sources``."""
         name = op_name(op)
-        if _is(op, "TargetEncoding"):  # its sources are the target(s) and the category column
+        if is_op(op, "TargetEncoding"):  # its sources are the target(s) and the category column
             if not op.drop_folds:
                 raise UnsupportedOpError(name, out_name, "drop_folds=False adds the '__fold__' column, a fold id drawn per "
                                          "training row: serve the workflow with drop_folds=True (the default)")
@@ -153,17 +148,17 @@ class _Walker:
         listed = [c for c in sources if (available[c].on_list(self.list_inputs) if c in available else c in self.list_inputs)]
         if listed and (len(sources) != 1 or name not in LIST_OPS):
             raise UnsupportedOpError(name, out_name, f"not supported on list column(s) {listed} (supported there: {', '.join(LIST_OPS)})")
-        if _is(op, "HashedCross"):
+        if is_op(op, "HashedCross"):
             return cross_chain(op, out_name, sources, available, self.input_dtypes)
         if len(sources) != 1:
             raise UnsupportedOpError(name, out_name, f"combines several columns {list(sources)}")
         chain = self._input(sources[0], available)
         if chain is None:
             raise UnsupportedOpError(name, out_name, f"source column {sources[0]!r} not found")
-        if any(_is(op, p) for p in PASS_THROUGH):  # a new name, or only schema, on the same chain
+        if any(is_op(op, p) for p in PASS_THROUGH):  # a new name, or only schema, on the same chain
             return chain
         step = compile_op(op, sources[0], chain.dtype, out_name, chain.on_list(self.list_inputs))  # an op the plan lacks is refused here
-        if sources[0] != out_name and not _is(op, "TargetEncoding"):
+        if sources[0] != out_name and not is_op(op, "TargetEncoding"):
             raise UnsupportedOpError(name, out_name, "an op that renames its output is not supported")
         return chain.then(step)
 

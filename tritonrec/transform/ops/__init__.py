@@ -60,6 +60,15 @@ def step_from_manifest(kind: str, params: dict[str, Any], arrays: dict[str, np.n
     return cls.from_saved(params, arrays)
 
 
+def is_op(op: Any, name: str) -> bool:
+    """True for NVTabular's own op class ``name`` (a subclass defined elsewhere is another op)."""
+    return type(op).__name__ == name and _from_nvtabular(op)
+
+
+def _from_nvtabular(op: Any) -> bool:
+    return type(op).__module__.split(".")[0] == "nvtabular"
+
+
 def op_name(op: Any) -> str:
     """The name users know an op by (``LambdaOp`` for merlin's ``UDF`` class, which it is)."""
     return "LambdaOp" if type(op).__name__ == "UDF" else type(op).__name__
@@ -73,7 +82,7 @@ def compile_op(op: Any, column: str, dtype: np.dtype, out_name: str, on_list: bo
         raise UnsupportedOpError(name, column, "it runs Python the plan cannot read: express it with NVTabular's built-in ops, or "
                                  "apply it before the request reaches the transform")
     compile_fn = COMPILERS.get(name)
-    if compile_fn is None or type(op).__module__.split(".")[0] != "nvtabular":
+    if compile_fn is None or not _from_nvtabular(op):
         raise UnsupportedOpError(name, column, f"this op is not supported by the plan compiler (supported: {', '.join(sorted(COMPILERS))}, "
                                  f"HashedCross, and the schema-only ops {', '.join(PASS_THROUGH)})")
     return compile_fn(op, column, dtype, out_name, on_list)
@@ -83,5 +92,5 @@ __all__ = [
     "COMPILERS", "LIST_OPS", "NULL_CODE", "OOV_CODE", "PASS_THROUGH", "STEPS", "BadValueError", "Bucketize", "Categorify", "Chain",
     "Clip", "ColumnStep", "FillMissing", "HashBucket", "HashedCross", "IncompatibleStepError", "IndexedHash", "ListSlice",
     "LogOp", "Normalize", "NormalizeMinMax", "Step", "TargetEncode", "UnsupportedOpError", "XorBuckets", "compile_op",
-    "cross_chain", "op_name", "row_of_each_value", "step_from_manifest",
+    "cross_chain", "is_op", "op_name", "row_of_each_value", "step_from_manifest",
 ]
