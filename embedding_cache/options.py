@@ -118,8 +118,7 @@ class GpuCacheOptions:
         """:meth:`to_parameters` of ``options``, or the parameters of no GPU tier."""
         if options is not None:
             return options.to_parameters()
-        return {"gpu_cache_bytes": "", "gpu_eviction": "lru", "gpu_admission": "false", "gpu_cache_dtype": "float32",
-                "gpu_async_insert": "false"}
+        return {**GpuCacheOptions(1).to_parameters(), "gpu_cache_bytes": ""}  # the defaults, and no cache
 
 
 def _text(value: int | None) -> str:

@@ -9,6 +9,7 @@ several, reads the host tier and RocksDB through :meth:`embedding_cache.host.Hos
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,8 +24,6 @@ from embedding_cache.policy import MissingPolicy
 from embedding_cache.rocksdb import ROLES, RocksDBTier
 
 OUT_DTYPES = ("float32", "float16")
-_SHORTHAND_DEFAULTS = dict(threads=None, host_budget_bytes=None, block_cache_bytes=64 << 20, gpu_cache_bytes=None,
-                           gpu_cache_dtype="float32", gpu_eviction="lru", gpu_admission=False, gpu_async_insert=False)
 
 
 def _on_device(keys: Any) -> bool:
@@ -46,7 +45,8 @@ def _check_host_out(out: Any, out_dtype: str, shape: tuple[int, ...]) -> None:
 def _tier_options(host: HostOptions | None, gpu_cache: GpuCacheOptions | None, device: int | None,
                   shorthand: Mapping[str, Any]) -> tuple[HostOptions, GpuCacheOptions | None]:
     """The options objects, from themselves or from the keyword shorthands (not both)."""
-    given = {k for k, v in shorthand.items() if v != _SHORTHAND_DEFAULTS[k]}
+    defaults = inspect.signature(EmbeddingStore.__init__).parameters
+    given = {k for k, v in shorthand.items() if v != defaults[k].default}
     if (host is not None or gpu_cache is not None) and given:
         raise ValueError(f"give host= / gpu_cache= or the keywords {sorted(given)}, not both")
     if host is None:
