@@ -126,10 +126,10 @@ class HostTier:
         n = keys.shape[0]
         info, table = self.info[name], self.tables[name]
         if hits != n and self.rocksdb is not None and table.max_rows:
-            got = self.rocksdb.read_through(info.id, info.dtype, keys, out, found)
-            if got.size:
-                table.admit(np.ascontiguousarray(keys[got]), np.ascontiguousarray(out[got]))
-            hits += got.size
+            got_keys, got_rows = self.rocksdb.read_through(info.id, info.dtype, keys, out, found)
+            if got_keys.size:
+                table.admit(got_keys, got_rows)
+            hits += got_keys.size
         if hits != n:
             (info.policy if missing is None else missing).apply(name, keys, out, found == 0)
 

@@ -79,12 +79,13 @@ class RocksDBTier:
             tier.verify_seconds = time.perf_counter() - started
         return tier
 
-    def read_through(self, table: int, dtype: str, keys: np.ndarray, out: np.ndarray, found: np.ndarray) -> np.ndarray:
+    def read_through(self, table: int, dtype: str, keys: np.ndarray, out: np.ndarray,
+                     found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reads the keys with ``found`` 0 from table ``table``, fills them in.
 
         Args: ``keys`` int64 (n,), ``out`` float32 (n, dim) and ``found`` uint8 (n,) host arrays,
-        views allowed (written in place where a row is found). Returns the positions (int64) of the
-        rows found, for the host tier to admit."""
+        views allowed (written in place where a row is found). Returns the keys found (int64 (m,))
+        and their rows (float32 (m, dim)), C-contiguous, for the host tier to admit."""
         missed = np.flatnonzero(found == 0)
         buffer = np.empty((missed.size, out.shape[1]), dtype=dtype)
         in_tier = np.empty(missed.size, dtype=np.uint8)
@@ -93,10 +94,11 @@ class RocksDBTier:
         counts[0] += got
         counts[1] += missed.size - got
         present = in_tier.astype(bool)
+        rows = np.ascontiguousarray(buffer[present], dtype=np.float32)
         if got:
-            out[missed[present]] = buffer[present]
+            out[missed[present]] = rows
             found[missed[present]] = 1
-        return missed[present]
+        return np.ascontiguousarray(keys[missed[present]]), rows
 
     def counters(self, table: int) -> tuple[int, int]:
         """(keys looked up here, keys not found) of table ``table`` since the tier opened."""
