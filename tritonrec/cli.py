@@ -292,7 +292,7 @@ def _add_serve(sub: Any) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, name_help: str, layout: str, layout_help: str) -> None:
-    """The arguments both exports take: workflow, repository, --name, --layout, --max-batch-size, --null-string."""
+    """The arguments both exports take: workflow, repository, --name, --layout, --max-batch-size, --input-dtype, --null-string."""
     parser.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
     parser.add_argument("repository", help="model repository to write into")
     parser.add_argument("--name", required=True, help=name_help)

@@ -66,6 +66,11 @@ def _list_pairs(names: Any) -> dict[str, str]:
     return pairs
 
 
+def _tensors_of(pairs: Mapping[str, str]) -> set[str]:
+    """The tensor names of list columns (column -> layout, as :func:`_list_pairs` gives)."""
+    return {n for column, layout in pairs.items() for n in list_tensor_names(column, layout)}
+
+
 class RequestBuilder:
     """Turns rows of a DataFrame into a model's input tensors, from the model's configuration.
 
@@ -81,12 +86,15 @@ class RequestBuilder:
         inputs = {t["name"]: t for t in config.get("input", [])}
         self.outputs = [o["name"] for o in config.get("output", [])]
         self.output_lists = _list_pairs(self.outputs)  # list column -> its layout
+        listed_outputs = _tensors_of(self.output_lists)
+        self.output_columns = [n for n in self.outputs if n not in listed_outputs] + list(self.output_lists)
+        """The columns of the predictions: each output, a list column's two tensors as one of its name."""
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         layout = parameters.get("input_layout") or parameters.get("layout") or "per-column"
         # list column -> (values dtype, "padded" | "offsets")
-        self.lists = {c: (_numpy(self.model, inputs[f"{c}__values"]), layout_) for c, layout_ in _list_pairs(inputs).items()}
-        listed = {n for c, (_, layout_) in self.lists.items() for n in list_tensor_names(c, layout_)}
-        scalars = {n: t for n, t in inputs.items() if n not in listed}
+        input_lists = _list_pairs(inputs)
+        self.lists = {c: (_numpy(self.model, inputs[f"{c}__values"]), layout_) for c, layout_ in input_lists.items()}
+        scalars = {n: t for n, t in inputs.items() if n not in _tensors_of(input_lists)}
         self.packed: dict[str, tuple[np.dtype, list[str]]] = {}  # tensor -> (dtype, columns)
         self.columns: dict[str, np.dtype] = {}  # tensor (= column) -> dtype
         if layout == "packed" and scalars:
@@ -113,19 +121,13 @@ class RequestBuilder:
 
     def tensors(self, frame: Any) -> dict[str, np.ndarray]:
         """Input name -> array for the rows of ``frame``."""
-        out = {name: np.ascontiguousarray(np.stack([self._column(frame, c, dtype) for c in columns], axis=1))
+        out = {name: np.ascontiguousarray(np.stack([self._input_column(frame, c, dtype) for c in columns], axis=1))
                for name, (dtype, columns) in self.packed.items()}
-        out.update({name: np.ascontiguousarray(self._column(frame, name, dtype).reshape(-1, 1)) for name, dtype in self.columns.items()})
+        out.update({name: np.ascontiguousarray(self._input_column(frame, name, dtype).reshape(-1, 1)) for name, dtype in self.columns.items()})
         for column, (dtype, layout) in self.lists.items():
             values_name, second = list_tensor_names(column, layout)
             out[values_name], out[second] = list_to_tensors(self._list(frame, column, dtype), layout)
         return out
-
-    @property
-    def output_columns(self) -> list[str]:
-        """The columns of the predictions: each output, a list column's two as one of its name."""
-        listed = {n for c, layout in self.output_lists.items() for n in list_tensor_names(c, layout)}
-        return [n for n in self.outputs if n not in listed] + list(self.output_lists)
 
     def columns_of(self, result: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """The outputs of one response as columns of its rows: a [batch, 1] output as values, a
@@ -137,7 +139,7 @@ class RequestBuilder:
             columns[column] = [rows.values[a:b] for a, b in zip(rows.offsets[:-1].tolist(), rows.offsets[1:].tolist())]
         return columns
 
-    def _column(self, frame: Any, column: str, dtype: np.dtype) -> np.ndarray:
+    def _input_column(self, frame: Any, column: str, dtype: np.dtype) -> np.ndarray:
         values = frame[column].to_numpy()
         if dtype.kind != "O":
             return values.astype(dtype)

@@ -97,7 +97,7 @@ def _expand(declared: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
 
 def _float32_packing(plan: TransformPlan) -> dict[str, list[str]]:
     """The plan's packed outputs with its float64 columns in the float32 tensor (output order)."""
-    floats = [c.name for c in plan.output_schema if not c.is_list and c.dtype.kind == "f" and c.dtype.name in ("float32", "float64")]
+    floats = [c.name for c in plan.output_schema if not c.is_list and c.dtype.name in ("float32", "float64")]
     packing = {d: list(names) for d, names in plan.packed_outputs.items() if d not in ("float32", "float64")}
     if floats:
         packing["float32"] = floats
