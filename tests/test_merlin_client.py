@@ -116,13 +116,14 @@ def test_merlins_criteo_client_is_served_unchanged(merlin_style, tmp_path, start
             np.testing.assert_allclose(result.as_numpy("OUTPUT0").reshape(-1), want[batch], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 50])
 @pytest.mark.parametrize("layout", ["per-column", "packed"])
-def test_cast_float64_packs_every_float_output_as_float32_in_output_order(merlin_style, layout):
+def test_cast_float64_packs_every_float_output_as_float32_in_output_order(merlin_style, layout, n):
     from tritonrec.serving.client import pack_request
     from tritonrec.serving.transform_model import TransformModel
 
     plan, _ = merlin_style
-    rows = _rows(50, 7)
+    rows = _rows(n, 7)
     columns = {c.name: rows[c.name].astype(c.dtype) for c in plan.input_schema}
     model = TransformModel(plan, layout, 0, "packed", cast_float64=True)
     assert [s.name for s in model.outputs] == ["OUTPUT_INT64", "OUTPUT_FP32"] and model.outputs[1].dims == (len(CONTINUOUS),)
@@ -130,5 +131,5 @@ def test_cast_float64_packs_every_float_output_as_float32_in_output_order(merlin
     want = plan.transform(columns)
     floats = [c.name for c in plan.output_schema if c.dtype.kind == "f"]
     assert got["OUTPUT_FP32"].dtype == np.float32
-    np.testing.assert_array_equal(got["OUTPUT_FP32"], np.stack([want[c] for c in floats], axis=1).astype(np.float32))
-    np.testing.assert_array_equal(got["OUTPUT_INT64"], np.stack([want[c] for c in plan.packed_outputs["int64"]], axis=1))
+    np.testing.assert_array_equal(got["OUTPUT_FP32"], np.stack([want[c] for c in floats], axis=1).astype(np.float32).reshape(n, len(floats)))
+    np.testing.assert_array_equal(got["OUTPUT_INT64"], np.stack([want[c] for c in plan.packed_outputs["int64"]], axis=1).reshape(n, len(CATEGORICAL)))

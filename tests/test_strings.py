@@ -98,16 +98,17 @@ def test_bytes_inputs_are_read_as_utf8(strings):
         np.testing.assert_array_equal(got_bytes[c], got_str[c])
 
 
+@pytest.mark.parametrize("n", [1, 2, 200])
 @pytest.mark.parametrize("layout", ["per-column", "packed"])
 @pytest.mark.parametrize("marker", ["", "<NA>"])
-def test_a_declared_null_string_is_served_as_nvtabulars_null(strings, layout, marker):
+def test_a_declared_null_string_is_served_as_nvtabulars_null(strings, layout, marker, n):
     """Triton's BYTES cannot carry a null: a model exported with null_string reads that value as
     null (NVTabular's code 1, its null hash bucket); without it the value is an ordinary string."""
     from tritonrec.serving.client import pack_request, unpack_response
     from tritonrec.serving.transform_model import TransformModel
 
     plan = strings["plan"]
-    columns = _batch(200, 3, 0.6)
+    columns = _batch(n, 3, 0.6)
     expected = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -121,11 +122,11 @@ def test_a_declared_null_string_is_served_as_nvtabulars_null(strings, layout, ma
                                                                                guard[c]]) for c, v in columns.items()})
     marked = TransformModel(plan, layout, 0, null_string=marker)
     got = unpack_response(marked, marked.execute([pack_request(marked, sent)])[0])
-    report = compare({c: v[:200] for c, v in expected.items()}, got)
+    report = compare({c: v[:n] for c, v in expected.items()}, got)
     assert report.ok, report.summary()
     plain = TransformModel(plan, layout, 0)
     unmarked = unpack_response(plain, plain.execute([pack_request(plain, sent)])[0])
-    nulls = np.array([v is None for v in columns["s1"]])
+    nulls = np.array([v is None for v in columns["s1"]], dtype=bool)
     assert (unmarked["s1"][nulls] == 2).all() and (got["s1"][nulls] == 1).all()  # OOV without the marker, null with it
     with pytest.raises(ValueError, match="null_string 3: expected a string"):
         TransformModel(plan, layout, 0, null_string=3)
