@@ -153,11 +153,12 @@ def test_stock_serve_is_grpc_only_admin_is_closed_and_a_killed_cli_takes_its_ser
             lambda: client.register_system_shared_memory("stolen", "/" + regions[0].name, 1024),
             lambda: client.get_model_repository_index(),
             lambda: client.unload_model("criteo_embeddings"),
-            lambda: client.get_inference_statistics(),
             lambda: client.update_log_settings({"log_verbose_level": 1}),
         ):
             with pytest.raises(InferenceServerException, match="restricted"):
                 call()
+        # statistics stay open (read-only, what the metrics endpoint says too; perf_analyzer reads them)
+        assert client.get_inference_statistics("criteo_embeddings", as_json=True)["model_stats"]
         client.close()
         np.testing.assert_array_equal(_lookup_answers(cli.grpc), before)
 

@@ -273,7 +273,7 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one; the banner prints it)")
     serve.add_argument("--metrics-port", type=int, help="Triton's metrics port (default: a free one)")
     serve.add_argument("--allow-admin", action="store_true",
-                       help="leave Triton's admin APIs (model loading, shared memory, statistics, trace, logging) open to every client")
+                       help="leave Triton's admin APIs (model loading, shared memory, trace, logging) open to every client")
     serve.add_argument("--admin-key-file",
                        help=f"file holding the admin key (else ${ADMIN_KEY_ENV}; else a random key: the admin APIs stay closed). "
                             "Clients send it in the header admin-key (HTTP) or triton-grpc-protocol-admin-key (gRPC)")

@@ -219,10 +219,12 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-ADMIN_CATEGORIES = ("model-repository", "shared-memory", "statistics", "trace", "logging")
+ADMIN_CATEGORIES = ("model-repository", "shared-memory", "trace", "logging")
 """Triton's restricted-API categories that :class:`TritonServer` puts behind the admin key:
-loading and unloading models, registering shared memory, statistics, tracing and log settings.
-Health, metadata, model configuration and inference stay open."""
+loading and unloading models, registering shared memory, tracing and log settings (the APIs that
+change the server). Health, metadata, model configuration, statistics and inference stay open:
+statistics are read-only and say what the metrics endpoint already says (per-model counts and
+durations), and perf_analyzer needs them (it cannot send a header over gRPC)."""
 
 ADMIN_HEADER = "admin-key"
 """Name of the admin key's header: HTTP clients send ``admin-key: <key>``; gRPC clients send
