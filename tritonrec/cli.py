@@ -1,4 +1,4 @@
-"""The ``tritonrec`` command: serve, export, export-transform, query, demo."""
+"""The ``tritonrec`` command: serve, export, export-transform, query, perf, install-backends, demo."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def _announce(server: TritonServer, args: argparse.Namespace, supervisor_port: i
     print(f"  log      {server.log_path}")
     print(f"  admin    {'open to every client (--allow-admin)' if args.allow_admin else 'restricted (' + ', '.join(ADMIN_CATEGORIES) + ')'}")
     if args.endpoints_file:
-        endpoints = {"grpc": server.grpc_url, "http": server.http_url, "metrics": server.metrics_url, "canary": canary, "pid": os.getpid()}
+        endpoints = {"grpc": server.grpc_url, "http": server.http_url, "metrics": server.metrics_url, "canary": canary, "pid": os.getpid(),
+                     "repository": str(server.model_repository)}
         print(f"  endpoints {write_endpoints(args.endpoints_file, endpoints)}")
     print("Ctrl-C or SIGTERM stops it.", flush=True)
 
@@ -245,6 +246,53 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """``1,64,1024`` as integers (argparse ``type``)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. 1,64,1024") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers >= 1")
+    return values
+
+
+def _perf(args: argparse.Namespace) -> int:
+    import tempfile  # noqa: PLC0415
+
+    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+
+    from tritonrec.serving.endpoints import EndpointsError, read_endpoints  # noqa: PLC0415
+    from tritonrec.serving.perf import PerfError, PerfOptions, run_perf  # noqa: PLC0415
+    from tritonrec.serving.query import TRITON_GRPC_DEFAULT, QueryError  # noqa: PLC0415
+
+    try:
+        endpoints = read_endpoints(args.endpoints_file) if args.endpoints_file else {}
+        url = args.url or endpoints.get("grpc") or TRITON_GRPC_DEFAULT
+        options = PerfOptions(batch_sizes=args.batch_sizes, concurrency=args.concurrency, rows=args.rows, request_count=args.request_count,
+                              stability=args.stability, max_trials=args.max_trials, perf_analyzer=args.perf_analyzer)
+        with tempfile.TemporaryDirectory(prefix="tritonrec-perf-") as scratch:
+            report = run_perf(url, args.model, args.data, args.work_dir or scratch, options,
+                              repository=args.repository or endpoints.get("repository"))
+    except (PerfError, QueryError, EndpointsError) as e:
+        print(f"tritonrec perf: {e}", file=sys.stderr)
+        return 1
+    except InferenceServerException as e:
+        print(f"tritonrec perf: {e.message()} (server {url})", file=sys.stderr)
+        return 1
+    print(f"{args.model}: {report.rows:,} rows of {args.data}; answers checked: {report.checked}")
+    print(report.table())
+    if args.csv:
+        import csv  # noqa: PLC0415
+        import dataclasses  # noqa: PLC0415
+
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(report.points[0])])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(p) for p in report.points)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tritonrec.pipeline.demo import DemoOptions, run_demo  # noqa: PLC0415
 
@@ -365,6 +413,34 @@ def _add_query(sub: Any) -> None:
     query.set_defaults(func=_query)
 
 
+def _add_perf(sub: Any) -> None:
+    """Subcommand ``perf``."""
+    perf = sub.add_parser("perf", help="benchmark a served model with perf_analyzer on real rows, its answers checked first",
+                          description="Writes perf_analyzer's --input-data from the rows of FILE (strings and lists included), checks "
+                                      "the served answers for those rows against the model run in process, then measures each batch "
+                                      "size and concurrency in count windows and prints the table.")
+    perf.add_argument("model", help="the served model's name (an ensemble or a transform)")
+    perf.add_argument("--data", required=True, metavar="FILE", help=".parquet or .csv of raw rows, as tritonrec query takes")
+    where = perf.add_mutually_exclusive_group()
+    where.add_argument("--url", help="gRPC address of tritonserver (default: 127.0.0.1:8001, Triton's own default)")
+    where.add_argument("--endpoints-file", metavar="FILE",
+                       help="read the gRPC address and the model repository from the file `tritonrec serve --endpoints-file` writes")
+    perf.add_argument("--repository", metavar="DIR",
+                      help="the model repository the server loaded, for the in-process reference (default: the endpoints file's; "
+                           "without one, answers are checked against the same rows sent one at a time)")
+    perf.add_argument("--batch-sizes", type=_int_list, default=(1, 64, 1024), metavar="B,B,...", help="rows per request, each measured")
+    perf.add_argument("--concurrency", type=_int_list, default=(1,), metavar="C,C,...", help="requests in flight, each measured")
+    perf.add_argument("--rows", type=int, default=1024, help="rows of FILE to send (perf_analyzer cycles through them)")
+    perf.add_argument("--request-count", type=int, default=50, metavar="N", help="requests per measurement window (count windows)")
+    perf.add_argument("--stability", type=float, default=25.0, metavar="PCT",
+                      help="the last 3 windows' throughput and latency within this percentage of each other")
+    perf.add_argument("--max-trials", type=int, default=10, help="windows per point before it is measured again with windows twice as large")
+    perf.add_argument("--perf-analyzer", metavar="PATH", help="the perf_analyzer binary (default: PATH, then beside this Python)")
+    perf.add_argument("--work-dir", metavar="DIR", help="keep the input data JSON and perf_analyzer's CSV reports here (default: a temporary directory)")
+    perf.add_argument("--csv", metavar="FILE", help="also write the points as CSV")
+    perf.set_defaults(func=_perf)
+
+
 def _add_install_backends(sub: Any) -> None:
     """Subcommand ``install-backends``."""
     install = sub.add_parser("install-backends", help="put tritonrec's backends into another Triton install's backend directory")
@@ -422,7 +498,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_install_backends, _add_demo):
+    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_perf, _add_install_backends, _add_demo):
         add(sub)
     return parser
 

@@ -30,9 +30,8 @@ import time
 
 import triton_python_backend_utils as pb_utils
 
-from tritonrec.serving.config import ConfigError, check_declared_tensors, model_path, parameter, store_role, tier_options
-from tritonrec.serving.lists import list_layout_for
-from tritonrec.serving.lookup_model import LOAD_ERRORS, EmbeddingLookupModel, parse_multi_hot
+from tritonrec.serving.config import check_declared_tensors, model_path
+from tritonrec.serving.lookup_model import LOAD_ERRORS, EmbeddingLookupModel
 from tritonrec.serving.metrics import LookupMetrics
 from tritonrec.serving.tensors import device_input_array, device_output_tensor, input_array, output_tensor, respond
 
@@ -41,29 +40,12 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         name = args["model_name"]
-        tables = [t.strip() for t in parameter(config, "tables").split(",") if t.strip()]
         self.gpu = args["model_instance_kind"] == "GPU"
         device = int(args["model_instance_device_id"]) if self.gpu else None
         try:
             store_dir = model_path(args, config, "store")
-            host, gpu_cache = tier_options(config, self.gpu)
-            if not tables:
-                raise ConfigError("parameter 'tables' is empty: expected the table name of each ids column, comma-separated")
-            max_batch_size = int(config.get("max_batch_size", 0))
-            role = store_role(config, args["model_instance_name"])
-            self.model = EmbeddingLookupModel.open(
-                store_dir,
-                tables,
-                max_batch_size=max_batch_size,
-                missing=parameter(config, "missing_key_policy", "store"),
-                fingerprint=parameter(config, "plan_fingerprint") or None,
-                host=host,
-                device=device,
-                gpu_cache=gpu_cache,
-                multi_hot=parse_multi_hot(parameter(config, "multi_hot", "")),
-                list_layout=list_layout_for(max_batch_size),
-                role=role,
-            )
+            self.model = EmbeddingLookupModel.from_config(config, store_dir, device=device, instance_name=args["model_instance_name"])
+            tables = self.model.tables
             check_declared_tensors(config, "input", self.model.inputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
             check_declared_tensors(config, "output", self.model.outputs, f"the store ({len(tables)} tables of dim {self.model.dim})")
         except LOAD_ERRORS as e:

@@ -25,7 +25,6 @@ import triton_python_backend_utils as pb_utils
 from tritonrec.serving.config import OUTSIDE_PARAMETER, check_declared_tensors, model_path, transform_conventions
 from tritonrec.serving.config import parameter as _parameter
 from tritonrec.serving.fingerprint import check_fingerprint
-from tritonrec.serving.lists import list_layout_for
 from tritonrec.serving.metrics import TransformMetrics
 from tritonrec.serving.tensors import (
     check_string_inputs,
@@ -72,17 +71,14 @@ class TritonPythonModel:
         self.gpu = args["model_instance_kind"] == "GPU"
         try:
             plan_dir = model_path(args, config, "plan")
-            max_batch_size = int(config.get("max_batch_size", 0))
-            list_layout = list_layout_for(max_batch_size)
-            conventions = transform_conventions(config)
-            self.model = TransformModel.from_directory(plan_dir, layout, max_batch_size, output_layout, list_layout, **conventions)
+            self.model = TransformModel.from_config(config, plan_dir)
             if self.gpu:  # the same plan with cupy on the instance's device; tensors stay there
                 import cupy
 
                 self.device = cupy.cuda.Device(int(args["model_instance_device_id"]))
                 with self.device:
-                    self.model = TransformModel(self.model.plan.to(cupy), layout, self.model.max_batch_size, output_layout, list_layout,
-                                                **conventions)
+                    self.model = TransformModel(self.model.plan.to(cupy), layout, self.model.max_batch_size, output_layout,
+                                                self.model.list_layout, **transform_conventions(config))
             check_fingerprint("parameter plan_fingerprint of config.pbtxt", _parameter(config, "plan_fingerprint", self.model.plan.fingerprint), self.model.plan.fingerprint)
             string_inputs = {spec.name for spec in self.model.inputs if spec.dtype == object}
             check_string_inputs(string_inputs, _parameter(config, "bytes_inputs_under_numpy2", "false").lower() == "true")

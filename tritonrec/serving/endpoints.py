@@ -1,8 +1,9 @@
 """The endpoints file: where a running ``tritonrec serve`` listens, for clients on the same machine.
 
 ``tritonrec serve --endpoints-file FILE`` writes it once the server is ready (JSON: ``grpc``,
-``http`` or null, ``metrics``, ``canary``, ``pid``; written whole, then renamed into place) and
-removes it when it stops; ``tritonrec query --endpoints-file FILE`` reads the gRPC address from it,
+``http`` or null, ``metrics``, ``canary``, ``pid``, ``repository``; written whole, then renamed into place) and
+removes it when it stops; ``tritonrec query`` and ``tritonrec perf --endpoints-file FILE`` read the gRPC address (and
+perf the model repository) from it,
 so clients need not know the free ports ``serve`` picked.
 """
 

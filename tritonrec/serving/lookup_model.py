@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from embedding_cache import EmbeddingStore, GpuCacheOptions, HostOptions, MissingPolicy, StoreFormatError, absent_keys_message
-from tritonrec.serving.config import ConfigError
+from tritonrec.serving.config import ConfigError, parameter, store_role, tier_options
 from tritonrec.serving.dtypes import wire_dtype
 from tritonrec.serving.fingerprint import FingerprintMismatchError, check_fingerprint
 from tritonrec.serving.lists import (
-    check_list_layout, check_list_rows, list_from_tensors, list_tensor_names, list_tensor_specs, merge_list_requests,
+    check_list_layout, check_list_rows, list_from_tensors, list_layout_for, list_tensor_names, list_tensor_specs, merge_list_requests,
 )
 from tritonrec.serving.requests import RequestError, row_slices, run_batched
 from tritonrec.serving.specs import TensorSpec
@@ -138,6 +138,26 @@ class EmbeddingLookupModel:
         except BaseException:
             store.close()
             raise
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], store_path: str | os.PathLike[str], *, device: int | None = None,
+                    instance_name: str = "") -> EmbeddingLookupModel:
+        """The model a ``config.pbtxt`` (Triton's JSON form) describes over the store at
+        ``store_path``: parameters ``tables``, ``missing_key_policy``, ``plan_fingerprint``,
+        ``multi_hot``, ``store_role`` (of instance ``instance_name``) and the tiers' options
+        (:func:`~tritonrec.serving.config.tier_options`; the GPU cache's with ``device``, a GPU
+        ordinal). Errors: :data:`LOAD_ERRORS`."""
+        tables = [t.strip() for t in parameter(config, "tables").split(",") if t.strip()]
+        if not tables:
+            raise ConfigError("parameter 'tables' is empty: expected the table name of each ids column, comma-separated")
+        host, gpu_cache = tier_options(config, device is not None)
+        max_batch_size = int(config.get("max_batch_size", 0))
+        return cls.open(
+            store_path, tables, max_batch_size=max_batch_size, missing=parameter(config, "missing_key_policy", "store"),
+            fingerprint=parameter(config, "plan_fingerprint") or None, host=host, device=device, gpu_cache=gpu_cache,
+            multi_hot=parse_multi_hot(parameter(config, "multi_hot", "")), list_layout=list_layout_for(max_batch_size),
+            role=store_role(config, instance_name),
+        )
 
     def check_request(self, tensors: Mapping[str, Any]) -> int:
         """Checks one request's inputs; returns its rows. Raises :class:`RequestError` naming the input."""

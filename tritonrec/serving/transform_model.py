@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from tritonrec.serving.config import ConfigError
+from tritonrec.serving.config import ConfigError, parameter, transform_conventions
 from tritonrec.serving.dtypes import triton_dtype, wire_dtype
 from tritonrec.serving.fingerprint import FingerprintMismatchError
 from tritonrec.serving.lists import (
-    check_list_layout, check_list_rows, list_from_tensors, list_tensor_names, list_tensor_specs, list_to_tensors, merge_list_requests,
+    check_list_layout, check_list_rows, list_from_tensors, list_layout_for, list_tensor_names, list_tensor_specs, list_to_tensors,
+    merge_list_requests,
 )
 from tritonrec.serving.requests import RequestError, row_slices, run_batched
 from tritonrec.serving.specs import TensorSpec
@@ -229,6 +230,17 @@ class TransformModel:
         """Loads the plan in ``plan_dir`` (see :meth:`TransformPlan.load` for its errors);
         ``conventions``: ``null_string``, ``input_dtypes``, ``cast_float64``."""
         return cls(TransformPlan.load(plan_dir), layout, max_batch_size, output_layout, list_layout, **conventions)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], plan_dir: str | Path) -> TransformModel:
+        """The model a ``config.pbtxt`` (Triton's JSON form) describes, its plan loaded from
+        ``plan_dir``: parameters ``layout``, ``output_layout`` and the conventions of
+        :func:`~tritonrec.serving.config.transform_conventions`; lists padded when Triton batches
+        (``max_batch_size`` > 0), else flat with offsets. Errors: :data:`LOAD_ERRORS`."""
+        layout = parameter(config, "layout", "per-column")
+        max_batch_size = int(config.get("max_batch_size", 0))
+        return cls.from_directory(plan_dir, layout, max_batch_size, parameter(config, "output_layout", layout),
+                                  list_layout_for(max_batch_size), **transform_conventions(config))
 
     def _strings(self, values: np.ndarray) -> np.ndarray:
         """A string block with :attr:`null_string` (as str or UTF-8 bytes) replaced by None (null)."""
