@@ -6,12 +6,12 @@
 - :mod:`~tritonrec.export.render`: ``config.pbtxt`` templates, version directories, copies
 """
 
-from tritonrec.export.checks import store_metadata
+from tritonrec.export.checks import scorer_info, store_metadata
 from tritonrec.export.ensemble import ServedScorer, export_ensemble
 from tritonrec.export.render import next_version, render_template, tensor_block, templates_dir
 from tritonrec.export.transform import export_transform, load_or_compile
 
 __all__ = [
     "ServedScorer", "export_ensemble", "export_transform", "load_or_compile", "next_version", "render_template",
-    "store_metadata", "tensor_block", "templates_dir",
+    "scorer_info", "store_metadata", "tensor_block", "templates_dir",
 ]

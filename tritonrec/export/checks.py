@@ -118,6 +118,23 @@ def store_metadata(plan: TransformPlan) -> dict[str, Any]:
     return {"plan_fingerprint": plan.fingerprint, "table_sizes": {c: r[0] for c, r in plan.categorical_codes().items()}}
 
 
+def scorer_info(plan: TransformPlan, dim: int, *, cast_float64: bool = False, dense_input: str = "dense",
+                embeddings_input: str = "embeddings", output: str = "probability") -> Any:
+    """The :class:`~tritonrec.scorer.artifact.ScorerInfo` of a scoring model trained on ``plan``'s
+    outputs, for ``save_scorer(path, module, scorer_info(plan, dim))``: its fingerprint, the
+    embedding tables in the ensemble's slot order (the Categorify outputs, list columns included,
+    in the workflow's output order) with the codes each encodes, the dense features (float32
+    outputs; float64 too with ``cast_float64``, as the export option) and ``dim``, the embedding
+    width. ValueError for a plan the ensemble cannot pass (see :func:`ensemble_columns`)."""
+    from tritonrec.scorer.artifact import ScorerInfo  # noqa: PLC0415
+
+    columns = ensemble_columns(plan, "mean", ("sum", "mean"), cast_float64)
+    floats = (np.float32, np.float64) if cast_float64 else (np.float32,)
+    dense = tuple(c.name for c in plan.output_schema if not c.is_list and c.dtype in floats)
+    return ScorerInfo(plan.fingerprint, tuple(columns.tables), dict(columns.sizes), columns.n_dense, int(dim), dense_input,
+                      embeddings_input, output, dense)
+
+
 def check_store(store: str | os.PathLike[str], plan: TransformPlan, columns: EnsembleColumns) -> int:
     """The store was trained against ``plan``: its fingerprint, one table per id column with the
     plan's size, one dim for all. Returns that dim."""

@@ -150,14 +150,10 @@ class RequestBuilder:
         return values.astype(object)
 
     def _list(self, frame: Any, column: str, dtype: np.dtype) -> ListColumn:
-        rows = frame[column].to_numpy()
         try:
-            parts = [np.asarray(r if r is not None else [], dtype=dtype).reshape(-1) for r in rows]
+            return ListColumn.from_rows(frame[column].to_numpy(), dtype)
         except (TypeError, ValueError) as e:
             raise QueryError(f"column {column!r}: expected a list of {dtype} per row ({e})") from None
-        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-        np.cumsum([p.size for p in parts], out=offsets[1:])
-        return ListColumn(np.concatenate(parts) if parts else np.zeros(0, dtype=dtype), offsets)
 
 
 def query(

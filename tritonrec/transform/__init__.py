@@ -1,6 +1,7 @@
 """Compile a fitted NVTabular workflow into a plan that runs with numpy (or cupy) alone."""
 
 from tritonrec.transform.compile import UnsupportedOpError, compile_workflow
-from tritonrec.transform.plan import ColumnSpec, PlanLoadError, TransformPlan
+from tritonrec.transform.parity import ParityReport, check_parity
+from tritonrec.transform.plan import ColumnSpec, ListColumn, PlanLoadError, TransformPlan
 
-__all__ = ["ColumnSpec", "PlanLoadError", "TransformPlan", "UnsupportedOpError", "compile_workflow"]
+__all__ = ["ColumnSpec", "ListColumn", "ParityReport", "PlanLoadError", "TransformPlan", "UnsupportedOpError", "check_parity", "compile_workflow"]

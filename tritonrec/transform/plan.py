@@ -63,6 +63,15 @@ class ListColumn:
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
 
+    @classmethod
+    def from_rows(cls, rows: Any, dtype: Any) -> ListColumn:
+        """The column of ``rows``: one list or array per row (None: an empty row), as pandas holds a
+        list column; values cast to ``dtype``. TypeError or ValueError for a row that does not cast."""
+        parts = [np.asarray(r if r is not None else [], dtype=dtype).reshape(-1) for r in rows]
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([p.size for p in parts], out=offsets[1:])
+        return cls(np.concatenate(parts) if parts else np.zeros(0, dtype=dtype), offsets)
+
 
 def check_offsets(name: str, offsets: Any, nnz: int, xp: Any = np) -> Any:
     """int64 ``offsets`` of list column ``name`` with ``nnz`` values, checked.
