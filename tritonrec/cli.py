@@ -358,7 +358,8 @@ def _add_export_transform(sub: Any) -> None:
     """Subcommand ``export-transform``."""
     export = sub.add_parser("export-transform", help="compile a fitted NVTabular workflow into a Triton model")
     _add_model_arguments(export, "model name", "per-column",
-                         "input layout: a tensor per column (what Merlin clients send) or one per dtype (faster)")
+                         "input layout: per-column (a tensor per column, NVTabular's own convention: a drop-in for a "
+                         "merlin-systems transform model's clients) or packed (a tensor per dtype, faster)")
     export.add_argument("--instances", type=int, default=1, help="instances")
     export.add_argument("--gpu", action="store_true", help="KIND_GPU instances: the plan runs with cupy on the GPU")
     export.add_argument("--hashing", choices=("auto", "cpu"), default="auto",
@@ -370,7 +371,10 @@ def _add_export_transform(sub: Any) -> None:
 def _add_export(sub: Any) -> None:
     """Subcommand ``export``."""
     ensemble = sub.add_parser("export", help="export transform -> embedding lookup -> scorer as one Triton ensemble")
-    _add_model_arguments(ensemble, "ensemble name (its steps: NAME_transform, NAME_embeddings, NAME_scorer)", "packed", "the ensemble's input layout")
+    _add_model_arguments(ensemble, "ensemble name (its steps: NAME_transform, NAME_embeddings, NAME_scorer)", "packed",
+                         "the ensemble's input layout: packed (a tensor per dtype; each tensor costs the Python backend ~40 us, "
+                         "so 39 Criteo columns as 2 tensors save ~1.5 ms a request) or per-column (what Merlin's clients send; "
+                         "see --input-dtype)")
     ensemble.add_argument("--store", required=True, help="embedding store directory (trained against the workflow)")
     ensemble.add_argument("--scorer", help="tritonrec scorer directory (TorchScript + scorer.json)")
     ensemble.add_argument("--scorer-model", help="instead: a scoring model already in the repository")
