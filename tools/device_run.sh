@@ -4,7 +4,7 @@
 #   bash tools/device_run.sh tests gpu-cache triton
 # .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (tools/pack_rocksdb_for_gpu.sh).
 # Stages: tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), triton (bench_gpu_lookup_triton.py;
-# needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
+# needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), probe-variants (benchmarks/cpp/gpu_probe_variants.cu), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
 set -uo pipefail
 R=$(pwd)
 OUT=${OUT:-/tmp/out}
@@ -45,6 +45,13 @@ for stage in "$@"; do
         echo "-- TRITONREC_RECHECK=$mode"; timeout 120 python3 -P benchmarks/bench_gpu_cache.py --all-hit-only --no-write 2>&1 | grep -E "^\| (32|64|128) \| float(32|16) \| float" 
       done
       python3 -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 ;;
+    probe-variants)  # benchmarks/cpp/gpu_probe_variants.cu: the lookup kernel's design choices, all hits, vs a plain gather; ncu where present
+      nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -o /tmp/gpv benchmarks/cpp/gpu_probe_variants.cu >"$OUT/probe-build.log" 2>&1 || tail -20 "$OUT/probe-build.log"
+      timeout 300 /tmp/gpv >"$OUT/probe-variants.md" 2>&1; tail -n +1 "$OUT/probe-variants.md" | grep -E "GPU|gather|product|8-way u2 meta recheck|u4|no-meta" | head -80
+      if command -v ncu >/dev/null; then
+        timeout 200 ncu -k regex:probe --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+          --section Occupancy --section WarpStateStats /tmp/gpv 1048576 1 >"$OUT/probe-ncu.txt" 2>&1; tail -60 "$OUT/probe-ncu.txt"
+      else echo "no ncu on this machine"; ls /usr/local/cuda*/bin 2>/dev/null | grep -i -E "ncu|nsys" | head; fi ;;
     hit-rates)
       timeout 400 python3 -P benchmarks/bench_cache_hit_rates.py --gpu >"$OUT/hit-rates.log" 2>&1; tail -25 "$OUT/hit-rates.log" ;;
     triton-tests)  # tests through tritonserver that need no nvtabular (numpy 2 here); needs .gl/tri.tar.xz
