@@ -129,6 +129,110 @@ __global__ void probe(Params p) {
   }
 }
 
+// Round 2: keys 8 or 16 ways probed by LANES lanes (WAYS / LANES keys per lane, one vector load), the row
+// width known at compile time (every load of a row issued before its stores), and a register budget
+// (__launch_bounds__ minimum blocks per SM: more resident warps, more keys in flight). Fast sets, LRU
+// tick written, re-check on: the product's semantics.
+template <int WAYS, int LANES>
+struct KeyLoad;
+template <int WAYS>
+struct KeyLoad<WAYS, WAYS> {  // one key per lane
+  static constexpr int kPer = 1;
+  __device__ static void load(const long long* line, int l, long long* out) { out[0] = line[l]; }
+};
+template <>
+struct KeyLoad<16, 8> {  // two keys per lane, one 16-byte load
+  static constexpr int kPer = 2;
+  __device__ static void load(const long long* line, int l, long long* out) {
+    const longlong2 v = reinterpret_cast<const longlong2*>(line)[l];
+    out[0] = v.x;
+    out[1] = v.y;
+  }
+};
+
+template <int WAYS, int LANES, int UNROLL, int DIM4, int MINB>
+__global__ void __launch_bounds__(256, MINB) probe2(Params p) {
+  using Load = KeyLoad<WAYS, LANES>;
+  constexpr int kPer = Load::kPer;
+  constexpr int G = 32 / LANES;
+  constexpr unsigned kMask = (1u << LANES) - 1u;
+  const int lane = threadIdx.x & 31, g = lane / LANES, l = lane % LANES;
+  const long long warps = (static_cast<long long>(gridDim.x) * blockDim.x) >> 5;
+  for (long long w = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w * G * UNROLL < p.n; w += warps) {
+    long long idx[UNROLL], set[UNROLL], key[UNROLL], held[UNROLL][kPer];
+    bool valid[UNROLL];
+    int way[UNROLL];
+    unsigned token[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      idx[u] = w * G * UNROLL + u * G + g;
+      valid[u] = idx[u] < p.n;
+      key[u] = valid[u] ? p.keys[idx[u]] : kEmpty;
+      token[u] = 0;
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      set[u] = set_of<true>(key[u], p.sets);
+      if (valid[u]) {
+        Load::load(p.set_keys + set[u] * WAYS, l, held[u]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) held[u][j] = kEmpty;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      int mine = -1;  // the way this lane matched, if any
+#pragma unroll
+      for (int j = 0; j < kPer; ++j)
+        if (valid[u] && held[u][j] == key[u]) mine = l * kPer + j;
+      const unsigned ballot = __ballot_sync(0xFFFFFFFFu, mine >= 0);
+      const unsigned match = (ballot >> (LANES * g)) & kMask;
+      const int owner = match ? __ffs(match) - 1 : -1;  // the lane holding the way
+      way[u] = __shfl_sync(0xFFFFFFFFu, mine, owner >= 0 ? LANES * g + owner : lane);
+      if (owner < 0) way[u] = -1;
+      if (way[u] >= 0) {
+        const float4* src = p.rows + (set[u] * WAYS + way[u]) * DIM4;
+        float4* dst = p.out + idx[u] * DIM4;
+        constexpr int kMoves = (DIM4 + LANES - 1) / LANES;
+        float4 v[kMoves];
+#pragma unroll
+        for (int m = 0; m < kMoves; ++m)
+          if (m * LANES + l < DIM4) v[m] = __ldcg(src + m * LANES + l);
+#pragma unroll
+        for (int m = 0; m < kMoves; ++m)
+          if (m * LANES + l < DIM4) {
+            token[u] |= __float_as_uint(v[m].x);
+            dst[m * LANES + l] = v[m];
+          }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const unsigned after = __reduce_or_sync(0xFFFFFFFFu, token[u] & p.zero);
+      const bool checker = way[u] >= 0 && l == way[u] / kPer;
+      const bool torn = checker && __ldcg(p.set_keys + set[u] * WAYS + way[u] + after) != key[u];
+      const unsigned torn_ballot = __ballot_sync(0xFFFFFFFFu, torn);
+      const bool hit = way[u] >= 0 && ((torn_ballot >> (LANES * g)) & kMask) == 0;
+      if (!valid[u]) continue;
+      if (hit) {
+        if (checker) p.meta[set[u] * WAYS + way[u]] = p.tick;
+      } else if (l == 0) {
+        atomicAdd(p.misses, 1);
+      }
+    }
+  }
+}
+
+template <int WAYS, int LANES, int UNROLL, int MINB>
+void launch2(int dim4, int blocks, Params p) {
+  switch (dim4) {
+    case 8: probe2<WAYS, LANES, UNROLL, 8, MINB><<<blocks, 256>>>(p); break;
+    case 16: probe2<WAYS, LANES, UNROLL, 16, MINB><<<blocks, 256>>>(p); break;
+    default: probe2<WAYS, LANES, UNROLL, 32, MINB><<<blocks, 256>>>(p); break;
+  }
+}
+
 __global__ void gather(const float4* __restrict__ rows, const long long* __restrict__ index, float4* __restrict__ out, long long n, int q) {
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   for (long long t = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; t < n * q; t += stride) {
@@ -201,7 +305,8 @@ struct Variant {
   const char* name;
   int ways;
   bool fast;
-  void (*kernel)(Params);
+  void (*kernel)(Params);                 // round 1 (dim at run time)
+  void (*launch)(int, int, Params) = nullptr;  // round 2 (dim4, blocks, params)
 };
 
 int main(int argc, char** argv) {
@@ -225,6 +330,19 @@ int main(int argc, char** argv) {
       {"8-way u2 meta no-recheck fast", 8, true, probe<8, 2, kWriteMeta, false, true>},
       {"8-way u4 meta recheck fast", 8, true, probe<8, 4, kWriteMeta, true, true>},
       {"8-way u2 no-meta no-recheck fast", 8, true, probe<8, 2, kNoMeta, false, true>},
+      {"R2 16-way 16 lanes u2 dimT", 16, true, nullptr, launch2<16, 16, 2, 1>},
+      {"R2 16-way 16 lanes u2 dimT minB4", 16, true, nullptr, launch2<16, 16, 2, 4>},
+      {"R2 16-way 16 lanes u2 dimT minB8", 16, true, nullptr, launch2<16, 16, 2, 8>},
+      {"R2 16-way 8 lanes u1 dimT", 16, true, nullptr, launch2<16, 8, 1, 1>},
+      {"R2 16-way 8 lanes u2 dimT", 16, true, nullptr, launch2<16, 8, 2, 1>},
+      {"R2 16-way 8 lanes u2 dimT minB4", 16, true, nullptr, launch2<16, 8, 2, 4>},
+      {"R2 16-way 8 lanes u2 dimT minB8", 16, true, nullptr, launch2<16, 8, 2, 8>},
+      {"R2 16-way 8 lanes u1 dimT minB8", 16, true, nullptr, launch2<16, 8, 1, 8>},
+      {"R2 8-way 8 lanes u1 dimT", 8, true, nullptr, launch2<8, 8, 1, 1>},
+      {"R2 8-way 8 lanes u2 dimT", 8, true, nullptr, launch2<8, 8, 2, 1>},
+      {"R2 8-way 8 lanes u2 dimT minB4", 8, true, nullptr, launch2<8, 8, 2, 4>},
+      {"R2 8-way 8 lanes u2 dimT minB8", 8, true, nullptr, launch2<8, 8, 2, 8>},
+      {"R2 8-way 8 lanes u1 dimT minB8", 8, true, nullptr, launch2<8, 8, 1, 8>},
   };
   std::printf("GPU %s, %d SMs; %lld cached rows at load 0.5, %lld all-hit keys per call, fp32 rows, median of %d calls\n\n",
               prop.name, sms, rows, rows, repeats);
@@ -261,7 +379,10 @@ int main(int argc, char** argv) {
           Params p{t.d_keys, t.d_meta, t.sets, dim4, d_rows, t.d_query, n, d_out, d_misses, 1u, 0u};
           const int blocks = sms * per_sm;
           CHECK(cudaMemset(d_misses, 0, 4));
-          const float ms = median_ms([&] { p.tick++; v.kernel<<<blocks, 256>>>(p); }, repeats);
+          const float ms = median_ms([&] {
+            p.tick++;
+            if (v.launch) v.launch(dim4, blocks, p); else v.kernel<<<blocks, 256>>>(p);
+          }, repeats);
           CHECK(cudaGetLastError());
           int misses = 0;
           CHECK(cudaMemcpy(&misses, d_misses, 4, cudaMemcpyDeviceToHost));
