@@ -46,11 +46,18 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _fastrange(h: np.ndarray, n: int) -> np.ndarray:
+    """policy.hpp's set_of: the high 64 bits of h x n (uint64 h, n < 2**32), as int64."""
+    hi, lo = h >> np.uint64(32), h & np.uint64(0xFFFFFFFF)
+    with np.errstate(over="ignore"):
+        return ((hi * np.uint64(n) + ((lo * np.uint64(n)) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
+
+
 def set_optimum(keys_by_rank: np.ndarray, weights: np.ndarray, capacity: int) -> float:
     """Hit rate of the best static content of a 16-way cache of ``capacity`` rows: each set keeps
     its ``WAYS`` most frequent keys. ``keys_by_rank`` int64 (rows,) most frequent first."""
     sets = capacity // WAYS
-    set_ids = (_mix64(keys_by_rank) % np.uint64(sets)).astype(np.int64)
+    set_ids = _fastrange(_mix64(keys_by_rank), sets)
     order = np.argsort(set_ids, kind="stable")  # rank order kept within a set
     grouped = set_ids[order]
     position = np.arange(grouped.size) - np.searchsorted(grouped, grouped, side="left")

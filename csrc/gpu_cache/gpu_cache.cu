@@ -122,13 +122,25 @@ int64_t GpuCache::bytes() const noexcept {
 
 namespace {
 
+template <typename T, typename O>
+void launch_lookup_as(const detail::LookupKernelParams& p, const void* rows, int blocks, cudaStream_t stream) {
+  const T* r = static_cast<const T*>(rows);
+  switch (detail::lookup_moves(p.dim, static_cast<int>(sizeof(T)))) {
+    case 1: detail::lookup_kernel<T, O, 1><<<blocks, detail::kLookupThreads, 0, stream>>>(p, r); break;
+    case 2: detail::lookup_kernel<T, O, 2><<<blocks, detail::kLookupThreads, 0, stream>>>(p, r); break;
+    case 4: detail::lookup_kernel<T, O, 4><<<blocks, detail::kLookupThreads, 0, stream>>>(p, r); break;
+    case 8: detail::lookup_kernel<T, O, 8><<<blocks, detail::kLookupThreads, 0, stream>>>(p, r); break;
+    default: detail::lookup_kernel<T, O, 0><<<blocks, detail::kLookupThreads, 0, stream>>>(p, r);
+  }
+}
+
 template <typename T>
 void launch_lookup(const detail::LookupKernelParams& p, GpuOutDtype out_dtype, const void* rows, int blocks,
                    cudaStream_t stream) {
   if (out_dtype == GpuOutDtype::kFloat16) {
-    detail::lookup_kernel<T, __half><<<blocks, kThreads, 0, stream>>>(p, static_cast<const T*>(rows));
+    launch_lookup_as<T, __half>(p, rows, blocks, stream);
   } else {
-    detail::lookup_kernel<T, float><<<blocks, kThreads, 0, stream>>>(p, static_cast<const T*>(rows));
+    launch_lookup_as<T, float>(p, rows, blocks, stream);
   }
 }
 
@@ -147,7 +159,7 @@ void GpuCache::find_async(const FindArgs& a, cudaStream_t stream) const {
   if (a.n == 0) return;
   detail::LookupKernelParams p{keys_, meta_, sets_, options_.dim, options_.eviction, a.keys, a.key_stride, a.n,
                                a.out, out_stride, a.miss_index, a.miss_count, a.tick, 0u};
-  const int blocks = blocks_for((a.n + 2 * detail::kUnroll - 1) / (2 * detail::kUnroll), options_.device);  // keys per warp step
+  const int blocks = blocks_for((a.n + detail::kKeysPerWarp - 1) / detail::kKeysPerWarp, options_.device);  // keys per warp step
   switch (options_.dtype) {
     case GpuRowDtype::kFloat16:
       launch_lookup<__half>(p, a.out_dtype, rows_, blocks, stream);

@@ -19,9 +19,15 @@ enum class Eviction : int32_t {
 /// Empty slot marker of a key array (no valid key equals it).
 constexpr int64_t kEmptyKey = INT64_MIN;
 
-/// The set a key lives in, among `sets` sets.
+/// The set a key lives in, among `sets` sets: the high 64 bits of mix64(key) x sets (a multiply,
+/// where a 64-bit modulo costs the GPU lookup a third of its speed at dim 32).
 TRITONREC_HD int64_t set_of(int64_t key, int64_t sets) {
-  return static_cast<int64_t>(mix64(static_cast<uint64_t>(key)) % static_cast<uint64_t>(sets));
+  const uint64_t h = mix64(static_cast<uint64_t>(key));
+#if defined(__CUDA_ARCH__)
+  return static_cast<int64_t>(__umul64hi(h, static_cast<uint64_t>(sets)));
+#else
+  return static_cast<int64_t>((static_cast<unsigned __int128>(h) * static_cast<uint64_t>(sets)) >> 64);
+#endif
 }
 
 /// The meta value a slot gets when its row is used at clock `tick` (LRU) or used once more (LFU).

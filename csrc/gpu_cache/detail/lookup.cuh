@@ -1,19 +1,14 @@
-// The GPU cache's lookup kernel: one half-warp per key; its 16 lanes probe the key's 16-way set
-// (one 128-byte line of keys) at once and copy the row. Each half-warp handles kUnroll keys per
-// step, issuing all their probes before using any, to keep more loads in flight.
+// The GPU cache's lookup kernel: a group of 8 lanes per key (4 keys per warp at once). The group
+// reads the key's 16-way set (one 128-byte line of keys) as 8 loads of 16 bytes, two ways a lane,
+// and copies the row, every 16-byte load of a lane's part issued before its stores (the row's
+// number of moves per lane is a template parameter, MOVES; rows wider than 8 moves a lane, or dims
+// not a multiple of 8, take the generic loop). __launch_bounds__ keeps the kernel to 32 registers
+// a thread for rows of up to 2 moves a lane, so 64 warps fit on an SM: the lookup is latency-bound
+// (a few dependent random loads per key), and more keys in flight is what makes it fast. Measured on an H200 with
+// benchmarks/cpp/gpu_probe_variants.cu (1M all-hit keys, fp32, dim 32 / 64 / 128, G keys/s):
+// half-warp per key, set = mix64 % sets 3.38 / 3.09 / 2.14; with set = mulhi(mix64, sets) 5.20 /
+// 4.36 / 2.67; 8 lanes per key, row width unrolled, 64 warps an SM 8.51 / 5.12 / 2.95.
 //
-// Inserts may run at the same time on other streams (insert.cuh). They write a slot as a seqlock
-// writer: key emptied, row written, key set, fenced in between. A lookup reads as the matching
-// reader: probe, row copy (through L2), then the slot's key once more, ordered after every row
-// load of the half-warp; a hit whose slot changed meanwhile is reported as a miss (the caller then
-// reads the host), so the output never holds a row torn by a concurrent insert.
-//
-// How the re-check is ordered after the row loads (TRITONREC_RECHECK, a build-time define):
-//   2 (default): its address depends on every row load (the loaded values AND a kernel parameter
-//     that is always zero, OR-reduced over the warp), so it cannot issue before they complete;
-//     no memory fence.
-//   1: an acquire-release fence (fence.acq_rel.gpu) between the copy and the re-check.
-//   0: no re-check (unsafe with inserts on other streams; only to measure the re-check's cost).
 #pragma once
 
 #include <cstdint>
@@ -49,70 +44,81 @@ struct LookupKernelParams {
 /// Orders this thread's earlier loads before its later ones (the seqlock reader's fence).
 __device__ __forceinline__ void acquire_fence() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 
-/// Keys per half-warp per step: all their probes are issued before any row is copied.
-constexpr int kUnroll = 2;  // 4 measured slower on an H200 (register pressure)
+constexpr int kLookupLanes = 8;                          ///< lanes per key
+constexpr int kKeysPerWarp = 32 / kLookupLanes;          ///< keys a warp looks up at once
+constexpr int kWaysPerLane = kWays / kLookupLanes;       ///< ways a lane probes (one 16-byte load)
+constexpr int kLookupThreads = 256;
+/// Blocks of kLookupThreads an SM must hold (__launch_bounds__): 8 (64 warps, 32 registers a thread)
+/// for rows of up to 2 moves a lane; wider rows keep their moves in registers: 5 (48 registers) for
+/// 4, 4 (64) for 8, 6 (40) for the generic loop, so that little or nothing spills.
+constexpr int lookup_min_blocks(int moves) { return moves == 8 ? 4 : moves == 4 ? 5 : moves == 0 ? 6 : 8; }
+static_assert(kWaysPerLane == 2, "a lane probes two ways with one 16-byte load");
 
-template <typename T, typename O>
-__global__ void lookup_kernel(LookupKernelParams p, const T* rows) {
+/// The 16-byte moves per lane of the row copy the kernel is built for: 1, 2, 4 or 8; 0 for the
+/// generic loop (rows of other widths).
+inline int lookup_moves(int64_t dim, int value_bytes) {
+  if (dim % 8 != 0) return 0;
+  const int64_t moves = (dim * value_bytes / 16 + kLookupLanes - 1) / kLookupLanes;
+  for (int m : {1, 2, 4, 8}) {
+    if (moves <= m) return m;
+  }
+  return 0;
+}
+
+template <typename T, typename O, int MOVES>
+__global__ void __launch_bounds__(kLookupThreads, lookup_min_blocks(MOVES)) lookup_kernel(LookupKernelParams p, const T* rows) {
   const int lane = threadIdx.x & 31;
-  const int half = lane >> 4;  // which of the warp's two half-warps
-  const int l16 = lane & 15;
+  const int group = lane / kLookupLanes;  // which of the warp's keys
+  const int l = lane % kLookupLanes;
+  const int shift = kLookupLanes * group;
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   O* out = static_cast<O*>(p.out);
-  constexpr int kPerWarp = 2 * kUnroll;
-  // a warp step covers kPerWarp keys: half-warp h takes keys kPerWarp * w + 2u + h
-  for (int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; kPerWarp * w < p.n; w += warps) {
-    int64_t index[kUnroll], set[kUnroll], key[kUnroll], held[kUnroll];
-    bool valid[kUnroll];
-    int way[kUnroll];
-    uint32_t token[kUnroll] = {};
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      index[u] = kPerWarp * w + 2 * u + half;
-      valid[u] = index[u] < p.n;
-      key[u] = valid[u] ? p.keys[index[u] * p.key_stride] : kEmptyKey;
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      set[u] = set_of(key[u], p.sets);
-      held[u] = valid[u] ? p.set_keys[set[u] * kWays + l16] : kEmptyKey;  // a stale line only costs a false miss or fails the re-check
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const unsigned ballot = __ballot_sync(0xFFFFFFFFu, valid[u] && held[u] == key[u] && key[u] != kEmptyKey);
-      const unsigned match = (ballot >> (16 * half)) & 0xFFFFu;
-      way[u] = match ? __ffs(match) - 1 : -1;
-      if (way[u] >= 0) token[u] = copy_row_out(rows + (set[u] * kWays + way[u]) * p.dim, out + index[u] * p.out_stride, p.dim, l16, 16);
+  for (int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; kKeysPerWarp * w < p.n; w += warps) {
+    const int64_t index = kKeysPerWarp * w + group;
+    const bool valid = index < p.n;
+    const int64_t key = valid ? p.keys[index * p.key_stride] : kEmptyKey;
+    const int64_t set = set_of(key, p.sets);
+    longlong2 held = make_longlong2(kEmptyKey, kEmptyKey);
+    // a stale line only costs a false miss or fails the re-check
+    if (valid) held = reinterpret_cast<const longlong2*>(p.set_keys + set * kWays)[l];
+    const bool mine = key != kEmptyKey && (held.x == key || held.y == key);  // keys are unique within a set
+    const unsigned match = (__ballot_sync(0xFFFFFFFFu, mine) >> shift) & 0xFFu;
+    const int owner = match ? __ffs(match) - 1 : 0;  // the lane whose pair of ways holds the key
+    const int way = __shfl_sync(0xFFFFFFFFu, kWaysPerLane * l + (held.y == key ? 1 : 0), shift + owner);
+    const bool found = match != 0;
+    uint32_t token = 0;
+    if (found) {
+      const T* src = rows + (set * kWays + way) * p.dim;
+      O* dst = out + index * p.out_stride;
+      if constexpr (MOVES > 0) {
+        token = copy_row_moves<MOVES>(src, dst, p.dim, l, kLookupLanes);
+      } else {
+        token = copy_row_out(src, dst, p.dim, l, kLookupLanes);
+      }
     }
 #if TRITONREC_RECHECK == 1
     acquire_fence();
 #endif
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-#if TRITONREC_RECHECK == 0
-      const bool torn = false;
-#else
 #if TRITONREC_RECHECK == 2
-      // zero, but only known once every lane's row loads are in (p.zero is 0, unknown to the compiler)
-      const uint32_t after = __reduce_or_sync(0xFFFFFFFFu, token[u] & p.zero);
+    // zero, but only known once every lane's row loads are in (p.zero is 0, unknown to the compiler)
+    const uint32_t after = __reduce_or_sync(0xFFFFFFFFu, token & p.zero);
 #else
-      const uint32_t after = 0;
+    const uint32_t after = 0;
+    (void)token;
 #endif
-      // the lane of the hit's way checks that its slot still holds the key after the copy
-      const bool torn = way[u] >= 0 && l16 == way[u] && __ldcg(p.set_keys + set[u] * kWays + way[u] + after) != key[u];
-#endif
-      const unsigned torn_ballot = __ballot_sync(0xFFFFFFFFu, torn);
-      const bool hit = way[u] >= 0 && ((torn_ballot >> (16 * half)) & 0xFFFFu) == 0;
-      if (!valid[u]) continue;
-      if (hit) {
-        if (l16 == way[u]) {
-          const int64_t slot = set[u] * kWays + way[u];
-          // LRU's new meta does not depend on the old one: write without reading (one less random read)
-          p.meta[slot] = p.policy == Eviction::kLru ? p.tick : touched_meta(p.policy, p.meta[slot], p.tick);
-        }
-      } else if (l16 == 0) {
-        p.miss_index[atomicAdd(p.miss_count, 1)] = static_cast<int32_t>(index[u]);
+    // the lane of the hit's way checks that its slot still holds the key after the copy
+    const bool checker = found && l == owner;
+    const bool torn = TRITONREC_RECHECK != 0 && checker && __ldcg(p.set_keys + set * kWays + way + after) != key;
+    const bool hit = found && ((__ballot_sync(0xFFFFFFFFu, torn) >> shift) & 0xFFu) == 0;
+    if (!valid) continue;
+    if (hit) {
+      if (checker) {
+        const int64_t slot = set * kWays + way;
+        // LRU's new meta does not depend on the old one: write without reading (one less random read)
+        p.meta[slot] = p.policy == Eviction::kLru ? p.tick : touched_meta(p.policy, p.meta[slot], p.tick);
       }
+    } else if (l == 0) {
+      p.miss_index[atomicAdd(p.miss_count, 1)] = static_cast<int32_t>(index);
     }
   }
 }

@@ -88,4 +88,44 @@ __device__ __forceinline__ uint32_t copy_row_out(const T* src, O* dst, int64_t d
   return token;
 }
 
+/// Stores one 16-byte move of stored values (4 fp32 or 8 fp16/bf16) at `dst` as the output type.
+template <typename T, typename O>
+__device__ __forceinline__ void store_move(const uint4& packed, O* dst) {
+  if constexpr (sizeof(T) == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(&packed);
+    store4<O>(dst, v.x, v.y, v.z, v.w);
+  } else if constexpr (sizeof(O) == 2 && std::is_same_v<T, __half>) {
+    *reinterpret_cast<uint4*>(dst) = packed;  // fp16 to fp16: a plain move
+  } else {
+    float f[8];
+    unpack8<T>(packed, f);
+    store4<O>(dst, f[0], f[1], f[2], f[3]);
+    store4<O>(dst + 4, f[4], f[5], f[6], f[7]);
+  }
+}
+
+/// copy_row_out's vector path for rows of at most MOVES x `lanes` 16-byte moves (dim a multiple of
+/// 8): every load of the lane's part of the row is issued before any store, so they are in flight
+/// together. Returns the same token as copy_row_out.
+template <int MOVES, typename T, typename O>
+__device__ __forceinline__ uint32_t copy_row_moves(const T* src, O* dst, int64_t dim, int lane, int lanes) {
+  constexpr int kPerMove = 16 / static_cast<int>(sizeof(T));  // stored values per 16-byte move
+  const int64_t moves = dim / kPerMove;
+  const uint4* s = reinterpret_cast<const uint4*>(src);
+  uint4 v[MOVES];
+#pragma unroll
+  for (int m = 0; m < MOVES; ++m) {
+    if (m * lanes + lane < moves) v[m] = __ldcg(s + m * lanes + lane);
+  }
+  uint32_t token = 0;
+#pragma unroll
+  for (int m = 0; m < MOVES; ++m) {
+    if (m * lanes + lane < moves) {
+      token |= v[m].x;
+      store_move<T, O>(v[m], dst + (m * lanes + lane) * kPerMove);
+    }
+  }
+  return token;
+}
+
 }  // namespace tritonrec::detail
