@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         probe_s = _time(cp, lambda: probe((blocks,), (256,), (d_slots, cp.int64(mask), probe_rows, query, probe_out, cp.int64(n),
                                                               cp.int64(q), probe_misses)), args.repeats)
         probe_ok = int(probe_misses.get()[0]) == 0 and bool(cp.all(probe_out == rows[idx]))
+        print(f"{pattern} dim {dim}: gather {gather_rate / 1e9:.2f}, probe {n / probe_s / 1e9:.2f} G keys/s ({'ok' if probe_ok else 'WRONG'})",
+              file=sys.stderr, flush=True)
         del probe_rows, d_slots, probe_out
         for dtype, out_dtype in (("float32", "float32"), ("float16", "float32"), ("bfloat16", "float32"), ("float16", "float16")):
             if pattern == "strided" and dtype != "float32":
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{n / probe_s / 1e9:.2f} | {ratio:.2f} | {gather_s / probe_s:.2f} | {f'{nve:.2f}' if nve else '-'} | "
                 f"{f'{rate / 1e9 / nve:.2f}' if nve else '-'} | {1 - misses / n:.4f} | {'yes' if checked else 'NO'} |"
             )
+            print(table[-1], file=sys.stderr, flush=True)  # progress
             if nve and pattern == "random":
                 verdicts.append(f"- dim {dim} fp32: {rate / 1e9:.2f} G keys/s, {rate / 1e9 / nve:.2f} of NVE's {nve:.2f} "
                                 f"({ratio:.2f} of the gather): {'met' if rate / 1e9 >= nve else 'MISSED'}")
