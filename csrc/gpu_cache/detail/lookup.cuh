@@ -110,14 +110,11 @@ __global__ void __launch_bounds__(kLookupThreads, lookup_min_blocks(MOVES)) look
     const bool checker = found && l == owner;
     const bool torn = TRITONREC_RECHECK != 0 && checker && __ldcg(p.set_keys + set * kWays + way + after) != key;
     const bool hit = found && ((__ballot_sync(0xFFFFFFFFu, torn) >> shift) & 0xFFu) == 0;
-    if (!valid) continue;
-    if (hit) {
-      if (checker) {
-        const int64_t slot = set * kWays + way;
-        // LRU's new meta does not depend on the old one: write without reading (one less random read)
-        p.meta[slot] = p.policy == Eviction::kLru ? p.tick : touched_meta(p.policy, p.meta[slot], p.tick);
-      }
-    } else if (l == 0) {
+    if (hit && checker) {
+      const int64_t slot = set * kWays + way;
+      // LRU's new meta does not depend on the old one: write without reading (one less random read)
+      p.meta[slot] = p.policy == Eviction::kLru ? p.tick : touched_meta(p.policy, p.meta[slot], p.tick);
+    } else if (valid && !hit && l == 0) {
       p.miss_index[atomicAdd(p.miss_count, 1)] = static_cast<int32_t>(index);
     }
   }
