@@ -20,6 +20,8 @@
 #include <random>
 #include <vector>
 
+#include "../../csrc/common/mix.hpp"
+
 #define CHECK(x)                                                                        \
   do {                                                                                  \
     cudaError_t e = (x);                                                                \
@@ -31,14 +33,7 @@
 
 constexpr long long kEmpty = INT64_MIN;
 
-__host__ __device__ inline unsigned long long mix64(unsigned long long x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
+using tritonrec::mix64;  // the product's mixer
 
 template <bool FAST>
 __host__ __device__ inline long long set_of(long long key, long long sets) {
