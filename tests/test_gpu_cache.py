@@ -53,6 +53,28 @@ def test_lookups_equal_the_host_rows(table, eviction, capacity_rows, admission):
         assert stats["hits"] > 0 and stats["misses"] > 0 and stats["hits"] + stats["misses"] == 4 * 5_200
 
 
+@pytest.mark.parametrize("dim", [8, 32, 128, 12])  # 1, 1 and 4 sixteen-byte moves a lane; 12: the generic copy
+def test_a_million_keys_with_misses_in_one_call(tmp_path, dim):
+    """Warps loop over the keys (the grid is capped) and meet hits and misses in one step: every row
+    right (an earlier kernel hung here: a vote behind `found &&` left the missing keys' lanes out)."""
+    cupy = _cupy()
+    rng = np.random.default_rng(dim)
+    keys = rng.choice(10**12, size=300_000, replace=False).astype(np.int64)
+    rows = rng.normal(size=(keys.size, dim)).astype(np.float32)
+    path = build_store(tmp_path / "s", {"t": (keys, rows)}, missing="zeros")
+    query = np.where(rng.random(1 << 20) < 0.3, rng.integers(10**12, 2 * 10**12, 1 << 20), rng.choice(keys, 1 << 20))
+    position = np.full(query.size, -1)
+    present = np.isin(query, keys)
+    position[present] = np.searchsorted(np.sort(keys), query[present])
+    expected = np.zeros((query.size, dim), np.float32)
+    expected[present] = rows[np.argsort(keys)][position[present]]
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=200_000 * (dim * 4 + 16)) as store:
+        for _ in range(3):  # cold, then partly cached, then as cached as the capacity allows
+            np.testing.assert_array_equal(cupy.asnumpy(store.lookup("t", cupy.asarray(query))), expected)
+        stats = store.stats()["t"]["tiers"]["gpu"]
+        assert stats["hits"] > 0 and stats["misses"] > 0
+
+
 def test_the_missing_key_policy_applies_on_the_gpu(table):
     cupy = _cupy()
     path, keys, rows = table

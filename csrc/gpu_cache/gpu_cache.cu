@@ -159,12 +159,7 @@ void GpuCache::find_async(const FindArgs& a, cudaStream_t stream) const {
   if (a.n == 0) return;
   detail::LookupKernelParams p{keys_, meta_, sets_, options_.dim, options_.eviction, a.keys, a.key_stride, a.n,
                                a.out, out_stride, a.miss_index, a.miss_count, a.tick, 0u};
-  // A grid that covers every key, a warp looking up kKeysPerWarp keys once. With the grid capped at
-  // 16 blocks an SM (warps looping over the keys, as the other kernels do), this kernel hung on an
-  // H200 from 131,072 keys on (2,112 blocks); one pass each does not. The cause is not found yet
-  // (issue 16's note); the loop stays for grids that cannot cover n (over 2^31 blocks).
-  const int64_t warp_steps = (a.n + detail::kKeysPerWarp - 1) / detail::kKeysPerWarp;
-  const int blocks = static_cast<int>(std::min<int64_t>((warp_steps + 7) / 8, 0x7FFFFFFF));
+  const int blocks = blocks_for((a.n + detail::kKeysPerWarp - 1) / detail::kKeysPerWarp, options_.device);  // warp steps
   switch (options_.dtype) {
     case GpuRowDtype::kFloat16:
       launch_lookup<__half>(p, a.out_dtype, rows_, blocks, stream);

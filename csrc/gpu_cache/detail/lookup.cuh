@@ -109,7 +109,10 @@ __global__ void __launch_bounds__(kLookupThreads, lookup_min_blocks(MOVES)) look
     // the lane of the hit's way checks that its slot still holds the key after the copy
     const bool checker = found && l == owner;
     const bool torn = TRITONREC_RECHECK != 0 && checker && __ldcg(p.set_keys + set * kWays + way + after) != key;
-    const bool hit = found && ((__ballot_sync(0xFFFFFFFFu, torn) >> shift) & 0xFFu) == 0;
+    // every lane votes (a full-mask ballot must not sit behind `found &&`: a short-circuited vote left
+    // the lanes of missed keys out of it, and warps that loop hung)
+    const unsigned torn_ballot = __ballot_sync(0xFFFFFFFFu, torn);
+    const bool hit = found && ((torn_ballot >> shift) & 0xFFu) == 0;
     if (hit && checker) {
       const int64_t slot = set * kWays + way;
       // LRU's new meta does not depend on the old one: write without reading (one less random read)
