@@ -3,6 +3,7 @@
 #   1. a virtual environment with the pinned NVTabular + Triton stack (requirements/),
 #   2. tritonrec itself, built from source (embedding_cache._core and tritonrec._native via scikit-build-core + CMake),
 #   3. perf_analyzer (from the tritonclient 2.44.0 wheel) wired to the server wheel's libraries.
+# and, with root and apt-get, Debian's librocksdb-dev and redis-server.
 # Each step is skipped when its inputs have not changed since it last succeeded.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +26,16 @@ if [ ! -f /usr/include/rocksdb/db.h ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq librocksdb-dev >/dev/null
   else
     log "librocksdb-dev is missing and cannot be installed here (needs root and apt-get): building without the RocksDB tier"
+  fi
+fi
+
+# 0b. Redis (the request log and label streams of the feedback loop; tests start their own), from Debian.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing redis-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    log "redis-server is missing and cannot be installed here (needs root and apt-get): the Redis tests will be skipped"
   fi
 fi
 

@@ -1,4 +1,4 @@
-"""The ``tritonrec`` command: serve, export, export-transform, query, perf, install-backends, demo."""
+"""The ``tritonrec`` command: serve, export, export-transform, query, perf, feedback, install-backends, demo."""
 
 from __future__ import annotations
 
@@ -293,6 +293,41 @@ def _perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feedback(args: argparse.Namespace) -> int:
+    from tritonrec.monitoring.labels import LabelError, report_labels  # noqa: PLC0415
+    from tritonrec.serving.query import QueryError, read_rows  # noqa: PLC0415
+
+    try:
+        frame = read_rows(args.file)
+        id_column = args.id_column
+        if id_column == "request_id" and id_column not in frame.columns and "key" in frame.columns:
+            id_column = "key"  # the request keys the ensemble returned
+        for column in (id_column, args.label_column):
+            if column not in frame.columns:
+                raise LabelError(f"{args.file}: no column {column!r} (columns: {list(frame.columns)})")
+        written = report_labels(args.redis, frame[id_column].tolist(), frame[args.label_column].tolist(), stream=args.stream)
+    except (LabelError, QueryError) as e:
+        print(f"tritonrec feedback: {e}", file=sys.stderr)
+        return 1
+    print(f"reported {written:,} labels to {args.stream} at {args.redis}")
+    return 0
+
+
+def _add_feedback(sub: Any) -> None:
+    """Subcommand ``feedback``."""
+    from tritonrec.monitoring.labels import LABEL_STREAM  # noqa: PLC0415 - no redis import at module level
+
+    feedback = sub.add_parser("feedback", help="publish delayed labels (clicks) from a file to the label stream")
+    feedback.add_argument("file", help=".parquet or .csv with a request id column and a 0/1 label column")
+    feedback.add_argument("--redis", required=True, metavar="URL", help="redis://HOST:PORT[/DB]")
+    feedback.add_argument("--id-column", default="request_id",
+                          help="the column of request ids (the client's ids, or the request keys the ensemble returned; "
+                               "'key' is taken when request_id is absent)")
+    feedback.add_argument("--label-column", default="label", help="the column of labels, 0 or 1")
+    feedback.add_argument("--stream", default=LABEL_STREAM, help="the label stream's key")
+    feedback.set_defaults(func=_feedback)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tritonrec.pipeline.demo import DemoOptions, run_demo  # noqa: PLC0415
 
@@ -502,7 +537,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_perf, _add_install_backends, _add_demo):
+    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_perf, _add_feedback, _add_install_backends, _add_demo):
         add(sub)
     return parser
 

@@ -1,0 +1,194 @@
+"""The request log's producer against a real redis-server: records round-trip at 0, 1, 2 and 200
+rows, sampling by request key, a full queue and a dead Redis drop and count without blocking,
+logging resumes when Redis comes back, MAXLEN trims; and delayed labels (report_labels and
+``tritonrec feedback``), bad ones refused by position."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tritonrec.cli import main
+from tritonrec.monitoring import LABEL_STREAM, LabelError, report_labels
+from tritonrec.serving.request_log import (
+    REQUEST_STREAM, RecordError, RequestLogger, RequestLogOptions, RequestRecord, decode_record, encode_record, sampled,
+)
+
+
+def _record(rows: int, key: int = 7, kind: str = "features") -> RequestRecord:
+    rng = np.random.default_rng(rows)
+    x = rng.random((rows, 1)).astype(np.float32)
+    x[::3] = np.nan
+    return RequestRecord(key, kind, "shop", 3, 1_700_000_000_000_000_000 + rows, {
+        "user": rng.integers(-5, 10**12, (rows, 1)),
+        "city": np.array([["köln", "", "tokyo"][i % 3] for i in range(rows)], dtype=object).reshape(rows, 1),
+        "price": x,
+        "genres__values": rng.integers(0, 30, (rows, 3)),
+        "genres__lengths": rng.integers(0, 4, (rows, 1)).astype(np.int32),
+    })
+
+
+def _same(a: RequestRecord, b: RequestRecord) -> None:
+    assert (a.key, a.kind, a.model, a.version, a.time_ns) == (b.key, b.kind, b.model, b.version, b.time_ns)
+    assert list(a.tensors) == list(b.tensors)
+    for name, want in a.tensors.items():
+        got = b.tensors[name]
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got, want)  # NaN equal to NaN, strings exactly
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 200])
+def test_records_round_trip(rows):
+    record = _record(rows)
+    _same(record, decode_record(encode_record(record)))
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({b"kind": b"gossip"}, "field 'kind' is 'gossip'"),
+    ({b"kind": b"features"}, "field 'model' missing"),
+    ({b"kind": b"features", b"model": b"m", b"version": b"1", b"time_ns": b"1"}, "field 'key' missing"),
+    ({b"kind": b"features", b"model": b"m", b"key": b"x1", b"version": b"1", b"time_ns": b"1"}, "field 'key' is b'x1'"),
+    ({b"kind": b"prediction", b"model": b"m", b"key": b"1", b"version": b"1", b"time_ns": b"1", b"n:p": b"not npy"}, "field 'n:p': not .npy"),
+    ({b"kind": b"prediction", b"model": b"m", b"key": b"1", b"version": b"1", b"time_ns": b"1", b"s:c": b"{"}, "field 's:c': not a JSON"),
+])
+def test_malformed_entries_are_named(fields, words):
+    with pytest.raises(RecordError, match=words.replace("(", r"\(")):
+        decode_record(fields)
+
+
+def test_sampling_is_by_request_key():
+    keys = np.random.default_rng(0).integers(0, 2**62, 20_000).tolist()
+    chosen = [k for k in keys if sampled(k, 0.25)]
+    assert 0.22 < len(chosen) / len(keys) < 0.28
+    assert all(sampled(k, 0.25) == sampled(k, 0.25) for k in keys[:100])  # the same key, the same answer
+    assert all(sampled(k, 1.0) for k in keys[:100])
+
+
+@pytest.mark.parametrize("field, value", [("sample", 0.0), ("sample", 1.5), ("maxlen", 0), ("queue", 0), ("batch", 0), ("timeout_s", 0)])
+def test_bad_options_are_named(field, value):
+    with pytest.raises(ValueError, match=f"{field} {value}"):
+        RequestLogOptions("redis://127.0.0.1:1/0", **{field: value})
+    with pytest.raises(ValueError, match="redis_url 'localhost:6379'"):
+        RequestLogOptions("localhost:6379")
+
+
+def _stream(url: str, stream: str = REQUEST_STREAM) -> list:
+    import redis
+
+    return redis.Redis.from_url(url).xrange(stream)
+
+
+def test_every_record_reaches_the_stream(redis_server):
+    logger = RequestLogger(RequestLogOptions(redis_server.url, batch=16))
+    records = [_record(rows, key=i) for i, rows in enumerate([0, 1, 2, 200] * 25)]
+    try:
+        assert all(logger.log(r) for r in records)
+        assert logger.flush(20)
+    finally:
+        logger.close()
+    entries = _stream(redis_server.url)
+    assert len(entries) == logger.sent_total == 100 and logger.dropped_total == {"queue_full": 0, "redis_error": 0}
+    for record, (_, fields) in zip(records, entries):
+        _same(record, decode_record(fields))
+
+
+def test_sampled_requests_log_both_kinds(redis_server):
+    logger = RequestLogger(RequestLogOptions(redis_server.url, sample=0.3))
+    try:
+        for key in range(1000):
+            logger.log(_record(1, key, "features"))
+            logger.log(_record(1, key, "prediction"))
+        logger.flush(20)
+    finally:
+        logger.close()
+    logged = [decode_record(f) for _, f in _stream(redis_server.url)]
+    by_key: dict[int, set] = {}
+    for r in logged:
+        by_key.setdefault(r.key, set()).add(r.kind)
+    assert 200 < len(by_key) < 400 and all(kinds == {"features", "prediction"} for kinds in by_key.values())
+    assert logger.sampled_out_total == 2000 - len(logged)
+
+
+def test_a_dead_redis_drops_and_counts_and_logging_resumes(redis_server):
+    logger = RequestLogger(RequestLogOptions(redis_server.url, queue=50, batch=10, timeout_s=0.2))
+    try:
+        for key in range(20):
+            logger.log(_record(2, key))
+        assert logger.flush(20) and logger.sent_total == 20
+        redis_server.kill()
+        start = time.monotonic()
+        accepted = sum(logger.log(_record(2, 100 + key)) for key in range(5000))
+        assert time.monotonic() - start < 5  # log() never waits on Redis
+        assert logger.flush(30)
+        dropped = logger.dropped_total
+        assert dropped["queue_full"] + dropped["redis_error"] == 5000 and dropped["redis_error"] == accepted > 0
+        assert "Error" in logger.last_error
+        redis_server.start()  # the same port, an empty Redis
+        deadline = time.monotonic() + 20
+        key = 10_000
+        while not _stream(redis_server.url) and time.monotonic() < deadline:
+            logger.log(_record(1, key))
+            key += 1
+            time.sleep(0.05)
+        logger.flush(20)
+        assert len(_stream(redis_server.url)) > 0 and logger.sent_total > 20
+    finally:
+        logger.close()
+
+
+def test_maxlen_trims_the_stream(redis_server):
+    logger = RequestLogger(RequestLogOptions(redis_server.url, maxlen=100, batch=50))
+    try:
+        for key in range(3000):
+            logger.log(_record(0, key))
+        logger.flush(20)
+    finally:
+        logger.close()
+    assert logger.sent_total == 3000
+    assert 100 <= len(_stream(redis_server.url)) < 600  # MAXLEN ~: whole nodes of about 100 entries
+
+
+def test_labels_reach_their_stream(redis_server):
+    ids = ["req-1", 42, "req-3", 7.0]
+    assert report_labels(redis_server.url, ids, [1, 0, True, 1.0]) == 4
+    entries = _stream(redis_server.url, LABEL_STREAM)
+    assert [(f[b"id"], f[b"label"]) for _, f in entries] == [(b"req-1", b"1"), (b"42", b"0"), (b"req-3", b"1"), (b"7", b"1")]
+
+
+@pytest.mark.parametrize("ids, labels, words", [
+    (["a", "b"], [1], "2 request ids and 1 labels"),
+    (["a", "b"], [1, 2], "label 1 is 2: expected 0 or 1"),
+    (["a", "b"], [0.5, 1], "label 0 is 0.5"),
+    (["a", "b"], [1, None], "label 1 is None"),
+    (["a", ""], [1, 0], "request id 1 is empty"),
+    ([None, "b"], [1, 0], "request id 0 is None"),
+    ([float("nan")], [1], "request id 0 is nan"),
+])
+def test_bad_labels_are_refused_by_position_and_nothing_is_written(redis_server, ids, labels, words):
+    with pytest.raises(LabelError, match=words):
+        report_labels(redis_server.url, ids, labels)
+    assert _stream(redis_server.url, LABEL_STREAM) == []
+
+
+def test_labels_to_a_dead_redis_say_so(tmp_path):
+    from tritonrec.serving.server import free_port
+
+    with pytest.raises(LabelError, match=r"redis://127.0.0.1:\d+/0: ConnectionError.*\(0 of 1 labels written\)"):
+        report_labels(f"redis://127.0.0.1:{free_port()}/0", ["a"], [1], timeout_s=0.5)
+
+
+def test_feedback_command_reports_a_file(redis_server, tmp_path, capsys):
+    pd.DataFrame({"request_id": ["a", "b", "c"], "label": [1, 0, 1]}).to_parquet(tmp_path / "clicks.parquet")
+    assert main(["feedback", str(tmp_path / "clicks.parquet"), "--redis", redis_server.url]) == 0
+    assert "reported 3 labels" in capsys.readouterr().out
+    pd.DataFrame({"key": [11, 12], "clicked": [0, 1]}).to_csv(tmp_path / "keys.csv", index=False)
+    assert main(["feedback", str(tmp_path / "keys.csv"), "--redis", redis_server.url, "--label-column", "clicked"]) == 0
+    assert len(_stream(redis_server.url, LABEL_STREAM)) == 5
+    pd.DataFrame({"request_id": ["a"], "label": [3]}).to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["feedback", str(tmp_path / "bad.csv"), "--redis", redis_server.url]) == 1
+    assert "label 0 is 3: expected 0 or 1" in capsys.readouterr().err
+    assert main(["feedback", str(tmp_path / "clicks.parquet"), "--redis", redis_server.url, "--label-column", "y"]) == 1
+    assert "no column 'y'" in capsys.readouterr().err

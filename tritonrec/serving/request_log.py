@@ -1,0 +1,263 @@
+"""The request log's producer: records of served requests to a Redis Stream, off the request path.
+
+A record is one stream entry per request (not per row): its request key (int64, made by the
+transform for each request), its kind (``features``: the raw input tensors as the transform
+received them; ``prediction``: what the ensemble answered, logged by the step that sees it), the
+model and its version, the time (UTC nanoseconds) and its tensors as binary fields, so that a
+batch of 1024 rows is one ``XADD``. The two kinds of one request are joined by the key downstream
+(``tritonrec monitor``): no single model of the ensemble sees both.
+
+:class:`RequestLogger` never blocks the caller: :meth:`RequestLogger.log` puts the record in a
+bounded queue (a full queue drops it, counted) and a background thread sends queued records in
+pipelined batches. When Redis is slow or down the batch it could not send is dropped and counted,
+the thread backs off (up to 1 s) and resumes by itself when Redis answers again. Sampling is by the
+request key, so both records of a sampled request are logged and neither of an unsampled one.
+
+Field encoding (:func:`encode_record`, :func:`decode_record`): ``key``, ``kind``, ``model``,
+``version``, ``time_ns`` as ASCII; a numeric tensor ``t`` as ``n:t`` holding ``.npy`` bytes
+(``numpy.save`` without pickles: dtype, shape, little-endian data); a string tensor as ``s:t``
+holding a JSON object ``{"shape": [...], "values": [...]}`` (UTF-8).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+REQUEST_STREAM = "tritonrec:requests"
+"""The stream of request records."""
+KINDS = ("features", "prediction")
+_MIX = 0x9E3779B97F4A7C15
+
+
+class RecordError(ValueError):
+    """A stream entry that is not a request record; the message names the field and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestRecord:
+    """One logged request. ``tensors``: name -> array as sent or answered ([batch, ...]; strings
+    as object arrays of str)."""
+
+    key: int
+    kind: str
+    model: str
+    version: int
+    time_ns: int
+    tensors: dict[str, np.ndarray]
+
+
+def encode_record(record: RequestRecord) -> dict[bytes, bytes]:
+    """The stream entry's fields of ``record`` (see the module's docstring)."""
+    if record.kind not in KINDS:
+        raise RecordError(f"kind {record.kind!r}: expected one of {KINDS}")
+    fields = {b"key": b"%d" % record.key, b"kind": record.kind.encode(), b"model": record.model.encode(),
+              b"version": b"%d" % record.version, b"time_ns": b"%d" % record.time_ns}
+    for name, array in record.tensors.items():
+        array = np.asarray(array)
+        if array.dtype.kind in "OSU":
+            values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else (None if v is None else str(v)) for v in array.reshape(-1)]
+            fields[f"s:{name}".encode()] = json.dumps({"shape": list(array.shape), "values": values}).encode()
+        else:
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False), allow_pickle=False)
+            fields[f"n:{name}".encode()] = buffer.getvalue()
+    return fields
+
+
+def _int_field(fields: Mapping[bytes, bytes], name: str) -> int:
+    try:
+        return int(fields[name.encode()])
+    except KeyError:
+        raise RecordError(f"field {name!r} missing") from None
+    except ValueError:
+        raise RecordError(f"field {name!r} is {fields[name.encode()][:40]!r}: expected an integer") from None
+
+
+def _tensor(field: str, raw: bytes) -> np.ndarray:
+    if field.startswith("n:"):
+        try:
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise RecordError(f"field {field!r}: not .npy bytes of a numeric array ({e})") from None
+    try:
+        body = json.loads(raw)
+        return np.array(body["values"], dtype=object).reshape(body["shape"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RecordError(f"field {field!r}: not a JSON object of shape and values ({e})") from None
+
+
+def decode_record(fields: Mapping[bytes, bytes]) -> RequestRecord:
+    """The record of a stream entry's fields. RecordError naming the field that is missing or malformed."""
+    kind = fields.get(b"kind", b"").decode("utf-8", "replace")
+    if kind not in KINDS:
+        raise RecordError(f"field 'kind' is {kind!r}: expected one of {KINDS}")
+    if b"model" not in fields:
+        raise RecordError("field 'model' missing")
+    tensors = {}
+    for name, raw in fields.items():
+        text = name.decode("utf-8", "replace")
+        if text[:2] in ("n:", "s:"):
+            tensors[text[2:]] = _tensor(text, raw)
+    return RequestRecord(_int_field(fields, "key"), kind, fields[b"model"].decode("utf-8", "replace"), _int_field(fields, "version"),
+                         _int_field(fields, "time_ns"), tensors)
+
+
+def sampled(key: int, share: float) -> bool:
+    """Whether request ``key`` is logged at sampling ``share`` (0..1): a hash of the key, so every
+    record of one request gets the same answer."""
+    if share >= 1.0:
+        return True
+    h = ((key * _MIX) & 0xFFFFFFFFFFFFFFFF) >> 11  # 53 bits of a multiplicative hash
+    return h < share * (1 << 53)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLogOptions:
+    """Where and how much to log.
+
+    Attributes:
+        redis_url: ``redis://host:port/db``.
+        stream: the stream's key.
+        sample: share of requests logged, by request key (0 < sample <= 1).
+        maxlen: the stream is trimmed to about this many entries (``XADD MAXLEN ~``).
+        queue: records waiting to be sent at most; more are dropped (counted).
+        batch: records per pipelined round trip.
+        timeout_s: socket timeout of each Redis call, seconds.
+    """
+
+    redis_url: str
+    stream: str = REQUEST_STREAM
+    sample: float = 1.0
+    maxlen: int = 1_000_000
+    queue: int = 10_000
+    batch: int = 256
+    timeout_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url {self.redis_url!r}: expected redis://HOST:PORT[/DB] (or rediss://, unix://)")
+        if not 0 < self.sample <= 1:
+            raise ValueError(f"sample {self.sample}: expected a share in (0, 1]")
+        for name in ("maxlen", "queue", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)}: expected >= 1")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s {self.timeout_s}: expected > 0")
+
+
+class RequestLogger:
+    """Sends request records to a Redis Stream from a background thread (see the module's docstring).
+
+    Attributes:
+        sent_total: records written to the stream.
+        dropped_total: records dropped, by reason: ``queue_full`` (more waiting than
+            ``options.queue``) and ``redis_error`` (the batch's round trip failed: Redis down, slow
+            past the timeout, or refusing).
+        sampled_out_total: records not logged by sampling.
+    """
+
+    def __init__(self, options: RequestLogOptions, connect: Callable[[RequestLogOptions], Any] | None = None) -> None:
+        self.options = options
+        self._connect = connect or _connect
+        self._client: Any = None
+        self._queue: collections.deque[dict[bytes, bytes]] = collections.deque()
+        self._lock = threading.Condition()
+        self._closing = False
+        self.sent_total = 0
+        self.dropped_total = {"queue_full": 0, "redis_error": 0}
+        self.sampled_out_total = 0
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._run, name="tritonrec-request-log", daemon=True)
+        self._thread.start()
+
+    def log(self, record: RequestRecord) -> bool:
+        """Queues ``record`` (never blocks on Redis); False when sampled out or dropped."""
+        if not sampled(record.key, self.options.sample):
+            self.sampled_out_total += 1
+            return False
+        fields = encode_record(record)
+        with self._lock:
+            if len(self._queue) >= self.options.queue or self._closing:
+                self.dropped_total["queue_full"] += 1
+                return False
+            self._queue.append(fields)
+            self._lock.notify()
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Waits until the queue is empty (sent or dropped); False after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._queue or self._busy:
+                if not self._lock.wait(timeout=max(0.0, deadline - time.monotonic())) and time.monotonic() >= deadline:
+                    return False
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Sends what is queued (up to ``timeout_s``), then stops the thread; later records are dropped."""
+        self.flush(timeout_s)
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        self._thread.join(timeout=timeout_s)
+
+    _busy = False
+
+    def _take(self) -> list[dict[bytes, bytes]]:
+        with self._lock:
+            while not self._queue and not self._closing:
+                self._lock.wait(timeout=0.5)
+            batch = [self._queue.popleft() for _ in range(min(self.options.batch, len(self._queue)))]
+            self._busy = bool(batch)
+            return batch
+
+    def _send(self, batch: list[dict[bytes, bytes]]) -> bool:
+        try:
+            if self._client is None:
+                self._client = self._connect(self.options)
+            pipe = self._client.pipeline(transaction=False)
+            for fields in batch:
+                pipe.xadd(self.options.stream, fields, maxlen=self.options.maxlen, approximate=True)
+            pipe.execute()
+        except Exception as e:  # noqa: BLE001 - any failure of the round trip drops the batch, counted; serving goes on
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._client = None
+            return False
+        return True
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            batch = self._take()
+            if not batch:
+                if self._closing:
+                    return
+                continue
+            ok = self._send(batch)
+            with self._lock:
+                if ok:
+                    self.sent_total += len(batch)
+                else:
+                    self.dropped_total["redis_error"] += len(batch)
+                self._busy = False
+                self._lock.notify_all()
+            if ok:
+                backoff = 0.0
+            else:  # Redis down or slow: wait before the next try (records meanwhile fill the queue, then drop)
+                backoff = min(1.0, max(0.05, 2 * backoff))
+                time.sleep(backoff)
+
+
+def _connect(options: RequestLogOptions) -> Any:
+    import redis  # noqa: PLC0415 - only where logging is on
+
+    return redis.Redis.from_url(options.redis_url, socket_timeout=options.timeout_s, socket_connect_timeout=options.timeout_s)
