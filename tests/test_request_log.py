@@ -192,3 +192,54 @@ def test_feedback_command_reports_a_file(redis_server, tmp_path, capsys):
     assert "label 0 is 3: expected 0 or 1" in capsys.readouterr().err
     assert main(["feedback", str(tmp_path / "clicks.parquet"), "--redis", redis_server.url, "--label-column", "y"]) == 1
     assert "no column 'y'" in capsys.readouterr().err
+
+
+def test_feature_and_prediction_records_of_one_request_share_its_key(criteo_trained, redis_server):
+    """The ensemble's chain in process: the transform gives every request a key and logs its raw
+    tensors; the lookup runs; the scorer takes the key out and logs the probability under it.
+    Requests of 0, 1, 2 and 50 rows, and two the steps refuse."""
+    from tritonrec.serving.client import pack_request
+    from tritonrec.serving.lookup_model import EmbeddingLookupModel
+    from tritonrec.serving.request_log import REQUEST_KEY, FeatureLogging, PredictionLogging
+    from tritonrec.serving.requests import RequestError
+    from tritonrec.serving.scorer_model import TorchScorerModel
+    from tritonrec.serving.transform_model import TransformModel
+
+    pipeline = criteo_trained["pipeline"]
+    transform = TransformModel(pipeline.plan, "packed", output_layout="packed")
+    lookup = EmbeddingLookupModel.open(pipeline.store_dir, pipeline.plan.packed_outputs["int64"])
+    scorer = TorchScorerModel(pipeline.scorer_dir, "cpu", 0)
+    logger = RequestLogger(RequestLogOptions(redis_server.url))
+    features = FeatureLogging(transform.execute, logger, "criteo_transform", 4)
+    predictions = PredictionLogging(scorer.execute, logger, "criteo_scorer", 2)
+    held = criteo_trained["held_out"]
+    requests, start = [], 0
+    for rows in (0, 1, 2, 50):
+        requests.append(pack_request(transform, {c: v[start:start + rows] for c, v in held.items() if c != "label"}))
+        start += rows
+    requests.append({"INPUT_FP32": np.zeros((1, 2), np.float32)})  # refused by the transform
+    try:
+        out = features(requests)
+        assert isinstance(out[-1], RequestError)
+        assert out[0][REQUEST_KEY].shape == (0, 1)  # no rows: nothing to carry the key
+        keys = [None] + [int(o[REQUEST_KEY][0, 0]) for o in out[1:4]]
+        assert len(set(keys[1:])) == 3 and all((o[REQUEST_KEY] == k).all() and o[REQUEST_KEY].shape == (r, 1)
+                                              for o, k, r in zip(out[1:4], keys[1:], (1, 2, 50)))
+        scored = []
+        for o in out[:4]:
+            emb = lookup.execute([{"ids": o["OUTPUT_INT64"]}])[0]["embeddings"]
+            scored.append({"dense": o["OUTPUT_FP32"], "embeddings": emb, REQUEST_KEY: o[REQUEST_KEY]})
+        bad_key = {**scored[2], REQUEST_KEY: np.array([[1], [2]], np.int64)}  # two keys in one request
+        answers = predictions([*scored, bad_key, {k: v for k, v in scored[1].items() if k != REQUEST_KEY}])
+        assert isinstance(answers[4], RequestError) and isinstance(answers[5], RequestError) and REQUEST_KEY in str(answers[5])
+        assert logger.flush(20)
+    finally:
+        logger.close()
+        lookup.close()
+    records = [decode_record(f) for _, f in _stream(redis_server.url)]
+    by_kind = {kind: {r.key: r for r in records if r.kind == kind} for kind in ("features", "prediction")}
+    assert set(by_kind["features"]) == set(by_kind["prediction"]) == set(keys[1:])  # 0 rows: a key, no record
+    for key, request, answer in zip(keys[1:], requests[1:4], answers[1:4]):
+        _same(RequestRecord(key, "features", "criteo_transform", 4, by_kind["features"][key].time_ns, request), by_kind["features"][key])
+        np.testing.assert_array_equal(by_kind["prediction"][key].tensors["probability"], answer["probability"].numpy())
+        assert by_kind["prediction"][key].model == "criteo_scorer" and by_kind["prediction"][key].version == 2

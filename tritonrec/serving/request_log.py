@@ -25,15 +25,18 @@ import collections
 import dataclasses
 import io
 import json
+import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 REQUEST_STREAM = "tritonrec:requests"
 """The stream of request records."""
+REQUEST_KEY = "request_key"
+"""The tensor that carries a request's key: INT64 [rows, 1], the same key on every row."""
 KINDS = ("features", "prediction")
 _MIX = 0x9E3779B97F4A7C15
 
@@ -261,3 +264,88 @@ def _connect(options: RequestLogOptions) -> Any:
     import redis  # noqa: PLC0415 - only where logging is on
 
     return redis.Redis.from_url(options.redis_url, socket_timeout=options.timeout_s, socket_connect_timeout=options.timeout_s)
+
+
+Execute = Callable[[list[dict[str, Any]]], list[Any]]
+"""A served model's batched call: per request input name -> array, to outputs or the error."""
+
+
+def _host(array: Any) -> np.ndarray:
+    """A tensor as a host numpy array (torch and cupy arrays copied over; numpy as is)."""
+    if hasattr(array, "detach"):  # torch
+        return array.detach().cpu().numpy()
+    if hasattr(array, "get") and not isinstance(array, np.ndarray):  # cupy
+        return array.get()
+    return np.asarray(array)
+
+
+def _rows(result: Mapping[str, Any]) -> int:
+    first = next(iter(result.values()), None)
+    return 0 if first is None else int(first.shape[0])
+
+
+class FeatureLogging:
+    """Wraps a transform's ``execute``: every answered request gets a new request key (a random
+    63-bit integer, output :data:`REQUEST_KEY` INT64 [rows, 1] beside its other outputs) and, with a
+    ``logger``, a ``features`` record of the input tensors as received. Rejected requests get
+    neither; requests of no rows get a key but no record.
+
+    Args:
+        execute: the transform's batched call (host numpy outputs).
+        logger: where records go (None: keys only).
+        model, version: the model's name and version, recorded.
+    """
+
+    def __init__(self, execute: Execute, logger: RequestLogger | None, model: str, version: int) -> None:
+        self.execute, self.logger, self.model, self.version = execute, logger, model, version
+
+    def __call__(self, batch: list[dict[str, Any]]) -> list[Any]:
+        results = self.execute(batch)
+        out = []
+        for tensors, result in zip(batch, results):
+            if isinstance(result, Exception):
+                out.append(result)
+                continue
+            key, rows = secrets.randbits(63), _rows(result)
+            result = {**result, REQUEST_KEY: np.full((rows, 1), key, dtype=np.int64)}
+            if self.logger is not None and rows:
+                self.logger.log(RequestRecord(key, "features", self.model, self.version, time.time_ns(),
+                                              {name: _host(array) for name, array in tensors.items()}))
+            out.append(result)
+        return out
+
+
+class PredictionLogging:
+    """Wraps a scorer's ``execute``: takes :data:`REQUEST_KEY` out of each request's inputs (the
+    scorer never sees it) and, for every answered request, logs a ``prediction`` record of its
+    outputs under that key.
+
+    Raises (per request, as its error): RequestError when the key tensor is missing or not
+    INT64 [rows, 1] holding one key.
+    """
+
+    def __init__(self, execute: Execute, logger: RequestLogger, model: str, version: int) -> None:
+        self.execute, self.logger, self.model, self.version = execute, logger, model, version
+
+    def __call__(self, batch: Sequence[Mapping[str, Any]]) -> list[Any]:
+        from tritonrec.serving.requests import RequestError  # noqa: PLC0415
+
+        keys: list[Any] = []
+        stripped = []
+        for tensors in batch:
+            key_tensor = tensors.get(REQUEST_KEY)
+            values = None if key_tensor is None else _host(key_tensor)
+            if values is None or values.dtype != np.int64 or values.ndim != 2 or values.shape[1] != 1 or (values.size and (values != values[0, 0]).any()):
+                keys.append(RequestError(f"input {REQUEST_KEY!r}: expected INT64 [rows, 1] holding one request key"))
+            else:
+                keys.append(int(values[0, 0]) if values.size else None)
+            stripped.append({name: array for name, array in tensors.items() if name != REQUEST_KEY})
+        good = [i for i, k in enumerate(keys) if not isinstance(k, Exception)]
+        answered = self.execute([stripped[i] for i in good]) if good else []
+        results: list[Any] = list(keys)
+        for i, result in zip(good, answered):
+            results[i] = result
+            if not isinstance(result, Exception) and keys[i] is not None:
+                self.logger.log(RequestRecord(keys[i], "prediction", self.model, self.version, time.time_ns(),
+                                              {name: _host(array) for name, array in result.items()}))
+        return results
