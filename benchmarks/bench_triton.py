@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             "nvtabular_transform", name=f"floor_{name}", max_batch_size=16384,
             inputs=tensor_block("input", models[name].inputs), outputs=tensor_block("output", models[name].outputs),
             instance_count=1, batching="dynamic_batching { max_queue_delay_microseconds: 0 }", layout=layout, output_layout=layout, fingerprint=plan.fingerprint,
-            instance_kind="KIND_CPU", force_cpu_inputs="yes",
+            instance_kind="KIND_CPU", force_cpu_inputs="yes", packed_inputs="", null_string="", input_dtypes="{}", cast_float64="false",
+            request_log="",
         ).replace('backend: "nvtabular_transform"', 'backend: "python"')
         (floor / "config.pbtxt").write_text(config)
         _input_data(models[name], held, 2048, work / f"{name}.json")

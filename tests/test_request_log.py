@@ -243,3 +243,32 @@ def test_feature_and_prediction_records_of_one_request_share_its_key(criteo_trai
         _same(RequestRecord(key, "features", "criteo_transform", 4, by_kind["features"][key].time_ns, request), by_kind["features"][key])
         np.testing.assert_array_equal(by_kind["prediction"][key].tensors["probability"], answer["probability"].numpy())
         assert by_kind["prediction"][key].model == "criteo_scorer" and by_kind["prediction"][key].version == 2
+
+
+def test_options_travel_through_the_model_parameter():
+    options = RequestLogOptions("redis://127.0.0.1:7000/1", sample=0.5, maxlen=1000, stream="s")
+    import json
+
+    assert RequestLogOptions.from_parameter(json.dumps(options.to_parameter())) == options
+    assert RequestLogOptions.from_parameter("") is None
+    for text, words in (("{", "parameter 'request_log' is '{'"), ('{"redis_url": "redis://h:1/0", "colour": 1}', "colour"),
+                        ('{"redis_url": "redis://h:1/0", "sample": 2}', "sample 2")):
+        with pytest.raises(ValueError, match=words):
+            RequestLogOptions.from_parameter(text)
+
+
+def test_export_transform_with_logging_declares_the_key_and_the_options(criteo_small, tmp_path, capsys):
+    from tritonrec.serving.config import parameter
+    from tritonrec.serving.reference import repository_configs
+
+    code = main(["export-transform", str(criteo_small["dir"]), str(tmp_path / "repo"), "--name", "t", "--layout", "packed",
+                 "--log-redis", "redis://127.0.0.1:7000/0", "--log-sample", "0.25"])
+    assert code == 0, capsys.readouterr().err
+    config = repository_configs(tmp_path / "repo")("t", -1)[1]
+    assert {"name": "request_key", "data_type": "TYPE_INT64", "dims": ["1"]} in config["output"]
+    options = RequestLogOptions.from_parameter(parameter(config, "request_log"))
+    assert options.redis_url == "redis://127.0.0.1:7000/0" and options.sample == 0.25
+    assert main(["export-transform", str(criteo_small["dir"]), str(tmp_path / "repo"), "--name", "u", "--log-sample", "0.5"]) == 1
+    assert "--log-sample, --log-maxlen and --log-stream need --log-redis URL" in capsys.readouterr().err
+    assert main(["export-transform", str(criteo_small["dir"]), str(tmp_path / "repo"), "--name", "u", "--log-redis", "localhost:6379"]) == 1
+    assert "redis_url 'localhost:6379'" in capsys.readouterr().err

@@ -153,6 +153,18 @@ def _input_dtypes(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def _request_log(args: argparse.Namespace) -> Any:
+    """The RequestLogOptions of ``--log-redis`` and its options; None without it (ValueError naming a bad one)."""
+    from tritonrec.serving.request_log import REQUEST_STREAM, RequestLogOptions  # noqa: PLC0415
+
+    if args.log_redis is None:
+        if args.log_sample != 1.0 or args.log_maxlen is not None or args.log_stream is not None:
+            raise ValueError("--log-sample, --log-maxlen and --log-stream need --log-redis URL")
+        return None
+    return RequestLogOptions(args.log_redis, stream=args.log_stream or REQUEST_STREAM, sample=args.log_sample,
+                             **({"maxlen": args.log_maxlen} if args.log_maxlen is not None else {}))
+
+
 def _export_transform(args: argparse.Namespace) -> int:
     from tritonrec.export import export_transform  # noqa: PLC0415
     from tritonrec.transform.compile import UnsupportedOpError  # noqa: PLC0415
@@ -170,6 +182,7 @@ def _export_transform(args: argparse.Namespace) -> int:
             hashing=args.hashing,
             null_string=args.null_string,
             input_dtypes=_input_dtypes(args.input_dtype),
+            request_log=_request_log(args),
         )
     except (UnsupportedOpError, PlanLoadError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"tritonrec export-transform: {e}", file=sys.stderr)
@@ -208,7 +221,7 @@ def _export(args: argparse.Namespace) -> int:
             transform_kind="KIND_GPU" if args.transform_gpu else "KIND_CPU",
             lookup_kind="KIND_GPU" if gpu_cache else "KIND_CPU", gpu_cache=gpu_cache,
             multi_hot_combiner=args.multi_hot_combiner, null_string=args.null_string, input_dtypes=_input_dtypes(args.input_dtype),
-            cast_float64=args.cast_float64, output_name=args.output_name,
+            cast_float64=args.cast_float64, output_name=args.output_name, request_log=_request_log(args),
         )
     except (UnsupportedOpError, PlanLoadError, StoreFormatError, ScorerFormatError, FileNotFoundError, ValueError, TypeError,
             ImportError) as e:
@@ -375,7 +388,7 @@ def _add_serve(sub: Any) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, name_help: str, layout: str, layout_help: str) -> None:
-    """The arguments both exports take: workflow, repository, --name, --layout, --max-batch-size, --input-dtype, --null-string."""
+    """The arguments both exports take: workflow, repository, --name, --layout, --max-batch-size, --input-dtype, --log-*, --null-string."""
     parser.add_argument("workflow", help="directory of a saved nvtabular.Workflow (or of a saved plan)")
     parser.add_argument("repository", help="model repository to write into")
     parser.add_argument("--name", required=True, help=name_help)
@@ -384,6 +397,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser, name_help: str, layout
     parser.add_argument("--input-dtype", action="append", default=[], metavar="COLUMN=DTYPE",
                         help="the dtype clients send a raw column as (per-column layout; COLUMN may be a pattern, C*), cast to "
                              "the plan's: e.g. --input-dtype 'C*=int32' for Merlin's Criteo client; repeat for more")
+    parser.add_argument("--log-redis", metavar="URL",
+                        help="log every request to a Redis Stream at URL (redis://HOST:PORT[/DB]), off the request path: raw tensors, "
+                             "answers and a request key the model returns (request_key)")
+    parser.add_argument("--log-sample", type=float, default=1.0, metavar="SHARE", help="with --log-redis: share of requests logged, by request key")
+    parser.add_argument("--log-maxlen", type=int, metavar="N", help="with --log-redis: trim the stream to about N entries (default 1,000,000)")
+    parser.add_argument("--log-stream", metavar="KEY", help="with --log-redis: the stream's key (default tritonrec:requests)")
     parser.add_argument("--null-string", metavar="S",
                         help="a string column's value that means null, as NVTabular's missing value (Triton's BYTES has no "
                              "null): e.g. --null-string '' for clients that send missing categories as empty strings")

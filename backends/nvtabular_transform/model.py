@@ -6,7 +6,9 @@ repository; a path elsewhere needs ``allow_outside_repository: "true"``). Parame
 ``layout`` (inputs: ``per-column`` or ``packed``), ``output_layout`` (default: ``layout``), ``plan``,
 ``plan_fingerprint`` (when set, the plan must have it), ``null_string`` (a JSON string, e.g. ``"\\"\\""``:
 string values equal to it are null, as NVTabular's missing values), ``input_dtypes`` (JSON: column -> the
-dtype clients send, cast to the plan's), ``cast_float64`` (float64 outputs in OUTPUT_FP32) and ``bytes_inputs_under_numpy2`` (see
+dtype clients send, cast to the plan's), ``cast_float64`` (float64 outputs in OUTPUT_FP32), ``request_log`` (JSON options of
+:class:`tritonrec.serving.request_log.RequestLogOptions`: each request gets a key, output ``request_key``
+INT64 [batch, 1], and its raw tensors are logged to a Redis Stream) and ``bytes_inputs_under_numpy2`` (see
 :func:`tritonrec.serving.tensors.check_string_inputs`). String columns arrive as BYTES tensors. KIND_GPU instances run the plan with cupy on their
 device and keep tensors there (``FORCE_CPU_ONLY_INPUT_TENSORS: "no"``; inputs that arrive in host
 memory are copied over; BYTES inputs are read on the host and hashed there, their codes then
@@ -26,6 +28,7 @@ from tritonrec.serving.config import OUTSIDE_PARAMETER, check_declared_tensors, 
 from tritonrec.serving.config import parameter as _parameter
 from tritonrec.serving.fingerprint import check_fingerprint
 from tritonrec.serving.metrics import TransformMetrics
+from tritonrec.serving.request_log import REQUEST_KEY, FeatureLogging, RequestLogger, RequestLogOptions, request_key_spec
 from tritonrec.serving.tensors import (
     check_string_inputs,
     device_input_array,
@@ -83,26 +86,33 @@ class TritonPythonModel:
             string_inputs = {spec.name for spec in self.model.inputs if spec.dtype == object}
             check_string_inputs(string_inputs, _parameter(config, "bytes_inputs_under_numpy2", "false").lower() == "true")
             what = f"the plan ({layout} inputs, {output_layout} outputs)"
+            log_options = RequestLogOptions.from_parameter(_parameter(config, "request_log"))
+            keyed = [request_key_spec()] if log_options is not None else []
             check_declared_tensors(config, "input", self.model.inputs, what)
-            check_declared_tensors(config, "output", self.model.outputs, what)
+            check_declared_tensors(config, "output", self.model.outputs + keyed, what + (" and the request key" if keyed else ""))
         except LOAD_ERRORS as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
-        self.output_names = [spec.name for spec in self.model.outputs]
+        self.output_names = [spec.name for spec in self.model.outputs + keyed]
+        self.logger = RequestLogger(log_options) if log_options is not None else None
+        self.run = self.model.execute if self.logger is None else FeatureLogging(self.model.execute, self.logger, name, int(args["model_version"]))
         # BYTES inputs (no DLPack) are read on the host, on a GPU instance too: the plan hashes them there
         self.read_input = input_reader(string_inputs, device_input_array if self.gpu else input_array)
         self.metrics = TransformMetrics(pb_utils, name, lambda: (self.model.rows_total, self.model.oov_total))
 
     def execute(self, requests):
         if self.gpu:
-            with self.device:
+            with self.device:  # the request key is a host array
                 return respond(
-                    pb_utils, requests, self.model.execute, self.read_input,
-                    lambda result: [device_output_tensor(pb_utils, name, result[name]) for name in self.output_names], "transform",
+                    pb_utils, requests, self.run, self.read_input,
+                    lambda result: [(output_tensor if name == REQUEST_KEY else device_output_tensor)(pb_utils, name, result[name])
+                                    for name in self.output_names], "transform",
                 )
         return respond(
-            pb_utils, requests, self.model.execute, self.read_input,
+            pb_utils, requests, self.run, self.read_input,
             lambda result: [output_tensor(pb_utils, name, result[name]) for name in self.output_names], "transform",
         )
 
     def finalize(self):
         self.metrics.close()
+        if self.logger is not None:
+            self.logger.close()

@@ -5,8 +5,10 @@ the scorer's ``scorer.json``); output ``probability`` FP32 [batch, 1]. KIND_CPU 
 the host, KIND_GPU instances on their device. Parameters: ``scorer`` (directory; relative paths are
 inside the version directory; default ``scorer``; inside the model repository unless
 ``allow_outside_repository`` is ``"true"``), ``threads`` (torch CPU threads),
-``plan_fingerprint`` (when set, the scorer must record it). All logic is in
-:class:`tritonrec.serving.scorer_model.TorchScorerModel`.
+``plan_fingerprint`` (when set, the scorer must record it), ``request_log`` (JSON options of
+:class:`tritonrec.serving.request_log.RequestLogOptions`: the model then also takes ``request_key``
+INT64 [batch, 1] and logs each answer under it, see :class:`~tritonrec.serving.request_log.PredictionLogging`).
+All logic is in :class:`tritonrec.serving.scorer_model.TorchScorerModel`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.utils.dlpack import to_dlpack
 
 from tritonrec.serving.config import check_declared_tensors, int_parameter, model_path, parameter
 from tritonrec.serving.fingerprint import check_fingerprint
+from tritonrec.serving.request_log import PredictionLogging, RequestLogger, RequestLogOptions, request_key_spec
 from tritonrec.serving.scorer_model import LOAD_ERRORS, TorchScorerModel
 from tritonrec.serving.tensors import output_tensor, respond
 
@@ -33,14 +36,22 @@ class TritonPythonModel:
             scorer_dir = model_path(args, config, "scorer")
             self.model = TorchScorerModel(scorer_dir, device, int(config.get("max_batch_size", 0)), int_parameter(config, "threads", None))
             check_fingerprint(f"scorer {scorer_dir}", self.model.info.plan_fingerprint, parameter(config, "plan_fingerprint") or None)
-            check_declared_tensors(config, "input", self.model.inputs, f"the scorer {scorer_dir}")
+            log_options = RequestLogOptions.from_parameter(parameter(config, "request_log"))
+            keyed = [request_key_spec()] if log_options is not None else []
+            check_declared_tensors(config, "input", self.model.inputs + keyed, f"the scorer {scorer_dir}" + (" and the request key" if keyed else ""))
             check_declared_tensors(config, "output", self.model.outputs, f"the scorer {scorer_dir}")
         except LOAD_ERRORS as e:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self.output = self.model.info.output
+        self.logger = RequestLogger(log_options) if log_options is not None else None
+        self.run = self.model.execute if self.logger is None else PredictionLogging(self.model.execute, self.logger, name, int(args["model_version"]))
 
     def execute(self, requests):
-        return respond(pb_utils, requests, self.model.execute, torch.from_dlpack, self._outputs, "scoring")
+        return respond(pb_utils, requests, self.run, torch.from_dlpack, self._outputs, "scoring")
+
+    def finalize(self):
+        if self.logger is not None:
+            self.logger.close()
 
     def _outputs(self, result):
         scores = result[self.output].contiguous()

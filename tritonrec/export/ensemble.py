@@ -20,6 +20,7 @@ from tritonrec.export.render import (
 from tritonrec.export.transform import check_instance_kind, export_transform, load_or_compile
 from tritonrec.serving.lists import list_tensor_specs
 from tritonrec.serving.lookup_model import COMBINERS
+from tritonrec.serving.request_log import REQUEST_KEY, RequestLogOptions
 from tritonrec.serving.specs import TensorSpec
 from tritonrec.serving.transform_model import TransformModel, check_layout
 from tritonrec.transform.plan import TransformPlan
@@ -48,6 +49,7 @@ class _Options:
     input_dtypes: Mapping[str, str] | None = None
     cast_float64: bool = False
     output_name: str = "probability"
+    request_log: RequestLogOptions | None = None
 
     def check(self, name: str, layout: str) -> None:
         """ValueError naming a bad option, model ``name`` or ``layout``."""
@@ -58,6 +60,8 @@ class _Options:
         check_layout("layout", layout)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", self.output_name):
             raise ValueError(f"output_name {self.output_name!r}: expected a tensor name (letters, digits, _ . -)")
+        if self.request_log is not None and self.output_name == REQUEST_KEY:
+            raise ValueError(f"output_name {self.output_name!r}: the ensemble returns the request key under that name")
         if self.missing_key_policy not in MISSING_CHOICES:
             raise ValueError(f"missing_key_policy {self.missing_key_policy!r}: expected one of {MISSING_CHOICES}")
         check_instance_kind("scorer_kind", self.scorer_kind)
@@ -103,13 +107,22 @@ def _write_scorer(repository: Path, scorer: Path, wiring: ScorerWiring, plan: Tr
             embeddings_input=wiring.embeddings_input, output=wiring.output, n_dense=columns.n_dense, n_tables=len(columns.tables),
             dim=dim, instance_count=options.instance_count, instance_kind=kind, max_queue_delay_us=options.max_queue_delay_us,
             threads=_optional(options.scorer_threads), fingerprint=plan.fingerprint, force_cpu_inputs="no" if kind == "KIND_GPU" else "yes",
+            request_key_input="" if options.request_log is None else f',\n  {{ name: "{REQUEST_KEY}", data_type: TYPE_INT64, dims: [ 1 ] }}',
+            request_log="" if options.request_log is None else json_parameter(options.request_log.to_parameter()),
         ))
     return version_dir
 
 
 def _write_ensemble(repository: Path, name: str, plan: TransformPlan, columns: EnsembleColumns, wiring: ScorerWiring,
                     versions: Mapping[str, int], layout: str, options: _Options) -> Path:
-    """Writes the ensemble ``name`` calling the pinned ``versions`` of its steps."""
+    """Writes the ensemble ``name`` calling the pinned ``versions`` of its steps.
+
+    With ``options.request_log`` every request is logged to a Redis Stream
+    (:mod:`tritonrec.serving.request_log`): the transform logs the raw tensors and gives each
+    request a key, which the ensemble returns (``request_key`` INT64 [batch, 1]); tritonrec's scorer
+    logs the answer under it. A :class:`ServedScorer` is the user's own model: its answers are not
+    logged, the raw tensors and the keys are.
+    """
     max_batch_size = options.max_batch_size
     transform = TransformModel(plan, layout, max_batch_size, "packed", input_dtypes=options.input_dtypes, cast_float64=options.cast_float64)
     lookup_specs = _lookup_specs(columns)
@@ -117,7 +130,8 @@ def _write_ensemble(repository: Path, name: str, plan: TransformPlan, columns: E
     # inside the ensemble they get names of their own ("codes/<tensor>")
     inner = {s.name: ("ids" if s.name == "ids" else f"codes/{s.name}") for s in lookup_specs}
     passed = ([("OUTPUT_INT64", "ids")] if columns.single else []) + ([("OUTPUT_FP32", "dense")] if columns.n_dense else []) + [
-        (s.name, inner[s.name]) for s in lookup_specs if s.name != "ids"]
+        (s.name, inner[s.name]) for s in lookup_specs if s.name != "ids"] + ([(REQUEST_KEY, REQUEST_KEY)] if options.request_log else [])
+    logged_by_scorer = options.request_log is not None and wiring.version is None  # tritonrec's own scorer logs the answers
     model_dir = repository / name
     with new_version(model_dir):
         (model_dir / "config.pbtxt").write_text(render_template(
@@ -130,6 +144,8 @@ def _write_ensemble(repository: Path, name: str, plan: TransformPlan, columns: E
             scorer=wiring.model, scorer_version=versions["scorer"], dense_input=wiring.dense_input,
             embeddings_input=wiring.embeddings_input, scorer_output=wiring.output, fingerprint=plan.fingerprint, layout=layout,
             packed_inputs=json_parameter(plan.packed_inputs), output=options.output_name,
+            request_key_output="" if options.request_log is None else f', {{ name: "{REQUEST_KEY}", data_type: TYPE_INT64, dims: [ 1 ] }}',
+            scorer_request_key=f'      input_map {{ key: "{REQUEST_KEY}" value: "{REQUEST_KEY}" }}\n' if logged_by_scorer else "",
         ))
     return model_dir
 
@@ -155,8 +171,7 @@ def export_ensemble(
     multi_hot_combiner: str | Mapping[str, str] = "mean",
     null_string: str | None = None,
     input_dtypes: Mapping[str, str] | None = None,
-    cast_float64: bool = False,
-    output_name: str = "probability",
+    cast_float64: bool = False, output_name: str = "probability", request_log: RequestLogOptions | None = None,
 ) -> Path:
     """Writes transform -> embedding lookup -> scorer as one Triton ensemble; returns its directory.
 
@@ -175,7 +190,7 @@ def export_ensemble(
     ``sum`` or ``mean`` of a list (multi-hot) column's vectors, one for all or per column; list
     columns reach the lookup as ``<col>__values`` + ``<col>__lengths``. ``null_string``,
     ``input_dtypes``, ``cast_float64``: see :func:`export_transform`. ``output_name``: the
-    ensemble's output (``OUTPUT0`` for clients of Merlin's HugeCTR ensembles).
+    ensemble's output (``OUTPUT0`` for clients of Merlin's HugeCTR ensembles); ``request_log``: see :func:`_write_ensemble`.
 
     Raises:
         FingerprintMismatchError: the store or scorer was trained against another plan (names both).
@@ -184,7 +199,7 @@ def export_ensemble(
             FileNotFoundError: unreadable parts.
     """
     options = _Options(max_batch_size, instance_count, max_queue_delay_us, missing_key_policy, scorer_threads, scorer_kind,
-                       lookup_kind, host or HostOptions(), gpu_cache, null_string, input_dtypes, cast_float64, output_name)
+                       lookup_kind, host or HostOptions(), gpu_cache, null_string, input_dtypes, cast_float64, output_name, request_log)
     options.check(name, layout)
     repository, plan = Path(repository), load_or_compile(workflow)
     columns = ensemble_columns(plan, multi_hot_combiner, COMBINERS, cast_float64)
@@ -201,7 +216,7 @@ def _export_transform(plan: TransformPlan, repository: Path, name: str, layout: 
     return export_transform(
         plan, repository, f"{name}_transform", layout=layout, max_batch_size=options.max_batch_size, instance_count=options.instance_count,
         max_queue_delay_us=options.max_queue_delay_us, output_layout="packed", instance_kind=kind, null_string=options.null_string,
-        input_dtypes=options.input_dtypes, cast_float64=options.cast_float64,
+        input_dtypes=options.input_dtypes, cast_float64=options.cast_float64, request_log=options.request_log,
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from tritonrec.export.render import check_name, json_parameter, new_version, render_template, tensor_block
 from tritonrec.serving.lists import list_layout_for
+from tritonrec.serving.request_log import RequestLogOptions, request_key_spec
 from tritonrec.serving.transform_model import TransformModel, check_layout
 from tritonrec.transform.plan import TransformPlan
 
@@ -42,12 +43,16 @@ def _check_arguments(name: str, layout: str, output_layout: str, max_batch_size:
     check_instance_kind("instance_kind", instance_kind)
 
 
-def _config(name: str, model: TransformModel, instance_count: int, instance_kind: str, max_queue_delay_us: int) -> str:
-    """The transform model's config.pbtxt: its tensors, instances, batching and parameters."""
+def _config(name: str, model: TransformModel, instance_count: int, instance_kind: str, max_queue_delay_us: int,
+            request_log: RequestLogOptions | None = None) -> str:
+    """The transform model's config.pbtxt: its tensors, instances, batching and parameters (with
+    ``request_log``: the request key output and the logging options)."""
     plan, mbs = model.plan, model.max_batch_size
+    outputs = model.outputs + ([request_key_spec()] if request_log is not None else [])
     return render_template(
         "nvtabular_transform", name=name, max_batch_size=mbs,
-        inputs=tensor_block("input", model.inputs, mbs), outputs=tensor_block("output", model.outputs, mbs),
+        inputs=tensor_block("input", model.inputs, mbs), outputs=tensor_block("output", outputs, mbs),
+        request_log="" if request_log is None else json_parameter(request_log.to_parameter()),
         instance_count=instance_count, instance_kind=instance_kind, force_cpu_inputs="no" if instance_kind == "KIND_GPU" else "yes",
         batching=f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}" if mbs else "",
         layout=model.layout, output_layout=model.output_layout, fingerprint=plan.fingerprint, packed_inputs=json_parameter(plan.packed_inputs),
@@ -71,6 +76,7 @@ def export_transform(
     null_string: str | None = None,
     input_dtypes: Mapping[str, str] | None = None,
     cast_float64: bool = False,
+    request_log: RequestLogOptions | None = None,
 ) -> Path:
     """Writes a transform model into a Triton model repository.
 
@@ -94,6 +100,9 @@ def export_transform(
         null_string: the value of a string column that the model reads as null (NVTabular's
             missing value; Triton's BYTES tensors cannot carry a null), e.g. ``""``; None: none.
         input_dtypes, cast_float64: see :class:`~tritonrec.serving.transform_model.TransformModel`.
+        request_log: log every request's raw tensors to a Redis Stream
+            (:mod:`tritonrec.serving.request_log`); the model then also outputs ``request_key``
+            INT64 [batch, 1], a new key per request on each of its rows.
 
     Returns:
         The model directory ``repository/name``.
@@ -109,5 +118,5 @@ def export_transform(
     model_dir = Path(repository) / name
     with new_version(model_dir) as version_dir:
         plan.save(version_dir / "plan")
-        (model_dir / "config.pbtxt").write_text(_config(name, model, instance_count, instance_kind, max_queue_delay_us))
+        (model_dir / "config.pbtxt").write_text(_config(name, model, instance_count, instance_kind, max_queue_delay_us, request_log))
     return model_dir

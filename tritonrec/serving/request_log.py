@@ -156,6 +156,29 @@ class RequestLogOptions:
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s {self.timeout_s}: expected > 0")
 
+    def to_parameter(self) -> dict[str, Any]:
+        """The options as the JSON object of a model's ``request_log`` parameter."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_parameter(cls, text: str) -> RequestLogOptions | None:
+        """The options of a ``request_log`` parameter (a JSON object of the fields); None when empty
+        (logging off). ValueError naming the parameter otherwise."""
+        if not text:
+            return None
+        try:
+            fields = json.loads(text)
+            return cls(**fields)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"parameter 'request_log' is {text[:200]!r}: expected a JSON object of {[f.name for f in dataclasses.fields(cls)]} ({e})") from None
+
+
+def request_key_spec() -> Any:
+    """The :data:`REQUEST_KEY` tensor: INT64, one per row."""
+    from tritonrec.serving.specs import TensorSpec  # noqa: PLC0415
+
+    return TensorSpec(REQUEST_KEY, np.dtype(np.int64), (1,))
+
 
 class RequestLogger:
     """Sends request records to a Redis Stream from a background thread (see the module's docstring).

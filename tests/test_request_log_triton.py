@@ -1,0 +1,84 @@
+"""Server-side request logging through tritonserver: an ensemble exported with ``request_log``
+logs every request (its raw tensors from the transform, its answer from the scorer, one key) to a
+real Redis, returns the key, and keeps serving the same answers while Redis is dead."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tritonrec.serving.request_log import REQUEST_KEY, REQUEST_STREAM, RequestLogOptions, decode_record
+
+pytestmark = pytest.mark.triton
+ROWS = (1, 2, 7, 50, 1, 3)
+
+
+def _records(url: str) -> list:
+    import redis
+
+    return [decode_record(fields) for _, fields in redis.Redis.from_url(url).xrange(REQUEST_STREAM)]
+
+
+def _wait_for(url: str, count: int, timeout_s: float = 30.0) -> list:
+    deadline = time.monotonic() + timeout_s
+    records = _records(url)
+    while len(records) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        records = _records(url)
+    return records
+
+
+def test_every_request_is_logged_with_its_key(criteo_trained, redis_server, start_server, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    from tritonrec.export import export_ensemble
+    from tritonrec.serving.client import infer, pack_request
+    from tritonrec.serving.transform_model import TransformModel
+
+    pipeline = criteo_trained["pipeline"]
+    repo = tmp_path / "repo"
+    export_ensemble(pipeline.workflow_dir, pipeline.store_dir, pipeline.scorer_dir, repo, "criteo",
+                    request_log=RequestLogOptions(redis_server.url, timeout_s=0.2))
+    transform = TransformModel(pipeline.plan, "packed", output_layout="packed")
+    held = criteo_trained["held_out"]
+    requests, start = [], 0
+    for rows in ROWS:
+        requests.append(pack_request(transform, {c: v[start:start + rows] for c, v in held.items() if c != "label"}))
+        start += rows
+    with start_server(repo) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        answers = [infer(client, "criteo", r, ["probability", REQUEST_KEY]) for r in requests]
+        records = _wait_for(redis_server.url, 2 * len(requests))
+
+        redis_server.kill()  # serving goes on, with the same answers; records are dropped
+        again = [infer(client, "criteo", r, ["probability", REQUEST_KEY]) for r in requests]
+        redis_server.start()  # an empty Redis on the same port: logging resumes by itself
+        deadline = time.monotonic() + 30
+        while not _records(redis_server.url) and time.monotonic() < deadline:
+            infer(client, "criteo", requests[0], ["probability", REQUEST_KEY])
+            time.sleep(0.2)
+        resumed = _records(redis_server.url)
+        client.close()
+
+    keys = []
+    for request, answer, rows in zip(requests, answers, ROWS):
+        key_tensor = answer[REQUEST_KEY]
+        assert key_tensor.shape == (rows, 1) and (key_tensor == key_tensor[0, 0]).all()
+        keys.append(int(key_tensor[0, 0]))
+    assert len(set(keys)) == len(requests)
+    assert len(records) == 2 * len(requests)
+    by_kind = {kind: {r.key: r for r in records if r.kind == kind} for kind in ("features", "prediction")}
+    assert set(by_kind["features"]) == set(by_kind["prediction"]) == set(keys)
+    for key, request, answer in zip(keys, requests, answers):
+        features, prediction = by_kind["features"][key], by_kind["prediction"][key]
+        assert (features.model, prediction.model) == ("criteo_transform", "criteo_scorer")
+        assert set(features.tensors) == set(request)
+        for name, array in request.items():
+            np.testing.assert_array_equal(features.tensors[name], array)
+        np.testing.assert_array_equal(prediction.tensors["probability"], answer["probability"])
+    for first, second in zip(answers, again):
+        np.testing.assert_allclose(second["probability"], first["probability"], rtol=1e-6, atol=1e-7)
+        assert int(second[REQUEST_KEY][0, 0]) not in keys  # a new key per request
+    assert resumed and all(r.kind in ("features", "prediction") for r in resumed)
