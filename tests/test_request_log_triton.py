@@ -30,6 +30,28 @@ def _wait_for(url: str, count: int, timeout_s: float = 30.0) -> list:
     return records
 
 
+def _metric(url: str, name: str, **labels: str) -> float:
+    """The value of one series on Triton's metrics endpoint (0 when absent)."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) == labels:
+            return float(match.group(2))
+    return 0.0
+
+
+def _wait_metric(url: str, name: str, at_least: float, timeout_s: float = 15.0, **labels: str) -> float:
+    deadline = time.monotonic() + timeout_s
+    value = _metric(url, name, **labels)
+    while value < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = _metric(url, name, **labels)
+    return value
+
+
 def test_every_request_is_logged_with_its_key(criteo_trained, redis_server, start_server, tmp_path):
     import tritonclient.grpc as grpcclient
 
@@ -61,6 +83,11 @@ def test_every_request_is_logged_with_its_key(criteo_trained, redis_server, star
             time.sleep(0.2)
         resumed = _records(redis_server.url)
         client.close()
+        # what the loggers counted, on Triton's metrics endpoint (sent at most 0.5 s later)
+        sent = {m: _wait_metric(server.metrics_url, "tritonrec_feedback_sent_total", len(requests), model=m)
+                for m in ("criteo_transform", "criteo_scorer")}
+        dropped = {m: _wait_metric(server.metrics_url, "tritonrec_feedback_dropped_total", 1, model=m, reason="redis_error")
+                   for m in ("criteo_transform", "criteo_scorer")}
 
     keys = []
     for request, answer, rows in zip(requests, answers, ROWS):
@@ -82,3 +109,5 @@ def test_every_request_is_logged_with_its_key(criteo_trained, redis_server, star
         np.testing.assert_allclose(second["probability"], first["probability"], rtol=1e-6, atol=1e-7)
         assert int(second[REQUEST_KEY][0, 0]) not in keys  # a new key per request
     assert resumed and all(r.kind in ("features", "prediction") for r in resumed)
+    assert all(value >= len(requests) for value in sent.values()), sent
+    assert all(value >= 1 for value in dropped.values()), dropped  # the requests sent while Redis was dead

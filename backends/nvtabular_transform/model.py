@@ -27,7 +27,7 @@ import triton_python_backend_utils as pb_utils
 from tritonrec.serving.config import OUTSIDE_PARAMETER, check_declared_tensors, model_path, transform_conventions
 from tritonrec.serving.config import parameter as _parameter
 from tritonrec.serving.fingerprint import check_fingerprint
-from tritonrec.serving.metrics import TransformMetrics
+from tritonrec.serving.metrics import RequestLogMetrics, TransformMetrics
 from tritonrec.serving.request_log import REQUEST_KEY, FeatureLogging, RequestLogger, RequestLogOptions, request_key_spec
 from tritonrec.serving.tensors import (
     check_string_inputs,
@@ -95,6 +95,8 @@ class TritonPythonModel:
         self.output_names = [spec.name for spec in self.model.outputs + keyed]
         self.logger = RequestLogger(log_options) if log_options is not None else None
         self.run = self.model.execute if self.logger is None else FeatureLogging(self.model.execute, self.logger, name, int(args["model_version"]))
+        self.log_metrics = None if self.logger is None else RequestLogMetrics(
+            pb_utils, name, lambda: (self.logger.sent_total, dict(self.logger.dropped_total)))
         # BYTES inputs (no DLPack) are read on the host, on a GPU instance too: the plan hashes them there
         self.read_input = input_reader(string_inputs, device_input_array if self.gpu else input_array)
         self.metrics = TransformMetrics(pb_utils, name, lambda: (self.model.rows_total, self.model.oov_total))
@@ -116,3 +118,4 @@ class TritonPythonModel:
         self.metrics.close()
         if self.logger is not None:
             self.logger.close()
+            self.log_metrics.close()  # after the logger: its last counts go out

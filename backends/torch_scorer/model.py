@@ -21,6 +21,7 @@ from torch.utils.dlpack import to_dlpack
 
 from tritonrec.serving.config import check_declared_tensors, int_parameter, model_path, parameter
 from tritonrec.serving.fingerprint import check_fingerprint
+from tritonrec.serving.metrics import RequestLogMetrics
 from tritonrec.serving.request_log import PredictionLogging, RequestLogger, RequestLogOptions, request_key_spec
 from tritonrec.serving.scorer_model import LOAD_ERRORS, TorchScorerModel
 from tritonrec.serving.tensors import output_tensor, respond
@@ -45,6 +46,8 @@ class TritonPythonModel:
         self.output = self.model.info.output
         self.logger = RequestLogger(log_options) if log_options is not None else None
         self.run = self.model.execute if self.logger is None else PredictionLogging(self.model.execute, self.logger, name, int(args["model_version"]))
+        self.log_metrics = None if self.logger is None else RequestLogMetrics(
+            pb_utils, name, lambda: (self.logger.sent_total, dict(self.logger.dropped_total)))
 
     def execute(self, requests):
         return respond(pb_utils, requests, self.run, torch.from_dlpack, self._outputs, "scoring")
@@ -52,6 +55,7 @@ class TritonPythonModel:
     def finalize(self):
         if self.logger is not None:
             self.logger.close()
+            self.log_metrics.close()  # after the logger: its last counts go out
 
     def _outputs(self, result):
         scores = result[self.output].contiguous()

@@ -8,6 +8,9 @@ Families (Prometheus names, as scraped from ``/metrics``):
   microseconds (histogram).
 - ``tritonrec_transform_rows_total{model}``: rows transformed (counter).
 - ``tritonrec_transform_oov_total{model,column}``: values encoded out of vocabulary (counter).
+- ``tritonrec_feedback_sent_total{model}``: request records written to the Redis Stream (counter).
+- ``tritonrec_feedback_dropped_total{model,reason}``: request records dropped, ``reason``
+  ``queue_full`` or ``redis_error`` (counter; see :mod:`tritonrec.serving.request_log`).
 
 Every metric call of the Python backend is a synchronous round trip from the stub to the server
 (about 0.1 ms here), so nothing is sent from ``execute``: counters are read from the model's own
@@ -150,3 +153,36 @@ class TransformMetrics(_ModelMetrics):
             if total != self._last_oov[column]:
                 self._oov[column].increment(total - self._last_oov[column])
                 self._last_oov[column] = total
+
+
+class RequestLogMetrics(_ModelMetrics):
+    """Sent and dropped request records of one model that logs (a :class:`RequestLogger`'s counts).
+
+    Args:
+        pb_utils: the ``triton_python_backend_utils`` module.
+        model: the model's name.
+        read: returns (records sent, reason -> records dropped), cumulative.
+        interval_s: seconds between sends.
+    """
+
+    FAMILIES = (
+        ("tritonrec_feedback_sent_total", "Request records written to the Redis Stream", "COUNTER"),
+        ("tritonrec_feedback_dropped_total", "Request records dropped (queue full, or Redis down or slow), per reason", "COUNTER"),
+    )
+
+    def _metrics(self, model: str, *families: Any) -> None:
+        sent, dropped = families
+        _, reasons = self._read()
+        self._sent = sent.Metric(labels={"model": model})
+        self._dropped = {r: dropped.Metric(labels={"model": model, "reason": r}) for r in reasons}
+        self._last = (0, dict.fromkeys(reasons, 0))
+
+    def _send(self) -> None:
+        sent_total, dropped_total = self._read()
+        last_sent, last_dropped = self._last
+        if sent_total != last_sent:
+            self._sent.increment(sent_total - last_sent)
+        for reason, total in dropped_total.items():
+            if total != last_dropped[reason]:
+                self._dropped[reason].increment(total - last_dropped[reason])
+        self._last = (sent_total, dict(dropped_total))
