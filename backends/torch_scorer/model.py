@@ -46,8 +46,7 @@ class TritonPythonModel:
         self.output = self.model.info.output
         self.logger = RequestLogger(log_options) if log_options is not None else None
         self.run = self.model.execute if self.logger is None else PredictionLogging(self.model.execute, self.logger, name, int(args["model_version"]))
-        self.log_metrics = None if self.logger is None else RequestLogMetrics(
-            pb_utils, name, lambda: (self.logger.sent_total, dict(self.logger.dropped_total)))
+        self.log_metrics = None if self.logger is None else RequestLogMetrics(pb_utils, name, self.logger.counts)
 
     def execute(self, requests):
         return respond(pb_utils, requests, self.run, torch.from_dlpack, self._outputs, "scoring")

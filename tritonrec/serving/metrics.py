@@ -121,7 +121,33 @@ class LookupMetrics(_ModelMetrics):
             self._duration.observe(value)
 
 
-class TransformMetrics(_ModelMetrics):
+class _TotalAndLabelled(_ModelMetrics):
+    """Two counters of one model read as cumulative totals: one with the model's label only, one
+    per value of a second label (``LABEL``); sends the differences since the last send.
+    ``read`` returns (total, label value -> total); the label values are those of its first call."""
+
+    LABEL = ""
+
+    def _metrics(self, model: str, *families: Any) -> None:
+        plain, labelled = families
+        _, values = self._read()
+        self._plain = plain.Metric(labels={"model": model})
+        self._labelled = {v: labelled.Metric(labels={"model": model, self.LABEL: v}) for v in values}
+        self._last_plain = 0
+        self._last_labelled = dict.fromkeys(values, 0)
+
+    def _send(self) -> None:
+        total, by_value = self._read()
+        if total != self._last_plain:
+            self._plain.increment(total - self._last_plain)
+            self._last_plain = total
+        for value, count in list(by_value.items()):
+            if count != self._last_labelled[value]:
+                self._labelled[value].increment(count - self._last_labelled[value])
+                self._last_labelled[value] = count
+
+
+class TransformMetrics(_TotalAndLabelled):
     """Row and out-of-vocabulary counters of one nvtabular_transform model.
 
     Args:
@@ -135,33 +161,17 @@ class TransformMetrics(_ModelMetrics):
         ("tritonrec_transform_rows_total", "Rows transformed", "COUNTER"),
         ("tritonrec_transform_oov_total", "Categorical values encoded out of vocabulary, per column", "COUNTER"),
     )
-
-    def _metrics(self, model: str, *families: Any) -> None:
-        rows, oov = families
-        _, columns = self._read()
-        self._rows = rows.Metric(labels={"model": model})
-        self._oov = {c: oov.Metric(labels={"model": model, "column": c}) for c in columns}
-        self._last_rows = 0
-        self._last_oov = dict.fromkeys(columns, 0)
-
-    def _send(self) -> None:
-        rows_total, oov_total = self._read()
-        if rows_total != self._last_rows:
-            self._rows.increment(rows_total - self._last_rows)
-            self._last_rows = rows_total
-        for column, total in list(oov_total.items()):
-            if total != self._last_oov[column]:
-                self._oov[column].increment(total - self._last_oov[column])
-                self._last_oov[column] = total
+    LABEL = "column"
 
 
-class RequestLogMetrics(_ModelMetrics):
-    """Sent and dropped request records of one model that logs (a :class:`RequestLogger`'s counts).
+class RequestLogMetrics(_TotalAndLabelled):
+    """Sent and dropped request records of one model that logs (a request logger's counts).
 
     Args:
         pb_utils: the ``triton_python_backend_utils`` module.
         model: the model's name.
-        read: returns (records sent, reason -> records dropped), cumulative.
+        read: returns (records sent, reason -> records dropped), cumulative
+            (``RequestLogger.counts``).
         interval_s: seconds between sends.
     """
 
@@ -169,20 +179,4 @@ class RequestLogMetrics(_ModelMetrics):
         ("tritonrec_feedback_sent_total", "Request records written to the Redis Stream", "COUNTER"),
         ("tritonrec_feedback_dropped_total", "Request records dropped (queue full, or Redis down or slow), per reason", "COUNTER"),
     )
-
-    def _metrics(self, model: str, *families: Any) -> None:
-        sent, dropped = families
-        _, reasons = self._read()
-        self._sent = sent.Metric(labels={"model": model})
-        self._dropped = {r: dropped.Metric(labels={"model": model, "reason": r}) for r in reasons}
-        self._last = (0, dict.fromkeys(reasons, 0))
-
-    def _send(self) -> None:
-        sent_total, dropped_total = self._read()
-        last_sent, last_dropped = self._last
-        if sent_total != last_sent:
-            self._sent.increment(sent_total - last_sent)
-        for reason, total in dropped_total.items():
-            if total != last_dropped[reason]:
-                self._dropped[reason].increment(total - last_dropped[reason])
-        self._last = (sent_total, dict(dropped_total))
+    LABEL = "reason"

@@ -202,6 +202,7 @@ class RequestLogger:
         self.dropped_total = {"queue_full": 0, "redis_error": 0}
         self.sampled_out_total = 0
         self.last_error = ""
+        self._busy = False  # the thread holds a batch taken from the queue
         self._thread = threading.Thread(target=self._run, name="tritonrec-request-log", daemon=True)
         self._thread.start()
 
@@ -236,7 +237,9 @@ class RequestLogger:
             self._lock.notify_all()
         self._thread.join(timeout=timeout_s)
 
-    _busy = False
+    def counts(self) -> tuple[int, dict[str, int]]:
+        """(records sent, reason -> records dropped), cumulative: what :class:`RequestLogMetrics` reads."""
+        return self.sent_total, dict(self.dropped_total)
 
     def _take(self) -> list[dict[bytes, bytes]]:
         with self._lock:
