@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime
 import json
 import os
-import shutil
 import platform
 import re
 import subprocess
@@ -103,15 +101,10 @@ def header(title: str) -> str:
 
 def write_input_data(tensors: dict[str, np.ndarray], rows: int, path: Path) -> None:
     """perf_analyzer input data: ``rows`` single-row samples of each tensor ([n, ...] arrays), raw
-    bytes in base64 (NaN-safe)."""
-    data = []
-    for i in range(rows):
-        sample = {}
-        for name, array in tensors.items():
-            row = np.ascontiguousarray(array[i])
-            sample[name] = {"b64": base64.b64encode(row.tobytes()).decode(), "shape": list(row.shape)}
-        data.append(sample)
-    path.write_text(json.dumps({"data": data}))
+    bytes in base64 (NaN-safe), as ``tritonrec perf`` writes them."""
+    from tritonrec.serving.perf import rows_input_data
+
+    path.write_text(json.dumps(rows_input_data(tensors, rows)))
 
 
 def perf_point(grpc_url: str, model: str, batch: int, concurrency: int, data: Path, out: Path, seconds: float,
@@ -120,7 +113,9 @@ def perf_point(grpc_url: str, model: str, batch: int, concurrency: int, data: Pa
     report, in ms; ``infer_s`` counts rows). A point that does not stabilise is measured again with
     windows twice as long. ``extra``: more perf_analyzer arguments (e.g. shared memory); ``timeout_s``:
     the most one perf_analyzer run may take (``subprocess.TimeoutExpired`` past it)."""
-    perf = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
+    from tritonrec.serving.perf import find_perf_analyzer
+
+    perf = find_perf_analyzer()
     for window in (seconds, 2 * seconds):
         command = [
             perf, "-m", model, "-i", "grpc", "-u", grpc_url, "-b", str(batch),

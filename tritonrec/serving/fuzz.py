@@ -544,20 +544,6 @@ class Fuzzer:
         return report
 
 
-def _max_batch_size(config_text: str) -> int:
-    import re  # noqa: PLC0415
-
-    match = re.search(r"^max_batch_size:\s*(\d+)", config_text, re.M)
-    return int(match.group(1)) if match else 0
-
-
-def _parameter(config_text: str, key: str) -> str:
-    import re  # noqa: PLC0415
-
-    match = re.search(rf'key:\s*"{re.escape(key)}"\s*value:\s*{{\s*string_value:\s*"([^"]*)"', config_text)
-    return match.group(1) if match else ""
-
-
 class InProcessEnsemble:
     """The three steps of an exported ensemble (packed layout), loaded in process from the
     repository's files: the reference of the fuzzer's targets. References take any number of rows:
@@ -568,21 +554,23 @@ class InProcessEnsemble:
 
         import torch  # noqa: PLC0415
 
+        from tritonrec.serving.config import parameter  # noqa: PLC0415
         from tritonrec.serving.lookup_model import EmbeddingLookupModel  # noqa: PLC0415
+        from tritonrec.serving.reference import repository_configs  # noqa: PLC0415
         from tritonrec.serving.scorer_model import TorchScorerModel  # noqa: PLC0415
         from tritonrec.serving.transform_model import TransformModel  # noqa: PLC0415
 
-        repo, self._torch = Path(repository), torch
+        repo, self._torch, configs = Path(repository), torch, repository_configs(repository)
         self.max_batch_size: dict[str, int] = {}
         folders = {}
         for model in (name, f"{name}_transform", f"{name}_embeddings", f"{name}_scorer"):
-            text = (repo / model / "config.pbtxt").read_text()
-            self.max_batch_size[model] = _max_batch_size(text)
-            folders[model] = (max((p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)), text)
+            version, config = configs(model, -1)
+            self.max_batch_size[model] = int(config.get("max_batch_size", 0))
+            folders[model] = (repo / model / str(version), config)
         self.transform = TransformModel.from_directory(folders[f"{name}_transform"][0] / "plan", "packed", 0, "packed")
         lookup_dir, lookup_config = folders[f"{name}_embeddings"]
-        tables = [t for t in _parameter(lookup_config, "tables").split(",") if t]
-        self.lookup = EmbeddingLookupModel.open(lookup_dir / "store", tables, missing=_parameter(lookup_config, "missing_key_policy") or "store",
+        tables = [t for t in parameter(lookup_config, "tables").split(",") if t]
+        self.lookup = EmbeddingLookupModel.open(lookup_dir / "store", tables, missing=parameter(lookup_config, "missing_key_policy", "store"),
                                                 host=HostOptions(threads=1))
         self.scorer = TorchScorerModel(folders[f"{name}_scorer"][0] / "scorer", "cpu", 0, threads=1)
         self.dense_name, self.embeddings_name = (s.name for s in self.scorer.inputs)

@@ -142,6 +142,13 @@ def _b64(array: np.ndarray) -> str:
     return base64.b64encode(data).decode()
 
 
+def rows_input_data(tensors: Mapping[str, np.ndarray], rows: int) -> dict[str, Any]:
+    """perf_analyzer's ``--input-data`` JSON (as a dict) of a batching model: one entry per row of
+    ``tensors`` (name -> [n, ...] array, n >= ``rows``), shapes without the batch dimension."""
+    return {"data": [{name: {"content": {"b64": _b64(array[i])}, "shape": list(array.shape[1:])} for name, array in tensors.items()}
+                     for i in range(rows)]}
+
+
 def input_data(builder: RequestBuilder, frame: Any, batched: bool, batch: int = 1) -> dict[str, Any]:
     """perf_analyzer's ``--input-data`` JSON (as a dict) for the rows of ``frame``.
 
@@ -160,8 +167,7 @@ def input_data(builder: RequestBuilder, frame: Any, batched: bool, batch: int = 
         for name, array in tensors.items():
             if array.size == 0 and len(frame):
                 tensors[name] = np.zeros((array.shape[0], 1), dtype=array.dtype)
-        return {"data": [{name: {"content": {"b64": _b64(array[i])}, "shape": list(array.shape[1:])} for name, array in tensors.items()}
-                         for i in range(len(frame))]}
+        return rows_input_data(tensors, len(frame))
     entries = []
     for start in range(0, len(frame), batch):
         tensors = builder.tensors(frame.iloc[start:start + batch])
