@@ -53,7 +53,8 @@ def test_lookups_equal_the_host_rows(table, eviction, capacity_rows, admission):
         assert stats["hits"] > 0 and stats["misses"] > 0 and stats["hits"] + stats["misses"] == 4 * 5_200
 
 
-@pytest.mark.parametrize("dim", [8, 32, 128, 12])  # 1, 1 and 4 sixteen-byte moves a lane; 12: the generic copy
+# 1, 1 and 4 sixteen-byte moves a lane; 264: rows wider than 8 moves a lane (the vector loop); 12: the scalar copy
+@pytest.mark.parametrize("dim", [8, 32, 128, 264, 12])
 def test_a_million_keys_with_misses_in_one_call(tmp_path, dim):
     """Warps loop over the keys (the grid is capped) and meet hits and misses in one step: every row
     right (an earlier kernel hung here: a vote behind `found &&` left the missing keys' lanes out)."""

@@ -47,47 +47,6 @@ __device__ __forceinline__ void store4(O* dst, float a, float b, float c, float 
   }
 }
 
-/// `lanes` threads (lane 0..lanes-1) copy one row of `dim` stored values T to the output type O
-/// (float or __half), loading through L2. Vector moves when dim is a multiple of 8 (the output
-/// row must then be 16-byte aligned for fp32, 8-byte for fp16; the caller checks).
-/// Returns a token that depends on every value this lane loaded (the OR of their first words),
-/// so that a later load can be made to wait for all of them (lookup.cuh's re-check).
-template <typename T, typename O>
-__device__ __forceinline__ uint32_t copy_row_out(const T* src, O* dst, int64_t dim, int lane, int lanes) {
-  uint32_t token = 0;
-  if ((dim & 7) == 0) {
-    if constexpr (sizeof(T) == 4) {  // fp32 storage: 4 values (16 bytes) per move
-      const float4* s = reinterpret_cast<const float4*>(src);
-      for (int64_t k = lane; k < dim / 4; k += lanes) {
-        const float4 v = __ldcg(s + k);
-        token |= __float_as_uint(v.x);
-        store4<O>(dst + 4 * k, v.x, v.y, v.z, v.w);
-      }
-    } else {  // 2-byte storage: 8 values (16 bytes) per move
-      const uint4* s = reinterpret_cast<const uint4*>(src);
-      for (int64_t k = lane; k < dim / 8; k += lanes) {
-        const uint4 packed = __ldcg(s + k);
-        token |= packed.x;
-        if constexpr (sizeof(O) == 2 && std::is_same_v<T, __half>) {
-          *reinterpret_cast<uint4*>(dst + 8 * k) = packed;  // fp16 to fp16: a plain move
-        } else {
-          float f[8];
-          unpack8<T>(packed, f);
-          store4<O>(dst + 8 * k, f[0], f[1], f[2], f[3]);
-          store4<O>(dst + 8 * k + 4, f[4], f[5], f[6], f[7]);
-        }
-      }
-    }
-    return token;
-  }
-  for (int64_t k = lane; k < dim; k += lanes) {
-    const float v = to_float(__ldcg(src + k));
-    token |= __float_as_uint(v);
-    dst[k] = from_float<O>(v);
-  }
-  return token;
-}
-
 /// Stores one 16-byte move of stored values (4 fp32 or 8 fp16/bf16) at `dst` as the output type.
 template <typename T, typename O>
 __device__ __forceinline__ void store_move(const uint4& packed, O* dst) {
@@ -102,6 +61,32 @@ __device__ __forceinline__ void store_move(const uint4& packed, O* dst) {
     store4<O>(dst, f[0], f[1], f[2], f[3]);
     store4<O>(dst + 4, f[4], f[5], f[6], f[7]);
   }
+}
+
+/// `lanes` threads (lane 0..lanes-1) copy one row of `dim` stored values T to the output type O
+/// (float or __half), loading through L2. Vector moves when dim is a multiple of 8 (the output
+/// row must then be 16-byte aligned for fp32, 8-byte for fp16; the caller checks).
+/// Returns a token that depends on every value this lane loaded (the OR of their first words),
+/// so that a later load can be made to wait for all of them (lookup.cuh's re-check).
+template <typename T, typename O>
+__device__ __forceinline__ uint32_t copy_row_out(const T* src, O* dst, int64_t dim, int lane, int lanes) {
+  uint32_t token = 0;
+  if ((dim & 7) == 0) {  // 16-byte moves: 4 fp32 or 8 fp16/bf16 values each
+    constexpr int kPerMove = 16 / static_cast<int>(sizeof(T));
+    const uint4* s = reinterpret_cast<const uint4*>(src);
+    for (int64_t k = lane; k < dim / kPerMove; k += lanes) {
+      const uint4 packed = __ldcg(s + k);
+      token |= packed.x;
+      store_move<T, O>(packed, dst + k * kPerMove);
+    }
+    return token;
+  }
+  for (int64_t k = lane; k < dim; k += lanes) {
+    const float v = to_float(__ldcg(src + k));
+    token |= __float_as_uint(v);
+    dst[k] = from_float<O>(v);
+  }
+  return token;
 }
 
 /// copy_row_out's vector path for rows of at most MOVES x `lanes` 16-byte moves (dim a multiple of
