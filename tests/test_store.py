@@ -406,3 +406,34 @@ def test_lookup_columns_equals_one_lookup_per_table(tmp_path):
             store.lookup_columns(["x", "y"], ids[:, :1])
         with pytest.raises(KeyError, match="no table 'z'"):
             store.lookup_columns(["x", "z"], ids)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("max_rows", [0, 5_000])
+def test_host_table_find_at_every_batch_size_around_its_pipeline(dtype, max_rows):
+    """HostTable.find and find_columns resolve keys a few ahead of the one they copy (prefetching):
+    every size from 0 past two pipeline depths, the pool's chunk edges, absent keys anywhere."""
+    rng = np.random.default_rng(7)
+    dim = 5
+    keys = rng.permutation(1 << 20)[:3_000].astype(np.int64) * 977
+    rows = rng.normal(size=(keys.size, dim)).astype(np.float32)
+    table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=256, expected_rows=keys.size, max_rows=max_rows)
+    table.insert_or_assign(keys, rows)
+    reference = _reference(keys, rows, dtype)
+    pool = _core.ThreadPool(2)
+    for n in [*range(0, 41), 4095, 4096, 4097, 9_001]:
+        queries = np.where(rng.random(n) < 0.3, rng.integers(0, 1 << 40, n) * 2 + 1, rng.choice(keys, n)).astype(np.int64)
+        expected = _expected(reference, queries, dim, np.zeros(dim, np.float32))
+        out = np.full((n, dim), np.nan, np.float32)
+        found = np.full(n, 9, np.uint8)
+        hits = table.find(queries, out, found, pool)
+        np.testing.assert_array_equal(out, expected, err_msg=f"n={n}")
+        np.testing.assert_array_equal(found, [int(q) in reference for q in queries], err_msg=f"n={n}")
+        assert hits == int(found.sum())
+        columns = np.stack([queries, queries[::-1]], axis=1)
+        out2 = np.full((n, 2, dim), np.nan, np.float32)
+        found2 = np.full((n, 2), 9, np.uint8)
+        counts = _core.find_columns([table, table], columns, out2, found2, pool)
+        np.testing.assert_array_equal(out2[:, 0], expected, err_msg=f"n={n}")
+        np.testing.assert_array_equal(out2[:, 1], expected[::-1], err_msg=f"n={n}")
+        assert counts.tolist() == [hits, hits]

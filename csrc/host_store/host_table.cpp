@@ -1,14 +1,39 @@
 #include "host_store/host_table.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <stdexcept>
+
+#include <sys/mman.h>
 
 #include "common/mix.hpp"
 #include "host_store/detail/half.hpp"
 
 namespace tritonrec {
+
+namespace {
+
+constexpr size_t kHugePage = size_t{2} << 20;
+
+/// Bytes allocated for a slab of `bytes`: slabs of 8 MiB or more are whole 2 MiB pages.
+size_t slab_allocation(size_t bytes) noexcept {
+  return bytes >= 4 * kHugePage ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
+}
+
+/// A slab of `bytes` (a slab_allocation size): large ones 2 MiB-aligned and advised into huge
+/// pages, so that random row reads miss the TLB far less (a lookup of a large table is bound by
+/// its DRAM misses; a 4 KiB page walk adds another).
+uint8_t* allocate_slab(size_t bytes) {
+  void* memory = bytes >= 4 * kHugePage ? std::aligned_alloc(kHugePage, bytes) : std::malloc(bytes);
+  if (memory == nullptr) throw std::bad_alloc();
+  if (bytes >= 4 * kHugePage) madvise(memory, bytes, MADV_HUGEPAGE);  // advice: failure is harmless
+  return static_cast<uint8_t*>(memory);
+}
+
+}  // namespace
 
 HostTable::HostTable(const HostTableOptions& options)
     : dim_(options.dim),
@@ -24,6 +49,7 @@ HostTable::HostTable(const HostTableOptions& options)
   }
   if (options.expected_rows < 0) throw std::invalid_argument("expected_rows must be >= 0");
   if (options.max_rows < 0) throw std::invalid_argument("max_rows must be >= 0");
+  slab_bytes_ = slab_allocation(static_cast<size_t>(slab_rows_ * row_bytes_));
   if (max_rows_ > 0) {
     sketch_width_ = 1024;
     while (sketch_width_ < 4 * max_rows_) sketch_width_ *= 2;
@@ -64,7 +90,7 @@ int64_t HostTable::allocate_row() {
   }
   if (next_row_ > detail::KeyIndex::kMaxRow) throw std::length_error("a HostTable holds at most 2^31 rows");
   if (next_row_ == static_cast<int64_t>(slabs_.size()) * slab_rows_) {
-    slabs_.emplace_back(new uint8_t[static_cast<size_t>(slab_rows_ * row_bytes_)]);
+    slabs_.emplace_back(allocate_slab(slab_bytes_));
   }
   if (max_rows_ > 0) {  // eviction needs the key of each row; unlimited tables skip the cost
     row_keys_.push_back(0);
@@ -179,54 +205,69 @@ int64_t HostTable::erase(const int64_t* keys, int64_t n) {
   return erased;
 }
 
+int64_t HostTable::find_range(const int64_t* keys, int64_t key_stride, int64_t begin, int64_t end, float* out, int64_t out_stride,
+                              uint8_t* found, int64_t found_stride) const noexcept {
+  // A software pipeline over the keys: key i + kSlotAhead's index slots are prefetched, key
+  // i + kRowAhead is resolved and its row's lines prefetched, key i's row is copied. A lookup of a
+  // large table waits on DRAM about twice a key (the index slot, then the row); the pipeline keeps
+  // about kSlotAhead of those misses in flight a thread instead of one.
+  constexpr int64_t kRowAhead = 8;
+  constexpr int64_t kSlotAhead = 2 * kRowAhead;
+  const int64_t row_lines = (row_bytes_ + 63) / 64;
+  int64_t rows[kRowAhead] = {};
+  auto key_at = [&](int64_t i) { return keys[i * key_stride]; };
+  auto resolve = [&](int64_t i) {
+    const int64_t key = key_at(i);
+    if (max_rows_ > 0) count_access(key);
+    const int64_t row = index_.find(key);
+    if (row >= 0) {
+      const uint8_t* source = row_address(row);
+      for (int64_t line = 0; line < row_lines; ++line) __builtin_prefetch(source + 64 * line);
+    }
+    rows[i % kRowAhead] = row;
+  };
+  for (int64_t i = begin; i < std::min(end, begin + kSlotAhead); ++i) index_.prefetch(key_at(i));
+  for (int64_t i = begin; i < std::min(end, begin + kRowAhead); ++i) resolve(i);
+  int64_t hits = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t row = rows[i % kRowAhead];
+    float* target = out + i * out_stride;
+    if (row >= 0) {
+      load_row(row, target);
+      found[i * found_stride] = 1;
+      ++hits;
+    } else {
+      std::memset(target, 0, static_cast<size_t>(dim_) * sizeof(float));
+      found[i * found_stride] = 0;
+    }
+    if (i + kSlotAhead < end) index_.prefetch(key_at(i + kSlotAhead));
+    if (i + kRowAhead < end) resolve(i + kRowAhead);
+  }
+  return hits;
+}
+
+void HostTable::count_lookups(int64_t n, int64_t hits) const noexcept {
+  lookups_.fetch_add(n, std::memory_order_relaxed);
+  hits_.fetch_add(hits, std::memory_order_relaxed);
+  misses_.fetch_add(n - hits, std::memory_order_relaxed);
+}
+
 int64_t HostTable::find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   std::atomic<int64_t> hits{0};
   pool.parallel_for(n, 4096, [&](int64_t begin, int64_t end) {
-    int64_t local = 0;
-    for (int64_t i = begin; i < end; ++i) {
-      if (max_rows_ > 0) count_access(keys[i]);
-      const int64_t row = index_.find(keys[i]);
-      float* target = out + i * dim_;
-      if (row >= 0) {
-        load_row(row, target);
-        found[i] = 1;
-        ++local;
-      } else {
-        std::memset(target, 0, static_cast<size_t>(dim_) * sizeof(float));
-        found[i] = 0;
-      }
-    }
-    hits.fetch_add(local, std::memory_order_relaxed);
+    hits.fetch_add(find_range(keys, 1, begin, end, out, dim_, found, 1), std::memory_order_relaxed);
   });
   const int64_t total = hits.load();
-  lookups_.fetch_add(n, std::memory_order_relaxed);
-  hits_.fetch_add(total, std::memory_order_relaxed);
-  misses_.fetch_add(n - total, std::memory_order_relaxed);
+  count_lookups(n, total);
   return total;
 }
 
 int64_t HostTable::find_strided(const int64_t* keys, int64_t key_stride, int64_t n, float* out, int64_t out_stride,
                                 uint8_t* found, int64_t found_stride) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  int64_t total = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t key = keys[i * key_stride];
-    if (max_rows_ > 0) count_access(key);
-    const int64_t row = index_.find(key);
-    float* target = out + i * out_stride;
-    if (row >= 0) {
-      load_row(row, target);
-      found[i * found_stride] = 1;
-      ++total;
-    } else {
-      std::memset(target, 0, static_cast<size_t>(dim_) * sizeof(float));
-      found[i * found_stride] = 0;
-    }
-  }
-  lookups_.fetch_add(n, std::memory_order_relaxed);
-  hits_.fetch_add(total, std::memory_order_relaxed);
-  misses_.fetch_add(n - total, std::memory_order_relaxed);
+  const int64_t total = find_range(keys, key_stride, 0, n, out, out_stride, found, found_stride);
+  count_lookups(n, total);
   return total;
 }
 
@@ -237,7 +278,7 @@ int64_t HostTable::size() const {
 
 int64_t HostTable::bytes() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return static_cast<int64_t>(slabs_.size()) * slab_rows_ * row_bytes_ + index_.bytes() +
+  return static_cast<int64_t>(slabs_.size() * slab_bytes_) + index_.bytes() +
          static_cast<int64_t>(row_keys_.capacity() * sizeof(int64_t) + row_used_.capacity()) +
          4 * sketch_width_ * static_cast<int64_t>(sizeof(uint16_t));
 }

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -86,6 +87,11 @@ class HostTable {
   int64_t allocate_row();
   void store_row(int64_t row, const float* values) noexcept;
   void load_row(int64_t row, float* out) const noexcept;
+  /// Keys [begin, end) of a strided batch (see find_strided) on the calling thread, the lock held
+  /// by the caller; returns the keys found. Does not count them (count_lookups does).
+  int64_t find_range(const int64_t* keys, int64_t key_stride, int64_t begin, int64_t end, float* out, int64_t out_stride,
+                     uint8_t* found, int64_t found_stride) const noexcept;
+  void count_lookups(int64_t n, int64_t hits) const noexcept;
   void insert_row(int64_t key, const float* values);
   void count_access(int64_t key) const noexcept;
   uint32_t frequency(int64_t key) const noexcept;
@@ -95,7 +101,9 @@ class HostTable {
   int64_t slab_rows_;
   int64_t row_bytes_;
   detail::KeyIndex index_;
-  std::vector<std::unique_ptr<uint8_t[]>> slabs_;
+  size_t slab_bytes_ = 0;  // bytes allocated a slab (slab_rows_ * row_bytes_, whole 2 MiB pages when large)
+  struct FreeSlab { void operator()(uint8_t* p) const noexcept { std::free(p); } };
+  std::vector<std::unique_ptr<uint8_t, FreeSlab>> slabs_;
   int64_t next_row_ = 0;
   std::vector<int64_t> free_rows_;
   int64_t max_rows_;
