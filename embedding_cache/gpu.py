@@ -73,29 +73,36 @@ def _align(n: int) -> int:
     return (n + 255) & ~255
 
 
-def _read_columns(read_host: ReadHost, offsets: np.ndarray, missed: np.ndarray, row_of: np.ndarray, ordered_keys: np.ndarray,
-                  rows: np.ndarray) -> np.ndarray:
-    """Reads each column's missed keys (``missed[offsets[j]:offsets[j + 1]]``, int64) from the host
-    tiers into ``rows`` (float32 (total, dim), pinned), the keys that exist first in each column's
-    range (``ordered_keys``) so that they are inserted as one range; ``row_of`` (int32 (total,))
-    maps each missed position to its row. Returns the rows that exist per column (int64 (k,))."""
-    k = offsets.size - 1
-    row_of[:] = np.arange(missed.size, dtype=np.int32)
-    present = np.zeros(k, dtype=np.int64)
-    for j in range(k):
-        lo, hi = int(offsets[j]), int(offsets[j + 1])
-        if lo == hi:
-            continue
-        column_keys = missed[lo:hi]
-        found = np.empty(hi - lo, dtype=np.uint8)
-        read_host(j, column_keys, found, rows[lo:hi])
-        present[j] = int(found.sum())
-        if present[j] != found.size:
-            order = np.argsort(found == 0, kind="stable")
-            rows[lo:hi] = rows[lo:hi][order]
-            column_keys = column_keys[order]
-            row_of[lo + order] = np.arange(lo, hi, dtype=np.int32)
-        ordered_keys[lo:hi] = column_keys
+_PIECES = 4  # a lookup's missed rows are read and sent in about this many pieces
+_PIECE_KEYS = 8192  # fewest keys a piece (each piece costs a host call and a copy)
+
+
+def _pieces(offsets: np.ndarray) -> list[tuple[int, int, int]]:
+    """Splits each column's range of missed positions (``offsets``, int64 (k + 1,)) into pieces
+    ``(column, lo, hi)`` of about 1 / _PIECES of all of them (at least _PIECE_KEYS keys), in order."""
+    total = int(offsets[-1])
+    size = max(_PIECE_KEYS, -(-total // _PIECES))
+    return [(j, lo, min(lo + size, int(offsets[j + 1]))) for j in range(offsets.size - 1)
+            for lo in range(int(offsets[j]), int(offsets[j + 1]), size)]
+
+
+def _read_piece(read_host: ReadHost, column: int, lo: int, keys: np.ndarray, row_of: np.ndarray, ordered_keys: np.ndarray,
+                rows: np.ndarray) -> int:
+    """Reads one piece of a column's missed keys (``keys``, int64 (m,), missed positions lo ..
+    lo + m) from the host tiers into ``rows`` (float32 (m, dim), pinned), the keys that exist
+    first (``ordered_keys``) so that they are inserted as one range; ``row_of`` (int32 (m,)) maps
+    each missed position to its row in the whole block. Returns how many exist."""
+    m = keys.size
+    found = np.empty(m, dtype=np.uint8)
+    read_host(column, keys, found, rows)
+    present = int(found.sum())
+    row_of[:] = np.arange(lo, lo + m, dtype=np.int32)
+    if present != m:
+        order = np.argsort(found == 0, kind="stable")
+        rows[:] = rows[order]
+        keys = keys[order]
+        row_of[order] = np.arange(lo, lo + m, dtype=np.int32)
+    ordered_keys[:] = keys
     return present
 
 
@@ -232,9 +239,15 @@ class GpuTier:
             row_of = block[: 4 * total].view(np.int32)
             ordered_keys = block[keys_at : keys_at + 8 * total].view(np.int64)
             rows = block[rows_at:nbytes].view(np.float32).reshape(total, dim)
-            present = _read_columns(read_host, offsets, host_missed, row_of, ordered_keys, rows)
             device_block = cp.empty(nbytes, dtype=cp.uint8)
-            device_block.set(block, stream=s)
+            # The rows go in pieces: each piece's copy to the device runs while the host reads the next.
+            pieces = _pieces(offsets)
+            present = []
+            for j, lo, hi in pieces:
+                present.append(_read_piece(read_host, j, lo, host_missed[lo:hi], row_of[lo:hi], ordered_keys[lo:hi], rows[lo:hi]))
+                span = slice(rows_at + 4 * dim * lo, rows_at + 4 * dim * hi)
+                device_block[span].set(block[span], stream=s)
+            device_block[:rows_at].set(block[:rows_at], stream=s)
             self._to_device_done = s.record()
         _core.scatter_miss_rows(out.data.ptr, kind, k, n, dim, miss_index.data.ptr, counts.data.ptr, max_count,
                                 device_block.data.ptr, device_block.data.ptr + rows_at, self.device, s.ptr)
@@ -242,11 +255,11 @@ class GpuTier:
         with self._insert_lock:
             if self.async_insert:
                 insert_stream.wait_event(self._to_device_done)
-            for j, entry in enumerate(entries):
-                if present[j] and entry.generation == generations[j]:  # no invalidation since the rows were read
-                    lo = int(offsets[j])
+            for (j, lo, _), count in zip(pieces, present):
+                entry = entries[j]
+                if count and entry.generation == generations[j]:  # no invalidation since the rows were read
                     entry.cache.insert(device_block.data.ptr + keys_at + 8 * lo, device_block.data.ptr + rows_at + 4 * dim * lo,
-                                       int(present[j]), self._tick, insert_stream.ptr)
+                                       count, self._tick, insert_stream.ptr)
             # an update must not be overtaken by these inserts of rows read before it (see invalidate);
             # the device block stays referenced until they ran (cupy's pool reuses it on `s` only)
             self._pending_inserts = [p for p in self._pending_inserts if not p[0].done]

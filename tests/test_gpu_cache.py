@@ -234,10 +234,16 @@ def test_numpy_keys_go_through_the_gpu_tier_and_come_back_as_numpy(table):
         assert gpu["hits"] + gpu["misses"] == 3 * query.size and gpu["hits"] >= 2 * 500
 
 
+@pytest.mark.parametrize("pieces", [None, 7])  # 7: the misses read, sent and inserted 7 keys a piece
 @pytest.mark.parametrize("async_insert", [False, True])
-def test_several_tables_in_one_call(tmp_path, async_insert):
+def test_several_tables_in_one_call(tmp_path, async_insert, pieces, monkeypatch):
     cupy = _cupy()
     torch = pytest.importorskip("torch")
+    if pieces is not None:
+        from embedding_cache import gpu
+
+        monkeypatch.setattr(gpu, "_PIECE_KEYS", pieces)
+        monkeypatch.setattr(gpu, "_PIECES", 10**6)
     rng = np.random.default_rng(11)
     tables = {name: (rng.choice(10**8, 20_000, replace=False).astype(np.int64), rng.normal(size=(20_000, 24)).astype(np.float32))
               for name in ("a", "b", "c", "d")}

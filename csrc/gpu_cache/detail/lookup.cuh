@@ -51,7 +51,12 @@ constexpr int kLookupThreads = 256;
 /// Blocks of kLookupThreads an SM must hold (__launch_bounds__): 8 (64 warps, 32 registers a thread)
 /// for rows of up to 2 moves a lane; wider rows keep their moves in registers: 5 (48 registers) for
 /// 4, 4 (64) for 8, 6 (40) for the generic loop, so that little or nothing spills.
-constexpr int lookup_min_blocks(int moves) { return moves == 8 ? 4 : moves == 4 ? 5 : moves == 0 ? 6 : 8; }
+/// A row widened on the way (fp16/bf16 storage, fp32 output) holds twice its loads' registers in
+/// converted values, so it gets the budget of twice the moves (fp16 -> fp32 at dim 128 lost 15% to
+/// spills under the 32-register budget of its 2 moves).
+constexpr int lookup_min_blocks(int moves) { return moves >= 8 ? 4 : moves >= 4 ? 5 : moves == 0 ? 6 : 8; }
+template <typename T, typename O>
+constexpr int lookup_budget_moves(int moves) { return sizeof(O) > sizeof(T) && moves > 0 ? 2 * moves : moves; }
 static_assert(kWaysPerLane == 2, "a lane probes two ways with one 16-byte load");
 
 /// The 16-byte moves per lane of the row copy the kernel is built for: 1, 2, 4 or 8; 0 for the
@@ -66,7 +71,7 @@ inline int lookup_moves(int64_t dim, int value_bytes) {
 }
 
 template <typename T, typename O, int MOVES>
-__global__ void __launch_bounds__(kLookupThreads, lookup_min_blocks(MOVES)) lookup_kernel(LookupKernelParams p, const T* rows) {
+__global__ void __launch_bounds__(kLookupThreads, lookup_min_blocks(lookup_budget_moves<T, O>(MOVES))) lookup_kernel(LookupKernelParams p, const T* rows) {
   const int lane = threadIdx.x & 31;
   const int group = lane / kLookupLanes;  // which of the warp's keys
   const int l = lane % kLookupLanes;
