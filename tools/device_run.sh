@@ -3,7 +3,7 @@
 # machine's Python, then the named stages, copying logs and benchmarks/RESULTS.md to $OUT after each.
 #   bash tools/device_run.sh tests gpu-cache triton
 # .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (tools/pack_rocksdb_for_gpu.sh).
-# Stages: tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), triton (bench_gpu_lookup_triton.py;
+# Stages: tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), gpu-cache-misses (its lookups with misses only), triton (bench_gpu_lookup_triton.py;
 # needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), probe-variants (benchmarks/cpp/gpu_probe_variants.cu), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
 set -uo pipefail
 R=$(pwd)
@@ -31,14 +31,16 @@ for stage in "$@"; do
   t0=$(date +%s)
   case "$stage" in
     tests)
-      (cd /tmp && timeout 330 python3 -P -m pytest -q -p no:cacheprovider "$R/tests/test_gpu.py" "$R/tests/test_gpu_cache.py" \
+      (cd /tmp && timeout 330 python3 -P -m pytest -q -p no:cacheprovider "$R/tests/test_gpu.py" "$R/tests/test_gpu_cache.py" "$R/tests/test_gpu_staging.py" \
         "$R/tests/test_cache_policy.py" "$R/tests/test_core.py" "$R/tests/test_dlpack.py" "$R/tests/test_store_properties.py" \
         "$R/tests/test_persistent.py") >"$OUT/tests.log" 2>&1
       tail -25 "$OUT/tests.log" ;;
     gpu-plan)
       timeout 240 python3 -P benchmarks/bench_gpu_plan.py >"$OUT/gpu-plan.log" 2>&1; tail -20 "$OUT/gpu-plan.log" ;;
     gpu-cache)
-      timeout 240 python3 -P benchmarks/bench_gpu_cache.py >"$OUT/gpu-cache.log" 2>&1; tail -40 "$OUT/gpu-cache.log" ;;
+      timeout 420 python3 -P benchmarks/bench_gpu_cache.py >"$OUT/gpu-cache.log" 2>&1; tail -40 "$OUT/gpu-cache.log" ;;
+    gpu-cache-misses)  # only the lookups with misses (section gpu-cache-misses)
+      timeout 300 python3 -P benchmarks/bench_gpu_cache.py --misses-only >"$OUT/gpu-cache-misses.log" 2>&1; tail -30 "$OUT/gpu-cache-misses.log" ;;
     recheck-ab)  # the all-hit table with each way of ordering the lookup's re-check (rebuilds; ends on the default)
       for mode in 0 1 2; do
         python3 -m pip install --no-build-isolation --no-deps -C cmake.define.TRITONREC_RECHECK=$mode . >"$OUT/build-$mode.log" 2>&1 || tail -20 "$OUT/build-$mode.log"
