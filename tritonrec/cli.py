@@ -326,6 +326,64 @@ def _feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    import signal  # noqa: PLC0415
+
+    import redis  # noqa: PLC0415
+
+    from tritonrec.monitoring.monitor import Monitor  # noqa: PLC0415
+    from tritonrec.monitoring.sink import SinkError  # noqa: PLC0415
+
+    try:
+        monitor = Monitor(args.redis, args.sink, label_window_s=args.label_window, request_stream=args.request_stream,
+                          label_stream=args.label_stream, group=args.group, consumer=args.consumer, count=args.count)
+    except (SinkError, ValueError) as e:
+        print(f"tritonrec monitor: {e}", file=sys.stderr)
+        return 2
+    except (redis.RedisError, OSError) as e:
+        print(f"tritonrec monitor: redis {args.redis}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        start_http_server(args.metrics_port, addr=args.metrics_address, registry=monitor.metrics.registry)
+    stopping = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.append(True))
+    print(f"tritonrec monitor: {args.redis} ({args.request_stream}, {args.label_stream}) -> {args.sink}"
+          + (f"; metrics on {args.metrics_address}:{args.metrics_port}" if args.metrics_port is not None else ""), flush=True)
+    monitor.run(lambda: bool(stopping))
+    print(f"tritonrec monitor: stopped after {monitor.rows_written:,} rows; {len(monitor._pending):,} requests read and not "
+          "written (acknowledged later, after the next start)", flush=True)
+    return 0
+
+
+def _add_monitor(sub: Any) -> None:
+    """Subcommand ``monitor``."""
+    from tritonrec.monitoring.labels import LABEL_STREAM  # noqa: PLC0415
+    from tritonrec.serving.request_log import REQUEST_STREAM  # noqa: PLC0415
+
+    monitor = sub.add_parser(
+        "monitor", help="join the request and label streams into hourly parquet partitions (the next training data)",
+        description="Consumes the request stream (logged by an ensemble exported with --log-redis) and the label stream "
+                    "(tritonrec feedback) through a Redis consumer group, joins each request's features, prediction and "
+                    "label, and writes the rows to SINK/date=YYYY-MM-DD/hour=HH/part-*.parquet, each request once, "
+                    "acknowledging entries only after their rows are written. Stops on SIGTERM or Ctrl-C.")
+    monitor.add_argument("--redis", required=True, metavar="URL", help="redis://HOST:PORT[/DB]")
+    monitor.add_argument("--sink", required=True, metavar="DIR", help="the sink directory (created)")
+    monitor.add_argument("--label-window", type=float, default=600.0, metavar="SECONDS",
+                         help="how long a request waits for its label (and a label for its request) before it is written without")
+    monitor.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on this port")
+    monitor.add_argument("--metrics-address", default="127.0.0.1", help="the metrics server's address (default loopback)")
+    monitor.add_argument("--request-stream", default=REQUEST_STREAM, help="the request stream's key")
+    monitor.add_argument("--label-stream", default=LABEL_STREAM, help="the label stream's key")
+    monitor.add_argument("--group", default="tritonrec-monitor", help="the consumer group")
+    monitor.add_argument("--consumer", default="monitor",
+                         help="this monitor's name in the group; keep it across restarts (it reads its unacknowledged entries again)")
+    monitor.add_argument("--count", type=int, default=1000, help="entries read per stream per step")
+    monitor.set_defaults(func=_monitor)
+
+
 def _add_feedback(sub: Any) -> None:
     """Subcommand ``feedback``."""
     from tritonrec.monitoring.labels import LABEL_STREAM  # noqa: PLC0415 - no redis import at module level
@@ -556,7 +614,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_perf, _add_feedback, _add_install_backends, _add_demo):
+    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_perf, _add_feedback, _add_monitor, _add_install_backends, _add_demo):
         add(sub)
     return parser
 

@@ -94,22 +94,27 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"model '{name}': {e}") from None
         self.output_names = [spec.name for spec in self.model.outputs + keyed]
         self.logger = RequestLogger(log_options) if log_options is not None else None
-        self.run = self.model.execute if self.logger is None else FeatureLogging(self.model.execute, self.logger, name, int(args["model_version"]))
+        self.logging = None if self.logger is None else FeatureLogging(self.model.execute, self.logger, name, int(args["model_version"]),
+                                                                       self.model.packed_input_columns())
         self.log_metrics = None if self.logger is None else RequestLogMetrics(pb_utils, name, self.logger.counts)
         # BYTES inputs (no DLPack) are read on the host, on a GPU instance too: the plan hashes them there
         self.read_input = input_reader(string_inputs, device_input_array if self.gpu else input_array)
         self.metrics = TransformMetrics(pb_utils, name, lambda: (self.model.rows_total, self.model.oov_total))
 
     def execute(self, requests):
+        run = self.model.execute
+        if self.logging is not None:  # the client's request ids go into the records
+            ids = [request.request_id() for request in requests]
+            run = lambda batch: self.logging(batch, ids)  # noqa: E731
         if self.gpu:
             with self.device:  # the request key is a host array
                 return respond(
-                    pb_utils, requests, self.run, self.read_input,
+                    pb_utils, requests, run, self.read_input,
                     lambda result: [(output_tensor if name == REQUEST_KEY else device_output_tensor)(pb_utils, name, result[name])
                                     for name in self.output_names], "transform",
                 )
         return respond(
-            pb_utils, requests, self.run, self.read_input,
+            pb_utils, requests, run, self.read_input,
             lambda result: [output_tensor(pb_utils, name, result[name]) for name in self.output_names], "transform",
         )
 

@@ -16,7 +16,7 @@ from tritonrec.transform.plan import ListColumn
 
 
 def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: Sequence[str],
-          timeout_s: float | None = None) -> dict[str, np.ndarray | None]:
+          timeout_s: float | None = None, request_id: str = "") -> dict[str, np.ndarray | None]:
     """Sends one request; returns output name -> array (None for an output the answer lacks).
 
     Args:
@@ -25,6 +25,8 @@ def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: S
         tensors: input name -> array (any numeric dtype Triton knows; object arrays as BYTES).
         outputs: the output names to fetch.
         timeout_s: seconds to wait for the answer (None: no limit).
+        request_id: the request's id ("" for none; an ensemble's steps see it, and a logging
+            transform records it, so labels can be reported by it).
 
     Raises:
         tritonclient.utils.InferenceServerException: the server's error for this request
@@ -38,7 +40,7 @@ def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: S
         tensor.set_data_from_numpy(np.ascontiguousarray(array))
         inputs.append(tensor)
     requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
-    result = client.infer(model, inputs, outputs=requested, client_timeout=timeout_s)
+    result = client.infer(model, inputs, outputs=requested, client_timeout=timeout_s, request_id=request_id)
     return {name: result.as_numpy(name) for name in outputs}
 
 

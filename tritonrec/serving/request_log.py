@@ -14,9 +14,11 @@ the thread backs off (up to 1 s) and resumes by itself when Redis answers again.
 request key, so both records of a sampled request are logged and neither of an unsampled one.
 
 Field encoding (:func:`encode_record`, :func:`decode_record`): ``key``, ``kind``, ``model``,
-``version``, ``time_ns`` as ASCII; a numeric tensor ``t`` as ``n:t`` holding ``.npy`` bytes
-(``numpy.save`` without pickles: dtype, shape, little-endian data); a string tensor as ``s:t``
-holding a JSON object ``{"shape": [...], "values": [...]}`` (UTF-8).
+``version``, ``time_ns`` as ASCII; ``id``, the client's request id, when it gave one (UTF-8); a
+numeric tensor ``t`` as ``n:t`` holding ``.npy`` bytes (``numpy.save`` without pickles: dtype,
+shape, little-endian data); a string tensor as ``s:t`` holding a JSON object ``{"shape": [...],
+"values": [...]}`` (UTF-8); for a packed tensor ``t`` ([rows, k], one column each), ``c:t`` holding
+the JSON list of its k column names.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class RecordError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class RequestRecord:
     """One logged request. ``tensors``: name -> array as sent or answered ([batch, ...]; strings
-    as object arrays of str)."""
+    as object arrays of str). ``request_id``: the client's id of the request ("" when it gave none).
+    ``columns``: packed tensor name -> the names of its columns, in order."""
 
     key: int
     kind: str
@@ -56,6 +59,8 @@ class RequestRecord:
     version: int
     time_ns: int
     tensors: dict[str, np.ndarray]
+    request_id: str = ""
+    columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def encode_record(record: RequestRecord) -> dict[bytes, bytes]:
@@ -64,6 +69,10 @@ def encode_record(record: RequestRecord) -> dict[bytes, bytes]:
         raise RecordError(f"kind {record.kind!r}: expected one of {KINDS}")
     fields = {b"key": b"%d" % record.key, b"kind": record.kind.encode(), b"model": record.model.encode(),
               b"version": b"%d" % record.version, b"time_ns": b"%d" % record.time_ns}
+    if record.request_id:
+        fields[b"id"] = record.request_id.encode("utf-8")
+    for name, columns in record.columns.items():
+        fields[f"c:{name}".encode()] = json.dumps(list(columns)).encode()
     for name, array in record.tensors.items():
         array = np.asarray(array)
         if array.dtype.kind in "OSU":
@@ -105,13 +114,25 @@ def decode_record(fields: Mapping[bytes, bytes]) -> RequestRecord:
         raise RecordError(f"field 'kind' is {kind!r}: expected one of {KINDS}")
     if b"model" not in fields:
         raise RecordError("field 'model' missing")
-    tensors = {}
+    tensors, columns = {}, {}
     for name, raw in fields.items():
         text = name.decode("utf-8", "replace")
         if text[:2] in ("n:", "s:"):
             tensors[text[2:]] = _tensor(text, raw)
+        elif text[:2] == "c:":
+            try:
+                names = json.loads(raw)
+            except ValueError:
+                names = None
+            if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+                raise RecordError(f"field {text!r}: expected a JSON list of column names")
+            columns[text[2:]] = names
+    for name, names in columns.items():
+        if name not in tensors or tensors[name].ndim != 2 or tensors[name].shape[1] != len(names):
+            raise RecordError(f"field 'c:{name}': {len(names)} column names for tensor {name!r} "
+                              f"of shape {tensors[name].shape if name in tensors else 'absent'}")
     return RequestRecord(_int_field(fields, "key"), kind, fields[b"model"].decode("utf-8", "replace"), _int_field(fields, "version"),
-                         _int_field(fields, "time_ns"), tensors)
+                         _int_field(fields, "time_ns"), tensors, fields.get(b"id", b"").decode("utf-8", "replace"), columns)
 
 
 def sampled(key: int, share: float) -> bool:
@@ -320,15 +341,20 @@ class FeatureLogging:
         execute: the transform's batched call (host numpy outputs).
         logger: where records go (None: keys only).
         model, version: the model's name and version, recorded.
+        columns: packed input tensor -> its column names (recorded, so that the monitor writes columns).
     """
 
-    def __init__(self, execute: Execute, logger: RequestLogger | None, model: str, version: int) -> None:
+    def __init__(self, execute: Execute, logger: RequestLogger | None, model: str, version: int,
+                 columns: Mapping[str, Sequence[str]] | None = None) -> None:
         self.execute, self.logger, self.model, self.version = execute, logger, model, version
+        self.columns = {name: list(names) for name, names in (columns or {}).items()}
 
-    def __call__(self, batch: list[dict[str, Any]]) -> list[Any]:
+    def __call__(self, batch: list[dict[str, Any]], request_ids: Sequence[str] | None = None) -> list[Any]:
+        """Runs ``batch``; ``request_ids``: the client's id of each request ("" for none), recorded."""
         results = self.execute(batch)
         out = []
-        for tensors, result in zip(batch, results):
+        ids = list(request_ids) if request_ids is not None else [""] * len(batch)
+        for tensors, result, request_id in zip(batch, results, ids):
             if isinstance(result, Exception):
                 out.append(result)
                 continue
@@ -336,7 +362,8 @@ class FeatureLogging:
             result = {**result, REQUEST_KEY: np.full((rows, 1), key, dtype=np.int64)}
             if self.logger is not None and rows:
                 self.logger.log(RequestRecord(key, "features", self.model, self.version, time.time_ns(),
-                                              {name: _host(array) for name, array in tensors.items()}))
+                                              {name: _host(array) for name, array in tensors.items()}, request_id or "",
+                                              {name: names for name, names in self.columns.items() if name in tensors}))
             out.append(result)
         return out
 

@@ -297,6 +297,12 @@ class TransformModel:
             out.append({values_name: values, second: other})
         return out
 
+    def packed_input_columns(self) -> dict[str, list[str]]:
+        """Packed input tensor name -> its column names in order (empty for the per-column layout)."""
+        if self.layout != "packed":
+            return {}
+        return {packed_input_name(d): list(names) for d, names in self.plan.packed_inputs.items()}
+
     def execute(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray] | RequestError]:
         """Transforms several requests in one plan run.
 

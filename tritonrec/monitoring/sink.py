@@ -1,0 +1,182 @@
+"""The feedback loop's data lake: joined request rows as hourly parquet partitions.
+
+One row per row of a request (a request of 1,024 rows gives 1,024 rows), with the same schema
+whoever writes it (``tritonrec monitor`` from the streams, ``tritonrec query --log`` from the client):
+
+- the raw feature columns as the transform received them (a packed tensor split into its
+  columns; a list column from its ``__values`` and ``__lengths`` / ``__offsets`` tensors; another
+  [rows, k > 1] tensor as a fixed-length list column),
+- the prediction outputs (a [rows, 1] output as a scalar column),
+- :data:`META_COLUMNS`: ``request_key`` (int64; null for ``query --log``, whose client has none),
+  ``request_id`` (the client's id, "" for none), ``row`` (int32, the row's position in its
+  request), ``model`` and ``model_version`` (the model that took the request), ``scorer`` and
+  ``scorer_version`` (the model that logged the prediction; "" / null when none did),
+  ``request_time_ns``, ``prediction_time_ns``, ``label`` (int8 0/1, null when no label came within
+  the window) and ``label_time_ns`` (int64, UTC nanoseconds; null when absent).
+
+Partitions: ``<sink>/date=YYYY-MM-DD/hour=HH/part-*.parquet`` by the request's time (UTC). A part
+file is written under a temporary name and renamed into place, so a crash leaves whole files only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+META_COLUMNS = ("request_key", "request_id", "row", "model", "model_version", "scorer", "scorer_version", "request_time_ns",
+                "prediction_time_ns", "label", "label_time_ns")
+"""The sink's own columns, beside the features and the predictions."""
+
+
+class SinkError(OSError):
+    """The sink directory cannot be written; the message names it."""
+
+
+def partition_of(time_ns: int) -> str:
+    """``date=YYYY-MM-DD/hour=HH`` of a UTC time in nanoseconds."""
+    t = datetime.datetime.fromtimestamp(time_ns / 1e9, tz=datetime.timezone.utc)
+    return f"date={t:%Y-%m-%d}/hour={t:%H}"
+
+
+def _list_column(values: np.ndarray, lengths: np.ndarray) -> list[list[Any]]:
+    ends = np.cumsum(lengths)
+    return [values[e - n : e].tolist() for n, e in zip(lengths.tolist(), ends.tolist())]
+
+
+def feature_columns(tensors: Mapping[str, np.ndarray], columns: Mapping[str, Sequence[str]] | None = None) -> tuple[int, dict[str, Any]]:
+    """Per-row columns of a request's tensors (see the module's docstring): (rows, name -> values).
+
+    Raises:
+        ValueError: tensors whose rows disagree, or a list column without its second tensor.
+    """
+    columns = columns or {}
+    out: dict[str, Any] = {}
+    rows = None
+
+    def take(name: str, values: Any, n: int) -> None:
+        nonlocal rows
+        if rows is not None and n != rows:
+            raise ValueError(f"tensor {name!r} has {n} rows, the request {rows}")
+        rows = n
+        out[name] = values
+
+    for name, array in tensors.items():
+        if name.endswith(("__lengths", "__offsets")):
+            continue
+        if name.endswith("__values"):
+            column = name[: -len("__values")]
+            if f"{column}__lengths" in tensors:  # padded [rows, width] + lengths [rows, 1]
+                lengths = np.asarray(tensors[f"{column}__lengths"]).reshape(-1).astype(np.int64)
+                take(column, [array[i, : lengths[i]].tolist() for i in range(lengths.size)], lengths.size)
+            elif f"{column}__offsets" in tensors:  # flat values + offsets [rows + 1]
+                offsets = np.asarray(tensors[f"{column}__offsets"]).reshape(-1).astype(np.int64)
+                take(column, _list_column(np.asarray(array).reshape(-1)[offsets[0]:], np.diff(offsets)), offsets.size - 1)
+            else:
+                raise ValueError(f"list tensor {name!r} without {column}__lengths or {column}__offsets")
+            continue
+        array = np.asarray(array)
+        if array.ndim == 0:
+            raise ValueError(f"tensor {name!r} is a scalar: expected [rows, ...]")
+        if name in columns:
+            for j, column in enumerate(columns[name]):
+                take(column, array[:, j], array.shape[0])
+        elif array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
+            take(name, array.reshape(-1), array.shape[0])
+        else:
+            take(name, [row.tolist() for row in array.reshape(array.shape[0], -1)], array.shape[0])
+    return rows or 0, out
+
+
+def request_table(features: Mapping[str, Any], predictions: Mapping[str, Any], rows: int, meta: Mapping[str, Any]) -> Any:
+    """A pyarrow Table of one request's rows: ``features`` and ``predictions`` (name -> per-row
+    values) and ``meta`` (each of :data:`META_COLUMNS` but ``row``: one value for every row)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    arrays: dict[str, Any] = {}
+    for name, values in [*features.items(), *predictions.items()]:
+        if name in META_COLUMNS:
+            name = f"feature_{name}"
+        arrays[name] = pa.array(values) if isinstance(values, list) else pa.array(np.asarray(values))
+    types = {"request_key": pa.int64(), "request_id": pa.string(), "model": pa.string(), "model_version": pa.int64(),
+             "scorer": pa.string(), "scorer_version": pa.int64(), "request_time_ns": pa.int64(), "prediction_time_ns": pa.int64(),
+             "label": pa.int8(), "label_time_ns": pa.int64()}
+    for name in META_COLUMNS:
+        if name == "row":
+            arrays[name] = pa.array(np.arange(rows, dtype=np.int32))
+        else:
+            arrays[name] = pa.array([meta.get(name)] * rows, type=types[name])
+    return pa.table(arrays)
+
+
+class Sink:
+    """Hourly parquet partitions under ``root``, written whole (temporary name, then rename).
+
+    Raises:
+        SinkError: ``root`` cannot be created or written (checked here, with a probe file).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise SinkError(f"sink {self.root}: cannot write there ({e.strerror or e})") from None
+
+    def write(self, partition: str, tables: Sequence[Any]) -> Path:
+        """Writes ``tables`` (pyarrow Tables, their schemas merged) as one new part file of
+        ``partition``; returns its path. OSError (named) when the disk refuses."""
+        import pyarrow as pa  # noqa: PLC0415
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        try:
+            table = pa.concat_tables(tables, promote_options="default")
+        except TypeError:  # pyarrow < 14
+            table = pa.concat_tables(tables, promote=True)
+        directory = self.root / partition
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        temporary = self.root / f".tmp-{name}"
+        try:
+            pq.write_table(table, temporary)
+            os.replace(temporary, directory / name)
+        except OSError as e:
+            temporary.unlink(missing_ok=True)
+            raise SinkError(f"sink {self.root}: writing {partition}/{name} failed ({e.strerror or e})") from None
+        return directory / name
+
+    def written(self) -> tuple[dict[int, int], set[str]]:
+        """(request key -> request time, client request ids) of every row in the sink, for
+        writing each request once across restarts. Temporary files of a crash are removed."""
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        for stale in self.root.glob(".tmp-*"):
+            stale.unlink(missing_ok=True)
+        keys: dict[int, int] = {}
+        ids: set[str] = set()
+        for path in sorted(self.root.glob("date=*/hour=*/part-*.parquet")):
+            table = pq.read_table(path, columns=["request_key", "request_id", "request_time_ns"])
+            for key, request_id, at in zip(*(table.column(c).to_pylist() for c in ("request_key", "request_id", "request_time_ns"))):
+                if key is not None:
+                    keys[int(key)] = int(at or 0)
+                if request_id:
+                    ids.add(request_id)
+        return keys, ids
+
+    def read(self) -> Any:
+        """Every row of the sink as a pandas DataFrame (partitions as columns ``date`` and ``hour``)."""
+        import pandas as pd  # noqa: PLC0415
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        files = sorted(self.root.glob("date=*/hour=*/part-*.parquet"))
+        if not files:
+            return pd.DataFrame(columns=list(META_COLUMNS))
+        return pd.concat([pq.read_table(path).to_pandas() for path in files], ignore_index=True)
