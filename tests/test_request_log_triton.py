@@ -111,3 +111,58 @@ def test_every_request_is_logged_with_its_key(criteo_trained, redis_server, star
     assert resumed and all(r.kind in ("features", "prediction") for r in resumed)
     assert all(value >= len(requests) for value in sent.values()), sent
     assert all(value >= 1 for value in dropped.values()), dropped  # the requests sent while Redis was dead
+
+
+def test_the_sink_holds_exactly_the_requests_sent(criteo_trained, redis_server, start_server, tmp_path):
+    """Requests through the exported ensemble, labels by request key and by the client's id, then
+    ``tritonrec monitor``'s join: one sink row per row sent, its columns the values sent, its
+    probability the answer, its label the one reported."""
+    import tritonclient.grpc as grpcclient
+
+    from tritonrec.export import export_ensemble
+    from tritonrec.monitoring import report_labels
+    from tritonrec.monitoring.monitor import Monitor
+    from tritonrec.monitoring.sink import Sink
+    from tritonrec.serving.client import infer, pack_request
+    from tritonrec.serving.transform_model import TransformModel
+
+    pipeline = criteo_trained["pipeline"]
+    repo = tmp_path / "repo"
+    export_ensemble(pipeline.workflow_dir, pipeline.store_dir, pipeline.scorer_dir, repo, "criteo",
+                    request_log=RequestLogOptions(redis_server.url))
+    transform = TransformModel(pipeline.plan, "packed", output_layout="packed")
+    columns = transform.packed_input_columns()
+    held = criteo_trained["held_out"]
+    requests, start = [], 0
+    for rows in ROWS:
+        requests.append(pack_request(transform, {c: v[start:start + rows] for c, v in held.items() if c != "label"}))
+        start += rows
+    ids = [f"client-{i}" if i % 2 else "" for i in range(len(requests))]  # some requests carry the client's id
+    with start_server(repo) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        answers = [infer(client, "criteo", r, ["probability", REQUEST_KEY], request_id=i) for r, i in zip(requests, ids)]
+        client.close()
+        records = _wait_for(redis_server.url, 2 * len(requests))
+    assert len(records) == 2 * len(requests)
+    keys = [int(a[REQUEST_KEY][0, 0]) for a in answers]
+    labels = {}
+    for i, key in enumerate(keys[:-1]):  # the last request gets no label
+        labels[key] = i % 2
+    report_labels(redis_server.url, [ids[i] or str(key) for i, key in enumerate(keys[:-1])], [labels[k] for k in keys[:-1]])
+    monitor = Monitor(redis_server.url, tmp_path / "sink", label_window_s=1.0)
+    assert monitor.drain(timeout_s=60)
+    frame = Sink(tmp_path / "sink").read()
+    assert len(frame) == sum(ROWS) and sorted(frame.groupby("request_key").size().tolist()) == sorted(ROWS)
+    for key, request, answer, request_id in zip(keys, requests, answers, ids):
+        got = frame[frame.request_key == key].sort_values("row")
+        assert (got.request_id == request_id).all()
+        assert (got.model == "criteo_transform").all() and (got.scorer == "criteo_scorer").all()
+        for tensor, array in request.items():
+            for j, column in enumerate(columns[tensor]):
+                np.testing.assert_array_equal(got[column].to_numpy(), array[:, j], err_msg=column)
+        np.testing.assert_array_equal(got.probability.to_numpy(), answer["probability"].reshape(-1))
+        if key in labels:
+            assert (got.label == labels[key]).all()
+        else:
+            assert got.label.isna().all()
+    assert monitor.metrics.registry.get_sample_value("tritonrec_monitor_rows_total", {"label": "present"}) == sum(ROWS[:-1])
