@@ -7,16 +7,15 @@
 #include <new>
 #include <stdexcept>
 
-#include <sys/mman.h>
-
 #include "common/mix.hpp"
 #include "host_store/detail/half.hpp"
+#include "host_store/detail/huge_pages.hpp"
 
 namespace tritonrec {
 
 namespace {
 
-constexpr size_t kHugePage = size_t{2} << 20;
+using detail::kHugePage;
 
 /// Bytes allocated for a slab of `bytes`: slabs of 8 MiB or more are whole 2 MiB pages.
 size_t slab_allocation(size_t bytes) noexcept {
@@ -29,7 +28,7 @@ size_t slab_allocation(size_t bytes) noexcept {
 uint8_t* allocate_slab(size_t bytes) {
   void* memory = bytes >= 4 * kHugePage ? std::aligned_alloc(kHugePage, bytes) : std::malloc(bytes);
   if (memory == nullptr) throw std::bad_alloc();
-  if (bytes >= 4 * kHugePage) madvise(memory, bytes, MADV_HUGEPAGE);  // advice: failure is harmless
+  if (bytes >= 4 * kHugePage) detail::advise_huge_pages(memory, bytes);
   return static_cast<uint8_t*>(memory);
 }
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include <sys/mman.h>
+#include "host_store/detail/huge_pages.hpp"
 
 namespace tritonrec::detail {
 
@@ -86,13 +86,6 @@ class KeyIndex {
   int64_t bytes() const noexcept { return capacity() * static_cast<int64_t>(sizeof(int64_t) + sizeof(int32_t)); }
 
  private:
-  static void advise_huge(void* data, size_t bytes) noexcept {
-    constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-    const uintptr_t first = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t last = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-
   static int64_t capacity_for(int64_t n) noexcept {
     int64_t capacity = 16;
     while (capacity * 7 < (n + 1) * 10) capacity *= 2;  // the smallest power of two at load <= 0.7
@@ -114,8 +107,8 @@ class KeyIndex {
     std::vector<int32_t> old_rows = std::move(rows_);
     keys_.reserve(static_cast<size_t>(capacity));
     rows_.reserve(static_cast<size_t>(capacity));
-    advise_huge(keys_.data(), static_cast<size_t>(capacity) * sizeof(int64_t));
-    advise_huge(rows_.data(), static_cast<size_t>(capacity) * sizeof(int32_t));
+    advise_huge_pages(keys_.data(), static_cast<size_t>(capacity) * sizeof(int64_t));
+    advise_huge_pages(rows_.data(), static_cast<size_t>(capacity) * sizeof(int32_t));
     keys_.assign(static_cast<size_t>(capacity), 0);
     rows_.assign(static_cast<size_t>(capacity), kEmpty);
     mask_ = static_cast<uint64_t>(capacity - 1);
