@@ -353,7 +353,7 @@ def _monitor(args: argparse.Namespace) -> int:
     print(f"tritonrec monitor: {args.redis} ({args.request_stream}, {args.label_stream}) -> {args.sink}"
           + (f"; metrics on {args.metrics_address}:{args.metrics_port}" if args.metrics_port is not None else ""), flush=True)
     monitor.run(lambda: bool(stopping))
-    print(f"tritonrec monitor: stopped after {monitor.rows_written:,} rows; {len(monitor._pending):,} requests read and not "
+    print(f"tritonrec monitor: stopped after {monitor.rows_written:,} rows; {monitor.pending_requests:,} requests read and not "
           "written (acknowledged later, after the next start)", flush=True)
     return 0
 

@@ -166,7 +166,10 @@ class Monitor:
                 self._cursor[stream] = entries[-1][0].decode()
             new = self._cursor[stream] == ">"
             for entry_id, fields in entries:
-                self._take(stream, entry_id.decode(), fields or {}, now)
+                if stream == self.streams[0]:
+                    self._take_record(entry_id.decode(), fields or {})
+                else:
+                    self._take_label(entry_id.decode(), fields or {})
             read += len(entries)
             if len(entries) == self.count:
                 lag = max(lag, (now - _entry_time_ns(entries[-1][0].decode())) / 1e9)
@@ -177,12 +180,6 @@ class Monitor:
         self.metrics.lag.set(max(lag, 0.0))
         self.flush()
         return read
-
-    def _take(self, stream: str, entry: str, fields: dict[bytes, bytes], now: int) -> None:
-        if stream == self.streams[0]:
-            self._take_record(entry, fields)
-        else:
-            self._take_label(entry, fields, now)
 
     def _skip(self, stream: str, entry: str) -> None:
         self.client.xack(stream, self.group, entry)
@@ -214,7 +211,7 @@ class Monitor:
             for label in self._labels.pop(name, []) if name else []:
                 self._join_label(request, label)
 
-    def _take_label(self, entry: str, fields: dict[bytes, bytes], now: int) -> None:
+    def _take_label(self, entry: str, fields: dict[bytes, bytes]) -> None:
         stream = self.streams[1]
         try:
             request_id, value, at = parse_label(fields)
@@ -250,19 +247,19 @@ class Monitor:
 
     # -- writing
 
-    def flush(self, everything: bool = False) -> int:
-        """Writes the requests that are complete or past the window (all with ``everything``),
-        acknowledges their entries, and drops labels that waited past the window. Returns rows written."""
+    def flush(self) -> int:
+        """Writes the requests that are complete or past the window, acknowledges their entries,
+        and drops labels that waited past the window. Returns rows written."""
         # A request waits for its label until the label stream is read past its time + the window
         # (not the clock: after an outage the backlog's labels are still to be read), and for its
         # other record until the request stream is; a label waits likewise for its request.
         requests_to, labels_to = (self._read_to[stream] for stream in self.streams)
         ready = [r for r in self._pending.values()
-                 if everything or (r.features is not None and r.prediction is not None and r.label is not None)
+                 if (r.features is not None and r.prediction is not None and r.label is not None)
                  or min(requests_to, labels_to) - r.time_ns > self.window_ns]
         rows = self._write(ready) if ready else 0
         for request_id, labels in list(self._labels.items()):
-            expired = [label for label in labels if everything or requests_to - label.arrived_ns > self.window_ns]
+            expired = [label for label in labels if requests_to - label.arrived_ns > self.window_ns]
             for label in expired:
                 self.metrics.unmatched.labels(reason="unknown").inc()
                 self._skip(self.streams[1], label.entry)
@@ -297,7 +294,7 @@ class Monitor:
         pipe.execute()
         for request in ready:
             del self._pending[request.key]
-            self.written[request.key] = request.time_ns
+            self.written.add(request.key)
             for record in (request.features, request.prediction):
                 if record is not None and record.request_id:
                     self.written_ids.add(record.request_id)
@@ -337,6 +334,11 @@ class Monitor:
         return request_table(columns, outputs, rows or 0, meta)
 
     # -- running
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests read and not yet written (their entries are read again after a restart)."""
+        return len(self._pending)
 
     def caught_up(self) -> bool:
         """True when nothing read waits to be written and this consumer reads new entries only."""

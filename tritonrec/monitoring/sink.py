@@ -153,22 +153,19 @@ class Sink:
             raise SinkError(f"sink {self.root}: writing {partition}/{name} failed ({e.strerror or e})") from None
         return directory / name
 
-    def written(self) -> tuple[dict[int, int], set[str]]:
-        """(request key -> request time, client request ids) of every row in the sink, for
-        writing each request once across restarts. Temporary files of a crash are removed."""
+    def written(self) -> tuple[set[int], set[str]]:
+        """(request keys, client request ids) of every row in the sink, for writing each request
+        once across restarts. Temporary files of a crash are removed."""
         import pyarrow.parquet as pq  # noqa: PLC0415
 
         for stale in self.root.glob(".tmp-*"):
             stale.unlink(missing_ok=True)
-        keys: dict[int, int] = {}
+        keys: set[int] = set()
         ids: set[str] = set()
         for path in sorted(self.root.glob("date=*/hour=*/part-*.parquet")):
-            table = pq.read_table(path, columns=["request_key", "request_id", "request_time_ns"])
-            for key, request_id, at in zip(*(table.column(c).to_pylist() for c in ("request_key", "request_id", "request_time_ns"))):
-                if key is not None:
-                    keys[int(key)] = int(at or 0)
-                if request_id:
-                    ids.add(request_id)
+            table = pq.read_table(path, columns=["request_key", "request_id"])
+            keys.update(int(key) for key in table.column("request_key").to_pylist() if key is not None)
+            ids.update(request_id for request_id in table.column("request_id").to_pylist() if request_id)
         return keys, ids
 
     def read(self) -> Any:
