@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from tritonrec.serving.query import query
 from tritonrec.serving.request_log import REQUEST_KEY, REQUEST_STREAM, RequestLogOptions, decode_record
 
 pytestmark = pytest.mark.triton
@@ -143,15 +145,20 @@ def test_the_sink_holds_exactly_the_requests_sent(criteo_trained, redis_server, 
         answers = [infer(client, "criteo", r, ["probability", REQUEST_KEY], request_id=i) for r, i in zip(requests, ids)]
         client.close()
         records = _wait_for(redis_server.url, 2 * len(requests))
-    assert len(records) == 2 * len(requests)
-    keys = [int(a[REQUEST_KEY][0, 0]) for a in answers]
-    labels = {}
-    for i, key in enumerate(keys[:-1]):  # the last request gets no label
-        labels[key] = i % 2
-    report_labels(redis_server.url, [ids[i] or str(key) for i, key in enumerate(keys[:-1])], [labels[k] for k in keys[:-1]])
-    monitor = Monitor(redis_server.url, tmp_path / "sink", label_window_s=1.0)
-    assert monitor.drain(timeout_s=60)
+        assert len(records) == 2 * len(requests)
+        keys = [int(a[REQUEST_KEY][0, 0]) for a in answers]
+        labels = {}
+        for i, key in enumerate(keys[:-1]):  # the last request gets no label
+            labels[key] = i % 2
+        report_labels(redis_server.url, [ids[i] or str(key) for i, key in enumerate(keys[:-1])], [labels[k] for k in keys[:-1]])
+        monitor = Monitor(redis_server.url, tmp_path / "sink", label_window_s=1.0)
+        assert monitor.drain(timeout_s=60)
+        # the same rows from a client that logs itself: `tritonrec query --log`, into a sink of its own
+        sent = pd.DataFrame({c: v[:sum(ROWS)] for c, v in held.items()})
+        sent.to_parquet(tmp_path / "rows.parquet")
+        query(server.grpc_url, "criteo", tmp_path / "rows.parquet", batch_size=7, log_dir=tmp_path / "client_sink")
     frame = Sink(tmp_path / "sink").read()
+    _same_schema_and_rows(tmp_path / "sink", tmp_path / "client_sink", sent)
     assert len(frame) == sum(ROWS) and sorted(frame.groupby("request_key").size().tolist()) == sorted(ROWS)
     for key, request, answer, request_id in zip(keys, requests, answers, ids):
         got = frame[frame.request_key == key].sort_values("row")
@@ -166,3 +173,31 @@ def test_the_sink_holds_exactly_the_requests_sent(criteo_trained, redis_server, 
         else:
             assert got.label.isna().all()
     assert monitor.metrics.registry.get_sample_value("tritonrec_monitor_rows_total", {"label": "present"}) == sum(ROWS[:-1])
+
+
+def _same_schema_and_rows(monitor_sink, client_sink, sent) -> None:
+    """The sink ``tritonrec query --log`` wrote holds the rows the monitor wrote, in the same
+    schema: same columns and types, same values and answers, the file's labels, the ensemble's key."""
+    import pyarrow.parquet as pq
+
+    from tritonrec.monitoring.sink import Sink
+
+    def schema(root):
+        schemas = {pq.read_schema(path).remove_metadata() for path in root.glob("date=*/hour=*/part-*.parquet")}
+        assert len(schemas) == 1, schemas
+        return schemas.pop()
+
+    assert schema(client_sink) == schema(monitor_sink)
+    ours, theirs = (Sink(root).read().sort_values(["request_time_ns", "row"], ignore_index=True) for root in (client_sink, monitor_sink))
+    assert len(ours) == len(theirs) == len(sent)
+    for column in [c for c in sent.columns if c != "label"] + ["model_version"]:
+        np.testing.assert_array_equal(ours[column].to_numpy(), theirs[column].to_numpy(), err_msg=column)
+    # other batch sizes (7 rows here), so the scorer's float sums may differ in the last bits
+    np.testing.assert_allclose(ours.probability.to_numpy(), theirs.probability.to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ours.label.to_numpy(), sent.label.to_numpy())
+    assert (ours.label_time_ns == ours.request_time_ns).all() and (ours.prediction_time_ns >= ours.request_time_ns).all()
+    assert (ours.model == "criteo").all() and (ours.scorer == "").all() and ours.scorer_version.isna().all()
+    batches = ours.groupby("request_id")
+    assert batches.ngroups == -(-len(sent) // 7) and sorted(batches.size().unique()) == sorted({7, len(sent) % 7} - {0})
+    assert batches.request_key.nunique().eq(1).all() and ours.request_key.nunique() == batches.ngroups  # the key the ensemble returned
+    assert not set(ours.request_key) & set(theirs.request_key)

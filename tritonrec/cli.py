@@ -236,13 +236,14 @@ def _export(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException  # noqa: PLC0415
 
+    from tritonrec.monitoring.sink import SinkError  # noqa: PLC0415
     from tritonrec.serving.endpoints import EndpointsError, read_endpoints  # noqa: PLC0415
     from tritonrec.serving.query import TRITON_GRPC_DEFAULT, QueryError, query  # noqa: PLC0415
 
     try:
         url = args.url or (read_endpoints(args.endpoints_file)["grpc"] if args.endpoints_file else TRITON_GRPC_DEFAULT)
         predictions = query(url, args.model, args.file, batch_size=args.batch_size, output=args.output, log_dir=args.log)
-    except (QueryError, EndpointsError) as e:
+    except (QueryError, EndpointsError, SinkError) as e:
         print(f"tritonrec query: {e}", file=sys.stderr)
         return 1
     except InferenceServerException as e:
@@ -252,7 +253,7 @@ def _query(args: argparse.Namespace) -> int:
         print(f"tritonrec query: {e}{hint}", file=sys.stderr)
         return 1
     where = f" to {args.output}" if args.output else ""
-    logged = f"; logged under {args.log}/{args.model}" if args.log else ""
+    logged = f"; logged to the sink {args.log}" if args.log else ""
     print(f"scored {len(predictions):,} rows with {args.model}{where}{logged}")
     if not args.output:
         print(predictions.head(10).to_string())
@@ -525,7 +526,8 @@ def _add_query(sub: Any) -> None:
     query.add_argument("--model", required=True, help="the served model's name (an ensemble or a transform)")
     query.add_argument("--batch-size", type=int, default=1024, help="rows per request")
     query.add_argument("--output", help="write the predictions here (.parquet or .csv)")
-    query.add_argument("--log", help="append requests, predictions and labels as parquet under LOG/<model>/")
+    query.add_argument("--log", metavar="DIR", help="append every request's rows (columns sent, predictions, labels, model version, times) "
+                       "to the sink DIR, in tritonrec monitor's schema and hourly partitions")
     query.set_defaults(func=_query)
 
 

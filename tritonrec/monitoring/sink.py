@@ -95,7 +95,8 @@ def feature_columns(tensors: Mapping[str, np.ndarray], columns: Mapping[str, Seq
 
 def request_table(features: Mapping[str, Any], predictions: Mapping[str, Any], rows: int, meta: Mapping[str, Any]) -> Any:
     """A pyarrow Table of one request's rows: ``features`` and ``predictions`` (name -> per-row
-    values) and ``meta`` (each of :data:`META_COLUMNS` but ``row``: one value for every row)."""
+    values) and ``meta`` (each of :data:`META_COLUMNS` but ``row``: one value for every row, or a
+    list / array of one value per row, None for null)."""
     import pyarrow as pa  # noqa: PLC0415
 
     arrays: dict[str, Any] = {}
@@ -110,7 +111,11 @@ def request_table(features: Mapping[str, Any], predictions: Mapping[str, Any], r
         if name == "row":
             arrays[name] = pa.array(np.arange(rows, dtype=np.int32))
         else:
-            arrays[name] = pa.array([meta.get(name)] * rows, type=types[name])
+            value = meta.get(name)
+            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * rows
+            if len(values) != rows:
+                raise ValueError(f"meta column {name!r} has {len(values)} values for {rows} rows")
+            arrays[name] = pa.array(values, type=types[name])
     return pa.table(arrays)
 
 

@@ -32,6 +32,14 @@ def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: S
         tritonclient.utils.InferenceServerException: the server's error for this request
             ("Deadline Exceeded" after ``timeout_s``).
     """
+    result = infer_result(client, model, tensors, outputs, timeout_s, request_id)
+    return {name: result.as_numpy(name) for name in outputs}
+
+
+def infer_result(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: Sequence[str],
+                 timeout_s: float | None = None, request_id: str = "") -> Any:
+    """:func:`infer`, returning tritonclient's ``InferResult`` (``as_numpy(name)``, and
+    ``get_response().model_version``: the version that answered)."""
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
     inputs = []
@@ -40,8 +48,7 @@ def infer(client: Any, model: str, tensors: Mapping[str, np.ndarray], outputs: S
         tensor.set_data_from_numpy(np.ascontiguousarray(array))
         inputs.append(tensor)
     requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
-    result = client.infer(model, inputs, outputs=requested, client_timeout=timeout_s, request_id=request_id)
-    return {name: result.as_numpy(name) for name in outputs}
+    return client.infer(model, inputs, outputs=requested, client_timeout=timeout_s, request_id=request_id)
 
 
 def json_inputs(tensors: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:

@@ -171,21 +171,30 @@ def query(
     Args:
         output: where to write the predictions (``.parquet`` or ``.csv``): one column per model
             output (``probability`` for an ensemble), and ``label`` when the file has one.
-        log_dir: also append each batch (its raw rows, predictions, label, model, request time in
-            UTC nanoseconds) as a parquet part file under ``log_dir/<model>/``.
+        log_dir: also append each request's rows to this sink directory, in the schema and the
+            hourly partitions of ``tritonrec monitor``'s sink (:mod:`tritonrec.monitoring.sink`):
+            the columns as sent, the predictions, the file's ``label`` (0/1, null where missing),
+            the model and the version that answered, request and answer times (UTC ns), and the
+            request id sent with it (``query-<run>-<first row>``). ``request_key`` is the one an
+            ensemble exported with request logging returns, else null.
         progress: called with the rows done after each batch.
 
     Returns:
         The predictions as a DataFrame.
 
     Raises:
-        QueryError: an unreadable file, missing columns, a model this client cannot fill.
+        QueryError: an unreadable file, missing columns, a model this client cannot fill, a label
+            that is not 0/1 (with ``log_dir``; before anything is sent).
+        SinkError: ``log_dir`` cannot be written.
         tritonclient.utils.InferenceServerException: the server's error for a request.
     """
+    import uuid  # noqa: PLC0415
+
     import pandas as pd  # noqa: PLC0415
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
-    from tritonrec.serving.client import infer  # noqa: PLC0415
+    from tritonrec.monitoring.sink import Sink  # noqa: PLC0415
+    from tritonrec.serving.client import infer_result  # noqa: PLC0415
 
     if batch_size < 1:
         raise QueryError(f"batch size {batch_size}: expected >= 1")
@@ -193,21 +202,30 @@ def query(
     client = grpcclient.InferenceServerClient(url)
     builder = RequestBuilder(client.get_model_config(model, as_json=True)["config"])
     builder.check(frame, path)
-    log_path = None
+    sink = labels = None
     if log_dir is not None:
-        log_path = Path(log_dir) / model
-        log_path.mkdir(parents=True, exist_ok=True)
+        labels = _labels(frame, path) if LABEL in frame.columns else None
+        sink = Sink(log_dir)
+    run = uuid.uuid4().hex[:12]
     parts = []
     for start in range(0, len(frame), batch_size):
         rows = frame.iloc[start : start + batch_size]
+        tensors = builder.tensors(rows)
+        request_id = f"query-{run}-{start}"
         sent_ns = time.time_ns()
-        result = infer(client, model, builder.tensors(rows), builder.outputs)
-        part = pd.DataFrame(builder.columns_of(result), index=rows.index)
+        result = infer_result(client, model, tensors, builder.outputs, request_id=request_id)
+        answered_ns = time.time_ns()
+        answer = {name: result.as_numpy(name) for name in builder.outputs}
+        part = pd.DataFrame(builder.columns_of(answer), index=rows.index)
         if LABEL in frame.columns:
             part[LABEL] = rows[LABEL].to_numpy()
         parts.append(part)
-        if log_path is not None:
-            _log_batch(log_path / f"part-{sent_ns}-{os.getpid()}-{start}.parquet", rows, part, builder, model, sent_ns)
+        if sink is not None:
+            batch_labels = labels[start : start + len(rows)] if labels is not None else None
+            meta = {"request_id": request_id, "model": model, "model_version": _version(result), "scorer": "",
+                    "request_time_ns": sent_ns, "prediction_time_ns": answered_ns, "label": batch_labels,
+                    "label_time_ns": [None if v is None else sent_ns for v in batch_labels] if batch_labels is not None else None}
+            _log_batch(sink, tensors, answer, builder, meta, len(rows))
         if progress is not None:
             progress(start + len(rows))
     predictions = pd.concat(parts) if parts else pd.DataFrame({name: [] for name in builder.output_columns})
@@ -216,16 +234,45 @@ def query(
     return predictions
 
 
-def _log_batch(path: Path, rows: Any, part: Any, builder: RequestBuilder, model: str, sent_ns: int) -> None:
-    """One batch's raw columns, predictions, label, model and request time (UTC ns) as a parquet file."""
-    logged = rows[list(builder.required)].copy()
-    for name in builder.output_columns:
-        logged[name] = part[name].to_numpy()
-    if LABEL in rows.columns:
-        logged[LABEL] = rows[LABEL].to_numpy()
-    logged["model"] = model
-    logged["request_time_ns"] = sent_ns
-    logged.to_parquet(path, index=False)
+def _labels(frame: Any, path: Any) -> list[int | None]:
+    """The file's ``label`` column as 0 / 1 / None (missing); QueryError naming the first other value's row."""
+    values = _numeric(frame[LABEL])
+    labels: list[int | None] = []
+    for index, value in zip(frame.index, values):
+        if value != value:  # NaN: no label
+            labels.append(None)
+        elif value in (0.0, 1.0):
+            labels.append(int(value))
+        else:
+            raise QueryError(f"{path}: column {LABEL!r}, row {index}: {frame[LABEL][index]!r} is not a label: expected 0, 1 or missing")
+    return labels
+
+
+def _numeric(column: Any) -> np.ndarray:
+    """A column as float64, NaN for a value that is not a number (so a text label is named, not cast)."""
+    import pandas as pd  # noqa: PLC0415
+
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _version(result: Any) -> int | None:
+    """The version of the model that answered (None when the server does not say)."""
+    version = result.get_response().model_version
+    return int(version) if str(version).isdigit() else None
+
+
+def _log_batch(sink: Any, tensors: Mapping[str, np.ndarray], answer: Mapping[str, Any], builder: RequestBuilder,
+               meta: dict[str, Any], rows: int) -> None:
+    """One request's rows into ``sink``, in the schema ``tritonrec monitor`` writes (its request
+    time's partition)."""
+    from tritonrec.monitoring.sink import feature_columns, partition_of, request_table  # noqa: PLC0415
+    from tritonrec.serving.request_log import REQUEST_KEY  # noqa: PLC0415
+
+    _, features = feature_columns(tensors, {name: columns for name, (_, columns) in builder.packed.items()})
+    key = answer.get(REQUEST_KEY)
+    meta["request_key"] = int(np.asarray(key).reshape(-1)[0]) if key is not None and np.asarray(key).size else None
+    _, predictions = feature_columns({name: np.asarray(value) for name, value in answer.items() if name != REQUEST_KEY})
+    sink.write(partition_of(meta["request_time_ns"]), [request_table(features, predictions, rows, meta)])
 
 
 def _write(predictions: Any, output: Path) -> None:
