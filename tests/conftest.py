@@ -102,45 +102,27 @@ def criteo_persistent_store(criteo_trained, tmp_path_factory):
 
 
 class RedisProcess:
-    """A real ``redis-server`` (Debian's, installed by scripts/setup.sh) on a free loopback port, no
-    persistence; :meth:`kill` and :meth:`start` again on the same port for fault tests."""
+    """A real ``redis-server`` on a free loopback port (:class:`tritonrec.monitoring.redis_server.RedisServer`);
+    the test is skipped where there is none. :meth:`kill` and :meth:`start` again on the same port for fault tests."""
 
-    def __init__(self, workdir) -> None:
-        from tritonrec.serving.server import free_port
+    def __init__(self, workdir, persistent: bool = False) -> None:
+        from tritonrec.monitoring.redis_server import RedisServer
 
-        self.port = free_port("127.0.0.1")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.process = None
+        self.server = RedisServer(workdir, persistent=persistent)
+        self.port, self.url = self.server.port, self.server.url
 
     def start(self, timeout_s: float = 10.0) -> RedisProcess:
-        import shutil
-        import socket
-        import subprocess
-        import time
+        from tritonrec.monitoring.redis_server import RedisNotFound
 
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("needs redis-server (scripts/setup.sh installs it with root and apt-get)")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
+        try:
+            self.server.start(timeout_s)
+        except RedisNotFound as e:
+            pytest.skip(str(e))
+        return self
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
+        self.server.kill()
 
 
 @pytest.fixture

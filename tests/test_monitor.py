@@ -14,6 +14,7 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 
 from tritonrec.cli import main
 from tritonrec.monitoring import LABEL_STREAM, report_labels
@@ -229,3 +230,103 @@ def test_the_command_stops_on_sigterm(redis_server, tmp_path):
     out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert "stopped after 0 rows" in out
+
+
+def _requests(url: str, keys: list[int], rows: dict[int, int]) -> None:
+    """Features and prediction of each key; labels (key % 2) for the even keys."""
+    _add(url, *(r for k in keys for r in (_features(k, rows[k]), _prediction(k, rows[k]))))
+    labelled = [k for k in keys if k % 2 == 0]
+    report_labels(url, [str(k) for k in labelled], [k % 2 for k in labelled])
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["redis-with-its-data", "redis-without-its-data"])
+def test_redis_killed_under_the_monitor(tmp_path, persistent):
+    """Redis SIGKILLed three times under a running monitor, mid-stream, and started again: the
+    monitor rides it out (errors logged, retried) and every request Redis still has is written
+    exactly once with its label. A Redis with its data (append-only file) keeps the streams and
+    the group, so every request arrives; one without loses what it had not delivered, and the
+    monitor creates its group again and takes the requests sent after the restart."""
+    import threading
+
+    import redis
+
+    from conftest import RedisProcess
+
+    server = RedisProcess(tmp_path / "redis", persistent=persistent).start()
+    messages: list[str] = []
+    sink = tmp_path / "sink"
+    stop = threading.Event()
+    try:
+        monitor = Monitor(server.url, sink, label_window_s=1.0, count=7, log=messages.append)
+        thread = threading.Thread(target=monitor.run, args=(stop.is_set, 100), daemon=True)
+        thread.start()
+        rows = {k: 1 + k % 3 for k in range(2000, 2600)}
+        sent, must_have = [], []
+        for cycle in range(3):
+            keys = list(range(2000 + 200 * cycle, 2200 + 200 * cycle))
+            _requests(server.url, keys, rows)
+            sent += keys
+            before = sum(rows[k] for k in must_have)
+            if persistent or cycle == 2:
+                must_have += keys
+            _wait_rows(sink, before + 20, 60)  # mid-stream: some of this cycle's rows are written
+            if cycle < 2:
+                server.kill()
+                time.sleep(1.0)  # the monitor's reads fail meanwhile
+                server.start()
+        _wait_rows(sink, sum(rows[k] for k in must_have), 120)
+        deadline = time.monotonic() + 30
+        while not monitor.caught_up() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        client = redis.Redis.from_url(server.url)
+        pending = [client.xpending(s, "tritonrec-monitor")["pending"] for s in (REQUEST_STREAM, LABEL_STREAM)]
+    finally:
+        stop.set()
+        server.kill()
+    assert any(m.startswith("redis: ") and "retrying" in m for m in messages), messages
+    assert persistent or any("creating it again" in m for m in messages), messages
+    frame = Sink(sink).read()
+    counts = frame.groupby("request_key").size().to_dict()
+    assert set(must_have) <= set(counts) <= set(sent)
+    assert all(counts[k] == rows[k] for k in counts)  # nothing twice, no request in pieces
+    labels = frame.groupby("request_key").label.first()
+    assert all(labels[k] == 0 for k in must_have if k % 2 == 0) and labels[[k for k in must_have if k % 2]].isna().all()
+    assert pending == [0, 0]  # everything acknowledged
+
+
+def test_redis_dying_between_the_write_and_its_acknowledgement(tmp_path):
+    """Rows in the sink, then Redis dies before the XACK: the monitor keeps the acknowledgements,
+    sends them when Redis is back, and writes none of those rows again."""
+    from conftest import RedisProcess
+
+    server = RedisProcess(tmp_path / "redis", persistent=True).start()
+    try:
+        rows = {k: 2 for k in range(40)}
+        _requests(server.url, list(rows), rows)
+        messages: list[str] = []
+        monitor = Monitor(server.url, tmp_path / "sink", label_window_s=0.5, log=messages.append)
+        write = monitor.sink.write
+
+        def write_then_redis_dies(partition, tables):
+            path = write(partition, tables)
+            server.kill()
+            return path
+
+        monitor.sink.write = write_then_redis_dies
+        with pytest.raises(redis.ConnectionError):
+            for _ in range(20):  # the first step reads this consumer's backlog (none)
+                monitor.step(50)
+        written = monitor.rows_written
+        assert written > 0 and len(Sink(tmp_path / "sink").read()) == written
+        monitor.sink.write = write
+        server.start()
+        assert monitor.drain(timeout_s=30)
+        client = redis.Redis.from_url(server.url)
+        assert [client.xpending(s, "tritonrec-monitor")["pending"] for s in (REQUEST_STREAM, LABEL_STREAM)] == [0, 0]
+    finally:
+        server.kill()
+    frame = Sink(tmp_path / "sink").read()
+    assert frame.groupby("request_key").size().to_dict() == rows

@@ -16,6 +16,12 @@ already written, as ``late``. Each request is written
 once: the keys and client ids already in the sink are read when the monitor starts, and
 re-delivered entries of those are acknowledged without writing.
 
+Redis down or restarted under the monitor: :meth:`Monitor.run` reports the error and retries,
+backing off; acknowledgements that failed are kept and sent at the next step, and what was read
+stays in memory, so nothing is lost or written twice. A Redis that comes back without its data
+(no persistence) has lost the consumer group: it is created again and reading starts from the
+new streams' first entries.
+
 Prometheus metrics (``prometheus_client``, served on ``metrics_port``):
 ``tritonrec_monitor_rows_total{label="present"|"missing"}``, ``tritonrec_monitor_lag_seconds``
 (how far behind the newest entry the last read was, 0 when caught up),
@@ -131,12 +137,7 @@ class Monitor:
             self.client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         except ValueError as e:
             raise ValueError(f"redis URL {redis_url!r}: {e}") from None
-        for stream in self.streams:
-            try:
-                self.client.xgroup_create(stream, group, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+        self._create_groups()
         self.written, self.written_ids = self.sink.written()
         self._pending: dict[int, _Request] = {}
         self._by_id: dict[str, int] = {}  # client request id -> request key, of pending requests
@@ -144,16 +145,40 @@ class Monitor:
         self._cursor = {stream: "0" for stream in self.streams}  # "0..": this consumer's unacknowledged entries first
         # per stream, the time it is read up to: its last new entry's, or now when caught up
         self._read_to = {stream: 0 for stream in self.streams}
+        self._unacked: list[tuple[str, str]] = []  # (stream, entry) done with, acknowledged at the end of a step
         self.rows_written = 0
+
+    def _create_groups(self) -> None:
+        """The consumer group on both streams (and the streams), from their first entry; kept when there."""
+        import redis  # noqa: PLC0415
+
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
 
     # -- reading
 
     def step(self, block_ms: int = 200) -> int:
         """One read of both streams (waiting up to ``block_ms`` when caught up), then writes what
         is complete or past its window. Returns the entries read."""
+        import redis  # noqa: PLC0415
+
+        self._acknowledge()  # what an earlier step could not acknowledge (Redis was down)
         reading_pending = any(c != ">" for c in self._cursor.values())
-        reply = self.client.xreadgroup(self.group, self.consumer, dict(self._cursor), count=self.count,
-                                       block=None if reading_pending else block_ms)
+        try:
+            reply = self.client.xreadgroup(self.group, self.consumer, dict(self._cursor), count=self.count,
+                                           block=None if reading_pending else block_ms)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # Redis came back without its data (no persistence): the streams start again, empty
+            self.log(f"redis: the consumer group {self.group!r} is gone (Redis restarted without its data?): creating it again")
+            self._create_groups()
+            self._cursor = {stream: "0" for stream in self.streams}
+            return 0
         read, lag = 0, 0.0
         now = time.time_ns()
         returned = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in (reply or [])}
@@ -182,7 +207,19 @@ class Monitor:
         return read
 
     def _skip(self, stream: str, entry: str) -> None:
-        self.client.xack(stream, self.group, entry)
+        """Done with ``entry`` without writing it (malformed, a duplicate, written before)."""
+        self._unacked.append((stream, entry))
+
+    def _acknowledge(self) -> None:
+        """XACKs the entries done with. Raises Redis's error and keeps them, to try again at the
+        next step; nothing else waits on this, so reading and writing go on from where they were."""
+        if not self._unacked:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream, entry in self._unacked:
+            pipe.xack(stream, self.group, entry)
+        pipe.execute()
+        self._unacked.clear()
 
     def _take_record(self, entry: str, fields: dict[bytes, bytes]) -> None:
         stream = self.streams[0]
@@ -269,6 +306,7 @@ class Monitor:
             else:
                 del self._labels[request_id]
         self.metrics.pending.set(len(self._pending))
+        self._acknowledge()
         return rows
 
     def _write(self, ready: list[_Request]) -> int:
@@ -287,12 +325,9 @@ class Monitor:
             self.metrics.sink_errors.inc()
             self.log(str(e))
             return 0
-        pipe = self.client.pipeline(transaction=False)
+        # written: from here on these requests are done, whether or not Redis takes the XACKs now
         for request in ready:
-            for stream, entry in request.entries:
-                pipe.xack(stream, self.group, entry)
-        pipe.execute()
-        for request in ready:
+            self._unacked.extend(request.entries)
             del self._pending[request.key]
             self.written.add(request.key)
             for record in (request.features, request.prediction):
@@ -341,8 +376,8 @@ class Monitor:
         return len(self._pending)
 
     def caught_up(self) -> bool:
-        """True when nothing read waits to be written and this consumer reads new entries only."""
-        return not self._pending and not self._labels and all(c == ">" for c in self._cursor.values())
+        """True when nothing read waits to be written or acknowledged and this consumer reads new entries only."""
+        return not self._pending and not self._labels and not self._unacked and all(c == ">" for c in self._cursor.values())
 
     def drain(self, timeout_s: float = 30.0, block_ms: int = 50) -> bool:
         """Steps until the streams hold nothing unread and everything read is written (requests
