@@ -330,3 +330,35 @@ def test_redis_dying_between_the_write_and_its_acknowledgement(tmp_path):
         server.kill()
     frame = Sink(tmp_path / "sink").read()
     assert frame.groupby("request_key").size().to_dict() == rows
+
+
+def test_a_restart_reads_only_the_partitions_entries_can_come_back_to(redis_server, tmp_path):
+    """Start-up reads the sink's keys from the partitions a re-delivered or undelivered entry can
+    belong to, not the whole (growing) sink; every request is still written once."""
+    client = redis.Redis.from_url(redis_server.url)
+    sink = tmp_path / "sink"
+    ms = T0 // 10**6
+    for sequence, record in enumerate((_features(1, 2, at=T0), _prediction(1, 2, at=T0)), 1):  # logged in September
+        client.xadd(REQUEST_STREAM, encode_record(record), id=f"{ms}-{sequence}")
+    crashed = Monitor(redis_server.url, sink, label_window_s=0.5)
+    assert crashed.written == set()
+
+    def killed_before_the_xack() -> None:
+        if crashed._unacked:
+            raise KeyboardInterrupt("killed")
+
+    crashed._acknowledge = killed_before_the_xack
+    with pytest.raises(KeyboardInterrupt):
+        crashed.drain(timeout_s=20)
+    assert len(Sink(sink).read()) == 2 and (Sink(sink).root / partition_of(T0)).is_dir()
+    now = time.time_ns()
+    _add(redis_server.url, _features(2, 1, at=now), _prediction(2, 1, at=now))
+    # September's entries are unacknowledged: their partition is read, and they are not written again
+    again = Monitor(redis_server.url, sink, label_window_s=0.5)
+    assert again.written == {1}
+    assert again.drain(timeout_s=20) and again.rows_written == 1
+    assert client.xpending(REQUEST_STREAM, "tritonrec-monitor")["pending"] == 0
+    # now the group has delivered and acknowledged everything up to now: September is not read
+    assert Monitor(redis_server.url, sink, label_window_s=0.5).written == {2}
+    assert Sink(sink).written() == ({1, 2}, set()) and Sink(sink).written(now - 3600 * 10**9) == ({2}, set())
+    assert Sink(sink).read().groupby("request_key").size().to_dict() == {1: 2, 2: 1}

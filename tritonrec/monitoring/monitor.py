@@ -13,8 +13,10 @@ the scorer never logged one). "Read past" is the time of the last entry read, or
 stream is caught up, so a monitor restarted after an outage still joins the labels of its backlog.
 A label for a request not (yet) seen waits likewise, then counts as ``unknown``; one for a request
 already written, as ``late``. Each request is written
-once: the keys and client ids already in the sink are read when the monitor starts, and
-re-delivered entries of those are acknowledged without writing.
+once: the keys and client ids already in the sink are read when the monitor starts (from the
+partitions a re-delivered or undelivered entry can belong to: those from the group's oldest
+unacknowledged or undelivered entry less the window and an hour on), and re-delivered entries of
+those are acknowledged without writing.
 
 Redis down or restarted under the monitor: :meth:`Monitor.run` reports the error and retries,
 backing off; acknowledgements that failed are kept and sent at the next step, and what was read
@@ -138,7 +140,7 @@ class Monitor:
         except ValueError as e:
             raise ValueError(f"redis URL {redis_url!r}: {e}") from None
         self._create_groups()
-        self.written, self.written_ids = self.sink.written()
+        self.written, self.written_ids = self.sink.written(self._oldest_request_ns())
         self._pending: dict[int, _Request] = {}
         self._by_id: dict[str, int] = {}  # client request id -> request key, of pending requests
         self._labels: dict[str, list[_Label]] = {}  # labels waiting for their request
@@ -147,6 +149,25 @@ class Monitor:
         self._read_to = {stream: 0 for stream in self.streams}
         self._unacked: list[tuple[str, str]] = []  # (stream, entry) done with, acknowledged at the end of a step
         self.rows_written = 0
+
+    def _oldest_request_ns(self) -> int:
+        """The earliest request time an entry this consumer can still read may belong to: the
+        oldest entry of either stream that the group has not acknowledged or not yet delivered
+        (now when none), less the window and an hour for the loggers' delay. Requests written
+        before that cannot come again, so the sink's older partitions are not read at start."""
+        def text(value: Any) -> str:
+            return value.decode() if isinstance(value, bytes) else str(value)
+
+        oldest = time.time_ns()
+        for stream in self.streams:
+            pending = self.client.xpending(stream, self.group)
+            if pending["pending"]:
+                oldest = min(oldest, _entry_time_ns(text(pending["min"])))
+            group = next(g for g in self.client.xinfo_groups(stream) if text(g["name"]) == self.group)
+            undelivered = self.client.xrange(stream, min=f"({text(group['last-delivered-id'])}", count=1)
+            if undelivered:
+                oldest = min(oldest, _entry_time_ns(text(undelivered[0][0])))
+        return max(0, oldest - self.window_ns - 3600 * 10**9)
 
     def _create_groups(self) -> None:
         """The consumer group on both streams (and the streams), from their first entry; kept when there."""

@@ -44,6 +44,20 @@ def partition_of(time_ns: int) -> str:
     return f"date={t:%Y-%m-%d}/hour={t:%H}"
 
 
+_HOUR_NS = 3600 * 10**9
+
+
+def _partition_start_ns(directory: Path) -> int | None:
+    """UTC ns at which the partition ``.../date=YYYY-MM-DD/hour=HH`` starts; None for another name."""
+    try:
+        day = directory.parent.name.removeprefix("date=")
+        hour = int(directory.name.removeprefix("hour="))
+        t = datetime.datetime.strptime(day, "%Y-%m-%d").replace(hour=hour, tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return None
+    return int(t.timestamp()) * 10**9
+
+
 def _list_column(values: np.ndarray, lengths: np.ndarray) -> list[list[Any]]:
     ends = np.cumsum(lengths)
     return [values[e - n : e].tolist() for n, e in zip(lengths.tolist(), ends.tolist())]
@@ -158,9 +172,10 @@ class Sink:
             raise SinkError(f"sink {self.root}: writing {partition}/{name} failed ({e.strerror or e})") from None
         return directory / name
 
-    def written(self) -> tuple[set[int], set[str]]:
-        """(request keys, client request ids) of every row in the sink, for writing each request
-        once across restarts. Temporary files of a crash are removed."""
+    def written(self, since_ns: int = 0) -> tuple[set[int], set[str]]:
+        """(request keys, client request ids) of the rows in partitions that end after
+        ``since_ns`` (UTC ns; 0: the whole sink), for writing each request once across restarts.
+        Temporary files of a crash are removed."""
         import pyarrow.parquet as pq  # noqa: PLC0415
 
         for stale in self.root.glob(".tmp-*"):
@@ -168,6 +183,9 @@ class Sink:
         keys: set[int] = set()
         ids: set[str] = set()
         for path in sorted(self.root.glob("date=*/hour=*/part-*.parquet")):
+            start = _partition_start_ns(path.parent)
+            if start is not None and start + _HOUR_NS <= since_ns:
+                continue
             table = pq.read_table(path, columns=["request_key", "request_id"])
             keys.update(int(key) for key in table.column("request_key").to_pylist() if key is not None)
             ids.update(request_id for request_id in table.column("request_id").to_pylist() if request_id)
