@@ -182,10 +182,10 @@ def _same_schema_and_rows(monitor_sink, client_sink, sent) -> None:
 
     from tritonrec.monitoring.sink import Sink
 
-    def schema(root):
-        schemas = {pq.read_schema(path).remove_metadata() for path in root.glob("date=*/hour=*/part-*.parquet")}
-        assert len(schemas) == 1, schemas
-        return schemas.pop()
+    def schema(root):  # column -> type; the order of the columns may differ (Triton passes inputs in no set order)
+        schemas = [{f.name: f.type for f in pq.read_schema(path)} for path in root.glob("date=*/hour=*/part-*.parquet")]
+        assert schemas and all(s == schemas[0] for s in schemas), schemas
+        return schemas[0]
 
     assert schema(client_sink) == schema(monitor_sink)
     ours, theirs = (Sink(root).read().sort_values(["request_time_ns", "row"], ignore_index=True) for root in (client_sink, monitor_sink))
