@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, perf_point, write_input_data, write_section  # noqa: E402
+from common import header, perf_point, served_difference, write_input_data, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PLOTS = HERE / "plots"
@@ -72,19 +72,6 @@ def _per_execute_ms(before, after, model) -> tuple[float, float]:
         (after[model]["queue_ns"] - before[model]["queue_ns"]) / executions / 1e6,
         (after[model]["compute_ns"] - before[model]["compute_ns"]) / executions / 1e6,
     )
-
-
-def _check(client, transform, held, expected) -> float:
-    """Largest |served - offline| over three request sizes."""
-    from tritonrec.serving.client import infer
-    from tritonrec.serving.client import pack_request
-
-    worst = 0.0
-    for start, n in ((0, 1), (1, 64), (100, 1024)):
-        tensors = pack_request(transform, {c: v[start : start + n] for c, v in held.items()})
-        got = infer(client, "criteo", tensors, ["probability"])["probability"].reshape(-1)
-        worst = max(worst, float(np.abs(got - expected[start : start + n]).max()))
-    return worst
 
 
 def _plots(results: list[dict], batches: list[int], concurrencies: list[int]) -> list[Path]:
@@ -186,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with TritonServer(repo, log_path=work / "tritonserver.log") as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        before_check = _check(client, transform, held, expected)
+        before_check = served_difference(client, "criteo", transform, held, expected)
         for model in models:
             for batch in batches:
                 for concurrency in concurrencies:
@@ -197,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                     m["steps"] = {s: _per_execute_ms(before, after, f"{prefix}_{s}") for s in STEPS} if prefix else {}
                     results.append({"model": model, "batch": batch, "concurrency": concurrency, **m})
                     print(f"{model:>18} b{batch:<5} c{concurrency}: {m['infer_s']:>10,.0f} rows/s p50 {m['p50_ms']:.3f} p95 {m['p95_ms']:.3f} p99 {m['p99_ms']:.3f} ms", flush=True)
-        after_check = _check(client, transform, held, expected)
+        after_check = served_difference(client, "criteo", transform, held, expected)
     checked = max(before_check, after_check) <= 1e-5
 
     by = {(r["model"], r["batch"], r["concurrency"]): r for r in results}

@@ -136,3 +136,16 @@ def perf_point(grpc_url: str, model: str, batch: int, concurrency: int, data: Pa
         "p95_ms": float(row["p95 latency"]) / 1e3,
         "p99_ms": float(row["p99 latency"]) / 1e3,
     }
+
+
+def served_difference(client, model: str, transform, held: dict[str, np.ndarray], expected: np.ndarray) -> float:
+    """Largest |served - offline| probability of ``model`` (an ensemble of the packed ``transform``)
+    over requests of 1, 64 and 1024 held-out rows (``expected``: the offline predictions, (n,))."""
+    from tritonrec.serving.client import infer, pack_request
+
+    worst = 0.0
+    for start, n in ((0, 1), (1, 64), (100, 1024)):
+        tensors = pack_request(transform, {c: v[start : start + n] for c, v in held.items()})
+        got = infer(client, model, tensors, ["probability"])["probability"].reshape(-1)
+        worst = max(worst, float(np.abs(got - expected[start : start + n]).max()))
+    return worst

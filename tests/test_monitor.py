@@ -90,7 +90,7 @@ def test_requests_join_their_predictions_and_labels(redis_server, tmp_path, rows
     _add(redis_server.url, *(records[k] for k in keys), *(_prediction(k, rows) for k in keys[:3]))  # 104: no prediction
     report_labels(redis_server.url, ["101", "client-102"], [1, 0])  # by request key and by the client's id
     report_labels(redis_server.url, ["no-such-request"], [1])
-    monitor = Monitor(redis_server.url, tmp_path / "sink", label_window_s=1.0)
+    monitor = Monitor(redis_server.url, tmp_path / "sink", label_window_s=1.0, record_wait_s=1.0)
     assert monitor.drain(timeout_s=20)
     frame = Sink(tmp_path / "sink").read().sort_values(["request_key", "row"]).reset_index(drop=True)
     assert len(frame) == 4 * rows and set(META_COLUMNS) <= set(frame.columns)
@@ -120,6 +120,28 @@ def test_requests_join_their_predictions_and_labels(redis_server, tmp_path, rows
     assert again.drain(timeout_s=10)
     assert again.metrics.registry.get_sample_value("tritonrec_monitor_labels_unmatched_total", {"reason": "late"}) == 1
     assert len(Sink(tmp_path / "sink").read()) == 4 * rows
+
+
+def test_a_prediction_later_than_the_label_window_still_joins(redis_server, tmp_path):
+    """The two records of a request come from two loggers: with a label window of 0, a request
+    read without its prediction waits record_wait_s for it, then is written without."""
+    monitor = Monitor(redis_server.url, tmp_path / "sink", label_window_s=0.0, record_wait_s=1.5)
+    _add(redis_server.url, _features(7, 2), _features(8, 1))
+    for _ in range(3):
+        monitor.step(50)
+    assert monitor.rows_written == 0 and monitor.pending_requests == 2
+    _add(redis_server.url, _prediction(7, 2))
+    monitor.step(50)
+    monitor.step(50)
+    assert monitor.rows_written == 2  # 7 joined its late prediction, with no label (window 0)
+    time.sleep(1.6)
+    monitor.step(50)
+    assert monitor.rows_written == 3 and monitor.pending_requests == 0
+    frame = Sink(tmp_path / "sink").read().set_index(["request_key", "row"])
+    assert frame.loc[(7, 1), "probability"] == pytest.approx(0.1) and pd.isna(frame.loc[(8, 0), "probability"])
+    assert frame.label.isna().all()
+    with pytest.raises(ValueError, match="record_wait_s -1: expected >= 0"):
+        Monitor(redis_server.url, tmp_path / "sink", record_wait_s=-1)
 
 
 def test_rows_go_to_the_hour_of_their_request(redis_server, tmp_path):
@@ -257,7 +279,7 @@ def test_redis_killed_under_the_monitor(tmp_path, persistent):
     sink = tmp_path / "sink"
     stop = threading.Event()
     try:
-        monitor = Monitor(server.url, sink, label_window_s=1.0, count=7, log=messages.append)
+        monitor = Monitor(server.url, sink, label_window_s=1.0, count=7, log=messages.append, record_wait_s=1.0)
         thread = threading.Thread(target=monitor.run, args=(stop.is_set, 100), daemon=True)
         thread.start()
         rows = {k: 1 + k % 3 for k in range(2000, 2600)}

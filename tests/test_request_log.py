@@ -67,7 +67,7 @@ def test_sampling_is_by_request_key():
     assert all(sampled(k, 1.0) for k in keys[:100])
 
 
-@pytest.mark.parametrize("field, value", [("sample", 0.0), ("sample", 1.5), ("maxlen", 0), ("queue", 0), ("batch", 0), ("timeout_s", 0)])
+@pytest.mark.parametrize("field, value", [("sample", 0.0), ("sample", 1.5), ("maxlen", 0), ("queue", 0), ("batch", 0), ("timeout_s", 0), ("linger_s", -1), ("linger_s", 11)])
 def test_bad_options_are_named(field, value):
     with pytest.raises(ValueError, match=f"{field} {value}"):
         RequestLogOptions("redis://127.0.0.1:1/0", **{field: value})
@@ -93,6 +93,59 @@ def test_every_record_reaches_the_stream(redis_server):
     assert len(entries) == logger.sent_total == 100 and logger.dropped_total == {"queue_full": 0, "redis_error": 0}
     for record, (_, fields) in zip(records, entries):
         _same(record, decode_record(fields))
+
+
+def test_large_records_and_odd_arrays_reach_the_stream_exactly(redis_server):
+    """Values of 16 KiB and more go out as their own chunks of the round trip; the encoding is
+    numpy.save's .npy bytes whatever the dtype, byte order, memory order or size."""
+    import io
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 10**9, (1024, 26)), rng.random((1024, 13)).astype(np.float32), np.zeros((0, 3), np.int32),
+              np.arange(6, dtype=">i4").reshape(2, 3), np.asfortranarray(rng.random((3, 4))), np.ones((2, 1), np.bool_),
+              rng.random((4096, 2)).astype(np.float16)]
+    records = [RequestRecord(i, "features", "m", 1, 5, {"a": a, "b": arrays[0][:1]}) for i, a in enumerate(arrays)]
+    for record in records:  # byte for byte what numpy.save writes
+        for name, array in record.tensors.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")), allow_pickle=False)
+            assert encode_record(record)[f"n:{name}".encode()] == buffer.getvalue()
+    logger = RequestLogger(RequestLogOptions(redis_server.url, batch=3))
+    try:
+        assert all(logger.log(r) for r in records)
+        assert logger.flush(20)
+    finally:
+        logger.close()
+    entries = _stream(redis_server.url)
+    assert len(entries) == len(records) and logger.sent_total == len(records)
+    for record, (_, fields) in zip(records, entries):
+        got = decode_record(fields)
+        for name, want in record.tensors.items():
+            assert got.tensors[name].dtype == want.dtype.newbyteorder("=") and got.tensors[name].shape == want.shape
+            np.testing.assert_array_equal(got.tensors[name], want)
+
+
+def test_a_round_trip_waits_to_fill_up_to_its_linger(redis_server):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    logger = RequestLogger(RequestLogOptions(redis_server.url, batch=4, linger_s=0.5))
+    try:
+        for key in range(3):
+            logger.log(_record(1, key=key))
+        time.sleep(0.2)
+        assert client.xlen(REQUEST_STREAM) == 0  # three of four: the sender waits for more
+        time.sleep(0.5)
+        assert client.xlen(REQUEST_STREAM) == 3  # its linger is over: sent as they are
+        started = time.monotonic()
+        for key in range(3, 7):
+            logger.log(_record(1, key=key))
+        while client.xlen(REQUEST_STREAM) < 7 and time.monotonic() - started < 5:
+            time.sleep(0.01)
+        assert time.monotonic() - started < 0.4  # a full round trip goes at once
+    finally:
+        logger.close()
+    assert logger.sent_total == 7
 
 
 def test_sampled_requests_log_both_kinds(redis_server):

@@ -44,6 +44,9 @@ from tritonrec.monitoring.labels import LABEL_STREAM
 from tritonrec.monitoring.sink import Sink, SinkError, feature_columns, partition_of, request_table
 from tritonrec.serving.request_log import REQUEST_STREAM, RecordError, RequestRecord, decode_record
 
+RECORD_WAIT_S = 10.0
+"""How long a request read with one of its two records (features, prediction) waits for the other
+at least, whatever the label window: the transform's and the scorer's loggers send independently."""
 GROUP = "tritonrec-monitor"
 """The consumer group's default name."""
 
@@ -112,6 +115,8 @@ class Monitor:
         group, consumer: the consumer group and this monitor's name in it (a restarted monitor must
             keep its name to read again what it had not acknowledged).
         count: entries read per stream per step.
+        record_wait_s: how long a request with one of its two records waits for the other at
+            least (the label window when longer), seconds.
         registry: a prometheus_client registry for the metrics (default: a new one).
         log: where errors that the monitor rides out are reported (default: stderr).
 
@@ -122,14 +127,17 @@ class Monitor:
 
     def __init__(self, redis_url: str, sink: Any, *, label_window_s: float = 600.0, request_stream: str = REQUEST_STREAM,
                  label_stream: str = LABEL_STREAM, group: str = GROUP, consumer: str = "monitor", count: int = 1000,
-                 registry: Any = None, log: Callable[[str], None] | None = None) -> None:
+                 registry: Any = None, log: Callable[[str], None] | None = None, record_wait_s: float = RECORD_WAIT_S) -> None:
         import redis  # noqa: PLC0415
 
         if label_window_s < 0:
             raise ValueError(f"label_window_s {label_window_s}: expected >= 0")
         if count < 1:
             raise ValueError(f"count {count}: expected >= 1")
+        if record_wait_s < 0:
+            raise ValueError(f"record_wait_s {record_wait_s}: expected >= 0")
         self.window_ns = int(label_window_s * 1e9)
+        self.record_wait_ns = max(self.window_ns, int(record_wait_s * 1e9))
         self.streams = (request_stream, label_stream)
         self.group, self.consumer, self.count = group, consumer, count
         self.log = log or (lambda message: print(f"tritonrec monitor: {message}", file=sys.stderr, flush=True))
@@ -147,6 +155,7 @@ class Monitor:
         self._cursor = {stream: "0" for stream in self.streams}  # "0..": this consumer's unacknowledged entries first
         # per stream, the time it is read up to: its last new entry's, or now when caught up
         self._read_to = {stream: 0 for stream in self.streams}
+        self._complete: dict[int, None] = {}  # keys of pending requests with features, prediction and label, in order
         self._unacked: list[tuple[str, str]] = []  # (stream, entry) done with, acknowledged at the end of a step
         self.rows_written = 0
 
@@ -268,6 +277,7 @@ class Monitor:
         for name in (str(record.key), record.request_id):
             for label in self._labels.pop(name, []) if name else []:
                 self._join_label(request, label)
+        self._check_complete(request)
 
     def _take_label(self, entry: str, fields: dict[bytes, bytes]) -> None:
         stream = self.streams[1]
@@ -302,6 +312,11 @@ class Monitor:
             return
         request.label = (label.label, label.time_ns)
         request.entries.append((self.streams[1], label.entry))
+        self._check_complete(request)
+
+    def _check_complete(self, request: _Request) -> None:
+        if request.features is not None and request.prediction is not None and request.label is not None:
+            self._complete[request.key] = None
 
     # -- writing
 
@@ -311,11 +326,19 @@ class Monitor:
         # A request waits for its label until the label stream is read past its time + the window
         # (not the clock: after an outage the backlog's labels are still to be read), and for its
         # other record until the request stream is; a label waits likewise for its request.
+        # A request without one of its two records waits at least record_wait_s for it (the two
+        # loggers send independently), whatever the label window.
         requests_to, labels_to = (self._read_to[stream] for stream in self.streams)
-        ready = [r for r in self._pending.values()
-                 if (r.features is not None and r.prediction is not None and r.label is not None)
-                 or min(requests_to, labels_to) - r.time_ns > self.window_ns]
-        rows = self._write(ready) if ready else 0
+        read_to = min(requests_to, labels_to)
+        ready = {key: self._pending[key] for key in self._complete if key in self._pending}
+        for request in self._pending.values():  # in the order first read, about their times: the oldest first
+            waited = read_to - request.time_ns
+            if waited <= self.window_ns:
+                break  # nor have the later ones waited long enough
+            if waited > self.record_wait_ns or (request.features is not None and request.prediction is not None):
+                ready[request.key] = request
+        rows = self._write(list(ready.values())) if ready else 0
+        self._complete = {key: None for key in self._complete if key in self._pending}  # kept when the sink failed
         for request_id, labels in list(self._labels.items()):
             expired = [label for label in labels if requests_to - label.arrived_ns > self.window_ns]
             for label in expired:
