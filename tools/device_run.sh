@@ -3,7 +3,7 @@
 # machine's Python, then the named stages, copying logs and benchmarks/RESULTS.md to $OUT after each.
 #   bash tools/device_run.sh tests gpu-cache triton
 # .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (tools/pack_rocksdb_for_gpu.sh).
-# Stages: tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), gpu-cache-misses (its lookups with misses only), triton (bench_gpu_lookup_triton.py;
+# Stages: ncu-cache (tools/profile_gpu_cache.py, then under ncu), tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), gpu-cache-misses (its lookups with misses only), triton (bench_gpu_lookup_triton.py;
 # needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), probe-variants (benchmarks/cpp/gpu_probe_variants.cu), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
 set -uo pipefail
 R=$(pwd)
@@ -54,6 +54,21 @@ for stage in "$@"; do
         timeout 200 ncu -k regex:probe --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
           --section Occupancy --section WarpStateStats /tmp/gpv 1048576 1 >"$OUT/probe-ncu.txt" 2>&1; tail -60 "$OUT/probe-ncu.txt"
       else echo "no ncu on this machine"; ls /usr/local/cuda*/bin 2>/dev/null | grep -i -E "ncu|nsys" | head; fi ;;
+    insert-ab)  # the insert kernel at each register budget (TRITONREC_INSERT_MIN_BLOCKS; rebuilds; ends on the default)
+      for mb in ${INSERT_AB:-1 3 4 5 6 8}; do
+        python3 -m pip install --no-build-isolation --no-deps -C cmake.define.TRITONREC_INSERT_MIN_BLOCKS=$mb . >"$OUT/build-ib$mb.log" 2>&1 || tail -20 "$OUT/build-ib$mb.log"
+        so=$(cd /tmp && python3 -P -c "import embedding_cache._core as c; print(c.__file__)")
+        regs=$(cuobjdump -res-usage "$so" 2>/dev/null | grep -A1 "insert_kernelIfE" | grep -o "REG:[0-9]*\|STACK:[0-9]*\|LOCAL:[0-9]*" | tr '\n' ' ')
+        echo "-- TRITONREC_INSERT_MIN_BLOCKS=$mb ($regs)"; timeout 120 python3 -P tools/profile_gpu_cache.py 2>&1 | grep -E "insert"
+      done
+      python3 -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 ;;
+    ncu-cache)  # tools/profile_gpu_cache.py: the insert and lookup kernels timed, then profiled by ncu where it reads counters
+      timeout 120 python3 -P tools/profile_gpu_cache.py >"$OUT/cache-kernels.log" 2>&1; cat "$OUT/cache-kernels.log"
+      if command -v ncu >/dev/null; then
+        timeout 400 ncu --clock-control none -k regex:"insert_kernel|lookup_kernel" --section SpeedOfLight --section MemoryWorkloadAnalysis \
+          --section Occupancy --section WarpStateStats --section LaunchStats python3 -P tools/profile_gpu_cache.py --once >"$OUT/cache-ncu.txt" 2>&1
+        grep -E "insert_kernel|lookup_kernel|Duration|Memory Throughput|DRAM Throughput|L2 Cache Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Block Limit|^ +(OPT|INF)" "$OUT/cache-ncu.txt" | head -150
+      else echo "no ncu on this machine"; fi ;;
     hit-rates)
       timeout 400 python3 -P benchmarks/bench_cache_hit_rates.py --gpu >"$OUT/hit-rates.log" 2>&1; tail -25 "$OUT/hit-rates.log" ;;
     triton-tests)  # tests through tritonserver that need no nvtabular (numpy 2 here); needs .gl/tri.tar.xz

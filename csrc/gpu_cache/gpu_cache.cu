@@ -246,3 +246,4 @@ void scatter_miss_rows_async(void* out, GpuOutDtype out_dtype, int columns, int6
 }  // namespace tritonrec
 
 static_assert(tritonrec::GpuCache::kWays == tritonrec::detail::kWays, "one set size for the class and its kernels");
+static_assert(tritonrec::kThreads == tritonrec::detail::kInsertThreads, "the insert kernel is compiled for the block size it is launched with");

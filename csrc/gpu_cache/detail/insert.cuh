@@ -10,7 +10,16 @@
 #include "gpu_cache/detail/rows.cuh"
 #include "gpu_cache/policy.hpp"
 
+// Resident blocks of 256 threads per SM the insert kernel is compiled for (its register budget); 1
+// lets the compiler take what it likes. Only to measure the alternatives:
+// pip install -C cmake.define.TRITONREC_INSERT_MIN_BLOCKS=4 .
+#ifndef TRITONREC_INSERT_MIN_BLOCKS
+#define TRITONREC_INSERT_MIN_BLOCKS 1
+#endif
+
 namespace tritonrec::detail {
+
+constexpr int kInsertThreads = 256;
 
 struct InsertKernelParams {
   int64_t* set_keys;  // (sets, kWays)
@@ -27,7 +36,7 @@ struct InsertKernelParams {
 };
 
 template <typename T>
-__global__ void insert_kernel(InsertKernelParams p, T* __restrict__ rows) {
+__global__ void __launch_bounds__(kInsertThreads, TRITONREC_INSERT_MIN_BLOCKS) insert_kernel(InsertKernelParams p, T* __restrict__ rows) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; i < p.n; i += warps) {
