@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, perf_point, served_difference, write_input_data, write_section  # noqa: E402
+from common import header, inference_statistics, per_execute_ms, perf_point, served_difference, write_input_data, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PLOTS = HERE / "plots"
@@ -47,31 +47,6 @@ def _floor_ensemble(repo: Path, pipeline) -> None:
         shutil.rmtree(version)
         version.mkdir()
         shutil.copy(HERE / "floor_model.py", version / "model.py")
-
-
-def _statistics(client, models: list[str]) -> dict[str, dict[str, float]]:
-    """model -> cumulative executions and queue / compute nanoseconds (Triton's statistics)."""
-    out = {}
-    for model in models:
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-        inference = stats["inference_stats"]
-        out[model] = {
-            "executions": float(stats.get("execution_count", 0)),
-            "queue_ns": float(inference["queue"].get("ns", 0)),
-            "compute_ns": sum(float(inference[k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output")),
-        }
-    return out
-
-
-def _per_execute_ms(before, after, model) -> tuple[float, float]:
-    """(queue ms, compute ms) per execution of ``model`` between two statistics snapshots."""
-    executions = after[model]["executions"] - before[model]["executions"]
-    if executions <= 0:
-        return float("nan"), float("nan")
-    return (
-        (after[model]["queue_ns"] - before[model]["queue_ns"]) / executions / 1e6,
-        (after[model]["compute_ns"] - before[model]["compute_ns"]) / executions / 1e6,
-    )
 
 
 def _plots(results: list[dict], batches: list[int], concurrencies: list[int]) -> list[Path]:
@@ -177,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             for batch in batches:
                 for concurrency in concurrencies:
-                    before = _statistics(client, step_models)
+                    before = inference_statistics(client, step_models)
                     m = perf_point(server.grpc_url, model, batch, concurrency, files[model], work / "perf.csv", args.seconds)
-                    after = _statistics(client, step_models)
+                    after = inference_statistics(client, step_models)
                     prefix = model if model in ("criteo", "floor") else None
-                    m["steps"] = {s: _per_execute_ms(before, after, f"{prefix}_{s}") for s in STEPS} if prefix else {}
+                    m["steps"] = {s: per_execute_ms(before, after, f"{prefix}_{s}") for s in STEPS} if prefix else {}
                     results.append({"model": model, "batch": batch, "concurrency": concurrency, **m})
                     print(f"{model:>18} b{batch:<5} c{concurrency}: {m['infer_s']:>10,.0f} rows/s p50 {m['p50_ms']:.3f} p95 {m['p95_ms']:.3f} p99 {m['p99_ms']:.3f} ms", flush=True)
         after_check = served_difference(client, "criteo", transform, held, expected)

@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, perf_point, served_difference, write_input_data, write_section  # noqa: E402
+from common import header, inference_statistics, perf_point, served_difference, write_input_data, write_section  # noqa: E402
 
+STEPS = ("transform", "embeddings", "scorer")
 MODELS = ("plain", "keyed", "logged")
 """The baseline, the same ensemble routing request keys but logging none (sampling 1e-9), and logging every request."""
 
@@ -149,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                 order = MODELS[round_ % len(MODELS):] + MODELS[:round_ % len(MODELS)]
                 for batch, concurrency in points:
                     for model in order:
+                        steps = [f"{model}_{s}" for s in STEPS]
+                        before = inference_statistics(client, steps)
                         m = perf_point(server.grpc_url, model, batch, concurrency, data, work / "perf.csv", args.seconds)
+                        after = inference_statistics(client, steps)
+                        for step, name in zip(STEPS, steps):  # server compute per row, us
+                            rows = after[name]["inferences"] - before[name]["inferences"]
+                            m[step] = (after[name]["compute_ns"] - before[name]["compute_ns"]) / rows / 1e3 if rows else float("nan")
                         if model != "plain":
                             _stream_settled(stream, REQUEST_STREAM)
                         results.setdefault((model, batch, concurrency), []).append(m)
@@ -185,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             form = "{:,.0f}" if key == "infer_s" else "{:,.3f}"
             table.append(f"| {batch} | {concurrency} | {label} | {form.format(off)} | {form.format(keyed)} | {form.format(on)} | "
                          f"{keyed / off:.3f} | {on / off:.3f} |")
+    compute = ["| batch | concurrency | model | " + " | ".join(f"{s} us" for s in STEPS) + " | all steps us |", "|---:|---:|---|---:|---:|---:|---:|"]
+    for batch, concurrency in points:
+        for model in MODELS:
+            values = [median(model, batch, concurrency, s) for s in STEPS]
+            compute.append(f"| {batch} | {concurrency} | {model} | " + " | ".join(f"{v:,.2f}" for v in values) + f" | {sum(values):,.2f} |")
     rounds = ["| model | batch | concurrency | " + " | ".join(f"round {i + 1} rows/s, p99 ms" for i in range(args.rounds)) + " |",
               "|---|---:|---:|" + "---|" * args.rounds]
     for (model, batch, concurrency), runs in results.items():
@@ -221,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         f"key made and routed to the scorer, nothing sent). {args.rounds} rounds, the order rotated each round; the medians are compared. "
         "Monitor: one consumer (`Monitor.drain`, 1,000 entries a read, label window 600 s) over every request the logged ensemble wrote "
         "in a perf_analyzer run, a label reported for each; timed from its first read to the last acknowledgement.\n",
-        *table, "", *monitor_table, "", *verdicts, "", "Each round:", "", *rounds,
+        *table, "", "Server compute time per row of each step, microseconds (Triton's compute input + infer + output around each point; median of rounds):", "",
+        *compute, "", *monitor_table, "", *verdicts, "", "Each round:", "", *rounds,
     ])
     print(body)
     if not args.no_write:

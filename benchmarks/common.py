@@ -149,3 +149,29 @@ def served_difference(client, model: str, transform, held: dict[str, np.ndarray]
         got = infer(client, model, tensors, ["probability"])["probability"].reshape(-1)
         worst = max(worst, float(np.abs(got - expected[start : start + n]).max()))
     return worst
+
+
+def inference_statistics(client, models: list[str]) -> dict[str, dict[str, float]]:
+    """model -> cumulative executions, inferences (rows) and queue / compute nanoseconds (Triton's statistics)."""
+    out = {}
+    for model in models:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        inference = stats["inference_stats"]
+        out[model] = {
+            "executions": float(stats.get("execution_count", 0)),
+            "inferences": float(stats.get("inference_count", 0)),
+            "queue_ns": float(inference["queue"].get("ns", 0)),
+            "compute_ns": sum(float(inference[k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output")),
+        }
+    return out
+
+
+def per_execute_ms(before, after, model) -> tuple[float, float]:
+    """(queue ms, compute ms) per execution of ``model`` between two statistics snapshots."""
+    executions = after[model]["executions"] - before[model]["executions"]
+    if executions <= 0:
+        return float("nan"), float("nan")
+    return (
+        (after[model]["queue_ns"] - before[model]["queue_ns"]) / executions / 1e6,
+        (after[model]["compute_ns"] - before[model]["compute_ns"]) / executions / 1e6,
+    )
