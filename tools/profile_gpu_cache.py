@@ -62,7 +62,7 @@ def main() -> None:
         print(f"dim {dim} fp32: insert of {N:,} new rows into an empty cache {insert_ms:.3f} ms (with the cache's creation) = "
               f"{N / insert_ms / 1e6:.2f} G rows/s; all-hit lookup {lookup_ms:.3f} ms = {N / lookup_ms / 1e6:.2f} G keys/s, "
               f"{N * (8 + 8 * dim) / lookup_ms / 1e6:.0f} GB/s moved, {misses} misses", flush=True)
-        del cache, fresh_insert.cache, out
+        del cache, fresh_insert.cache  # the next dim's cache and rows replace the rest
     dim, part = 64, N // 10
     rows = rng.random((N, dim), dtype=cp.float32)
     cache = _core.GpuCache(N, dim, _core.GpuRowDtype.float32, "lfu", 0, True)
