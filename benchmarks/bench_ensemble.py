@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, inference_statistics, per_execute_ms, perf_point, served_difference, write_input_data, write_section  # noqa: E402
+from common import (  # noqa: E402
+    header, inference_statistics, per_execute_ms, perf_point, served_difference, trained_criteo_ensemble, write_input_data, write_section,
+)
 
 HERE = Path(__file__).resolve().parent
 PLOTS = HERE / "plots"
@@ -108,21 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     import tritonclient.grpc as grpcclient
 
     from tritonrec.export import export_ensemble
-    from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator
-    from tritonrec.pipeline.train import plan_features, train_pipeline
-    from tritonrec.scorer.dlrm import predict
     from tritonrec.serving.server import TritonServer
     from tritonrec.serving.client import pack_request
     from tritonrec.serving.transform_model import TransformModel
 
-    work = Path(tempfile.mkdtemp(prefix="bench-ensemble-"))
-    generator = CriteoGenerator()
-    print(f"training on {args.train_rows:,} rows ...", flush=True)
-    pipeline = train_pipeline(work, generator.sample(args.train_rows, seed=0))
-    held_all = generator.sample(4096, seed=1)
-    held = {c: held_all[c] for c in CONTINUOUS + CATEGORICAL}
-    dense, ids = plan_features(pipeline.plan, held)
-    expected = predict(pipeline.model, dense, ids)
+    trained = trained_criteo_ensemble(args.train_rows, "bench-ensemble-")
+    work, pipeline, held, dense, ids, expected = trained.work, trained.pipeline, trained.held, trained.dense, trained.ids, trained.expected
     embeddings = np.stack([w[ids[:, j]] for j, w in enumerate(pipeline.model.table_weights())], axis=1)
 
     repo = work / "repo"

@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, inference_statistics, perf_point, served_difference, write_input_data, write_section  # noqa: E402
+from common import (  # noqa: E402
+    header, inference_statistics, perf_point, served_difference, trained_criteo_ensemble, write_input_data, write_section,
+)
 
 STEPS = ("transform", "embeddings", "scorer")
 MODELS = ("plain", "keyed", "logged")
@@ -112,22 +113,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from tritonrec.export import export_ensemble
     from tritonrec.monitoring.redis_server import RedisServer
-    from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator
-    from tritonrec.pipeline.train import plan_features, train_pipeline
-    from tritonrec.scorer.dlrm import predict
     from tritonrec.serving.client import pack_request
     from tritonrec.serving.request_log import REQUEST_STREAM, RequestLogOptions
     from tritonrec.serving.server import TritonServer
     from tritonrec.serving.transform_model import TransformModel
 
-    work = Path(tempfile.mkdtemp(prefix="bench-feedback-"))
-    generator = CriteoGenerator()
-    print(f"training on {args.train_rows:,} rows ...", flush=True)
-    pipeline = train_pipeline(work, generator.sample(args.train_rows, seed=0))
-    held_all = generator.sample(4096, seed=1)
-    held = {c: held_all[c] for c in CONTINUOUS + CATEGORICAL}
-    dense, ids = plan_features(pipeline.plan, held)
-    expected = predict(pipeline.model, dense, ids)
+    trained = trained_criteo_ensemble(args.train_rows, "bench-feedback-")
+    work, pipeline, held, expected = trained.work, trained.pipeline, trained.held, trained.expected
     transform = TransformModel(pipeline.plan, "packed")
     data = work / "input.json"
     write_input_data(pack_request(transform, {c: v[:2048] for c, v in held.items()}), 2048, data)

@@ -175,3 +175,26 @@ def per_execute_ms(before, after, model) -> tuple[float, float]:
         (after[model]["queue_ns"] - before[model]["queue_ns"]) / executions / 1e6,
         (after[model]["compute_ns"] - before[model]["compute_ns"]) / executions / 1e6,
     )
+
+
+def trained_criteo_ensemble(train_rows: int, prefix: str):
+    """The Criteo-shaped pipeline trained on ``train_rows`` synthetic rows in a new temporary
+    directory, with 4,096 held-out rows and the PyTorch model's offline answers for them: a
+    namespace of ``work`` (the directory), ``pipeline``, ``held`` (raw columns, (4096,) each),
+    ``dense`` and ``ids`` (the plan's outputs for them) and ``expected`` (probabilities, (4096,))."""
+    import tempfile
+    import types
+
+    from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, CriteoGenerator
+    from tritonrec.pipeline.train import plan_features, train_pipeline
+    from tritonrec.scorer.dlrm import predict
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    generator = CriteoGenerator()
+    print(f"training on {train_rows:,} rows ...", flush=True)
+    pipeline = train_pipeline(work, generator.sample(train_rows, seed=0))
+    held_all = generator.sample(4096, seed=1)
+    held = {c: held_all[c] for c in CONTINUOUS + CATEGORICAL}
+    dense, ids = plan_features(pipeline.plan, held)
+    return types.SimpleNamespace(work=work, pipeline=pipeline, held=held, dense=dense, ids=ids,
+                                 expected=predict(pipeline.model, dense, ids))

@@ -81,14 +81,20 @@ def _stream(url: str, stream: str = REQUEST_STREAM) -> list:
     return redis.Redis.from_url(url).xrange(stream)
 
 
-def test_every_record_reaches_the_stream(redis_server):
-    logger = RequestLogger(RequestLogOptions(redis_server.url, batch=16))
-    records = [_record(rows, key=i) for i, rows in enumerate([0, 1, 2, 200] * 25)]
+def _log_all(url: str, records: list, **options) -> RequestLogger:
+    """Logs every record (each queued, none dropped) and waits until all are sent; the closed logger."""
+    logger = RequestLogger(RequestLogOptions(url, **options))
     try:
         assert all(logger.log(r) for r in records)
         assert logger.flush(20)
     finally:
         logger.close()
+    return logger
+
+
+def test_every_record_reaches_the_stream(redis_server):
+    records = [_record(rows, key=i) for i, rows in enumerate([0, 1, 2, 200] * 25)]
+    logger = _log_all(redis_server.url, records, batch=16)
     entries = _stream(redis_server.url)
     assert len(entries) == logger.sent_total == 100 and logger.dropped_total == {"queue_full": 0, "redis_error": 0}
     for record, (_, fields) in zip(records, entries):
@@ -110,12 +116,7 @@ def test_large_records_and_odd_arrays_reach_the_stream_exactly(redis_server):
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")), allow_pickle=False)
             assert encode_record(record)[f"n:{name}".encode()] == buffer.getvalue()
-    logger = RequestLogger(RequestLogOptions(redis_server.url, batch=3))
-    try:
-        assert all(logger.log(r) for r in records)
-        assert logger.flush(20)
-    finally:
-        logger.close()
+    logger = _log_all(redis_server.url, records, batch=3)
     entries = _stream(redis_server.url)
     assert len(entries) == len(records) and logger.sent_total == len(records)
     for record, (_, fields) in zip(records, entries):
