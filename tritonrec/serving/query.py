@@ -171,12 +171,8 @@ def query(
     Args:
         output: where to write the predictions (``.parquet`` or ``.csv``): one column per model
             output (``probability`` for an ensemble), and ``label`` when the file has one.
-        log_dir: also append each request's rows to this sink directory, in the schema and the
-            hourly partitions of ``tritonrec monitor``'s sink (:mod:`tritonrec.monitoring.sink`):
-            the columns as sent, the predictions, the file's ``label`` (0/1, null where missing),
-            the model and the version that answered, request and answer times (UTC ns), and the
-            request id sent with it (``query-<run>-<first row>``). ``request_key`` is the one an
-            ensemble exported with request logging returns, else null.
+        log_dir: also append each request's rows to this sink directory, as ``tritonrec monitor``
+            writes them (see :class:`_QueryLog`).
         progress: called with the rows done after each batch.
 
     Returns:
@@ -193,45 +189,69 @@ def query(
     import pandas as pd  # noqa: PLC0415
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
-    from tritonrec.monitoring.sink import Sink  # noqa: PLC0415
-    from tritonrec.serving.client import infer_result  # noqa: PLC0415
-
     if batch_size < 1:
         raise QueryError(f"batch size {batch_size}: expected >= 1")
     frame = read_rows(path)
     client = grpcclient.InferenceServerClient(url)
     builder = RequestBuilder(client.get_model_config(model, as_json=True)["config"])
     builder.check(frame, path)
-    sink = labels = None
-    if log_dir is not None:
-        labels = _labels(frame, path) if LABEL in frame.columns else None
-        sink = Sink(log_dir)
+    log = _QueryLog(log_dir, frame, path, model, builder) if log_dir is not None else None
     run = uuid.uuid4().hex[:12]
     parts = []
     for start in range(0, len(frame), batch_size):
         rows = frame.iloc[start : start + batch_size]
-        tensors = builder.tensors(rows)
-        request_id = f"query-{run}-{start}"
-        sent_ns = time.time_ns()
-        result = infer_result(client, model, tensors, builder.outputs, request_id=request_id)
-        answered_ns = time.time_ns()
-        answer = {name: result.as_numpy(name) for name in builder.outputs}
+        tensors, answer, meta = _ask(client, model, builder, rows, f"query-{run}-{start}")
         part = pd.DataFrame(builder.columns_of(answer), index=rows.index)
         if LABEL in frame.columns:
             part[LABEL] = rows[LABEL].to_numpy()
         parts.append(part)
-        if sink is not None:
-            batch_labels = labels[start : start + len(rows)] if labels is not None else None
-            meta = {"request_id": request_id, "model": model, "model_version": _version(result), "scorer": "",
-                    "request_time_ns": sent_ns, "prediction_time_ns": answered_ns, "label": batch_labels,
-                    "label_time_ns": [None if v is None else sent_ns for v in batch_labels] if batch_labels is not None else None}
-            _log_batch(sink, tensors, answer, builder, meta, len(rows))
+        if log is not None:
+            log.write(tensors, answer, start, len(rows), meta)
         if progress is not None:
             progress(start + len(rows))
     predictions = pd.concat(parts) if parts else pd.DataFrame({name: [] for name in builder.output_columns})
     if output is not None:
         _write(predictions, Path(output))
     return predictions
+
+
+def _ask(client: Any, model: str, builder: RequestBuilder, rows: Any, request_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """One request of the DataFrame ``rows``: (tensors sent, output name -> array, the request's
+    id, answering version and request / answer times in UTC ns as the sink's meta columns)."""
+    from tritonrec.serving.client import infer_result  # noqa: PLC0415
+
+    tensors = builder.tensors(rows)
+    sent_ns = time.time_ns()
+    result = infer_result(client, model, tensors, builder.outputs, request_id=request_id)
+    answer = {name: result.as_numpy(name) for name in builder.outputs}
+    return tensors, answer, {"request_id": request_id, "model_version": _version(result), "request_time_ns": sent_ns,
+                             "prediction_time_ns": time.time_ns()}
+
+
+class _QueryLog:
+    """``query``'s requests into a sink directory, in the schema and the hourly partitions of
+    ``tritonrec monitor``'s sink (:mod:`tritonrec.monitoring.sink`): the columns as sent, the
+    predictions, the file's ``label`` (0/1, null where missing), the model and the version that
+    answered, request and answer times (UTC ns), the request id sent (``query-<run>-<first row>``),
+    and ``request_key`` when the ensemble returns one (exported with request logging), else null.
+    The file's labels are checked here, before anything is sent (QueryError naming the first bad
+    row); SinkError when ``log_dir`` cannot be written."""
+
+    def __init__(self, log_dir: Any, frame: Any, path: Any, model: str, builder: RequestBuilder) -> None:
+        from tritonrec.monitoring.sink import Sink  # noqa: PLC0415
+
+        self.labels = _labels(frame, path) if LABEL in frame.columns else None
+        self.sink = Sink(log_dir)
+        self.model, self.builder = model, builder
+
+    def write(self, tensors: Mapping[str, np.ndarray], answer: Mapping[str, Any], start: int, rows: int, meta: dict[str, Any]) -> None:
+        """One request's ``rows`` rows (the file's from ``start``) with ``meta``'s request id,
+        answering version and times (UTC ns)."""
+        labels = self.labels[start : start + rows] if self.labels is not None else None
+        sent_ns = meta["request_time_ns"]
+        meta = {**meta, "model": self.model, "scorer": "", "label": labels,
+                "label_time_ns": [None if v is None else sent_ns for v in labels] if labels is not None else None}
+        _log_batch(self.sink, tensors, answer, self.builder, meta, rows)
 
 
 def _labels(frame: Any, path: Any) -> list[int | None]:
