@@ -39,6 +39,21 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# 0c. promtool (checks and unit-tests deploy/prometheus/'s rules), from Debian's prometheus package:
+# the binary alone, into the venv (installing the package would start a Prometheus server).
+if [ ! -x "$venv/bin/promtool" ] && ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  log "installing promtool from Debian's prometheus package"
+  mkdir -p "$venv/bin"
+  promdir=$(mktemp -d)
+  if (cd "$promdir" && { apt-get download prometheus >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && apt-get update -qq && apt-get download prometheus >/dev/null; }; } \
+      && dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool "$venv/bin/promtool"); then
+    :
+  else
+    log "promtool could not be fetched (apt-get download prometheus): the Prometheus rule tests will be skipped"
+  fi
+  rm -rf "$promdir"
+fi
+
 # 1. Dependencies, keyed by the requirement files' contents.
 deps_hash=$(cat requirements/constraints.txt requirements/dev.txt | sha256sum | cut -c1-16)
 if [ ! -f "$venv/.deps-$deps_hash" ]; then
