@@ -1,0 +1,216 @@
+"""The reference profile the monitor compares traffic with: what the model was trained on (issue 18).
+
+Built from the raw training columns (before the transform) and the plan that serves them:
+
+- each continuous column (numbers feeding no categorical encoder): its quantile bin edges
+  (:func:`~tritonrec.monitoring.drift.quantile_edges`, ``bins``), the rows in each bin, and the
+  missing (NaN) rows;
+- each categorical column (feeding ``Categorify``, ``HashBucket`` or a hashed cross): its ``top``
+  most frequent values with their counts (``Categorify``'s own fit-time counts, from the workflow's
+  ``categories/unique.<column>.parquet``, where given), the rows of every other value (``other``),
+  the missing rows, and the share the plan encodes out of vocabulary (``oov_rate``);
+- optionally the prediction distribution on a validation set (bins of its quantiles) and the
+  validation AUC and log loss.
+
+Saved as one JSON file, sealed (:mod:`tritonrec.integrity`: an edited or damaged profile is
+refused), carrying the plan's fingerprint: :meth:`Profile.load` refuses a profile of another plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonrec.integrity import IntegrityError, check_seal, write_manifest
+from tritonrec.monitoring.drift import quantile_edges
+from tritonrec.monitoring.quality import auc, log_loss
+
+PROFILE_FORMAT = "tritonrec.profile"
+PROFILE_VERSION = 1
+_CATEGORICAL_KINDS = ("categorify", "hash_bucket", "hashed_cross", "xor_buckets", "indexed_hash")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be built or used; the message names the file, column or plan."""
+
+
+@dataclasses.dataclass
+class Profile:
+    """A reference profile (see the module's docstring). ``continuous``: column -> ``{"edges",
+    "counts", "missing"}``; ``categorical``: column -> ``{"top": [[value, count], ...], "other",
+    "missing", "oov_rate", "source"}``; ``prediction``: ``{"edges", "counts"}`` or None;
+    ``validation``: ``{"rows", "auc", "log_loss"}`` or None."""
+
+    plan_fingerprint: str
+    rows: int
+    continuous: dict[str, dict[str, Any]]
+    categorical: dict[str, dict[str, Any]]
+    prediction: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the sealed JSON file (atomically); returns its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(path, {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, **dataclasses.asdict(self)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], plan_fingerprint: str | None = None) -> Profile:
+        """Reads and checks a profile; with ``plan_fingerprint``, refuses a profile of another plan.
+
+        Raises:
+            ProfileError: not a profile, another version, or another plan (both fingerprints named).
+            IntegrityError: the file is damaged or edited.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ProfileError(f"profile {path}: cannot be read as JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"profile {path}: not a tritonrec profile (format {data.get('format') if isinstance(data, dict) else None!r})")
+        check_seal(data, path)
+        if data.get("version") != PROFILE_VERSION:
+            raise ProfileError(f"profile {path}: version {data.get('version')!r}, this tritonrec reads {PROFILE_VERSION}")
+        fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        profile = cls(**fields)
+        if plan_fingerprint is not None and profile.plan_fingerprint != plan_fingerprint:
+            raise ProfileError(f"profile {path} was built for plan {profile.plan_fingerprint}, "
+                               f"the model serves plan {plan_fingerprint}: build the profile of this plan")
+        return profile
+
+
+def column_kinds(plan: Any) -> tuple[list[str], list[str]]:
+    """(continuous, categorical) input columns of ``plan``, in input order: categorical feed an
+    encoder (Categorify, HashBucket, a hashed cross) or are strings; continuous are the other
+    numeric, non-list columns. List columns are in neither."""
+    encoded = {c for g in plan.groups if any(s.kind in _CATEGORICAL_KINDS for s in g.steps) for c in g.inputs}
+    continuous, categorical = [], []
+    for spec in plan.input_schema:
+        if spec.is_list:
+            continue
+        if spec.name in encoded or np.dtype(spec.dtype).kind in "OSU":
+            categorical.append(spec.name)
+        elif np.dtype(spec.dtype).kind in "iufb":
+            continuous.append(spec.name)
+    return continuous, categorical
+
+
+def _continuous(values: Any, bins: int, column: str) -> dict[str, Any]:
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    missing = int(np.isnan(array).sum())
+    try:
+        edges = quantile_edges(array, bins)
+    except ValueError as e:
+        raise ProfileError(f"column {column!r}: {e}") from None
+    finite = array[~np.isnan(array)]
+    counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=edges.size + 1)
+    return {"edges": edges.tolist(), "counts": counts.tolist(), "missing": missing}
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _categorical(values: Any, top: int, fit_counts: list[tuple[Any, int]] | None) -> dict[str, Any]:
+    array = np.asarray(values).reshape(-1)
+    missing_mask = np.array([_is_missing(v) for v in array.tolist()], dtype=bool) if array.dtype.kind in "Of" else np.zeros(array.size, bool)
+    present = array[~missing_mask]
+    if fit_counts is not None:
+        pairs, source = [(_plain(v), int(c)) for v, c in fit_counts], "categorify"
+    else:
+        uniques, counts = np.unique(present, return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        pairs, source = [(_plain(uniques[i]), int(counts[i])) for i in order], "data"
+    kept = pairs[:top]
+    other = int(present.size - sum(c for _, c in kept)) if source == "data" else int(sum(c for _, c in pairs[top:]))
+    return {"top": [list(p) for p in kept], "other": max(other, 0), "missing": int(missing_mask.sum()), "source": source}
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the JSON value it is (int, float, str)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def fit_counts(workflow_dir: str | os.PathLike[str] | None, column: str) -> list[tuple[Any, int]] | None:
+    """``Categorify``'s fit-time (value, count) pairs of ``column``, most frequent first, from a
+    fitted NVTabular workflow directory (``categories/unique.<column>.parquet``); None without one."""
+    if workflow_dir is None:
+        return None
+    path = Path(workflow_dir) / "categories" / f"unique.{column}.parquet"
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    table = pq.read_table(path)
+    if column not in table.column_names or f"{column}_size" not in table.column_names:
+        return None
+    values, counts = table.column(column).to_pylist(), table.column(f"{column}_size").to_pylist()
+    pairs = sorted(((v, int(c)) for v, c in zip(values, counts) if not _is_missing(v)), key=lambda p: -p[1])
+    return pairs
+
+
+def oov_rates(plan: Any, columns: Mapping[str, Any], categorical: list[str]) -> dict[str, float]:
+    """Share of rows that ``plan`` encodes out of vocabulary, per categorical input column with a
+    Categorify output (the codes in its OOV range); 0.0 for hashed columns (no vocabulary)."""
+    outputs = plan.transform(columns)
+    codes = plan.categorical_codes()
+    out_of = {i: o for g in plan.groups for i, o in zip(g.inputs, g.outputs)}
+    rates = {}
+    for column in categorical:
+        name = out_of.get(column)
+        if name in codes:
+            _, first, end = codes[name]
+            values = np.asarray(outputs[name]).reshape(-1)
+            rates[column] = float(((values >= first) & (values < end)).mean()) if values.size else 0.0
+        else:
+            rates[column] = 0.0
+    return rates
+
+
+def build_profile(plan: Any, columns: Mapping[str, Any], *, bins: int = 10, top: int = 100,
+                  workflow_dir: str | os.PathLike[str] | None = None, predictions: Any = None, labels: Any = None) -> Profile:
+    """The profile of raw training ``columns`` (name -> (n,) array, every input of ``plan``) for
+    ``plan``; with ``predictions`` (and 0/1 ``labels``) of a validation set, also its prediction
+    distribution (and AUC and log loss).
+
+    Raises:
+        ProfileError: a column of the plan missing, no rows, ``top`` < 1, or predictions and
+            labels of different lengths.
+    """
+    if top < 1:
+        raise ProfileError(f"top {top}: expected >= 1")
+    missing = [c.name for c in plan.input_schema if c.name not in columns]
+    if missing:
+        raise ProfileError(f"columns {missing} of the plan are not in the training data")
+    rows = len(np.asarray(columns[plan.input_schema[0].name])) if plan.input_schema else 0
+    if rows == 0:
+        raise ProfileError("no training rows: expected at least one")
+    continuous, categorical = column_kinds(plan)
+    inputs = {c.name: columns[c.name] for c in plan.input_schema}
+    rates = oov_rates(plan, inputs, categorical)
+    profile = Profile(
+        plan_fingerprint=plan.fingerprint, rows=rows,
+        continuous={c: _continuous(columns[c], bins, c) for c in continuous},
+        categorical={c: {**_categorical(columns[c], top, fit_counts(workflow_dir, c)), "oov_rate": rates[c]} for c in categorical},
+    )
+    if predictions is not None:
+        p = np.asarray(predictions, dtype=np.float64).reshape(-1)
+        binned = _continuous(p, bins, "prediction")
+        profile.prediction = {"edges": binned["edges"], "counts": binned["counts"]}
+        if labels is not None:
+            try:
+                profile.validation = {"rows": int(p.size), "auc": auc(labels, p), "log_loss": log_loss(labels, p)}
+            except ValueError as e:
+                raise ProfileError(f"validation set: {e}") from None
+    return profile
+
+
+__all__ = ["IntegrityError", "Profile", "ProfileError", "build_profile", "column_kinds", "fit_counts", "oov_rates"]
