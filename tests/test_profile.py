@@ -105,3 +105,37 @@ def test_bad_training_data_is_named(criteo_trained):
         build_profile(plan, held, top=0)
     with pytest.raises(ProfileError, match="validation set: 2 labels and 3 predictions"):
         build_profile(plan, held, predictions=np.array([0.1, 0.2, 0.3]), labels=np.array([0, 1]))
+
+
+def test_the_profile_command_scores_the_validation_rows_with_the_exported_model(criteo_trained, tmp_path, capsys):
+    from tritonrec.cli import main
+    from tritonrec.export import export_ensemble
+
+    pipeline, held = criteo_trained["pipeline"], criteo_trained["held_out"]
+    repo = tmp_path / "repo"
+    export_ensemble(pipeline.plan, pipeline.store_dir, pipeline.scorer_dir, repo, "criteo")
+    frame = pd.DataFrame(held)
+    frame.iloc[:1000].drop(columns=[LABEL]).to_parquet(tmp_path / "train.parquet")
+    frame.iloc[1000:].to_csv(tmp_path / "validation.csv", index=False)
+    out = tmp_path / "profile.json"
+    assert main(["profile", str(tmp_path / "train.parquet"), "--workflow", str(pipeline.workflow_dir), "--model", str(repo / "criteo"),
+                 "--validation", str(tmp_path / "validation.csv"), "-o", str(out), "--top", "3"]) == 0
+    assert "profiled 1,000 rows: 13 continuous, 26 categorical columns; validation AUC" in capsys.readouterr().out
+    profile = Profile.load(out, pipeline.plan.fingerprint)
+    expected, labels = criteo_trained["expected"][1000:], held[LABEL][1000:]
+    assert profile.validation["rows"] == 1000 and profile.rows == 1000
+    assert profile.validation["auc"] == pytest.approx(auc(labels, expected), abs=1e-6)  # served = offline within 1e-5
+    assert profile.validation["log_loss"] == pytest.approx(log_loss(labels, expected), abs=1e-5)
+    assert all(len(e["top"]) == 3 and e["source"] == "categorify" for e in profile.categorical.values())
+    # bad invocations, named
+    assert main(["profile", str(tmp_path / "train.parquet"), "--workflow", str(pipeline.workflow_dir), "--model", str(repo / "criteo"),
+                 "-o", str(out)]) == 1
+    assert "--model and --validation go together" in capsys.readouterr().err
+    assert main(["profile", str(tmp_path / "train.parquet"), "--workflow", str(pipeline.workflow_dir), "--model", str(repo / "criteo"),
+                 "--validation", str(tmp_path / "train.parquet"), "-o", str(out)]) == 1
+    assert "no 'label' column" in capsys.readouterr().err
+    config = repo / "criteo_transform" / "config.pbtxt"
+    config.write_text(config.read_text().replace(pipeline.plan.fingerprint, "0" * 64))
+    assert main(["profile", str(tmp_path / "train.parquet"), "--workflow", str(pipeline.workflow_dir), "--model", str(repo / "criteo"),
+                 "--validation", str(tmp_path / "validation.csv"), "-o", str(out)]) == 1
+    assert f"serves plan {'0' * 64}, the workflow given is plan {pipeline.plan.fingerprint}" in capsys.readouterr().err

@@ -385,6 +385,41 @@ def _add_monitor(sub: Any) -> None:
     monitor.set_defaults(func=_monitor)
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from tritonrec.monitoring.profile import ProfileError, profile_files  # noqa: PLC0415
+    from tritonrec.serving.query import QueryError  # noqa: PLC0415
+    from tritonrec.serving.reference import NoReferenceError  # noqa: PLC0415
+    from tritonrec.transform.plan import PlanLoadError  # noqa: PLC0415
+
+    try:
+        profile = profile_files(args.data, args.workflow, args.output, model=args.model, validation=args.validation, bins=args.bins, top=args.top)
+    except (ProfileError, QueryError, NoReferenceError, PlanLoadError, OSError) as e:
+        print(f"tritonrec profile: {e}", file=sys.stderr)
+        return 1
+    quality = (f"; validation AUC {profile.validation['auc']:.4f}, log loss {profile.validation['log_loss']:.4f} on "
+               f"{profile.validation['rows']:,} rows" if profile.validation else "")
+    print(f"profiled {profile.rows:,} rows: {len(profile.continuous)} continuous, {len(profile.categorical)} categorical columns"
+          f"{quality} -> {args.output} (plan {profile.plan_fingerprint[:12]})")
+    return 0
+
+
+def _add_profile(sub: Any) -> None:
+    """Subcommand ``profile``."""
+    profile = sub.add_parser("profile", help="the training profile that tritonrec monitor measures drift and quality against",
+                             description="Profiles the raw training rows for the workflow's plan: quantile bins of continuous "
+                                         "columns, top values (Categorify's fit-time counts) and OOV rates of categorical ones; with "
+                                         "--model and --validation, the validation predictions' distribution, AUC and log loss. "
+                                         "Written as one sealed JSON file carrying the plan's fingerprint.")
+    profile.add_argument("data", help="raw training rows, .parquet or .csv")
+    profile.add_argument("--workflow", required=True, metavar="DIR", help="the fitted NVTabular workflow directory (or a plan directory)")
+    profile.add_argument("--model", metavar="MODEL_DIR", help="an exported ensemble's directory (<repository>/<name>), run in process")
+    profile.add_argument("--validation", metavar="FILE", help="validation rows with a 'label' column (with --model)")
+    profile.add_argument("-o", "--output", required=True, metavar="PROFILE", help="the profile file to write (JSON)")
+    profile.add_argument("--bins", type=int, default=10, help="quantile bins of a continuous column (default 10)")
+    profile.add_argument("--top", type=int, default=100, help="most frequent values kept per categorical column (default 100)")
+    profile.set_defaults(func=_profile)
+
+
 def _add_feedback(sub: Any) -> None:
     """Subcommand ``feedback``."""
     from tritonrec.monitoring.labels import LABEL_STREAM  # noqa: PLC0415 - no redis import at module level
@@ -616,7 +651,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_perf, _add_feedback, _add_monitor, _add_install_backends, _add_demo):
+    for add in (_add_serve, _add_export_transform, _add_export, _add_query, _add_perf, _add_feedback, _add_monitor, _add_profile,
+                _add_install_backends, _add_demo):
         add(sub)
     return parser
 

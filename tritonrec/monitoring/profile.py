@@ -213,4 +213,72 @@ def build_profile(plan: Any, columns: Mapping[str, Any], *, bins: int = 10, top:
     return profile
 
 
-__all__ = ["IntegrityError", "Profile", "ProfileError", "build_profile", "column_kinds", "fit_counts", "oov_rates"]
+
+
+def served_predictions(model_dir: str | os.PathLike[str], frame: Any, plan_fingerprint: str, batch_rows: int = 4096) -> np.ndarray:
+    """Probabilities that the exported model at ``model_dir`` (``<repository>/<model>``, an ensemble
+    of tritonrec's backends) answers for the raw rows of DataFrame ``frame``, computed in process
+    (:class:`~tritonrec.serving.reference.ServedReference`), float64 (n,).
+
+    Raises:
+        ProfileError: a model of another plan than ``plan_fingerprint``, or one without a single
+            [rows, 1] output; NoReferenceError: a step on another backend.
+    """
+    from tritonrec.serving.query import RequestBuilder  # noqa: PLC0415
+    from tritonrec.serving.reference import ServedReference, repository_configs  # noqa: PLC0415
+
+    model_dir = Path(model_dir)
+    configs = repository_configs(model_dir.parent)
+    _, config = configs(model_dir.name, -1)
+    steps = [s["model_name"] for s in config.get("ensemble_scheduling", {}).get("step", [])] or [model_dir.name]
+    for step in steps:
+        found = configs(step, -1)[1].get("parameters", {}).get("plan_fingerprint", {}).get("string_value")
+        if found and found != plan_fingerprint:
+            raise ProfileError(f"model {model_dir} serves plan {found}, the workflow given is plan {plan_fingerprint}")
+    builder = RequestBuilder(config)
+    builder.check(frame, model_dir)
+    if len(builder.outputs) != 1 and "probability" not in builder.outputs:
+        raise ProfileError(f"model {model_dir}: outputs {builder.outputs}: expected one probability output")
+    output = "probability" if "probability" in builder.outputs else builder.outputs[0]
+    reference = ServedReference(model_dir.parent, model_dir.name, configs)
+    try:
+        parts = [np.asarray(reference(builder.tensors(frame.iloc[start:start + batch_rows]))[output], dtype=np.float64).reshape(-1)
+                 for start in range(0, len(frame), batch_rows)]
+    finally:
+        reference.close()
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def profile_files(data: str | os.PathLike[str], workflow: str | os.PathLike[str], output: str | os.PathLike[str], *,
+                  model: str | os.PathLike[str] | None = None, validation: str | os.PathLike[str] | None = None,
+                  bins: int = 10, top: int = 100) -> Profile:
+    """What ``tritonrec profile`` does: the profile of the raw training rows in ``data`` (.parquet or
+    .csv) for the plan of ``workflow`` (a plan or a fitted workflow directory; Categorify's counts
+    from its ``categories/``), with the validation rows of ``validation`` (a ``label`` column)
+    scored by ``model`` (an exported ensemble's directory), saved to ``output``.
+
+    Raises:
+        ProfileError, QueryError (an unreadable file, missing columns), NoReferenceError.
+    """
+    from tritonrec.export.transform import load_or_compile  # noqa: PLC0415
+    from tritonrec.serving.query import read_rows  # noqa: PLC0415
+
+    if (model is None) != (validation is None):
+        raise ProfileError("--model and --validation go together: the validation rows (with a 'label' column) and the model that scores them")
+    plan = load_or_compile(workflow)
+    frame = read_rows(data)
+    columns = {c: frame[c].to_numpy() for c in frame.columns}
+    predictions = labels = None
+    if model is not None:
+        rows = read_rows(validation)
+        if "label" not in rows.columns:
+            raise ProfileError(f"{validation}: no 'label' column: expected the validation rows with their 0/1 labels")
+        predictions, labels = served_predictions(model, rows, plan.fingerprint), rows["label"].to_numpy()
+    workflow_dir = Path(workflow) if (Path(workflow) / "categories").is_dir() else None
+    profile = build_profile(plan, columns, bins=bins, top=top, workflow_dir=workflow_dir, predictions=predictions, labels=labels)
+    profile.save(output)
+    return profile
+
+
+__all__ = ["IntegrityError", "Profile", "ProfileError", "build_profile", "column_kinds", "fit_counts", "oov_rates", "profile_files",
+           "served_predictions"]
