@@ -5,6 +5,7 @@
 - :mod:`~tritonrec.monitoring.drift`: :func:`psi` and :func:`js_distance`.
 - :mod:`~tritonrec.monitoring.profile`: the training profile (bins, top values, OOV rates, validation quality), sealed.
 - :mod:`~tritonrec.monitoring.quality`: AUC, log loss and calibration over a rolling window.
+- :mod:`~tritonrec.monitoring.watch`: drift and quality per window against the profile, alerts that act.
 - :mod:`~tritonrec.monitoring.alerts`: alerts over consecutive windows, the on-alert command, the audit log.
 - The request records themselves are written by :mod:`tritonrec.serving.request_log`.
 """

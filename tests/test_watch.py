@@ -1,0 +1,129 @@
+"""Drift and quality windows against the training profile: a shift injected into one continuous
+and one categorical column is flagged for exactly those columns, with PSI and JS equal to a hand
+computation; degraded labels raise the AUC alert after k windows and run the on-alert command once
+within its cooldown; a label stream that stops raises nothing."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SMALL_SHAPE
+from tritonrec.monitoring.alerts import ActionRunner, AuditLog
+from tritonrec.monitoring.drift import PSI_EPSILON
+from tritonrec.monitoring.profile import build_profile
+from tritonrec.monitoring.watch import OTHER, Watch
+from tritonrec.pipeline.synthetic import CATEGORICAL, CONTINUOUS, LABEL, CriteoGenerator
+
+ROWS = 20_000
+
+
+def _scored(criteo_trained, seed: int) -> pd.DataFrame:
+    """ROWS raw rows of the small Criteo shape with the trained model's probabilities and true labels,
+    in the sink's schema."""
+    from tritonrec.pipeline.train import plan_features
+    from tritonrec.scorer.dlrm import predict
+
+    pipeline = criteo_trained["pipeline"]
+    rows = CriteoGenerator(SMALL_SHAPE).sample(ROWS, seed=seed)
+    dense, ids = plan_features(pipeline.plan, {c: rows[c] for c in CONTINUOUS + CATEGORICAL})
+    frame = pd.DataFrame({c: rows[c] for c in CONTINUOUS + CATEGORICAL})
+    return frame.assign(probability=predict(pipeline.model, dense, ids), label=rows[LABEL].astype(np.int8), model="criteo_transform",
+                        model_version=1, scorer="criteo_scorer", scorer_version=1)
+
+
+@pytest.fixture(scope="module")
+def profiled(criteo_trained):
+    train = _scored(criteo_trained, seed=31)
+    profile = build_profile(criteo_trained["pipeline"].plan, {c: train[c].to_numpy() for c in CONTINUOUS + CATEGORICAL}, top=100,
+                            predictions=train["probability"].to_numpy(), labels=train["label"].to_numpy())
+    return profile, _scored(criteo_trained, seed=32)
+
+
+def _psi_by_hand(entry, values):
+    edges, counts = entry["edges"], entry["counts"]
+    values = values[~np.isnan(values)]  # missing values are watched apart from the bins
+    reference = [c / sum(counts) for c in counts]
+    current = [np.sum(values <= edges[0])] + [np.sum((values > a) & (values <= b)) for a, b in zip(edges, edges[1:])] + [np.sum(values > edges[-1])]
+    current = [c / len(values) for c in current]
+    return sum((max(q, PSI_EPSILON) - max(p, PSI_EPSILON)) * math.log(max(q, PSI_EPSILON) / max(p, PSI_EPSILON)) for p, q in zip(reference, current))
+
+
+def _js_by_hand(entry, values):
+    top = dict((v, c) for v, c in entry["top"])
+    keys = list(top) + [OTHER]
+    p = np.array([top[k] for k in keys[:-1]] + [entry["other"]], dtype=float)
+    q = np.array([np.sum(values == k) for k in keys[:-1]] + [np.sum(~np.isin(values, keys[:-1]))], dtype=float)
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+    kl = lambda a: sum(x * math.log2(x / y) for x, y in zip(a, m) if x > 0)  # noqa: E731
+    return math.sqrt((kl(p) + kl(q)) / 2)
+
+
+def test_a_shift_in_two_columns_is_flagged_for_exactly_those(profiled):
+    profile, fresh = profiled
+    watch = Watch(profile, window_rows=ROWS)
+    unchanged = watch.add(fresh)
+    assert unchanged is not None and not [c for c, r in unchanged["columns"].items() if r["drifted"]] and not unchanged["dataset_drift"]
+    shifted = fresh.copy()
+    shifted["I2"] = shifted["I2"] * 4 + 3  # a continuous column moved
+    rare = int(profile.categorical["C5"]["top"][-1][0])
+    shifted.loc[shifted.index[: ROWS // 2], "C5"] = rare  # half the rows take one of C5's rarest top values
+    report = watch.add(shifted)
+    drifted = sorted(c for c, r in report["columns"].items() if r["drifted"])
+    assert drifted == ["C5", "I2"]
+    assert report["columns"]["I2"]["value"] == pytest.approx(_psi_by_hand(profile.continuous["I2"], shifted["I2"].to_numpy()), rel=1e-9)
+    assert report["columns"]["C5"]["value"] == pytest.approx(_js_by_hand(profile.categorical["C5"], shifted["C5"].to_numpy()), rel=1e-9)
+    assert not report["dataset_drift"]  # 2 of 39 columns: below half
+    metric = watch.registry.get_sample_value
+    assert metric("tritonrec_feature_drift", {"column": "I2", "metric": "psi"}) == pytest.approx(report["columns"]["I2"]["value"])
+    assert metric("tritonrec_feature_drift", {"column": "C5", "metric": "js"}) == pytest.approx(report["columns"]["C5"]["value"])
+    assert report["prediction_psi"] is not None and metric("tritonrec_prediction_drift") == pytest.approx(report["prediction_psi"])
+
+
+def test_degraded_labels_raise_the_auc_alert_and_run_the_action_once(profiled, tmp_path):
+    profile, fresh = profiled
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    ran = tmp_path / "ran.txt"
+    action = ActionRunner(f"{sys.executable} -c \"import os, sys; open(sys.argv[1], 'a').write(os.environ['TRITONREC_ALERT'] + '\\n')\" {ran}",
+                          audit, cooldown_s=3600)
+    watch = Watch(profile, window_rows=2000, quality_rows=2000, quality_min_rows=1000, alert_windows=2, audit=audit, action=action)
+    windows = [fresh.iloc[i:i + 2000] for i in range(0, ROWS, 2000)]
+    good = [watch.add(w) for w in windows[:2]]
+    key = ("criteo_scorer", 1)
+    assert all(r["quality"][key]["auc"] >= profile.validation["auc"] - 0.02 for r in good)
+    rng = np.random.default_rng(0)
+    raised_at = None
+    for i, window in enumerate(windows[2:6]):  # the labels now say nothing about the predictions
+        report = watch.add(window.assign(label=rng.integers(0, 2, len(window)).astype(np.int8)))
+        assert report["quality"][key]["auc"] < profile.validation["auc"] - 0.02
+        if raised_at is None and watch.auc_alerts[key].active:
+            raised_at = i
+    assert raised_at == 1  # the second degraded window
+    while action.running:
+        action.poll()
+    assert ran.read_text() == "auc_drop:criteo_scorer:1\n"  # once, though the alert held for two more windows
+    events = [e["event"] for e in audit.read()]
+    assert events.count("alert_raised") == 1 and events.count("action_started") == 1 and "action_finished" in events
+    raised = next(e for e in audit.read() if e["event"] == "alert_raised")
+    assert raised["values"]["reference_auc"] == pytest.approx(profile.validation["auc"]) and raised["window"]["window"] == 4
+    assert watch.registry.get_sample_value("tritonrec_monitor_auc", {"model": "criteo_scorer", "version": "1"}) < 0.6
+
+
+def test_a_label_stream_that_stops_raises_nothing(profiled, tmp_path):
+    profile, fresh = profiled
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    now = [0.0]
+    watch = Watch(profile, window_rows=2000, quality_min_rows=1000, alert_windows=1, audit=audit, clock=lambda: now[0])
+    watch.add(fresh.iloc[:2000])
+    for i in range(3):  # traffic goes on, labels stop; the rolling AUC keeps the last labelled rows and goes stale
+        now[0] += 60
+        report = watch.add(fresh.iloc[2000 * (i + 1): 2000 * (i + 2)].assign(label=np.nan))
+        assert report["quality"][("criteo_scorer", 1)] is not None
+    assert not any(a.active for a in watch.auc_alerts.values()) and [e["event"] for e in audit.read()] == []
+    assert watch.registry.get_sample_value("tritonrec_monitor_auc_age_seconds", {"model": "criteo_scorer", "version": "1"}) == 180
+    assert watch.close_window() is None  # an empty window: nothing to report

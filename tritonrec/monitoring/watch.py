@@ -1,0 +1,195 @@
+"""Drift and quality of served traffic against the training profile, window by window (issue 18).
+
+:class:`Watch` takes the rows the monitor joins (raw columns, prediction, label, model versions)
+and, for every window of ``window_rows`` rows or ``window_s`` seconds, whichever ends first:
+
+- each continuous column of the profile: PSI of the window against the profile's bins (warn at
+  ``psi_warn``, drifted at ``psi_alert``);
+- each categorical column: the Jensen-Shannon distance of the window's counts over the profile's
+  top values and "other" (drifted at ``js_alert``);
+- the prediction's PSI against the validation predictions' bins (the signal before labels come);
+- dataset drift: at least ``dataset_share`` of the profiled columns drifted;
+- quality per model version (the scorer that logged the prediction, else the transform): AUC, log
+  loss and calibration over its last ``quality_rows`` labelled rows; the AUC alert is raised when the AUC stays more than ``auc_drop`` below the profile's
+  validation AUC for ``alert_windows`` windows. A version without new labelled rows in a window
+  has no verdict (its AUC is stale, reported by ``tritonrec_monitor_auc_age_seconds``), so a label
+  stream that stops raises nothing.
+
+Raised alerts run the on-alert action (:class:`~tritonrec.monitoring.alerts.ActionRunner`), and
+every decision goes to the audit log. Metrics: ``tritonrec_feature_drift{column,metric}``,
+``tritonrec_prediction_drift``, ``tritonrec_dataset_drift``, ``tritonrec_monitor_auc{model,version}``,
+``tritonrec_monitor_logloss{model,version}``, ``tritonrec_monitor_calibration{model,version}``,
+``tritonrec_monitor_auc_age_seconds{model,version}``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tritonrec.monitoring.alerts import ActionRunner, Alert, AuditLog
+from tritonrec.monitoring.drift import bin_shares, js_distance, psi_of_shares
+from tritonrec.monitoring.profile import Profile
+from tritonrec.monitoring.quality import RollingQuality
+
+OTHER = "__other__"
+"""The bucket of categorical values outside the profile's top values."""
+
+
+def _shares(counts: list[int]) -> np.ndarray:
+    array = np.asarray(counts, dtype=np.float64)
+    return array / array.sum()
+
+
+class Watch:
+    """See the module's docstring. ``registry``: the monitor's prometheus_client registry."""
+
+    def __init__(self, profile: Profile, *, window_rows: int = 10_000, window_s: float = 300.0, psi_warn: float = 0.1,
+                 psi_alert: float = 0.25, js_alert: float = 0.1, dataset_share: float = 0.5, quality_rows: int = 10_000,
+                 quality_min_rows: int = 1000, auc_drop: float = 0.02, alert_windows: int = 3, prediction_column: str = "probability",
+                 registry: Any = None, audit: AuditLog | None = None, action: ActionRunner | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if window_rows < 1 or window_s <= 0 or not 0 < dataset_share <= 1:
+            raise ValueError(f"window_rows {window_rows} / window_s {window_s} / dataset_share {dataset_share}: expected >= 1 / > 0 / (0, 1]")
+        self.profile, self.window_rows, self.window_s = profile, window_rows, window_s
+        self.psi_warn, self.psi_alert, self.js_alert, self.dataset_share = psi_warn, psi_alert, js_alert, dataset_share
+        self.auc_drop, self.alert_windows, self.prediction_column = auc_drop, alert_windows, prediction_column
+        self.audit, self.action, self.clock = audit, action, clock
+        self.quality = RollingQuality(quality_rows, quality_min_rows)
+        self.drift_alert = Alert("dataset_drift", windows=1, audit=audit)
+        self.auc_alerts: dict[tuple[str, int], Alert] = {}
+        self._last_labelled: dict[tuple[str, int], float] = {}
+        self._frames: list[Any] = []
+        self._rows = 0
+        self._opened = clock()
+        self.windows = 0
+        self._metrics(registry)
+
+    def _metrics(self, registry: Any) -> None:
+        from prometheus_client import CollectorRegistry, Gauge  # noqa: PLC0415
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.feature_drift = Gauge("tritonrec_feature_drift", "Drift of a column in the last window (psi or js)", ["column", "metric"], registry=self.registry)
+        self.prediction_drift = Gauge("tritonrec_prediction_drift", "PSI of the predictions in the last window", registry=self.registry)
+        self.dataset_drift = Gauge("tritonrec_dataset_drift", "1 when the share of drifted columns reached the threshold", registry=self.registry)
+        labels = ["model", "version"]
+        self.auc_gauge = Gauge("tritonrec_monitor_auc", "AUC over the last labelled rows", labels, registry=self.registry)
+        self.logloss_gauge = Gauge("tritonrec_monitor_logloss", "Log loss over the last labelled rows", labels, registry=self.registry)
+        self.calibration_gauge = Gauge("tritonrec_monitor_calibration", "Mean prediction / mean label", labels, registry=self.registry)
+        self.auc_age = Gauge("tritonrec_monitor_auc_age_seconds", "Seconds since a labelled row last came", labels, registry=self.registry)
+
+    def add(self, frame: Any) -> dict[str, Any] | None:
+        """Takes rows (a pandas DataFrame in the sink's schema); returns the report of a window
+        that these rows complete (see :meth:`close_window`), else None."""
+        if len(frame):
+            self._frames.append(frame)
+            self._rows += len(frame)
+        if self._rows >= self.window_rows or (self._rows and self.clock() - self._opened >= self.window_s):
+            return self.close_window()
+        return None
+
+    def close_window(self) -> dict[str, Any] | None:
+        """Evaluates the rows of the open window (None when it has none) and opens the next."""
+        import pandas as pd  # noqa: PLC0415
+
+        if not self._frames:
+            self._opened = self.clock()
+            return None
+        window = pd.concat(self._frames, ignore_index=True)
+        self._frames, self._rows, self._opened = [], 0, self.clock()
+        self.windows += 1
+        report = {"window": self.windows, "rows": len(window), "columns": self._drift(window)}
+        report["prediction_psi"] = self._prediction_drift(window)
+        drifted = [c for c, r in report["columns"].items() if r["drifted"]]
+        measured = [c for c, r in report["columns"].items() if r["value"] is not None]
+        report["dataset_drift"] = bool(measured) and len(drifted) >= self.dataset_share * len(measured)
+        self.dataset_drift.set(1.0 if report["dataset_drift"] else 0.0)
+        values = {"drifted_columns": drifted, "columns": {c: r["value"] for c, r in report["columns"].items()},
+                  "prediction_psi": report["prediction_psi"]}
+        if self.drift_alert.update(report["dataset_drift"] if measured else None, values, {"window": self.windows, "rows": len(window)}) == "raised":
+            self._act("dataset_drift", values)
+        report["quality"] = self._quality(window)
+        return report
+
+    def _drift(self, window: Any) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for column, entry in self.profile.continuous.items():
+            values = np.asarray(window[column], dtype=np.float64) if column in window else np.zeros(0)
+            if not np.isfinite(values).any():
+                out[column] = {"metric": "psi", "value": None, "drifted": False}  # not seen in this window
+                continue
+            value = psi_of_shares(_shares(entry["counts"]), bin_shares(values, np.asarray(entry["edges"])))
+            out[column] = {"metric": "psi", "value": value, "drifted": value >= self.psi_alert, "warn": value >= self.psi_warn}
+            self.feature_drift.labels(column=column, metric="psi").set(value)
+        for column, entry in self.profile.categorical.items():
+            if column not in window or not window[column].notna().any():
+                out[column] = {"metric": "js", "value": None, "drifted": False}
+                continue
+            top = {value: count for value, count in entry["top"]}
+            reference = {**top, OTHER: entry["other"]}
+            current: dict[Any, int] = {}
+            for value, count in window[column].dropna().value_counts().items():
+                key = value.item() if isinstance(value, np.generic) else value
+                key = key if key in top else OTHER
+                current[key] = current.get(key, 0) + int(count)
+            value = js_distance(reference, current)
+            out[column] = {"metric": "js", "value": value, "drifted": value >= self.js_alert}
+            self.feature_drift.labels(column=column, metric="js").set(value)
+        return out
+
+    def _prediction_drift(self, window: Any) -> float | None:
+        if self.profile.prediction is None or self.prediction_column not in window:
+            return None
+        values = np.asarray(window[self.prediction_column], dtype=np.float64)
+        if not np.isfinite(values).any():
+            return None
+        value = psi_of_shares(_shares(self.profile.prediction["counts"]), bin_shares(values, np.asarray(self.profile.prediction["edges"])))
+        self.prediction_drift.set(value)
+        return value
+
+    def _quality(self, window: Any) -> dict[str, Any]:
+        labelled = window[window["label"].notna()] if "label" in window else window.iloc[:0]
+        labelled = labelled[labelled[self.prediction_column].notna()] if self.prediction_column in labelled else labelled.iloc[:0]
+        now = self.clock()
+        fresh = set()
+        # the model that answered: the scorer that logged the prediction, else the transform
+        scored = labelled["scorer"].fillna("").astype(str) != "" if "scorer" in labelled else np.zeros(len(labelled), bool)
+        labelled = labelled.assign(_model=np.where(scored, labelled.get("scorer", ""), labelled["model"]),
+                                   _version=np.where(scored, labelled.get("scorer_version", 0), labelled["model_version"]))
+        for (model, version), rows in labelled.groupby(["_model", "_version"], dropna=False):
+            key = (str(model), int(version) if version == version else 0)
+            self.quality.add(key, rows["label"].to_numpy(), rows[self.prediction_column].to_numpy())
+            self._last_labelled[key] = now
+            fresh.add(key)
+        reference = self.profile.validation["auc"] if self.profile.validation else None
+        out = {}
+        for key in self.quality.keys():
+            metrics = self.quality.compute(key)
+            model, version = key[0], str(key[1])
+            self.auc_age.labels(model=model, version=version).set(now - self._last_labelled[key])
+            out[key] = metrics
+            if metrics is None:
+                continue
+            for gauge, name in ((self.auc_gauge, "auc"), (self.logloss_gauge, "log_loss"), (self.calibration_gauge, "calibration")):
+                if metrics[name] is not None:
+                    gauge.labels(model=model, version=version).set(metrics[name])
+            if reference is None:
+                continue
+            alert = self.auc_alerts.setdefault(key, Alert(f"auc_drop:{model}:{version}", windows=self.alert_windows, audit=self.audit))
+            verdict = None if key not in fresh or metrics["auc"] is None else metrics["auc"] < reference - self.auc_drop
+            values = {"auc": metrics["auc"], "reference_auc": reference, "drop": self.auc_drop, "log_loss": metrics["log_loss"], "rows": metrics["rows"]}
+            if alert.update(verdict, values, {"window": self.windows, "model": model, "version": key[1]}) == "raised":
+                self._act(alert.name, values)
+        return out
+
+    def _act(self, alert: str, values: dict[str, Any]) -> None:
+        if self.action is not None:
+            self.action.trigger(alert, values)
+
+    def poll(self) -> None:
+        """Reaps or times out a running on-alert action (call it every step)."""
+        if self.action is not None:
+            self.action.poll()
