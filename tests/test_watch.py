@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -127,3 +128,59 @@ def test_a_label_stream_that_stops_raises_nothing(profiled, tmp_path):
     assert not any(a.active for a in watch.auc_alerts.values()) and [e["event"] for e in audit.read()] == []
     assert watch.registry.get_sample_value("tritonrec_monitor_auc_age_seconds", {"model": "criteo_scorer", "version": "1"}) == 180
     assert watch.close_window() is None  # an empty window: nothing to report
+
+
+def test_the_monitor_command_alerts_on_degraded_labels_and_runs_the_action_once(profiled, redis_server, tmp_path):
+    """End to end through ``tritonrec monitor --profile --on-alert``: one-row requests in the
+    streams, true labels then random ones; the AUC alert fires, the command runs once, every
+    decision is audited, the gauges are served; a request of another plan is left out and counted."""
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    import redis
+
+    from tritonrec.monitoring import report_labels
+    from tritonrec.serving.request_log import REQUEST_STREAM, RequestRecord, encode_record
+    from tritonrec.serving.server import free_port
+
+    profile, fresh = profiled
+    path = profile.save(tmp_path / "profile.json")
+    rows = fresh.iloc[:4000]
+    rng = np.random.default_rng(1)
+    labels = np.r_[rows["label"].to_numpy()[:2000], rng.integers(0, 2, 2000)]
+    client = redis.Redis.from_url(redis_server.url)
+    pipe = client.pipeline(transaction=False)
+    for i in range(len(rows)):
+        row = rows.iloc[i:i + 1]
+        tensors = {c: row[c].to_numpy().reshape(1, 1) for c in CONTINUOUS + CATEGORICAL}
+        plan = profile.plan_fingerprint if i != 7 else "f" * 64  # one request transformed by another plan
+        pipe.xadd(REQUEST_STREAM, encode_record(RequestRecord(10_000 + i, "features", "criteo_transform", 1, 1, tensors, plan=plan)))
+        pipe.xadd(REQUEST_STREAM, encode_record(RequestRecord(10_000 + i, "prediction", "criteo_scorer", 1, 1,
+                                                              {"probability": row["probability"].to_numpy().reshape(1, 1).astype(np.float32)})))
+    pipe.execute()
+    report_labels(redis_server.url, [10_000 + i for i in range(len(rows))], labels.tolist())
+    ran = tmp_path / "ran.txt"
+    on_alert = f"{sys.executable} -c \"import os, sys; open(sys.argv[1], 'a').write(os.environ['TRITONREC_ALERT'] + '\\n')\" {ran}"
+    port = free_port("127.0.0.1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tritonrec.cli", "monitor", "--redis", redis_server.url, "--sink", str(tmp_path / "sink"),
+         "--label-window", "30", "--profile", str(path), "--on-alert", on_alert, "--window-rows", "1000", "--quality-rows", "1000",
+         "--alert-windows", "2", "--metrics-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not ran.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert ran.read_text() == "auc_drop:criteo_scorer:1\n", err
+    audit = AuditLog(tmp_path / "sink" / "_monitor_audit.jsonl").read()
+    assert [e["event"] for e in audit].count("alert_raised") == 1 and [e["event"] for e in audit].count("action_started") == 1
+    assert 'tritonrec_monitor_auc{model="criteo_scorer",version="1"}' in metrics and "tritonrec_feature_drift{" in metrics
+    assert "tritonrec_monitor_rows_other_plan_total 1.0" in metrics
+    assert f"requests of plan {'f' * 64} are not compared with the profile" in err

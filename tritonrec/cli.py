@@ -335,9 +335,18 @@ def _monitor(args: argparse.Namespace) -> int:
     from tritonrec.monitoring.monitor import Monitor  # noqa: PLC0415
     from tritonrec.monitoring.sink import SinkError  # noqa: PLC0415
 
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    try:
+        watch = _monitor_watch(args, registry)
+    except (ValueError, OSError) as e:  # a bad option or profile, an unwritable audit log, a damaged profile
+        print(f"tritonrec monitor: {e}", file=sys.stderr)
+        return 2
     try:
         monitor = Monitor(args.redis, args.sink, label_window_s=args.label_window, request_stream=args.request_stream,
-                          label_stream=args.label_stream, group=args.group, consumer=args.consumer, count=args.count)
+                          label_stream=args.label_stream, group=args.group, consumer=args.consumer, count=args.count,
+                          registry=registry, watch=watch)
     except (SinkError, ValueError) as e:
         print(f"tritonrec monitor: {e}", file=sys.stderr)
         return 2
@@ -354,9 +363,32 @@ def _monitor(args: argparse.Namespace) -> int:
     print(f"tritonrec monitor: {args.redis} ({args.request_stream}, {args.label_stream}) -> {args.sink}"
           + (f"; metrics on {args.metrics_address}:{args.metrics_port}" if args.metrics_port is not None else ""), flush=True)
     monitor.run(lambda: bool(stopping))
+    if watch is not None and watch.action is not None:
+        watch.action.close(timeout_s=10)
     print(f"tritonrec monitor: stopped after {monitor.rows_written:,} rows; {monitor.pending_requests:,} requests read and not "
           "written (acknowledged later, after the next start)", flush=True)
     return 0
+
+
+def _monitor_watch(args: argparse.Namespace, registry: Any) -> Any:
+    """The Watch of ``--profile`` (None without it): drift, quality, alerts, ``--on-alert``, the audit log.
+    ValueError naming a bad option; ProfileError / IntegrityError for a bad profile."""
+    if args.profile is None:
+        if args.on_alert is not None:
+            raise ValueError("--on-alert needs --profile PROFILE: alerts come from comparing traffic with the training profile")
+        return None
+    from pathlib import Path  # noqa: PLC0415
+
+    from tritonrec.monitoring.alerts import ActionRunner, AuditLog  # noqa: PLC0415
+    from tritonrec.monitoring.profile import Profile  # noqa: PLC0415
+    from tritonrec.monitoring.watch import Watch  # noqa: PLC0415
+
+    profile = Profile.load(args.profile)
+    audit = AuditLog(args.audit_log or Path(args.sink) / "_monitor_audit.jsonl")
+    action = ActionRunner(args.on_alert, audit, cooldown_s=args.cooldown, timeout_s=args.action_timeout) if args.on_alert else None
+    return Watch(profile, window_rows=args.window_rows, window_s=args.window_seconds, auc_drop=args.auc_drop,
+                 alert_windows=args.alert_windows, quality_rows=args.quality_rows, quality_min_rows=min(args.quality_rows, 1000),
+                 registry=registry, audit=audit, action=action)
 
 
 def _add_monitor(sub: Any) -> None:
@@ -382,6 +414,17 @@ def _add_monitor(sub: Any) -> None:
     monitor.add_argument("--consumer", default="monitor",
                          help="this monitor's name in the group; keep it across restarts (it reads its unacknowledged entries again)")
     monitor.add_argument("--count", type=int, default=1000, help="entries read per stream per step")
+    watch = monitor.add_argument_group("drift, quality and alerts (with --profile)")
+    watch.add_argument("--profile", metavar="PROFILE", help="the training profile (tritonrec profile) traffic is compared with")
+    watch.add_argument("--window-rows", type=int, default=10_000, help="rows a window holds at most (default 10,000)")
+    watch.add_argument("--window-seconds", type=float, default=300.0, help="seconds a window lasts at most (default 300)")
+    watch.add_argument("--quality-rows", type=int, default=10_000, help="the last labelled rows the AUC covers, per model version")
+    watch.add_argument("--auc-drop", type=float, default=0.02, help="the AUC alert: this far below the profile's validation AUC")
+    watch.add_argument("--alert-windows", type=int, default=3, help="consecutive windows below it that raise the AUC alert")
+    watch.add_argument("--on-alert", metavar="CMD", help="run CMD (no shell) when an alert is raised; env TRITONREC_ALERT, TRITONREC_ALERT_VALUES")
+    watch.add_argument("--cooldown", type=float, default=3600.0, help="seconds after a start before CMD runs again (default 3600)")
+    watch.add_argument("--action-timeout", type=float, default=3600.0, help="seconds CMD may run before it is killed (default 3600)")
+    watch.add_argument("--audit-log", metavar="FILE", help="JSON lines of every decision (default SINK/_monitor_audit.jsonl)")
     monitor.set_defaults(func=_monitor)
 
 

@@ -102,6 +102,8 @@ class _Metrics:
         self.unmatched = Counter("tritonrec_monitor_labels_unmatched", "Labels not joined, by reason", ["reason"], registry=self.registry)
         self.sink_errors = Counter("tritonrec_monitor_sink_errors", "Failed writes to the sink (retried)", registry=self.registry)
         self.pending = Gauge("tritonrec_monitor_pending_requests", "Requests read and not yet written", registry=self.registry)
+        self.other_plan = Counter("tritonrec_monitor_rows_other_plan", "Rows of a plan other than the profile's, left out of drift and quality",
+                                  registry=self.registry)
 
 
 class Monitor:
@@ -117,6 +119,8 @@ class Monitor:
         count: entries read per stream per step.
         record_wait_s: how long a request with one of its two records waits for the other at
             least (the label window when longer), seconds.
+        watch: a :class:`~tritonrec.monitoring.watch.Watch` given the rows written (those of its
+            profile's plan), for drift, quality and alerts; its metrics should share ``registry``.
         registry: a prometheus_client registry for the metrics (default: a new one).
         log: where errors that the monitor rides out are reported (default: stderr).
 
@@ -127,7 +131,8 @@ class Monitor:
 
     def __init__(self, redis_url: str, sink: Any, *, label_window_s: float = 600.0, request_stream: str = REQUEST_STREAM,
                  label_stream: str = LABEL_STREAM, group: str = GROUP, consumer: str = "monitor", count: int = 1000,
-                 registry: Any = None, log: Callable[[str], None] | None = None, record_wait_s: float = RECORD_WAIT_S) -> None:
+                 registry: Any = None, log: Callable[[str], None] | None = None, record_wait_s: float = RECORD_WAIT_S,
+                 watch: Any = None) -> None:
         import redis  # noqa: PLC0415
 
         if label_window_s < 0:
@@ -143,6 +148,8 @@ class Monitor:
         self.log = log or (lambda message: print(f"tritonrec monitor: {message}", file=sys.stderr, flush=True))
         self.sink = Sink(sink)
         self.metrics = _Metrics(registry)
+        self.watch = watch
+        self._refused_plans: set[str] = set()
         try:
             self.client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         except ValueError as e:
@@ -234,6 +241,11 @@ class Monitor:
                 self._read_to[stream] = now
         self.metrics.lag.set(max(lag, 0.0))
         self.flush()
+        if self.watch is not None:  # a window also ends by time; a running on-alert action is reaped
+            report = self.watch.tick()
+            if report is not None:
+                self._report(report)
+            self.watch.poll()
         return read
 
     def _skip(self, stream: str, entry: str) -> None:
@@ -356,12 +368,15 @@ class Monitor:
     def _write(self, ready: list[_Request]) -> int:
         by_partition: dict[str, list[Any]] = {}
         counts = {"present": 0, "missing": 0}
+        watched: list[Any] = []
         for request in ready:
             table = self._table(request)
             if table is None:
                 continue
             by_partition.setdefault(partition_of(request.time_ns), []).append(table)
             counts["present" if request.label is not None else "missing"] += table.num_rows
+            if self.watch is not None and self._of_profiled_plan(request, table.num_rows):
+                watched.append(table)
         try:
             for partition, tables in by_partition.items():
                 self.sink.write(partition, tables)
@@ -383,7 +398,40 @@ class Monitor:
                 self.metrics.rows.labels(label=label).inc(n)
         rows = counts["present"] + counts["missing"]
         self.rows_written += rows
+        if watched:
+            self._watch(watched)
         return rows
+
+    def _of_profiled_plan(self, request: _Request, rows: int) -> bool:
+        """Whether the request was transformed by the plan of the watch's profile (or by a
+        transform that does not say); other plans' rows are counted and left out of drift and quality."""
+        plan = request.features.plan if request.features is not None else ""
+        if not plan or plan == self.watch.profile.plan_fingerprint:
+            return True
+        self.metrics.other_plan.inc(rows)
+        if plan not in self._refused_plans:
+            self._refused_plans.add(plan)
+            self.log(f"requests of plan {plan} are not compared with the profile, built for plan {self.watch.profile.plan_fingerprint}: "
+                     "build the profile of the plan now served")
+        return False
+
+    def _watch(self, tables: list[Any]) -> None:
+        """The watch's report of each window these rows complete goes to the log."""
+        import pyarrow as pa  # noqa: PLC0415
+
+        try:
+            frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+        except TypeError:  # pyarrow < 14
+            frame = pa.concat_tables(tables, promote=True).to_pandas()
+        report = self.watch.add(frame)
+        if report is not None:
+            self._report(report)
+
+    def _report(self, report: dict[str, Any]) -> None:
+        drifted = sorted(c for c, r in report["columns"].items() if r["drifted"])
+        self.log(f"window {report['window']}: {report['rows']:,} rows, drifted {drifted or 'none'}"
+                 + (", dataset drift" if report["dataset_drift"] else "")
+                 + "".join(f"; {m} v{v} AUC {q['auc']:.4f}" for (m, v), q in report["quality"].items() if q and q["auc"] is not None))
 
     def _table(self, request: _Request) -> Any:
         """The request's rows as a pyarrow Table; None (logged, acknowledged later as written)

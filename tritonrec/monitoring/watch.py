@@ -91,6 +91,12 @@ class Watch:
             return self.close_window()
         return None
 
+    def tick(self) -> dict[str, Any] | None:
+        """Closes the open window when it has rows and ``window_s`` has passed (call it every step)."""
+        if self._rows and self.clock() - self._opened >= self.window_s:
+            return self.close_window()
+        return None
+
     def close_window(self) -> dict[str, Any] | None:
         """Evaluates the rows of the open window (None when it has none) and opens the next."""
         import pandas as pd  # noqa: PLC0415

@@ -14,7 +14,8 @@ the thread backs off (up to 1 s) and resumes by itself when Redis answers again.
 request key, so both records of a sampled request are logged and neither of an unsampled one.
 
 Field encoding (:func:`encode_record`, :func:`decode_record`): ``key``, ``kind``, ``model``,
-``version``, ``time_ns`` as ASCII; ``id``, the client's request id, when it gave one (UTF-8); a
+``version``, ``time_ns`` as ASCII; ``id``, the client's request id, when it gave one (UTF-8);
+``plan``, the transform's plan fingerprint (features records, ASCII); a
 numeric tensor ``t`` as ``n:t`` holding ``.npy`` bytes (``numpy.save`` without pickles: dtype,
 shape, little-endian data); a string tensor as ``s:t`` holding a JSON object ``{"shape": [...],
 "values": [...]}`` (UTF-8); for a packed tensor ``t`` ([rows, k], one column each), ``c:t`` holding
@@ -63,6 +64,8 @@ class RequestRecord:
     tensors: dict[str, np.ndarray]
     request_id: str = ""
     columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    plan: str = ""
+    """The fingerprint of the plan that transformed the request (features records; "" when unknown)."""
 
 
 def encode_record(record: RequestRecord) -> dict[bytes, bytes]:
@@ -73,6 +76,8 @@ def encode_record(record: RequestRecord) -> dict[bytes, bytes]:
               b"version": b"%d" % record.version, b"time_ns": b"%d" % record.time_ns}
     if record.request_id:
         fields[b"id"] = record.request_id.encode("utf-8")
+    if record.plan:
+        fields[b"plan"] = record.plan.encode("ascii")
     for name, columns in record.columns.items():
         fields[f"c:{name}".encode()] = _column_names(tuple(columns))
     for name, array in record.tensors.items():
@@ -149,7 +154,8 @@ def decode_record(fields: Mapping[bytes, bytes]) -> RequestRecord:
             raise RecordError(f"field 'c:{name}': {len(names)} column names for tensor {name!r} "
                               f"of shape {tensors[name].shape if name in tensors else 'absent'}")
     return RequestRecord(_int_field(fields, "key"), kind, fields[b"model"].decode("utf-8", "replace"), _int_field(fields, "version"),
-                         _int_field(fields, "time_ns"), tensors, fields.get(b"id", b"").decode("utf-8", "replace"), columns)
+                         _int_field(fields, "time_ns"), tensors, fields.get(b"id", b"").decode("utf-8", "replace"), columns,
+                         fields.get(b"plan", b"").decode("ascii", "replace"))
 
 
 def sampled(key: int, share: float) -> bool:
@@ -405,8 +411,8 @@ class FeatureLogging:
     """
 
     def __init__(self, execute: Execute, logger: RequestLogger | None, model: str, version: int,
-                 columns: Mapping[str, Sequence[str]] | None = None) -> None:
-        self.execute, self.logger, self.model, self.version = execute, logger, model, version
+                 columns: Mapping[str, Sequence[str]] | None = None, plan: str = "") -> None:
+        self.execute, self.logger, self.model, self.version, self.plan = execute, logger, model, version, plan
         self.columns = {name: list(names) for name, names in (columns or {}).items()}
 
     def __call__(self, batch: list[dict[str, Any]], request_ids: Sequence[str] | None = None) -> list[Any]:
@@ -423,7 +429,7 @@ class FeatureLogging:
             if self.logger is not None and rows:
                 self.logger.log(RequestRecord(key, "features", self.model, self.version, time.time_ns(),
                                               {name: _host(array) for name, array in tensors.items()}, request_id or "",
-                                              {name: names for name, names in self.columns.items() if name in tensors}))
+                                              {name: names for name, names in self.columns.items() if name in tensors}, self.plan))
             out.append(result)
         return out
 
