@@ -113,6 +113,7 @@ def test_degraded_labels_raise_the_auc_alert_and_run_the_action_once(profiled, t
     raised = next(e for e in audit.read() if e["event"] == "alert_raised")
     assert raised["values"]["reference_auc"] == pytest.approx(profile.validation["auc"]) and raised["window"]["window"] == 4
     assert watch.registry.get_sample_value("tritonrec_monitor_auc", {"model": "criteo_scorer", "version": "1"}) < 0.6
+    assert watch.registry.get_sample_value("tritonrec_monitor_auc_reference") == pytest.approx(profile.validation["auc"])
 
 
 def test_a_label_stream_that_stops_raises_nothing(profiled, tmp_path):

@@ -19,7 +19,8 @@ Raised alerts run the on-alert action (:class:`~tritonrec.monitoring.alerts.Acti
 every decision goes to the audit log. Metrics: ``tritonrec_feature_drift{column,metric}``,
 ``tritonrec_prediction_drift``, ``tritonrec_dataset_drift``, ``tritonrec_monitor_auc{model,version}``,
 ``tritonrec_monitor_logloss{model,version}``, ``tritonrec_monitor_calibration{model,version}``,
-``tritonrec_monitor_auc_age_seconds{model,version}``.
+``tritonrec_monitor_auc_age_seconds{model,version}``, ``tritonrec_monitor_auc_reference`` (the
+profile's validation AUC, for Prometheus rules).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class Watch:
         self.logloss_gauge = Gauge("tritonrec_monitor_logloss", "Log loss over the last labelled rows", labels, registry=self.registry)
         self.calibration_gauge = Gauge("tritonrec_monitor_calibration", "Mean prediction / mean label", labels, registry=self.registry)
         self.auc_age = Gauge("tritonrec_monitor_auc_age_seconds", "Seconds since a labelled row last came", labels, registry=self.registry)
+        self.auc_reference = Gauge("tritonrec_monitor_auc_reference", "The profile's validation AUC", registry=self.registry)
+        if self.profile.validation is not None:
+            self.auc_reference.set(self.profile.validation["auc"])
 
     def add(self, frame: Any) -> dict[str, Any] | None:
         """Takes rows (a pandas DataFrame in the sink's schema); returns the report of a window
