@@ -16,6 +16,8 @@ the logged ensemble wrote at batch 1024 (and, reported beside it, at batch 1), w
 reported for every request, and joins and writes it to a parquet sink (default label window,
 600 s): rows per second, consumed, joined and written, timed from its first read to the last
 entry acknowledged. The sink is checked: one row per row logged, each with its prediction and label.
+The same streams are read once more by a monitor with drift and quality on (``--profile``, issue
+18): its rows/s beside part 1's.
 
 Targets (issue 17; this 2-core CPU machine): p99 at batch 1 with logging within 1.1x of without;
 throughput at batch 1024 with logging within 0.95x; the monitor >= 2x the ensemble's best rows/s.
@@ -69,12 +71,9 @@ def _logged(metrics_url: str) -> dict[str, float]:
     return out
 
 
-def _monitor_run(redis_url: str, stream_client, work: Path, name: str) -> dict[str, float]:
-    """A label for every logged request, then one Monitor over the whole stream, timed; the sink
-    checked against the stream. Returns requests, rows, seconds, rows/s."""
+def _logged_requests(redis_url: str, stream_client) -> dict[int, int]:
+    """Request key -> rows of every request in the stream; reports a label (key % 2) for each."""
     from tritonrec.monitoring import report_labels
-    from tritonrec.monitoring.monitor import Monitor
-    from tritonrec.monitoring.sink import Sink
     from tritonrec.serving.request_log import REQUEST_STREAM, decode_record
 
     rows_of: dict[int, int] = {}
@@ -83,8 +82,23 @@ def _monitor_run(redis_url: str, stream_client, work: Path, name: str) -> dict[s
         if record.kind == "features":
             rows_of[record.key] = next(iter(record.tensors.values())).shape[0]
     report_labels(redis_url, list(rows_of), [k % 2 for k in rows_of])
+    return rows_of
+
+
+def _monitor_run(redis_url: str, rows_of: dict[int, int], work: Path, name: str, profile=None) -> dict[str, float]:
+    """One Monitor (a consumer group of its own) over the whole stream, timed; with ``profile``, its
+    Watch on (drift, quality). The sink is checked against the stream. Returns requests, rows,
+    seconds, rows/s, windows."""
+    from prometheus_client import CollectorRegistry
+
+    from tritonrec.monitoring.monitor import Monitor
+    from tritonrec.monitoring.sink import Sink
+    from tritonrec.monitoring.watch import Watch
+
+    registry = CollectorRegistry()
+    watch = Watch(profile, registry=registry) if profile is not None else None
     sink = work / f"sink-{name}"
-    monitor = Monitor(redis_url, sink, group=f"bench-{name}")
+    monitor = Monitor(redis_url, sink, group=f"bench-{name}", registry=registry, watch=watch, log=lambda message: None)
     start = time.perf_counter()
     if not monitor.drain(timeout_s=600, block_ms=10):
         raise RuntimeError(f"monitor ({name}): not drained within 600 s")
@@ -96,7 +110,10 @@ def _monitor_run(redis_url: str, stream_client, work: Path, name: str) -> dict[s
     if frame.label.isna().any() or frame.probability.isna().any() or (frame.label != frame.request_key % 2).any():
         raise RuntimeError(f"monitor ({name}): {int(frame.label.isna().sum())} rows without their label, "
                            f"{int(frame.probability.isna().sum())} without their prediction")
-    return {"requests": len(rows_of), "rows": monitor.rows_written, "seconds": seconds, "rows_s": monitor.rows_written / seconds}
+    if watch is not None and len(frame) >= watch.window_rows and watch.windows == 0:
+        raise RuntimeError(f"monitor ({name}): {len(frame):,} rows watched in no window")
+    return {"requests": len(rows_of), "rows": monitor.rows_written, "seconds": seconds, "rows_s": monitor.rows_written / seconds,
+            "windows": watch.windows if watch is not None else 0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     import tritonclient.grpc as grpcclient
 
     from tritonrec.export import export_ensemble
+    from tritonrec.monitoring.profile import build_profile
     from tritonrec.monitoring.redis_server import RedisServer
     from tritonrec.serving.client import pack_request
     from tritonrec.serving.request_log import REQUEST_STREAM, RequestLogOptions
@@ -159,14 +177,19 @@ def main(argv: list[str] | None = None) -> int:
             answered = _requests_answered(client, "logged")
             logged = _logged(server.metrics_url)
 
-            # the monitor over what the logged ensemble wrote: batch 1024, then batch 1
+            # the monitor over what the logged ensemble wrote: batch 1024, then batch 1; joining only, then
+            # with drift and quality against a profile (of the held-out rows and their offline answers)
+            profile = build_profile(pipeline.plan, held, predictions=expected)
             monitor_runs = {}
             for batch, concurrency in ((1024, 2), (1, 1)):
                 stream.delete(REQUEST_STREAM, "tritonrec:labels")
                 perf_point(server.grpc_url, "logged", batch, concurrency, data, work / "perf.csv", args.seconds)
                 _stream_settled(stream, REQUEST_STREAM)
-                monitor_runs[batch] = _monitor_run(redis_server.url, stream, work, f"b{batch}")
-                print(f"monitor over batch-{batch} requests: {monitor_runs[batch]['rows_s']:,.0f} rows/s", flush=True)
+                rows_of = _logged_requests(redis_server.url, stream)
+                for watched in (False, True):
+                    run = _monitor_run(redis_server.url, rows_of, work, f"b{batch}{'-watch' if watched else ''}", profile if watched else None)
+                    monitor_runs[(batch, watched)] = run
+                    print(f"monitor over batch-{batch} requests{' with drift and quality' if watched else ''}: {run['rows_s']:,.0f} rows/s", flush=True)
             client.close()
 
     def median(model, batch, concurrency, key):
@@ -198,19 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     throughput_ratio = best["logged"] / best["plain"]
     ensemble_best = max(best.values())
     monitor_table = [
-        "| requests logged at | requests | rows | seconds | monitor rows/s | / ensemble best rows/s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| requests logged at | monitor | requests | rows | windows | seconds | monitor rows/s | / ensemble best rows/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for batch, run in monitor_runs.items():
-        monitor_table.append(f"| batch {batch} | {run['requests']:,} | {run['rows']:,} | {run['seconds']:.2f} | {run['rows_s']:,.0f} | "
-                             f"{run['rows_s'] / ensemble_best:.2f} |")
-    monitor_ratio = monitor_runs[1024]["rows_s"] / ensemble_best
+    for (batch, watched), run in monitor_runs.items():
+        monitor_table.append(f"| batch {batch} | {'join + drift + quality (--profile)' if watched else 'join (part 1)'} | {run['requests']:,} | "
+                             f"{run['rows']:,} | {run['windows']} | {run['seconds']:.2f} | {run['rows_s']:,.0f} | {run['rows_s'] / ensemble_best:.2f} |")
+    monitor_ratio = monitor_runs[(1024, False)]["rows_s"] / ensemble_best
+    watched_ratio = monitor_runs[(1024, True)]["rows_s"] / ensemble_best
     verdicts = [
         f"- p99 at batch 1 (concurrency 1) with logging within 1.1x of without: {p99_ratio:.3f}x, {'met' if p99_ratio <= 1.1 else 'MISSED'}",
         f"- Best throughput at batch 1024 with logging within 0.95x of without: {best['logged']:,.0f} / {best['plain']:,.0f} rows/s = "
         f"{throughput_ratio:.3f}x, {'met' if throughput_ratio >= 0.95 else 'MISSED'}",
-        f"- Monitor >= 2x the ensemble's best rows/s ({ensemble_best:,.0f}): {monitor_runs[1024]['rows_s']:,.0f} rows/s = {monitor_ratio:.2f}x, "
-        f"{'met' if monitor_ratio >= 2 else 'MISSED'}",
+        f"- Monitor >= 2x the ensemble's best rows/s ({ensemble_best:,.0f}): {monitor_runs[(1024, False)]['rows_s']:,.0f} rows/s = {monitor_ratio:.2f}x, "
+        f"{'met' if monitor_ratio >= 2 else 'MISSED'}; with drift and quality on (issue 18, no target): "
+        f"{monitor_runs[(1024, True)]['rows_s']:,.0f} rows/s = {watched_ratio:.2f}x",
         f"- Every request the logged ensemble answered ({answered:,}) logged or counted as dropped by both steps: "
         f"{'yes' if every_request_logged else 'NO'} ({', '.join(f'{k} {v:,.0f}' for k, v in logged.items())})",
         f"- Served probabilities of both ensembles equal the offline PyTorch model within 1e-5 before and after: {'yes' if checked else 'NO'} "
@@ -224,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         "with `request_log` (every request, both steps logging; maxlen 20,000); `keyed` with `request_log` at sampling 1e-9 (the request "
         f"key made and routed to the scorer, nothing sent). {args.rounds} rounds, the order rotated each round; the medians are compared. "
         "Monitor: one consumer (`Monitor.drain`, 1,000 entries a read, label window 600 s) over every request the logged ensemble wrote "
-        "in a perf_analyzer run, a label reported for each; timed from its first read to the last acknowledgement.\n",
+        "in a perf_analyzer run, a label reported for each; timed from its first read to the last acknowledgement; then again (a new "
+        "consumer group) with drift and quality on (`--profile`: a profile of the 4,096 held-out rows and their offline answers, "
+        "windows of 10,000 rows, AUC over the last 10,000 labelled rows).\n",
         *table, "", "Server compute time per row of each step, microseconds (Triton's compute input + infer + output around each point; median of rounds):", "",
         *compute, "", *monitor_table, "", *verdicts, "", "Each round:", "", *rounds,
     ])

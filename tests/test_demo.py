@@ -33,3 +33,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for model in ("criteo", "criteo_transform", "criteo_embeddings", "criteo_scorer"):
         assert (tmp_path / "model_repository" / model / "config.pbtxt").is_file()
     assert "demo: all parity checks passed" in out
+    # the training profile for tritonrec monitor --profile, of the plan served, with the validation AUC printed above
+    from tritonrec.monitoring.profile import Profile
+    from tritonrec.transform.plan import TransformPlan
+
+    assert f"Training profile (tritonrec monitor --profile): {tmp_path / 'profile.json'}" in out
+    plan = TransformPlan.load(next((tmp_path / "model_repository" / "criteo_transform" / "1").glob("plan*")))
+    profile = Profile.load(tmp_path / "profile.json", plan.fingerprint)
+    assert profile.rows == 5_000 and profile.validation["rows"] == 2_000
+    assert abs(profile.validation["auc"] - float(auc.group(1))) <= 1e-4  # the offline AUC; the served one is printed to 4 places

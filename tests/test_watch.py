@@ -185,3 +185,18 @@ def test_the_monitor_command_alerts_on_degraded_labels_and_runs_the_action_once(
     assert 'tritonrec_monitor_auc{model="criteo_scorer",version="1"}' in metrics and "tritonrec_feature_drift{" in metrics
     assert "tritonrec_monitor_rows_other_plan_total 1.0" in metrics
     assert f"requests of plan {'f' * 64} are not compared with the profile" in err
+
+
+def test_columns_and_values_the_profile_never_saw(profiled):
+    """A column the profile lacks is ignored; a profiled column the traffic lacks has no value (not
+    drifted, no alert); a categorical value never seen counts in the profile's "other"."""
+    profile, fresh = profiled
+    window = fresh.drop(columns=["I3"]).assign(new_feature=1.0)
+    window["C1"] = -12345  # a value no training row had
+    report = Watch(profile, window_rows=ROWS).add(window)
+    assert "new_feature" not in report["columns"] and report["columns"]["I3"] == {"metric": "psi", "value": None, "drifted": False}
+    entry = profile.categorical["C1"]
+    assert report["columns"]["C1"]["value"] == pytest.approx(_js_by_hand(entry, window["C1"].to_numpy()), rel=1e-9)
+    assert report["columns"]["C1"]["drifted"]
+    with pytest.raises(ValueError, match="window_rows 0"):
+        Watch(profile, window_rows=0)

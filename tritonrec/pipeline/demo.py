@@ -107,6 +107,15 @@ def _offline(pipeline: Any, held_cols: dict[str, np.ndarray]) -> tuple[Any, np.n
     return in_process, predict(pipeline.model, dense, ids)
 
 
+def _profile(pipeline: Any, train: dict[str, np.ndarray], offline: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """The training profile that ``tritonrec monitor --profile`` compares traffic with: the training
+    rows' columns, the held-out rows' offline predictions and labels as the validation set."""
+    from tritonrec.monitoring.profile import build_profile  # noqa: PLC0415
+
+    columns = {c: train[c] for c in CONTINUOUS + CATEGORICAL}
+    return build_profile(pipeline.plan, columns, workflow_dir=pipeline.workflow_dir, predictions=offline, labels=labels).save(path)
+
+
 def _export(options: DemoOptions, pipeline: Any, repository: Path, persistent: bool) -> int | None:
     """Exports the ensemble (afresh); returns the lookup's host budget in bytes (None: all in memory)."""
     import embedding_cache  # noqa: PLC0415
@@ -226,6 +235,7 @@ def run_demo(options: DemoOptions) -> int:
     steps.update()
     steps.set_postfix_str("checking the plan against nvtabular, scoring offline")
     in_process, offline = _offline(pipeline, held_cols)
+    profile_path = _profile(pipeline, train, offline, held_out[LABEL], work / "profile.json")
     steps.update()
     steps.set_postfix_str("exporting the ensemble")
     budget = _export(options, pipeline, repository, persistent)
@@ -245,6 +255,7 @@ def run_demo(options: DemoOptions) -> int:
         steps.close()
         _report(options, pipeline, in_process, served, held_out, budget)
         print(f"Model repository: {repository}")
+        print(f"Training profile (tritonrec monitor --profile): {profile_path}")
         print(f"Server endpoints: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
         print(f"Elapsed: {time.perf_counter() - started:.0f} s")
         if options.keep_serving:
