@@ -42,7 +42,7 @@ def profiled(criteo_trained):
     train = _scored(criteo_trained, seed=31)
     profile = build_profile(criteo_trained["pipeline"].plan, {c: train[c].to_numpy() for c in CONTINUOUS + CATEGORICAL}, top=100,
                             predictions=train["probability"].to_numpy(), labels=train["label"].to_numpy())
-    return profile, _scored(criteo_trained, seed=32)
+    return profile, _scored(criteo_trained, seed=32), train
 
 
 def _psi_by_hand(entry, values):
@@ -66,7 +66,7 @@ def _js_by_hand(entry, values):
 
 
 def test_a_shift_in_two_columns_is_flagged_for_exactly_those(profiled):
-    profile, fresh = profiled
+    profile, fresh, _ = profiled
     watch = Watch(profile, window_rows=ROWS)
     unchanged = watch.add(fresh)
     assert unchanged is not None and not [c for c, r in unchanged["columns"].items() if r["drifted"]] and not unchanged["dataset_drift"]
@@ -87,7 +87,7 @@ def test_a_shift_in_two_columns_is_flagged_for_exactly_those(profiled):
 
 
 def test_degraded_labels_raise_the_auc_alert_and_run_the_action_once(profiled, tmp_path):
-    profile, fresh = profiled
+    profile, fresh, _ = profiled
     audit = AuditLog(tmp_path / "audit.jsonl")
     ran = tmp_path / "ran.txt"
     action = ActionRunner(f"{sys.executable} -c \"import os, sys; open(sys.argv[1], 'a').write(os.environ['TRITONREC_ALERT'] + '\\n')\" {ran}",
@@ -114,10 +114,12 @@ def test_degraded_labels_raise_the_auc_alert_and_run_the_action_once(profiled, t
     assert raised["values"]["reference_auc"] == pytest.approx(profile.validation["auc"]) and raised["window"]["window"] == 4
     assert watch.registry.get_sample_value("tritonrec_monitor_auc", {"model": "criteo_scorer", "version": "1"}) < 0.6
     assert watch.registry.get_sample_value("tritonrec_monitor_auc_reference") == pytest.approx(profile.validation["auc"])
+    for column in ("C1", "C26"):
+        assert watch.registry.get_sample_value("tritonrec_feature_oov_reference", {"column": column}) == profile.categorical[column]["oov_rate"]
 
 
 def test_a_label_stream_that_stops_raises_nothing(profiled, tmp_path):
-    profile, fresh = profiled
+    profile, fresh, _ = profiled
     audit = AuditLog(tmp_path / "audit.jsonl")
     now = [0.0]
     watch = Watch(profile, window_rows=2000, quality_min_rows=1000, alert_windows=1, audit=audit, clock=lambda: now[0])
@@ -131,7 +133,7 @@ def test_a_label_stream_that_stops_raises_nothing(profiled, tmp_path):
     assert watch.close_window() is None  # an empty window: nothing to report
 
 
-def test_the_monitor_command_alerts_on_degraded_labels_and_runs_the_action_once(profiled, redis_server, tmp_path):
+def test_the_monitor_command_alerts_on_degraded_labels_and_runs_the_action_once(profiled, criteo_trained, redis_server, tmp_path):
     """End to end through ``tritonrec monitor --profile --on-alert``: one-row requests in the
     streams, true labels then random ones; the AUC alert fires, the command runs once, every
     decision is audited, the gauges are served; a request of another plan is left out and counted."""
@@ -146,11 +148,14 @@ def test_the_monitor_command_alerts_on_degraded_labels_and_runs_the_action_once(
     from tritonrec.serving.request_log import REQUEST_STREAM, RequestRecord, encode_record
     from tritonrec.serving.server import free_port
 
-    profile, fresh = profiled
+    _, fresh, train = profiled
+    # windows of 1,000 rows: top-10 tables keep the JS distance's sampling noise (about 0.06) under its 0.1
+    profile = build_profile(criteo_trained["pipeline"].plan, {c: train[c].to_numpy() for c in CONTINUOUS + CATEGORICAL}, top=10,
+                            predictions=train["probability"].to_numpy(), labels=train["label"].to_numpy())
     path = profile.save(tmp_path / "profile.json")
-    rows = fresh.iloc[:4000]
+    rows = fresh.iloc[:4001]  # 4,000 watched (one is of another plan): four windows of 1,000
     rng = np.random.default_rng(1)
-    labels = np.r_[rows["label"].to_numpy()[:2000], rng.integers(0, 2, 2000)]
+    labels = np.r_[rows["label"].to_numpy()[:2001], rng.integers(0, 2, 2000)]
     client = redis.Redis.from_url(redis_server.url)
     pipe = client.pipeline(transaction=False)
     for i in range(len(rows)):
@@ -179,18 +184,19 @@ def test_the_monitor_command_alerts_on_degraded_labels_and_runs_the_action_once(
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
-    assert ran.read_text() == "auc_drop:criteo_scorer:1\n", err
+    assert ran.exists() and ran.read_text() == "auc_drop:criteo_scorer:1\n", err
     audit = AuditLog(tmp_path / "sink" / "_monitor_audit.jsonl").read()
     assert [e["event"] for e in audit].count("alert_raised") == 1 and [e["event"] for e in audit].count("action_started") == 1
     assert 'tritonrec_monitor_auc{model="criteo_scorer",version="1"}' in metrics and "tritonrec_feature_drift{" in metrics
     assert "tritonrec_monitor_rows_other_plan_total 1.0" in metrics
+    assert "tritonrec_dataset_drift 0.0" in metrics and "dataset_drift" not in [e.get("alert") for e in audit]
     assert f"requests of plan {'f' * 64} are not compared with the profile" in err
 
 
 def test_columns_and_values_the_profile_never_saw(profiled):
     """A column the profile lacks is ignored; a profiled column the traffic lacks has no value (not
     drifted, no alert); a categorical value never seen counts in the profile's "other"."""
-    profile, fresh = profiled
+    profile, fresh, _ = profiled
     window = fresh.drop(columns=["I3"]).assign(new_feature=1.0)
     window["C1"] = -12345  # a value no training row had
     report = Watch(profile, window_rows=ROWS).add(window)

@@ -386,7 +386,8 @@ def _monitor_watch(args: argparse.Namespace, registry: Any) -> Any:
     profile = Profile.load(args.profile)
     audit = AuditLog(args.audit_log or Path(args.sink) / "_monitor_audit.jsonl")
     action = ActionRunner(args.on_alert, audit, cooldown_s=args.cooldown, timeout_s=args.action_timeout) if args.on_alert else None
-    return Watch(profile, window_rows=args.window_rows, window_s=args.window_seconds, auc_drop=args.auc_drop,
+    return Watch(profile, window_rows=args.window_rows, window_s=args.window_seconds, auc_drop=args.auc_drop, psi_alert=args.psi_alert,
+                 js_alert=args.js_alert, dataset_share=args.drift_share,
                  alert_windows=args.alert_windows, quality_rows=args.quality_rows, quality_min_rows=min(args.quality_rows, 1000),
                  registry=registry, audit=audit, action=action)
 
@@ -419,6 +420,9 @@ def _add_monitor(sub: Any) -> None:
     watch.add_argument("--window-rows", type=int, default=10_000, help="rows a window holds at most (default 10,000)")
     watch.add_argument("--window-seconds", type=float, default=300.0, help="seconds a window lasts at most (default 300)")
     watch.add_argument("--quality-rows", type=int, default=10_000, help="the last labelled rows the AUC covers, per model version")
+    watch.add_argument("--psi-alert", type=float, default=0.25, help="a continuous column drifted at this PSI (default 0.25)")
+    watch.add_argument("--js-alert", type=float, default=0.1, help="a categorical column drifted at this JS distance (default 0.1)")
+    watch.add_argument("--drift-share", type=float, default=0.5, help="dataset drift: this share of the columns drifted (default 0.5)")
     watch.add_argument("--auc-drop", type=float, default=0.02, help="the AUC alert: this far below the profile's validation AUC")
     watch.add_argument("--alert-windows", type=int, default=3, help="consecutive windows below it that raise the AUC alert")
     watch.add_argument("--on-alert", metavar="CMD", help="run CMD (no shell) when an alert is raised; env TRITONREC_ALERT, TRITONREC_ALERT_VALUES")

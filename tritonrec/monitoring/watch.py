@@ -19,8 +19,9 @@ Raised alerts run the on-alert action (:class:`~tritonrec.monitoring.alerts.Acti
 every decision goes to the audit log. Metrics: ``tritonrec_feature_drift{column,metric}``,
 ``tritonrec_prediction_drift``, ``tritonrec_dataset_drift``, ``tritonrec_monitor_auc{model,version}``,
 ``tritonrec_monitor_logloss{model,version}``, ``tritonrec_monitor_calibration{model,version}``,
-``tritonrec_monitor_auc_age_seconds{model,version}``, ``tritonrec_monitor_auc_reference`` (the
-profile's validation AUC, for Prometheus rules).
+``tritonrec_monitor_auc_age_seconds{model,version}``, and for Prometheus rules the profile's
+``tritonrec_monitor_auc_reference`` (validation AUC) and ``tritonrec_feature_oov_reference{column}``
+(the training OOV rate; the served one comes from the transform's ``tritonrec_transform_oov_total``).
 """
 
 from __future__ import annotations
@@ -82,18 +83,34 @@ class Watch:
         self.calibration_gauge = Gauge("tritonrec_monitor_calibration", "Mean prediction / mean label", labels, registry=self.registry)
         self.auc_age = Gauge("tritonrec_monitor_auc_age_seconds", "Seconds since a labelled row last came", labels, registry=self.registry)
         self.auc_reference = Gauge("tritonrec_monitor_auc_reference", "The profile's validation AUC", registry=self.registry)
+        # the serving side counts OOV values (tritonrec_transform_oov_total on Triton's endpoint): the
+        # training rates let a Prometheus rule compare the two (deploy/prometheus)
+        oov = Gauge("tritonrec_feature_oov_reference", "Share of training rows out of vocabulary, per column", ["column"], registry=self.registry)
+        for column, entry in self.profile.categorical.items():
+            oov.labels(column=column).set(entry["oov_rate"])
         if self.profile.validation is not None:
             self.auc_reference.set(self.profile.validation["auc"])
 
     def add(self, frame: Any) -> dict[str, Any] | None:
-        """Takes rows (a pandas DataFrame in the sink's schema); returns the report of a window
-        that these rows complete (see :meth:`close_window`), else None."""
+        """Takes rows (a pandas DataFrame in the sink's schema), in order; every ``window_rows``
+        rows close a window (a large frame closes several). Returns the report of the last window
+        these rows closed (see :meth:`close_window`), else None."""
+        import pandas as pd  # noqa: PLC0415
+
+        report = None
         if len(frame):
             self._frames.append(frame)
             self._rows += len(frame)
-        if self._rows >= self.window_rows or (self._rows and self.clock() - self._opened >= self.window_s):
-            return self.close_window()
-        return None
+        while self._rows >= self.window_rows:
+            rows = pd.concat(self._frames, ignore_index=True)
+            self._frames, self._rows = [rows.iloc[: self.window_rows]], self.window_rows
+            rest = rows.iloc[self.window_rows:]
+            report = self.close_window()
+            if len(rest):
+                self._frames, self._rows = [rest], len(rest)
+        if report is None:
+            report = self.tick()
+        return report
 
     def tick(self) -> dict[str, Any] | None:
         """Closes the open window when it has rows and ``window_s`` has passed (call it every step)."""
@@ -140,11 +157,10 @@ class Watch:
                 continue
             top = {value: count for value, count in entry["top"]}
             reference = {**top, OTHER: entry["other"]}
-            current: dict[Any, int] = {}
-            for value, count in window[column].dropna().value_counts().items():
-                key = value.item() if isinstance(value, np.generic) else value
-                key = key if key in top else OTHER
-                current[key] = current.get(key, 0) + int(count)
+            counts = window[column].dropna().value_counts()
+            known = counts.index.isin(list(top))
+            current = {(v.item() if isinstance(v, np.generic) else v): int(c) for v, c in counts[known].items()}
+            current[OTHER] = int(counts[~known].sum())
             value = js_distance(reference, current)
             out[column] = {"metric": "js", "value": value, "drifted": value >= self.js_alert}
             self.feature_drift.labels(column=column, metric="js").set(value)
