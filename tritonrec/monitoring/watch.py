@@ -101,13 +101,14 @@ class Watch:
         if len(frame):
             self._frames.append(frame)
             self._rows += len(frame)
-        while self._rows >= self.window_rows:
-            rows = pd.concat(self._frames, ignore_index=True)
-            self._frames, self._rows = [rows.iloc[: self.window_rows]], self.window_rows
-            rest = rows.iloc[self.window_rows:]
-            report = self.close_window()
-            if len(rest):
-                self._frames, self._rows = [rest], len(rest)
+        if self._rows >= self.window_rows:
+            rows = pd.concat(self._frames, ignore_index=True)  # once: the windows are slices of it
+            full = len(rows) // self.window_rows * self.window_rows
+            for start in range(0, full, self.window_rows):
+                self._frames, self._rows = [rows.iloc[start:start + self.window_rows]], self.window_rows
+                report = self.close_window()
+            if full < len(rows):
+                self._frames, self._rows = [rows.iloc[full:]], len(rows) - full
         if report is None:
             report = self.tick()
         return report
