@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tritonrec.monitoring.labels import LABEL_STREAM
-from tritonrec.monitoring.sink import Sink, SinkError, feature_columns, partition_of, request_table
+from tritonrec.monitoring.sink import Sink, SinkError, concat_tables, feature_columns, partition_of, request_table
 from tritonrec.serving.request_log import REQUEST_STREAM, RecordError, RequestRecord, decode_record
 
 RECORD_WAIT_S = 10.0
@@ -67,6 +67,11 @@ class _Label:
     time_ns: int
     entry: str
     arrived_ns: int
+
+
+def _text(value: Any) -> str:
+    """A Redis reply's name or id (bytes from redis-py without decode_responses) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _entry_time_ns(entry_id: str) -> int:
@@ -171,18 +176,15 @@ class Monitor:
         oldest entry of either stream that the group has not acknowledged or not yet delivered
         (now when none), less the window and an hour for the loggers' delay. Requests written
         before that cannot come again, so the sink's older partitions are not read at start."""
-        def text(value: Any) -> str:
-            return value.decode() if isinstance(value, bytes) else str(value)
-
         oldest = time.time_ns()
         for stream in self.streams:
             pending = self.client.xpending(stream, self.group)
             if pending["pending"]:
-                oldest = min(oldest, _entry_time_ns(text(pending["min"])))
-            group = next(g for g in self.client.xinfo_groups(stream) if text(g["name"]) == self.group)
-            undelivered = self.client.xrange(stream, min=f"({text(group['last-delivered-id'])}", count=1)
+                oldest = min(oldest, _entry_time_ns(_text(pending["min"])))
+            group = next(g for g in self.client.xinfo_groups(stream) if _text(g["name"]) == self.group)
+            undelivered = self.client.xrange(stream, min=f"({_text(group['last-delivered-id'])}", count=1)
             if undelivered:
-                oldest = min(oldest, _entry_time_ns(text(undelivered[0][0])))
+                oldest = min(oldest, _entry_time_ns(_text(undelivered[0][0])))
         return max(0, oldest - self.window_ns - 3600 * 10**9)
 
     def _create_groups(self) -> None:
@@ -218,7 +220,7 @@ class Monitor:
             return 0
         read, lag = 0, 0.0
         now = time.time_ns()
-        returned = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in (reply or [])}
+        returned = {_text(s): entries for s, entries in (reply or [])}
         for stream in self.streams:
             entries = returned.get(stream, [])
             if self._cursor[stream] != ">":
@@ -416,14 +418,9 @@ class Monitor:
         return False
 
     def _watch(self, tables: list[Any]) -> None:
-        """The watch's report of each window these rows complete goes to the log."""
-        import pyarrow as pa  # noqa: PLC0415
-
-        try:
-            frame = pa.concat_tables(tables, promote_options="default").to_pandas()
-        except TypeError:  # pyarrow < 14
-            frame = pa.concat_tables(tables, promote=True).to_pandas()
-        report = self.watch.add(frame)
+        """The rows to the watch; the report of the last window they complete goes to the log (the
+        metrics and alerts see every window)."""
+        report = self.watch.add(concat_tables(tables).to_pandas())
         if report is not None:
             self._report(report)
 

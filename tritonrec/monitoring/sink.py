@@ -133,6 +133,17 @@ def request_table(features: Mapping[str, Any], predictions: Mapping[str, Any], r
     return pa.table(arrays)
 
 
+def concat_tables(tables: Sequence[Any]) -> Any:
+    """One pyarrow Table of ``tables`` (requests' tables in the sink's schema), their schemas merged
+    (a column one lacks is null there)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except TypeError:  # pyarrow < 14
+        return pa.concat_tables(tables, promote=True)
+
+
 class Sink:
     """Hourly parquet partitions under ``root``, written whole (temporary name, then rename).
 
@@ -153,13 +164,9 @@ class Sink:
     def write(self, partition: str, tables: Sequence[Any]) -> Path:
         """Writes ``tables`` (pyarrow Tables, their schemas merged) as one new part file of
         ``partition``; returns its path. OSError (named) when the disk refuses."""
-        import pyarrow as pa  # noqa: PLC0415
         import pyarrow.parquet as pq  # noqa: PLC0415
 
-        try:
-            table = pa.concat_tables(tables, promote_options="default")
-        except TypeError:  # pyarrow < 14
-            table = pa.concat_tables(tables, promote=True)
+        table = concat_tables(tables)
         directory = self.root / partition
         directory.mkdir(parents=True, exist_ok=True)
         name = f"part-{uuid.uuid4().hex}.parquet"
