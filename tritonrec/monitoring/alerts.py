@@ -42,7 +42,7 @@ class AuditLog:
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
         """Appends ``{"time": <UTC ISO 8601>, "event": event, **fields}``; returns it."""
         entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"), "event": event, **fields}
-        line = json.dumps(entry, default=_plain, sort_keys=False) + "\n"
+        line = json.dumps(entry, default=_json_default, sort_keys=False) + "\n"
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
@@ -54,7 +54,7 @@ class AuditLog:
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _plain(value: Any) -> Any:
+def _json_default(value: Any) -> Any:
     """numpy scalars and other numbers as JSON numbers; anything else as its text."""
     try:
         return float(value)
@@ -144,7 +144,7 @@ class ActionRunner:
             self.audit.write("action_skipped", alert=alert, reason="cooling_down", command=self.argv,
                              cooldown_left_s=round(self.cooldown_s - (now - self._started_at), 3))
             return "cooling_down"
-        env = {**os.environ, "TRITONREC_ALERT": alert, "TRITONREC_ALERT_VALUES": json.dumps(dict(values), default=_plain)}
+        env = {**os.environ, "TRITONREC_ALERT": alert, "TRITONREC_ALERT_VALUES": json.dumps(dict(values), default=_json_default)}
         try:
             self._process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=self.output, stderr=self.output)
         except OSError as e:

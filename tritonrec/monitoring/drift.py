@@ -32,17 +32,22 @@ def quantile_edges(reference: Any, bins: int = 10) -> np.ndarray:
     return np.unique(np.quantile(values, np.arange(1, bins) / bins))
 
 
-def bin_shares(values: Any, edges: np.ndarray) -> np.ndarray:
-    """Shares of ``values`` (1-D, NaN ignored) in the bins that ``edges`` (the inner edges,
+def bin_counts(values: Any, edges: np.ndarray) -> np.ndarray:
+    """Counts of ``values`` (1-D, NaN ignored) in the bins that ``edges`` (the inner edges,
     ascending) delimit: bin 0 is x <= edges[0], bin i is edges[i-1] < x <= edges[i], the last is
-    x > edges[-1]. float64 (len(edges) + 1,), summing to 1.
+    x > edges[-1]. int64 (len(edges) + 1,).
 
     Raises:
         ValueError: no finite value in ``values``.
     """
     finite = _finite(values, "current")
-    counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
-    return counts / finite.size
+    return np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
+
+
+def bin_shares(values: Any, edges: np.ndarray) -> np.ndarray:
+    """:func:`bin_counts` as shares, float64 (len(edges) + 1,) summing to 1."""
+    counts = bin_counts(values, edges)
+    return counts / counts.sum()
 
 
 def psi_of_shares(reference: np.ndarray, current: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
@@ -64,7 +69,18 @@ def psi(reference: Any, current: Any, bins: int = 10) -> float:
         ValueError: ``bins`` < 2, or either sample has no finite value.
     """
     edges = quantile_edges(reference, bins)
-    return psi_of_shares(bin_shares(reference, edges), bin_shares(current, edges))
+    return psi_against(edges, bin_counts(reference, edges), current)
+
+
+def psi_against(edges: Any, reference_counts: Any, current: Any) -> float:
+    """PSI of ``current`` (1-D, NaN ignored) against a reference kept as its inner bin ``edges``
+    and the counts of its rows in those bins (a profile's), as :func:`psi` computes it.
+
+    Raises:
+        ValueError: no finite value in ``current``.
+    """
+    counts = np.asarray(reference_counts, dtype=np.float64)
+    return psi_of_shares(counts / counts.sum(), bin_shares(current, np.asarray(edges, dtype=np.float64)))
 
 
 def js_distance(ref_counts: Mapping[Any, float], cur_counts: Mapping[Any, float]) -> float:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tritonrec.integrity import IntegrityError, check_seal, write_manifest
-from tritonrec.monitoring.drift import quantile_edges
+from tritonrec.monitoring.drift import bin_counts, quantile_edges
 from tritonrec.monitoring.quality import auc, log_loss
 
 PROFILE_FORMAT = "tritonrec.profile"
@@ -110,9 +110,7 @@ def _continuous(values: Any, bins: int, column: str) -> dict[str, Any]:
         edges = quantile_edges(array, bins)
     except ValueError as e:
         raise ProfileError(f"column {column!r}: {e}") from None
-    finite = array[~np.isnan(array)]
-    counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=edges.size + 1)
-    return {"edges": edges.tolist(), "counts": counts.tolist(), "missing": missing}
+    return {"edges": edges.tolist(), "counts": bin_counts(array, edges).tolist(), "missing": missing}
 
 
 def _is_missing(value: Any) -> bool:
@@ -124,17 +122,17 @@ def _categorical(values: Any, top: int, fit_counts: list[tuple[Any, int]] | None
     missing_mask = np.array([_is_missing(v) for v in array.tolist()], dtype=bool) if array.dtype.kind in "Of" else np.zeros(array.size, bool)
     present = array[~missing_mask]
     if fit_counts is not None:
-        pairs, source = [(_plain(v), int(c)) for v, c in fit_counts], "categorify"
+        pairs, source = [(plain_value(v), int(c)) for v, c in fit_counts], "categorify"
     else:
         uniques, counts = np.unique(present, return_counts=True)
         order = np.argsort(-counts, kind="stable")
-        pairs, source = [(_plain(uniques[i]), int(counts[i])) for i in order], "data"
+        pairs, source = [(plain_value(uniques[i]), int(counts[i])) for i in order], "data"
     kept = pairs[:top]
     other = int(present.size - sum(c for _, c in kept)) if source == "data" else int(sum(c for _, c in pairs[top:]))
     return {"top": [list(p) for p in kept], "other": max(other, 0), "missing": int(missing_mask.sum()), "source": source}
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A numpy scalar as the JSON value it is (int, float, str)."""
     return value.item() if isinstance(value, np.generic) else value
 
@@ -280,5 +278,5 @@ def profile_files(data: str | os.PathLike[str], workflow: str | os.PathLike[str]
     return profile
 
 
-__all__ = ["IntegrityError", "Profile", "ProfileError", "build_profile", "column_kinds", "fit_counts", "oov_rates", "profile_files",
+__all__ = ["IntegrityError", "Profile", "ProfileError", "build_profile", "column_kinds", "fit_counts", "oov_rates", "plain_value", "profile_files",
            "served_predictions"]

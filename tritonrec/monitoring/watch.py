@@ -33,17 +33,12 @@ from typing import Any
 import numpy as np
 
 from tritonrec.monitoring.alerts import ActionRunner, Alert, AuditLog
-from tritonrec.monitoring.drift import bin_shares, js_distance, psi_of_shares
-from tritonrec.monitoring.profile import Profile
+from tritonrec.monitoring.drift import js_distance, psi_against
+from tritonrec.monitoring.profile import Profile, plain_value
 from tritonrec.monitoring.quality import RollingQuality
 
 OTHER = "__other__"
 """The bucket of categorical values outside the profile's top values."""
-
-
-def _shares(counts: list[int]) -> np.ndarray:
-    array = np.asarray(counts, dtype=np.float64)
-    return array / array.sum()
 
 
 class Watch:
@@ -149,7 +144,7 @@ class Watch:
             if not np.isfinite(values).any():
                 out[column] = {"metric": "psi", "value": None, "drifted": False}  # not seen in this window
                 continue
-            value = psi_of_shares(_shares(entry["counts"]), bin_shares(values, np.asarray(entry["edges"])))
+            value = psi_against(entry["edges"], entry["counts"], values)
             out[column] = {"metric": "psi", "value": value, "drifted": value >= self.psi_alert, "warn": value >= self.psi_warn}
             self.feature_drift.labels(column=column, metric="psi").set(value)
         for column, entry in self.profile.categorical.items():
@@ -160,7 +155,7 @@ class Watch:
             reference = {**top, OTHER: entry["other"]}
             counts = window[column].dropna().value_counts()
             known = counts.index.isin(list(top))
-            current = {(v.item() if isinstance(v, np.generic) else v): int(c) for v, c in counts[known].items()}
+            current = {plain_value(v): int(c) for v, c in counts[known].items()}
             current[OTHER] = int(counts[~known].sum())
             value = js_distance(reference, current)
             out[column] = {"metric": "js", "value": value, "drifted": value >= self.js_alert}
@@ -173,7 +168,7 @@ class Watch:
         values = np.asarray(window[self.prediction_column], dtype=np.float64)
         if not np.isfinite(values).any():
             return None
-        value = psi_of_shares(_shares(self.profile.prediction["counts"]), bin_shares(values, np.asarray(self.profile.prediction["edges"])))
+        value = psi_against(self.profile.prediction["edges"], self.profile.prediction["counts"], values)
         self.prediction_drift.set(value)
         return value
 
