@@ -46,7 +46,7 @@ def auc(labels: Any, predictions: Any) -> float:
     positives = int(y.sum())
     negatives = y.size - positives
     if positives == 0 or negatives == 0:
-        raise ValueError(f"{positives} positive and {negatives} negative labels: the AUC needs both")
+        raise ValueError(f"{positives} positive and {negatives} negative labels: the AUC needs both positive and negative labels")
     ranks = rankdata(p)  # ties: their average rank
     return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 

@@ -171,22 +171,11 @@ def predict(model: DLRM, dense: np.ndarray, ids: np.ndarray, batch_size: int = 8
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (ties count one half), from ranks; labels 0/1 (n,)."""
-    labels = np.asarray(labels).astype(bool)
-    positives = int(labels.sum())
-    negatives = labels.size - positives
-    if positives == 0 or negatives == 0:
-        raise ValueError("AUC needs both positive and negative labels")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = np.asarray(scores)[order]
-    ranks = np.empty(labels.size, dtype=np.float64)
-    # average rank of each group of tied scores
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [labels.size]])
-    average = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(average, ends - starts)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+    """Area under the ROC curve (ties count one half); labels 0/1 (n,): the monitor's
+    :func:`tritonrec.monitoring.quality.auc`, so training and monitoring measure it alike."""
+    from tritonrec.monitoring.quality import auc  # noqa: PLC0415
+
+    return auc(labels, scores)
 
 
 def save_dlrm(
