@@ -246,12 +246,19 @@ class _QueryLog:
 
     def write(self, tensors: Mapping[str, np.ndarray], answer: Mapping[str, Any], start: int, rows: int, meta: dict[str, Any]) -> None:
         """One request's ``rows`` rows (the file's from ``start``) with ``meta``'s request id,
-        answering version and times (UTC ns)."""
+        answering version and times (UTC ns), into its request time's partition."""
+        from tritonrec.monitoring.sink import feature_columns, partition_of, request_table  # noqa: PLC0415
+        from tritonrec.serving.request_log import REQUEST_KEY  # noqa: PLC0415
+
         labels = self.labels[start : start + rows] if self.labels is not None else None
         sent_ns = meta["request_time_ns"]
+        key = answer.get(REQUEST_KEY)
         meta = {**meta, "model": self.model, "scorer": "", "label": labels,
-                "label_time_ns": [None if v is None else sent_ns for v in labels] if labels is not None else None}
-        _log_batch(self.sink, tensors, answer, self.builder, meta, rows)
+                "label_time_ns": [None if v is None else sent_ns for v in labels] if labels is not None else None,
+                "request_key": int(np.asarray(key).reshape(-1)[0]) if key is not None and np.asarray(key).size else None}
+        _, features = feature_columns(tensors, {name: columns for name, (_, columns) in self.builder.packed.items()})
+        _, predictions = feature_columns({name: np.asarray(value) for name, value in answer.items() if name != REQUEST_KEY})
+        self.sink.write(partition_of(sent_ns), [request_table(features, predictions, rows, meta)])
 
 
 def _labels(frame: Any, path: Any) -> list[int | None]:
@@ -279,20 +286,6 @@ def _version(result: Any) -> int | None:
     """The version of the model that answered (None when the server does not say)."""
     version = result.get_response().model_version
     return int(version) if str(version).isdigit() else None
-
-
-def _log_batch(sink: Any, tensors: Mapping[str, np.ndarray], answer: Mapping[str, Any], builder: RequestBuilder,
-               meta: dict[str, Any], rows: int) -> None:
-    """One request's rows into ``sink``, in the schema ``tritonrec monitor`` writes (its request
-    time's partition)."""
-    from tritonrec.monitoring.sink import feature_columns, partition_of, request_table  # noqa: PLC0415
-    from tritonrec.serving.request_log import REQUEST_KEY  # noqa: PLC0415
-
-    _, features = feature_columns(tensors, {name: columns for name, (_, columns) in builder.packed.items()})
-    key = answer.get(REQUEST_KEY)
-    meta["request_key"] = int(np.asarray(key).reshape(-1)[0]) if key is not None and np.asarray(key).size else None
-    _, predictions = feature_columns({name: np.asarray(value) for name, value in answer.items() if name != REQUEST_KEY})
-    sink.write(partition_of(meta["request_time_ns"]), [request_table(features, predictions, rows, meta)])
 
 
 def _write(predictions: Any, output: Path) -> None:
