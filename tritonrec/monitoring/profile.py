@@ -117,19 +117,19 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def _categorical(values: Any, top: int, fit_counts: list[tuple[Any, int]] | None) -> dict[str, Any]:
+def _categorical(values: Any, top: int, fitted: list[tuple[Any, int]] | None) -> dict[str, Any]:
+    """``top`` most frequent values with counts (``fitted``: Categorify's (value, count) pairs, most
+    frequent first, else counted here), the rest's count as ``other``, the missing rows."""
     array = np.asarray(values).reshape(-1)
     missing_mask = np.array([_is_missing(v) for v in array.tolist()], dtype=bool) if array.dtype.kind in "Of" else np.zeros(array.size, bool)
-    present = array[~missing_mask]
-    if fit_counts is not None:
-        pairs, source = [(plain_value(v), int(c)) for v, c in fit_counts], "categorify"
+    if fitted is not None:
+        pairs, source = [(plain_value(v), int(c)) for v, c in fitted], "categorify"
     else:
-        uniques, counts = np.unique(present, return_counts=True)
+        uniques, counts = np.unique(array[~missing_mask], return_counts=True)
         order = np.argsort(-counts, kind="stable")
         pairs, source = [(plain_value(uniques[i]), int(counts[i])) for i in order], "data"
-    kept = pairs[:top]
-    other = int(present.size - sum(c for _, c in kept)) if source == "data" else int(sum(c for _, c in pairs[top:]))
-    return {"top": [list(p) for p in kept], "other": max(other, 0), "missing": int(missing_mask.sum()), "source": source}
+    return {"top": [list(p) for p in pairs[:top]], "other": sum(c for _, c in pairs[top:]), "missing": int(missing_mask.sum()),
+            "source": source}
 
 
 def plain_value(value: Any) -> Any:
