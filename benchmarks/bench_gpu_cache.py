@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, write_section  # noqa: E402
+from common import cuda_elapsed_s, header, write_section  # noqa: E402
 
 GATHER = r"""
 extern "C" __global__ void gather4(const float4* __restrict__ rows, const long long* __restrict__ idx,
@@ -95,21 +95,11 @@ def _bf16(cp, rows):
     return rounded.view(cp.float32)
 
 
-def _elapsed(cp, fn) -> float:
-    """Seconds of one run of ``fn`` on the current stream (cupy events), no warm-up."""
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    start.record()
-    fn()
-    stop.record()
-    stop.synchronize()
-    return cp.cuda.get_elapsed_time(start, stop) / 1e3
-
-
 def _time(cp, fn, repeats: int) -> float:
     """Median seconds of ``fn`` on the current stream (cupy events), after 3 warm-ups."""
     for _ in range(3):
         fn()
-    return float(np.median([_elapsed(cp, fn) for _ in range(repeats)]))
+    return float(np.median([cuda_elapsed_s(cp, fn) for _ in range(repeats)]))
 
 
 def _rows_of(keys: np.ndarray, dim: int) -> np.ndarray:
@@ -129,7 +119,7 @@ def _store_of(path: Path, rows_n: int, dim: int) -> Path:
 
 
 def _lookups(store, calls: list):
-    """A callable: store.lookup of each device key array in ``calls``, back to back (for _elapsed)."""
+    """A callable: store.lookup of each device key array in ``calls``, back to back (for cuda_elapsed_s)."""
     return lambda: [store.lookup("t", q) for q in calls]
 
 
@@ -188,11 +178,11 @@ def _effective_rates(cp) -> list[str]:
             for q in calls[:3]:
                 store.lookup("t", q)
             before = store.stats()["t"]["tiers"]["gpu"]
-            seconds = _elapsed(cp, _lookups(store, calls[3:]))
+            seconds = cuda_elapsed_s(cp, _lookups(store, calls[3:]))
             after = store.stats()["t"]["tiers"]["gpu"]
             checked = np.array_equal(cp.asnumpy(store.lookup("t", calls[-1])), _rows_of(host_calls[-1], dim))
             hot_only = cp.asarray(rng.choice(hot, n))
-            hot_s = min(_elapsed(cp, _lookups(store, [hot_only])) for _ in range(5))
+            hot_s = min(cuda_elapsed_s(cp, _lookups(store, [hot_only])) for _ in range(5))
             # the host read of as many keys as a call misses, each time keys never read before (as
             # the call's misses are: a warm repeat would find them in the CPU's caches)
             read_s = []
@@ -251,7 +241,7 @@ def _power_law(cp, work: Path, h2d: float, verdicts: list[str], rng) -> list[str
             for q in calls[:30]:
                 store.lookup("t", q)
             before = store.stats()["t"]["tiers"]["gpu"]
-            seconds = _elapsed(cp, _lookups(store, calls[30:]))
+            seconds = cuda_elapsed_s(cp, _lookups(store, calls[30:]))
             after = store.stats()["t"]["tiers"]["gpu"]
             checked = np.array_equal(cp.asnumpy(store.lookup("t", calls[-1])), _rows_of(host_calls[-1], dim))
             del calls

@@ -198,3 +198,13 @@ def trained_criteo_ensemble(train_rows: int, prefix: str):
     dense, ids = plan_features(pipeline.plan, held)
     return types.SimpleNamespace(work=work, pipeline=pipeline, held=held, dense=dense, ids=ids,
                                  expected=predict(pipeline.model, dense, ids))
+
+
+def cuda_elapsed_s(cp, fn) -> float:
+    """Seconds of one run of ``fn`` on cupy's current stream (CUDA events around it), no warm-up."""
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    fn()
+    stop.record()
+    stop.synchronize()
+    return cp.cuda.get_elapsed_time(start, stop) / 1e3

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
 import cupy as cp
 from embedding_cache import _core
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import cuda_elapsed_s  # noqa: E402
 
 N = 1 << 20
 
@@ -22,15 +27,7 @@ def _ms(fn, repeats: int) -> float:
     """Median milliseconds of ``fn`` on the current stream (CUDA events), after one warm-up when repeating."""
     if repeats > 1:
         fn()
-    times = []
-    for _ in range(repeats):
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
-    return statistics.median(times)
+    return statistics.median(cuda_elapsed_s(cp, fn) for _ in range(repeats)) * 1e3
 
 
 def main() -> None:
