@@ -4,6 +4,7 @@ and unknown labels counted, an unwritable sink refused, metrics for Prometheus."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -70,6 +71,16 @@ def test_feature_columns_of_every_layout():
         feature_columns({"g__values": np.zeros((2, 2))})
 
 
+def test_the_oov_column_lists_each_rows_columns_out_of_vocabulary():
+    from tritonrec.monitoring.sink import oov_column
+
+    flags = np.array([[False, False, False], [True, False, True], [False, True, False]])
+    assert oov_column((flags, ["a", "b", "c"]), 3).to_pylist() == [[], ["a", "c"], ["b"]]
+    assert oov_column(None, 2).to_pylist() == [None, None] and oov_column((np.zeros((0, 3), bool), ["a", "b", "c"]), 0).to_pylist() == []
+    with pytest.raises(ValueError, match=r"oov flags of shape \(3, 3\): expected \(3, 2\)"):
+        oov_column((flags, ["a", "b"]), 3)
+
+
 def test_packed_column_names_and_request_ids_travel_in_the_record():
     record = _features(11, 3, request_id="req-é")
     back = decode_record(encode_record(record))
@@ -87,6 +98,9 @@ def test_packed_column_names_and_request_ids_travel_in_the_record():
 def test_requests_join_their_predictions_and_labels(redis_server, tmp_path, rows):
     keys = [101, 102, 103, 104]
     records = {k: _features(k, rows, request_id=f"client-{k}") for k in keys}
+    flags = {k: np.random.default_rng(k).random((rows, 2)) < 0.5 for k in keys[:2]}  # 103, 104: a transform that does not say
+    for k in keys[:2]:
+        records[k] = dataclasses.replace(records[k], oov=flags[k], oov_columns=["user", "city"])
     _add(redis_server.url, *(records[k] for k in keys), *(_prediction(k, rows) for k in keys[:3]))  # 104: no prediction
     report_labels(redis_server.url, ["101", "client-102"], [1, 0])  # by request key and by the client's id
     report_labels(redis_server.url, ["no-such-request"], [1])
@@ -99,6 +113,10 @@ def test_requests_join_their_predictions_and_labels(redis_server, tmp_path, rows
         want = _expected_rows(records[key])
         pd.testing.assert_frame_equal(got[list(want.columns)].assign(genres=got.genres.map(list)), want, check_dtype=False)
         assert got.row.tolist() == list(range(rows)) and (got.request_id == f"client-{key}").all()
+        if key in flags:  # the raw columns out of vocabulary, row by row
+            assert [list(v) for v in got.oov] == [[c for c, f in zip(["user", "city"], row) if f] for row in flags[key]]
+        else:
+            assert got.oov.isna().all()
         assert (got.model == "shop_transform").all() and (got.model_version == 2).all()
         if key == 104:
             assert got.probability.isna().all() and (got.scorer == "").all()

@@ -53,7 +53,8 @@ def test_categorical_columns_take_categorifys_fit_counts_and_their_oov_rate(prof
         assert entry["source"] == "categorify" and [tuple(p) for p in entry["top"]] == fit[:5]
         assert entry["other"] == sum(c for _, c in fit[5:])
         values = np.asarray(columns[column])
-        assert entry["oov_rate"] == pytest.approx(np.isin(values, vocabulary[column].to_numpy(), invert=True).mean())
+        unseen = int(np.isin(values, vocabulary[column].to_numpy(), invert=True).sum())
+        assert entry["oov"] == unseen and entry["oov_rate"] == pytest.approx(unseen / len(values))
     assert any(e["oov_rate"] > 0 for e in profile.categorical.values())  # the held-out rows have unseen values
 
 

@@ -5,6 +5,7 @@ logging resumes when Redis comes back, MAXLEN trims; and delayed labels (report_
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -44,6 +45,34 @@ def _same(a: RequestRecord, b: RequestRecord) -> None:
 def test_records_round_trip(rows):
     record = _record(rows)
     _same(record, decode_record(encode_record(record)))
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 200])
+@pytest.mark.parametrize("columns", [0, 1, 8, 9, 26])
+def test_out_of_vocabulary_flags_round_trip(rows, columns):
+    """Flags of k columns travel as k bits a row (packed across byte boundaries at 8, 9 and 26)."""
+    names = [f"C{j}" for j in range(columns)]
+    flags = np.random.default_rng(rows + columns).random((rows, columns)) < 0.3
+    record = dataclasses.replace(_record(rows), oov=flags, oov_columns=names)
+    fields = encode_record(record)
+    assert len(fields[b"oov"]) - 128 == rows * ((columns + 7) // 8)  # the .npy header, then the bits
+    back = decode_record(fields)
+    _same(record, back)
+    assert back.oov_columns == names and back.oov.dtype == bool
+    np.testing.assert_array_equal(back.oov, flags)
+    assert decode_record(encode_record(_record(rows))).oov is None  # a transform that does not say
+
+
+def test_malformed_out_of_vocabulary_flags_are_named():
+    with pytest.raises(RecordError, match=r"oov of shape \(2, 3\): expected \[rows, 2\]"):
+        encode_record(dataclasses.replace(_record(2), oov=np.zeros((2, 3), bool), oov_columns=["C1", "C2"]))
+    fields = encode_record(dataclasses.replace(_record(2), oov=np.zeros((2, 9), bool), oov_columns=[f"C{j}" for j in range(9)]))
+    with pytest.raises(RecordError, match="field 'oov_columns': expected a JSON list"):
+        decode_record({**fields, b"oov_columns": b"C1"})
+    with pytest.raises(RecordError, match=r"field 'oov': uint8 \(2, 2\): expected uint8 \[rows, 1\] \(a bit for each of the 3"):
+        decode_record({**fields, b"oov_columns": b'["a", "b", "c"]'})
+    with pytest.raises(RecordError, match="field 'n:oov': not .npy"):
+        decode_record({**fields, b"oov": b"bits"})
 
 
 @pytest.mark.parametrize("fields, words", [
@@ -264,7 +293,7 @@ def test_feature_and_prediction_records_of_one_request_share_its_key(criteo_trai
     lookup = EmbeddingLookupModel.open(pipeline.store_dir, pipeline.plan.packed_outputs["int64"])
     scorer = TorchScorerModel(pipeline.scorer_dir, "cpu", 0)
     logger = RequestLogger(RequestLogOptions(redis_server.url))
-    features = FeatureLogging(transform.execute, logger, "criteo_transform", 4)
+    features = FeatureLogging(transform.execute, logger, "criteo_transform", 4, oov=transform.oov_flags, oov_columns=transform.oov_inputs)
     predictions = PredictionLogging(scorer.execute, logger, "criteo_scorer", 2)
     held = criteo_trained["held_out"]
     requests, start = [], 0
@@ -296,6 +325,8 @@ def test_feature_and_prediction_records_of_one_request_share_its_key(criteo_trai
     for key, request, answer in zip(keys[1:], requests[1:4], answers[1:4]):
         _same(RequestRecord(key, "features", "criteo_transform", 4, by_kind["features"][key].time_ns, request), by_kind["features"][key])
         np.testing.assert_array_equal(by_kind["prediction"][key].tensors["probability"], answer["probability"].numpy())
+        assert by_kind["features"][key].oov_columns == transform.oov_inputs
+        np.testing.assert_array_equal(by_kind["features"][key].oov, transform.oov_flags(transform.execute([request])[0]))
         assert by_kind["prediction"][key].model == "criteo_scorer" and by_kind["prediction"][key].version == 2
 
 
@@ -326,3 +357,25 @@ def test_export_transform_with_logging_declares_the_key_and_the_options(criteo_s
     assert "--log-sample, --log-maxlen and --log-stream need --log-redis URL" in capsys.readouterr().err
     assert main(["export-transform", str(criteo_small["dir"]), str(tmp_path / "repo"), "--name", "u", "--log-redis", "localhost:6379"]) == 1
     assert "redis_url 'localhost:6379'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["per-column", "packed"])
+@pytest.mark.parametrize("rows", [0, 1, 2, 50, 2000])
+def test_oov_flags_mark_the_values_the_vocabulary_lacks(criteo_trained, layout, rows):
+    """``TransformModel.oov_flags``: a request's rows whose raw value of each Categorify column is
+    not in the fitted vocabulary (``categories/unique.<column>.parquet``), against that file."""
+    from tritonrec.pipeline.synthetic import CATEGORICAL
+    from tritonrec.serving.client import pack_request
+    from tritonrec.serving.transform_model import TransformModel
+
+    pipeline, held = criteo_trained["pipeline"], criteo_trained["held_out"]
+    transform = TransformModel(pipeline.plan, layout)
+    assert transform.oov_inputs == list(CATEGORICAL)
+    columns = {c: v[:rows] for c, v in held.items() if c != "label"}
+    flags = transform.oov_flags(transform.execute([pack_request(transform, columns)])[0])
+    assert flags.shape == (rows, len(CATEGORICAL)) and flags.dtype == bool
+    for j, column in enumerate(CATEGORICAL):
+        vocabulary = pd.read_parquet(pipeline.workflow_dir / "categories" / f"unique.{column}.parquet")[column].dropna().to_numpy()
+        np.testing.assert_array_equal(flags[:, j], np.isin(columns[column], vocabulary, invert=True), err_msg=column)
+    if rows == 2000:
+        assert 0 < flags.sum() < flags.size  # both kinds of rows were compared

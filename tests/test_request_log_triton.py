@@ -168,6 +168,8 @@ def test_the_sink_holds_exactly_the_requests_sent(criteo_trained, redis_server, 
             for j, column in enumerate(columns[tensor]):
                 np.testing.assert_array_equal(got[column].to_numpy(), array[:, j], err_msg=column)
         np.testing.assert_array_equal(got.probability.to_numpy(), answer["probability"].reshape(-1))
+        flags = transform.oov_flags(transform.execute([request])[0])  # the served transform's, computed here
+        assert [list(v) for v in got.oov] == [[c for c, f in zip(transform.oov_inputs, row) if f] for row in flags]
         if key in labels:
             assert (got.label == labels[key]).all()
         else:
@@ -197,6 +199,7 @@ def _same_schema_and_rows(monitor_sink, client_sink, sent) -> None:
     np.testing.assert_array_equal(ours.label.to_numpy(), sent.label.to_numpy())
     assert (ours.label_time_ns == ours.request_time_ns).all() and (ours.prediction_time_ns >= ours.request_time_ns).all()
     assert (ours.model == "criteo").all() and (ours.scorer == "").all() and ours.scorer_version.isna().all()
+    assert ours.oov.isna().all() and theirs.oov.map(len).sum() > 0  # only the transform knows its vocabulary
     batches = ours.groupby("request_id")
     assert batches.ngroups == -(-len(sent) // 7) and sorted(batches.size().unique()) == sorted({7, len(sent) % 7} - {0})
     assert batches.request_key.nunique().eq(1).all() and ours.request_key.nunique() == batches.ngroups  # the key the ensemble returned

@@ -95,7 +95,8 @@ class TritonPythonModel:
         self.output_names = [spec.name for spec in self.model.outputs + keyed]
         self.logger = RequestLogger(log_options) if log_options is not None else None
         self.logging = None if self.logger is None else FeatureLogging(self.model.execute, self.logger, name, int(args["model_version"]),
-                                                                       self.model.packed_input_columns(), self.model.plan.fingerprint)
+                                                                       self.model.packed_input_columns(), self.model.plan.fingerprint,
+                                                                       self.model.oov_flags, self.model.oov_inputs)
         self.log_metrics = None if self.logger is None else RequestLogMetrics(pb_utils, name, self.logger.counts)
         # BYTES inputs (no DLPack) are read on the host, on a GPU instance too: the plan hashes them there
         self.read_input = input_reader(string_inputs, device_input_array if self.gpu else input_array)

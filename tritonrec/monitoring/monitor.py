@@ -441,6 +441,9 @@ class Monitor:
                 rows = predicted_rows
             if predicted_rows != rows:
                 raise ValueError(f"{rows} rows of features and {predicted_rows} of predictions")
+            oov = (features.oov, features.oov_columns) if features is not None and features.oov is not None else None
+            if oov is not None and oov[0].shape[0] != rows:
+                raise ValueError(f"{rows} rows of features and {oov[0].shape[0]} of out-of-vocabulary flags")
         except ValueError as e:
             self.metrics.malformed.labels(stream=self.streams[0]).inc()
             self.log(f"request {request.key} skipped: {e}")
@@ -453,7 +456,7 @@ class Monitor:
             "request_time_ns": features.time_ns if features is not None else None,
             "prediction_time_ns": prediction.time_ns if prediction is not None else None,
             "label": request.label[0] if request.label is not None else None,
-            "label_time_ns": request.label[1] if request.label is not None else None,
+            "label_time_ns": request.label[1] if request.label is not None else None, "oov": oov,
         }
         return request_table(columns, outputs, rows or 0, meta)
 

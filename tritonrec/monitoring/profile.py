@@ -8,7 +8,8 @@ Built from the raw training columns (before the transform) and the plan that ser
 - each categorical column (feeding ``Categorify``, ``HashBucket`` or a hashed cross): its ``top``
   most frequent values with their counts (``Categorify``'s own fit-time counts, from the workflow's
   ``categories/unique.<column>.parquet``, where given), the rows of every other value (``other``),
-  the missing rows, and the share the plan encodes out of vocabulary (``oov_rate``);
+  the missing rows, and the rows the plan encodes out of vocabulary (``oov``; ``oov_rate``: their
+  share of all rows);
 - optionally the prediction distribution on a validation set (bins of its quantiles) and the
   validation AUC and log loss.
 
@@ -44,7 +45,7 @@ class ProfileError(ValueError):
 class Profile:
     """A reference profile (see the module's docstring). ``continuous``: column -> ``{"edges",
     "counts", "missing"}``; ``categorical``: column -> ``{"top": [[value, count], ...], "other",
-    "missing", "oov_rate", "source"}``; ``prediction``: ``{"edges", "counts"}`` or None;
+    "missing", "oov", "oov_rate", "source"}``; ``prediction``: ``{"edges", "counts"}`` or None;
     ``validation``: ``{"rows", "auc", "log_loss"}`` or None."""
 
     plan_fingerprint: str
@@ -155,22 +156,21 @@ def fit_counts(workflow_dir: str | os.PathLike[str] | None, column: str) -> list
     return pairs
 
 
-def oov_rates(plan: Any, columns: Mapping[str, Any], categorical: list[str]) -> dict[str, float]:
-    """Share of rows that ``plan`` encodes out of vocabulary, per categorical input column with a
-    Categorify output (the codes in its OOV range); 0.0 for hashed columns (no vocabulary)."""
+def oov_counts(plan: Any, columns: Mapping[str, Any], categorical: list[str]) -> dict[str, int]:
+    """Rows whose value ``plan`` encodes out of vocabulary (the codes in its OOV range, see
+    :meth:`TransformPlan.oov_inputs`), per categorical input column; 0 for a column without a
+    vocabulary (hashed). Missing values are not out of vocabulary (they get the null code)."""
     outputs = plan.transform(columns)
-    codes = plan.categorical_codes()
-    out_of = {i: o for g in plan.groups for i, o in zip(g.inputs, g.outputs)}
-    rates = {}
+    found = plan.oov_inputs()
+    counts = {}
     for column in categorical:
-        name = out_of.get(column)
-        if name in codes:
-            _, first, end = codes[name]
+        if column in found:
+            name, first, end = found[column]
             values = np.asarray(outputs[name]).reshape(-1)
-            rates[column] = float(((values >= first) & (values < end)).mean()) if values.size else 0.0
+            counts[column] = int(((values >= first) & (values < end)).sum())
         else:
-            rates[column] = 0.0
-    return rates
+            counts[column] = 0
+    return counts
 
 
 def build_profile(plan: Any, columns: Mapping[str, Any], *, bins: int = 10, top: int = 100,
@@ -193,11 +193,12 @@ def build_profile(plan: Any, columns: Mapping[str, Any], *, bins: int = 10, top:
         raise ProfileError("no training rows: expected at least one")
     continuous, categorical = column_kinds(plan)
     inputs = {c.name: columns[c.name] for c in plan.input_schema}
-    rates = oov_rates(plan, inputs, categorical)
+    oov = oov_counts(plan, inputs, categorical)
     profile = Profile(
         plan_fingerprint=plan.fingerprint, rows=rows,
         continuous={c: _continuous(columns[c], bins, c) for c in continuous},
-        categorical={c: {**_categorical(columns[c], top, fit_counts(workflow_dir, c)), "oov_rate": rates[c]} for c in categorical},
+        categorical={c: {**_categorical(columns[c], top, fit_counts(workflow_dir, c)), "oov": oov[c], "oov_rate": oov[c] / rows}
+                     for c in categorical},
     )
     if predictions is not None:
         p = np.asarray(predictions, dtype=np.float64).reshape(-1)
@@ -278,5 +279,5 @@ def profile_files(data: str | os.PathLike[str], workflow: str | os.PathLike[str]
     return profile
 
 
-__all__ = ["IntegrityError", "Profile", "ProfileError", "build_profile", "column_kinds", "fit_counts", "oov_rates", "plain_value", "profile_files",
+__all__ = ["IntegrityError", "Profile", "ProfileError", "build_profile", "column_kinds", "fit_counts", "oov_counts", "plain_value", "profile_files",
            "served_predictions"]

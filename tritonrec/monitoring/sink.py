@@ -12,7 +12,9 @@ whoever writes it (``tritonrec monitor`` from the streams, ``tritonrec query --l
   request), ``model`` and ``model_version`` (the model that took the request), ``scorer`` and
   ``scorer_version`` (the model that logged the prediction; "" / null when none did),
   ``request_time_ns``, ``prediction_time_ns``, ``label`` (int8 0/1, null when no label came within
-  the window) and ``label_time_ns`` (int64, UTC nanoseconds; null when absent).
+  the window), ``label_time_ns`` (int64, UTC nanoseconds; null when absent) and ``oov`` (list of
+  strings: the raw columns whose value the transform encoded out of vocabulary in that row, empty
+  for none; null when the transform did not say, as for ``query --log``).
 
 Partitions: ``<sink>/date=YYYY-MM-DD/hour=HH/part-*.parquet`` by the request's time (UTC). A part
 file is written under a temporary name and renamed into place, so a crash leaves whole files only.
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 META_COLUMNS = ("request_key", "request_id", "row", "model", "model_version", "scorer", "scorer_version", "request_time_ns",
-                "prediction_time_ns", "label", "label_time_ns")
+                "prediction_time_ns", "label", "label_time_ns", "oov")
 """The sink's own columns, beside the features and the predictions."""
 
 
@@ -110,7 +112,7 @@ def feature_columns(tensors: Mapping[str, np.ndarray], columns: Mapping[str, Seq
 def request_table(features: Mapping[str, Any], predictions: Mapping[str, Any], rows: int, meta: Mapping[str, Any]) -> Any:
     """A pyarrow Table of one request's rows: ``features`` and ``predictions`` (name -> per-row
     values) and ``meta`` (each of :data:`META_COLUMNS` but ``row``: one value for every row, or a
-    list / array of one value per row, None for null)."""
+    list / array of one value per row, None for null; ``oov``: see :func:`oov_column`)."""
     import pyarrow as pa  # noqa: PLC0415
 
     arrays: dict[str, Any] = {}
@@ -124,6 +126,8 @@ def request_table(features: Mapping[str, Any], predictions: Mapping[str, Any], r
     for name in META_COLUMNS:
         if name == "row":
             arrays[name] = pa.array(np.arange(rows, dtype=np.int32))
+        elif name == "oov":
+            arrays[name] = oov_column(meta.get("oov"), rows)
         else:
             value = meta.get(name)
             values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * rows
@@ -131,6 +135,26 @@ def request_table(features: Mapping[str, Any], predictions: Mapping[str, Any], r
                 raise ValueError(f"meta column {name!r} has {len(values)} values for {rows} rows")
             arrays[name] = pa.array(values, type=types[name])
     return pa.table(arrays)
+
+
+def oov_column(oov: tuple[np.ndarray, Sequence[str]] | None, rows: int) -> Any:
+    """The ``oov`` column (pyarrow list<string>, ``rows`` long) of ``(flags, columns)``: flags bool
+    [rows, k] (True: the row's value of ``columns[j]`` was out of vocabulary); None: all null.
+
+    Raises:
+        ValueError: flags of another shape.
+    """
+    import pyarrow as pa  # noqa: PLC0415
+
+    if oov is None:
+        return pa.nulls(rows, pa.list_(pa.string()))
+    flags, columns = np.asarray(oov[0], dtype=bool), list(oov[1])
+    if flags.shape != (rows, len(columns)):
+        raise ValueError(f"oov flags of shape {flags.shape}: expected ({rows}, {len(columns)}), a flag per row and column")
+    _, which = np.nonzero(flags)  # row-major: the rows' names in order
+    offsets = np.zeros(rows + 1, dtype=np.int32)
+    np.cumsum(flags.sum(axis=1), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(columns, dtype=object)[which], type=pa.string()))
 
 
 def concat_tables(tables: Sequence[Any]) -> Any:

@@ -15,7 +15,10 @@ request key, so both records of a sampled request are logged and neither of an u
 
 Field encoding (:func:`encode_record`, :func:`decode_record`): ``key``, ``kind``, ``model``,
 ``version``, ``time_ns`` as ASCII; ``id``, the client's request id, when it gave one (UTF-8);
-``plan``, the transform's plan fingerprint (features records, ASCII); a
+``plan``, the transform's plan fingerprint (features records, ASCII); ``oov_columns`` (a JSON list
+of the raw categorical columns the transform has a vocabulary for) and ``oov`` (``.npy`` bytes of
+uint8 [rows, ceil(k / 8)]: per row, bit j (``numpy.packbits`` order) set when the row's value of
+column j was out of vocabulary), features records of such a transform; a
 numeric tensor ``t`` as ``n:t`` holding ``.npy`` bytes (``numpy.save`` without pickles: dtype,
 shape, little-endian data); a string tensor as ``s:t`` holding a JSON object ``{"shape": [...],
 "values": [...]}`` (UTF-8); for a packed tensor ``t`` ([rows, k], one column each), ``c:t`` holding
@@ -66,6 +69,11 @@ class RequestRecord:
     columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     plan: str = ""
     """The fingerprint of the plan that transformed the request (features records; "" when unknown)."""
+    oov: np.ndarray | None = None
+    """bool [rows, len(oov_columns)]: True where the row's value of that raw column was encoded out of
+    vocabulary (features records of a transform with a vocabulary; None when the record does not say)."""
+    oov_columns: list[str] = dataclasses.field(default_factory=list)
+    """The raw categorical columns of :attr:`oov`, in order."""
 
 
 def encode_record(record: RequestRecord) -> dict[bytes, bytes]:
@@ -78,6 +86,13 @@ def encode_record(record: RequestRecord) -> dict[bytes, bytes]:
         fields[b"id"] = record.request_id.encode("utf-8")
     if record.plan:
         fields[b"plan"] = record.plan.encode("ascii")
+    if record.oov is not None:
+        flags = np.asarray(record.oov, dtype=bool)
+        if flags.ndim != 2 or flags.shape[1] != len(record.oov_columns):
+            raise RecordError(f"oov of shape {flags.shape}: expected [rows, {len(record.oov_columns)}] (one flag per oov column)")
+        packed = np.packbits(flags, axis=1)
+        fields[b"oov_columns"] = _column_names(tuple(record.oov_columns))
+        fields[b"oov"] = _npy_header(packed.dtype.str, packed.shape) + packed.tobytes()
     for name, columns in record.columns.items():
         fields[f"c:{name}".encode()] = _column_names(tuple(columns))
     for name, array in record.tensors.items():
@@ -153,9 +168,27 @@ def decode_record(fields: Mapping[bytes, bytes]) -> RequestRecord:
         if name not in tensors or tensors[name].ndim != 2 or tensors[name].shape[1] != len(names):
             raise RecordError(f"field 'c:{name}': {len(names)} column names for tensor {name!r} "
                               f"of shape {tensors[name].shape if name in tensors else 'absent'}")
+    oov, oov_columns = _oov(fields)
     return RequestRecord(_int_field(fields, "key"), kind, fields[b"model"].decode("utf-8", "replace"), _int_field(fields, "version"),
                          _int_field(fields, "time_ns"), tensors, fields.get(b"id", b"").decode("utf-8", "replace"), columns,
-                         fields.get(b"plan", b"").decode("ascii", "replace"))
+                         fields.get(b"plan", b"").decode("ascii", "replace"), oov, oov_columns)
+
+
+def _oov(fields: Mapping[bytes, bytes]) -> tuple[np.ndarray | None, list[str]]:
+    """The ``oov`` flags (bool [rows, k]) and their ``oov_columns`` of an entry; (None, []) without them."""
+    if b"oov" not in fields and b"oov_columns" not in fields:
+        return None, []
+    try:
+        names = json.loads(fields.get(b"oov_columns", b""))
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise RecordError("field 'oov_columns': expected a JSON list of column names")
+    packed = _tensor("n:oov", fields.get(b"oov", b""))
+    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != (len(names) + 7) // 8:
+        raise RecordError(f"field 'oov': {packed.dtype} {packed.shape}: expected uint8 [rows, {(len(names) + 7) // 8}] "
+                          f"(a bit for each of the {len(names)} oov columns)")
+    return np.unpackbits(packed, axis=1, count=len(names)).astype(bool), names
 
 
 def sampled(key: int, share: float) -> bool:
@@ -408,12 +441,17 @@ class FeatureLogging:
         logger: where records go (None: keys only).
         model, version: the model's name and version, recorded.
         columns: packed input tensor -> its column names (recorded, so that the monitor writes columns).
+        plan: the transform's plan fingerprint (recorded).
+        oov: the transform's out-of-vocabulary flags of a request's outputs (bool [rows, k], host), recorded
+            with ``oov_columns`` (the k raw columns); None: not recorded.
     """
 
     def __init__(self, execute: Execute, logger: RequestLogger | None, model: str, version: int,
-                 columns: Mapping[str, Sequence[str]] | None = None, plan: str = "") -> None:
+                 columns: Mapping[str, Sequence[str]] | None = None, plan: str = "",
+                 oov: Callable[[Mapping[str, Any]], np.ndarray] | None = None, oov_columns: Sequence[str] = ()) -> None:
         self.execute, self.logger, self.model, self.version, self.plan = execute, logger, model, version, plan
         self.columns = {name: list(names) for name, names in (columns or {}).items()}
+        self.oov, self.oov_columns = oov, list(oov_columns)
 
     def __call__(self, batch: list[dict[str, Any]], request_ids: Sequence[str] | None = None) -> list[Any]:
         """Runs ``batch``; ``request_ids``: the client's id of each request ("" for none), recorded."""
@@ -429,7 +467,8 @@ class FeatureLogging:
             if self.logger is not None and rows:
                 self.logger.log(RequestRecord(key, "features", self.model, self.version, time.time_ns(),
                                               {name: _host(array) for name, array in tensors.items()}, request_id or "",
-                                              {name: names for name, names in self.columns.items() if name in tensors}, self.plan))
+                                              {name: names for name, names in self.columns.items() if name in tensors}, self.plan,
+                                              self.oov(result) if self.oov is not None else None, self.oov_columns))
             out.append(result)
         return out
 

@@ -176,6 +176,9 @@ class TransformModel:
         self._list_inputs = {c.name: list_tensor_names(c.name, list_layout) for c in plan.input_schema if c.is_list}
         self._list_tensors = {t for pair in self._list_inputs.values() for t in pair}
         self.rows_total = 0
+        self._oov_at = _oov_locations(plan, output_layout, self._out_packing)
+        self.oov_inputs = list(self._oov_at)
+        """Raw columns whose out-of-vocabulary rows :meth:`oov_flags` marks (see :meth:`TransformPlan.oov_inputs`)."""
         codes = plan.categorical_codes()
         self.oov_columns = list(codes)
         # (slot, column) counted column by column: list columns (value by value), and every column
@@ -208,6 +211,17 @@ class TransformModel:
     def oov_total(self) -> dict[str, int]:
         """Output column -> values encoded out of vocabulary so far (Categorify outputs)."""
         return dict(zip(self.oov_columns, self._oov_counts.tolist()))
+
+    def oov_flags(self, result: Mapping[str, Any]) -> np.ndarray:
+        """bool [rows, len(oov_inputs)] in host memory: True where the request's value of that raw
+        column was encoded out of vocabulary. ``result``: one request's outputs (from :meth:`execute`)."""
+        xp = self.plan.xp
+        flags = [(result[tensor][:, j] >= first) & (result[tensor][:, j] < end) for tensor, j, first, end in self._oov_at.values()]
+        if not flags:
+            rows = next(iter(result.values())).shape[0] if result else 0
+            return np.zeros((rows, 0), dtype=bool)
+        stacked = xp.stack(flags, axis=1)
+        return stacked if xp is np else stacked.get()
 
     def _count(self, merged: Mapping[str, np.ndarray], rows: int, lists: Mapping[str, ListColumn]) -> None:
         self.rows_total += rows
@@ -369,6 +383,17 @@ class TransformModel:
                 result.update(parts[k])
             results.append(result)
         return results
+
+
+def _oov_locations(plan: TransformPlan, output_layout: str, packing: Mapping[str, list[str]]) -> dict[str, tuple[str, int, int, int]]:
+    """Raw column -> where a request's outputs hold its codes and its OOV range: ``(output tensor,
+    column index in it, oov_first, oov_end)`` (index 0 of a [rows, 1] tensor for per-column outputs)."""
+    positions = {n: (packed_output_name(d), j) for d, names in packing.items() for j, n in enumerate(names)}
+    located = {}
+    for column, (output, first, end) in plan.oov_inputs().items():
+        tensor, j = (output, 0) if output_layout == "per-column" else positions[output]
+        located[column] = (tensor, j, first, end)
+    return located
 
 
 def _concat(arrays: list[Any], xp: Any = np) -> Any:

@@ -276,6 +276,20 @@ class TransformPlan:
                     found[name] = ranges
         return {c.name: found[c.name] for c in self.output_schema if c.name in found}
 
+    def oov_inputs(self) -> dict[str, tuple[str, int, int]]:
+        """Raw input columns that Categorify encodes one to one (a non-list group of as many outputs
+        as inputs), in input order: input -> ``(output, oov_first, oov_end)``, the output column
+        whose codes in ``[oov_first, oov_end)`` mean the input's value was out of vocabulary."""
+        codes = self.categorical_codes()
+        found: dict[str, tuple[str, int, int]] = {}
+        for group in self.groups:
+            if group.is_list or len(group.inputs) != len(group.outputs):
+                continue
+            for name, output in zip(group.inputs, group.outputs):
+                if output in codes and name not in found:
+                    found[name] = (output, codes[output][1], codes[output][2])
+        return {c.name: found[c.name] for c in self.input_schema if c.name in found}
+
     def _compute_fingerprint(self) -> str:
         from tritonrec.transform.plan_io import fingerprint  # noqa: PLC0415 - plan_io builds plans
 
