@@ -54,15 +54,19 @@ def _psi_by_hand(entry, values):
     return sum((max(q, PSI_EPSILON) - max(p, PSI_EPSILON)) * math.log(max(q, PSI_EPSILON) / max(p, PSI_EPSILON)) for p, q in zip(reference, current))
 
 
+def _js_of(p, q):
+    p, q = np.asarray(p, float) / np.sum(p), np.asarray(q, float) / np.sum(q)
+    m = (p + q) / 2
+    kl = lambda a: sum(x * math.log2(x / y) for x, y in zip(a, m) if x > 0)  # noqa: E731
+    return math.sqrt((kl(p) + kl(q)) / 2)
+
+
 def _js_by_hand(entry, values):
     top = dict((v, c) for v, c in entry["top"])
     keys = list(top) + [OTHER]
     p = np.array([top[k] for k in keys[:-1]] + [entry["other"]], dtype=float)
     q = np.array([np.sum(values == k) for k in keys[:-1]] + [np.sum(~np.isin(values, keys[:-1]))], dtype=float)
-    p, q = p / p.sum(), q / q.sum()
-    m = (p + q) / 2
-    kl = lambda a: sum(x * math.log2(x / y) for x, y in zip(a, m) if x > 0)  # noqa: E731
-    return math.sqrt((kl(p) + kl(q)) / 2)
+    return _js_of(p, q)
 
 
 def test_a_shift_in_two_columns_is_flagged_for_exactly_those(profiled):
@@ -84,6 +88,41 @@ def test_a_shift_in_two_columns_is_flagged_for_exactly_those(profiled):
     assert metric("tritonrec_feature_drift", {"column": "I2", "metric": "psi"}) == pytest.approx(report["columns"]["I2"]["value"])
     assert metric("tritonrec_feature_drift", {"column": "C5", "metric": "js"}) == pytest.approx(report["columns"]["C5"]["value"])
     assert report["prediction_psi"] is not None and metric("tritonrec_prediction_drift") == pytest.approx(report["prediction_psi"])
+
+
+def _with_oov(plan, frame):
+    """``frame`` with the sink's ``oov`` column as the transform gives it: per row, the raw columns whose
+    value the plan encodes out of vocabulary."""
+    found = plan.oov_inputs()
+    outputs = plan.transform({c.name: frame[c.name].to_numpy() for c in plan.input_schema})
+    flags = {column: (outputs[o] >= first) & (outputs[o] < end) for column, (o, first, end) in found.items()}
+    return frame.assign(oov=[[c for c in found if flags[c][i]] for i in range(len(frame))])
+
+
+def test_out_of_vocabulary_rows_get_their_own_bucket_and_rate(profiled, criteo_trained):
+    """With the transform's flags (the ``oov`` column), each categorical column's JS is over top values
+    + other + OOV and its OOV rate is compared with the profile's: new values in C26 flag C26 alone."""
+    profile, fresh, _ = profiled
+    plan = criteo_trained["pipeline"].plan
+    watch = Watch(profile, window_rows=ROWS)
+    unchanged = watch.add(_with_oov(plan, fresh))
+    assert not [c for c, r in unchanged["columns"].items() if r["drifted"]]
+    assert profile.categorical["C26"]["oov"] > 0  # the profile's rows hold values the vocabulary lacks
+    for column, entry in profile.categorical.items():
+        assert unchanged["columns"][column]["oov_rate"] == pytest.approx(entry["oov_rate"], abs=0.01)
+    shifted = fresh.copy()
+    shifted.loc[shifted.index[: ROWS // 5], "C26"] = -12345  # a value never fitted, a fifth of the rows
+    shifted = _with_oov(plan, shifted)
+    report = watch.add(shifted)
+    assert sorted(c for c, r in report["columns"].items() if r["drifted"]) == ["C26"]
+    entry, values = profile.categorical["C26"], shifted["C26"].to_numpy()
+    oov = np.array(["C26" in row for row in shifted["oov"]])
+    top = [v for v, _ in entry["top"]]
+    p = [c for _, c in entry["top"]] + [entry["other"] - entry["oov"], entry["oov"]]  # the profile's OOV rows were 'other'
+    q = [np.sum((values == v) & ~oov) for v in top] + [np.sum(~np.isin(values, top) & ~oov), oov.sum()]
+    assert report["columns"]["C26"]["value"] == pytest.approx(_js_of(p, q), rel=1e-9)
+    assert report["columns"]["C26"]["oov_rate"] == pytest.approx(oov.mean()) and oov.mean() >= 0.2
+    assert watch.registry.get_sample_value("tritonrec_feature_oov_rate", {"column": "C26"}) == pytest.approx(oov.mean())
 
 
 def test_degraded_labels_raise_the_auc_alert_and_run_the_action_once(profiled, tmp_path):
@@ -206,3 +245,31 @@ def test_columns_and_values_the_profile_never_saw(profiled):
     assert report["columns"]["C1"]["drifted"]
     with pytest.raises(ValueError, match="window_rows 0"):
         Watch(profile, window_rows=0)
+
+
+def test_the_monitor_refuses_a_profile_of_another_plan_than_the_one_served(profiled, redis_server, tmp_path, capsys):
+    """The newest features record in the stream says which plan is served: a profile of another plan
+    is refused by name before anything is read; with no record yet, or the same plan, it starts."""
+    import redis
+
+    from tritonrec.cli import main
+    from tritonrec.monitoring.monitor import Monitor
+    from tritonrec.monitoring.profile import ProfileError
+    from tritonrec.serving.request_log import REQUEST_STREAM, RequestRecord, encode_record
+
+    profile = profiled[0]
+    path = profile.save(tmp_path / "profile.json")
+    Monitor(redis_server.url, tmp_path / "sink", watch=Watch(profile), group="empty")  # nothing served yet: starts
+    client = redis.Redis.from_url(redis_server.url)
+    tensors = {"I1": np.ones((1, 1))}
+    client.xadd(REQUEST_STREAM, encode_record(RequestRecord(1, "features", "criteo_transform", 1, 1, tensors, plan=profile.plan_fingerprint)))
+    client.xadd(REQUEST_STREAM, encode_record(RequestRecord(2, "features", "criteo_transform", 2, 2, tensors, plan="e" * 64)))
+    client.xadd(REQUEST_STREAM, encode_record(RequestRecord(2, "prediction", "criteo_scorer", 1, 2, {"probability": np.ones((1, 1))})))
+    with pytest.raises(ProfileError, match=f"built for plan {profile.plan_fingerprint}; model 'criteo_transform' serves plan {'e' * 64}"):
+        Monitor(redis_server.url, tmp_path / "sink", watch=Watch(profile))
+    assert main(["monitor", "--redis", redis_server.url, "--sink", str(tmp_path / "sink"), "--profile", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--profile {path}: the profile was built for plan {profile.plan_fingerprint}" in err and "build the profile of the plan now served" in err
+    assert not (tmp_path / "sink").exists() or not list((tmp_path / "sink").glob("date=*"))  # nothing read, nothing written
+    client.xadd(REQUEST_STREAM, encode_record(RequestRecord(3, "features", "criteo_transform", 1, 3, tensors, plan=profile.plan_fingerprint)))
+    Monitor(redis_server.url, tmp_path / "sink", watch=Watch(profile))  # the profile's plan served again: starts

@@ -333,6 +333,7 @@ def _monitor(args: argparse.Namespace) -> int:
     import redis  # noqa: PLC0415
 
     from tritonrec.monitoring.monitor import Monitor  # noqa: PLC0415
+    from tritonrec.monitoring.profile import ProfileError  # noqa: PLC0415
     from tritonrec.monitoring.sink import SinkError  # noqa: PLC0415
 
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
@@ -348,7 +349,7 @@ def _monitor(args: argparse.Namespace) -> int:
                           label_stream=args.label_stream, group=args.group, consumer=args.consumer, count=args.count,
                           registry=registry, watch=watch)
     except (SinkError, ValueError) as e:
-        print(f"tritonrec monitor: {e}", file=sys.stderr)
+        print(f"tritonrec monitor: {f'--profile {args.profile}: ' if isinstance(e, ProfileError) else ''}{e}", file=sys.stderr)
         return 2
     except (redis.RedisError, OSError) as e:
         print(f"tritonrec monitor: redis {args.redis}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -387,7 +388,7 @@ def _monitor_watch(args: argparse.Namespace, registry: Any) -> Any:
     audit = AuditLog(args.audit_log or Path(args.sink) / "_monitor_audit.jsonl")
     action = ActionRunner(args.on_alert, audit, cooldown_s=args.cooldown, timeout_s=args.action_timeout) if args.on_alert else None
     return Watch(profile, window_rows=args.window_rows, window_s=args.window_seconds, auc_drop=args.auc_drop, psi_alert=args.psi_alert,
-                 js_alert=args.js_alert, dataset_share=args.drift_share,
+                 js_alert=args.js_alert, oov_alert=args.oov_alert, dataset_share=args.drift_share,
                  alert_windows=args.alert_windows, quality_rows=args.quality_rows, quality_min_rows=min(args.quality_rows, 1000),
                  registry=registry, audit=audit, action=action)
 
@@ -422,6 +423,8 @@ def _add_monitor(sub: Any) -> None:
     watch.add_argument("--quality-rows", type=int, default=10_000, help="the last labelled rows the AUC covers, per model version")
     watch.add_argument("--psi-alert", type=float, default=0.25, help="a continuous column drifted at this PSI (default 0.25)")
     watch.add_argument("--js-alert", type=float, default=0.1, help="a categorical column drifted at this JS distance (default 0.1)")
+    watch.add_argument("--oov-alert", type=float, default=0.05,
+                       help="a categorical column drifted when its out-of-vocabulary rate is this much above the profile's (default 0.05)")
     watch.add_argument("--drift-share", type=float, default=0.5, help="dataset drift: this share of the columns drifted (default 0.5)")
     watch.add_argument("--auc-drop", type=float, default=0.02, help="the AUC alert: this far below the profile's validation AUC")
     watch.add_argument("--alert-windows", type=int, default=3, help="consecutive windows below it that raise the AUC alert")

@@ -90,12 +90,16 @@ def js_distance(ref_counts: Mapping[Any, float], cur_counts: Mapping[Any, float]
     Raises:
         ValueError: a negative or non-finite count, or a table with no count at all.
     """
+    values = list(dict.fromkeys([*ref_counts, *cur_counts]))
+    return js_of_counts(_counts(ref_counts, values, "ref_counts"), _counts(cur_counts, values, "cur_counts"))
+
+
+def js_of_counts(reference: np.ndarray, current: np.ndarray) -> float:
+    """:func:`js_distance` of two count vectors over the same values, in order (float64 (n,),
+    finite, >= 0, each with a positive sum: checked by the caller, as :func:`js_distance` does)."""
     from scipy.spatial.distance import jensenshannon  # noqa: PLC0415
 
-    values = list(dict.fromkeys([*ref_counts, *cur_counts]))
-    p = _counts(ref_counts, values, "ref_counts")
-    q = _counts(cur_counts, values, "cur_counts")
-    return float(min(1.0, max(0.0, jensenshannon(p, q, base=2))))
+    return float(min(1.0, max(0.0, jensenshannon(reference, current, base=2))))
 
 
 def _finite(values: Any, name: str) -> np.ndarray:

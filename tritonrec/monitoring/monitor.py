@@ -24,6 +24,11 @@ stays in memory, so nothing is lost or written twice. A Redis that comes back wi
 (no persistence) has lost the consumer group: it is created again and reading starts from the
 new streams' first entries.
 
+With a ``watch`` (``--profile``) the joined rows also go to its drift and quality windows
+(:mod:`tritonrec.monitoring.watch`); a profile of another plan than the one served (the plan of
+the newest features record in the stream) is refused at start, and rows of another plan that
+arrive later (a rollout) are left out of the windows and counted.
+
 Prometheus metrics (``prometheus_client``, served on ``metrics_port``):
 ``tritonrec_monitor_rows_total{label="present"|"missing"}``, ``tritonrec_monitor_lag_seconds``
 (how far behind the newest entry the last read was, 0 when caught up),
@@ -159,6 +164,8 @@ class Monitor:
             self.client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         except ValueError as e:
             raise ValueError(f"redis URL {redis_url!r}: {e}") from None
+        if watch is not None:
+            self._check_served_plan()
         self._create_groups()
         self.written, self.written_ids = self.sink.written(self._oldest_request_ns())
         self._pending: dict[int, _Request] = {}
@@ -170,6 +177,27 @@ class Monitor:
         self._complete: dict[int, None] = {}  # keys of pending requests with features, prediction and label, in order
         self._unacked: list[tuple[str, str]] = []  # (stream, entry) done with, acknowledged at the end of a step
         self.rows_written = 0
+
+    def _check_served_plan(self, look_back: int = 1000) -> None:
+        """Refuses the watch's profile when the newest features record among the request stream's
+        last ``look_back`` entries comes from another plan (the plan served now; a rollout later
+        on is handled row by row, see :meth:`_of_profiled_plan`).
+
+        Raises:
+            ProfileError: naming both plans, the model and the stream.
+        """
+        from tritonrec.monitoring.profile import ProfileError  # noqa: PLC0415
+
+        stream, wanted = self.streams[0], self.watch.profile.plan_fingerprint
+        for _, fields in self.client.xrevrange(stream, count=look_back):
+            plan = fields.get(b"plan", b"").decode("ascii", "replace")
+            if fields.get(b"kind") != b"features" or not plan:
+                continue
+            if plan != wanted:
+                model = fields.get(b"model", b"").decode("utf-8", "replace")
+                raise ProfileError(f"the profile was built for plan {wanted}; model {model!r} serves plan {plan} "
+                                   f"(its newest request in {stream}): build the profile of the plan now served")
+            return
 
     def _oldest_request_ns(self) -> int:
         """The earliest request time an entry this consumer can still read may belong to: the
@@ -420,7 +448,7 @@ class Monitor:
     def _watch(self, tables: list[Any]) -> None:
         """The rows to the watch; the report of the last window they complete goes to the log (the
         metrics and alerts see every window)."""
-        report = self.watch.add(concat_tables(tables).to_pandas())
+        report = self.watch.add(concat_tables(tables))
         if report is not None:
             self._report(report)
 

@@ -6,7 +6,11 @@ and, for every window of ``window_rows`` rows or ``window_s`` seconds, whichever
 - each continuous column of the profile: PSI of the window against the profile's bins (warn at
   ``psi_warn``, drifted at ``psi_alert``);
 - each categorical column: the Jensen-Shannon distance of the window's counts over the profile's
-  top values and "other" (drifted at ``js_alert``);
+  top values, "other" and, where the rows carry the transform's ``oov`` flags (the sink's ``oov``
+  column), "out of vocabulary" (drifted at ``js_alert``); with the flags also the window's OOV rate
+  (rows flagged / rows flagged or not), drifted when it is ``oov_alert`` above the profile's. The
+  profile's OOV rows are its ``oov`` count; with top values counted from the data they were part of
+  its "other", and are taken out of it;
 - the prediction's PSI against the validation predictions' bins (the signal before labels come);
 - dataset drift: at least ``dataset_share`` of the profiled columns drifted;
 - quality per model version (the scorer that logged the prediction, else the transform): AUC, log
@@ -19,9 +23,13 @@ Raised alerts run the on-alert action (:class:`~tritonrec.monitoring.alerts.Acti
 every decision goes to the audit log. Metrics: ``tritonrec_feature_drift{column,metric}``,
 ``tritonrec_prediction_drift``, ``tritonrec_dataset_drift``, ``tritonrec_monitor_auc{model,version}``,
 ``tritonrec_monitor_logloss{model,version}``, ``tritonrec_monitor_calibration{model,version}``,
-``tritonrec_monitor_auc_age_seconds{model,version}``, and for Prometheus rules the profile's
+``tritonrec_monitor_auc_age_seconds{model,version}``, ``tritonrec_feature_oov_rate{column}`` (the
+last window's), and for Prometheus rules the profile's
 ``tritonrec_monitor_auc_reference`` (validation AUC) and ``tritonrec_feature_oov_reference{column}``
-(the training OOV rate; the served one comes from the transform's ``tritonrec_transform_oov_total``).
+(the training OOV rate; the transform counts its own in ``tritonrec_transform_oov_total``).
+
+Windows are pyarrow Tables (pandas DataFrames are converted): the counts are numpy / pyarrow
+vector operations, a 10,000-row window of the 39 Criteo columns in about 20 ms on 2 cores.
 """
 
 from __future__ import annotations
@@ -33,19 +41,22 @@ from typing import Any
 import numpy as np
 
 from tritonrec.monitoring.alerts import ActionRunner, Alert, AuditLog
-from tritonrec.monitoring.drift import js_distance, psi_against
-from tritonrec.monitoring.profile import Profile, plain_value
+from tritonrec.monitoring.drift import js_of_counts, psi_against
+from tritonrec.monitoring.profile import Profile
 from tritonrec.monitoring.quality import RollingQuality
+from tritonrec.monitoring.sink import concat_tables
 
 OTHER = "__other__"
 """The bucket of categorical values outside the profile's top values."""
+OOV = "__oov__"
+"""The bucket of categorical values the transform encoded out of vocabulary."""
 
 
 class Watch:
     """See the module's docstring. ``registry``: the monitor's prometheus_client registry."""
 
     def __init__(self, profile: Profile, *, window_rows: int = 10_000, window_s: float = 300.0, psi_warn: float = 0.1,
-                 psi_alert: float = 0.25, js_alert: float = 0.1, dataset_share: float = 0.5, quality_rows: int = 10_000,
+                 psi_alert: float = 0.25, js_alert: float = 0.1, oov_alert: float = 0.05, dataset_share: float = 0.5, quality_rows: int = 10_000,
                  quality_min_rows: int = 1000, auc_drop: float = 0.02, alert_windows: int = 3, prediction_column: str = "probability",
                  registry: Any = None, audit: AuditLog | None = None, action: ActionRunner | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -53,6 +64,9 @@ class Watch:
             raise ValueError(f"window_rows {window_rows} / window_s {window_s} / dataset_share {dataset_share}: expected >= 1 / > 0 / (0, 1]")
         self.profile, self.window_rows, self.window_s = profile, window_rows, window_s
         self.psi_warn, self.psi_alert, self.js_alert, self.dataset_share = psi_warn, psi_alert, js_alert, dataset_share
+        self.oov_alert = oov_alert
+        self._top = {c: _value_index([v for v, _ in e["top"]]) for c, e in profile.categorical.items()}
+        self._categorical_names = _value_index(list(profile.categorical))
         self.auc_drop, self.alert_windows, self.prediction_column = auc_drop, alert_windows, prediction_column
         self.audit, self.action, self.clock = audit, action, clock
         self.quality = RollingQuality(quality_rows, quality_min_rows)
@@ -80,6 +94,8 @@ class Watch:
         self.auc_reference = Gauge("tritonrec_monitor_auc_reference", "The profile's validation AUC", registry=self.registry)
         # the serving side counts OOV values (tritonrec_transform_oov_total on Triton's endpoint): the
         # training rates let a Prometheus rule compare the two (deploy/prometheus)
+        self.feature_oov = Gauge("tritonrec_feature_oov_rate", "Share of the last window's rows out of vocabulary, per column", ["column"],
+                                 registry=self.registry)
         oov = Gauge("tritonrec_feature_oov_reference", "Share of training rows out of vocabulary, per column", ["column"], registry=self.registry)
         for column, entry in self.profile.categorical.items():
             oov.labels(column=column).set(entry["oov_rate"])
@@ -87,23 +103,24 @@ class Watch:
             self.auc_reference.set(self.profile.validation["auc"])
 
     def add(self, frame: Any) -> dict[str, Any] | None:
-        """Takes rows (a pandas DataFrame in the sink's schema), in order; every ``window_rows``
-        rows close a window (a large frame closes several). Returns the report of the last window
-        these rows closed (see :meth:`close_window`), else None."""
-        import pandas as pd  # noqa: PLC0415
+        """Takes rows (a pyarrow Table or pandas DataFrame in the sink's schema), in order; every
+        ``window_rows`` rows close a window (a large frame closes several). Returns the report of
+        the last window these rows closed (see :meth:`close_window`), else None."""
+        import pyarrow as pa  # noqa: PLC0415
 
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
         report = None
-        if len(frame):
-            self._frames.append(frame)
-            self._rows += len(frame)
+        if table.num_rows:
+            self._frames.append(table)
+            self._rows += table.num_rows
         if self._rows >= self.window_rows:
-            rows = pd.concat(self._frames, ignore_index=True)  # once: the windows are slices of it
-            full = len(rows) // self.window_rows * self.window_rows
+            rows = concat_tables(self._frames)  # once: the windows are slices of it
+            full = rows.num_rows // self.window_rows * self.window_rows
             for start in range(0, full, self.window_rows):
-                self._frames, self._rows = [rows.iloc[start:start + self.window_rows]], self.window_rows
+                self._frames, self._rows = [rows.slice(start, self.window_rows)], self.window_rows
                 report = self.close_window()
-            if full < len(rows):
-                self._frames, self._rows = [rows.iloc[full:]], len(rows) - full
+            if full < rows.num_rows:
+                self._frames, self._rows = [rows.slice(full)], rows.num_rows - full
         if report is None:
             report = self.tick()
         return report
@@ -116,15 +133,13 @@ class Watch:
 
     def close_window(self) -> dict[str, Any] | None:
         """Evaluates the rows of the open window (None when it has none) and opens the next."""
-        import pandas as pd  # noqa: PLC0415
-
         if not self._frames:
             self._opened = self.clock()
             return None
-        window = pd.concat(self._frames, ignore_index=True)
+        window = concat_tables(self._frames)
         self._frames, self._rows, self._opened = [], 0, self.clock()
         self.windows += 1
-        report = {"window": self.windows, "rows": len(window), "columns": self._drift(window)}
+        report = {"window": self.windows, "rows": window.num_rows, "columns": {**self._continuous(window), **self._categorical(window)}}
         report["prediction_psi"] = self._prediction_drift(window)
         drifted = [c for c, r in report["columns"].items() if r["drifted"]]
         measured = [c for c, r in report["columns"].items() if r["value"] is not None]
@@ -132,40 +147,56 @@ class Watch:
         self.dataset_drift.set(1.0 if report["dataset_drift"] else 0.0)
         values = {"drifted_columns": drifted, "columns": {c: r["value"] for c, r in report["columns"].items()},
                   "prediction_psi": report["prediction_psi"]}
-        if self.drift_alert.update(report["dataset_drift"] if measured else None, values, {"window": self.windows, "rows": len(window)}) == "raised":
+        if self.drift_alert.update(report["dataset_drift"] if measured else None, values, {"window": self.windows, "rows": window.num_rows}) == "raised":
             self._act("dataset_drift", values)
         report["quality"] = self._quality(window)
         return report
 
-    def _drift(self, window: Any) -> dict[str, dict[str, Any]]:
+    def _continuous(self, window: Any) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for column, entry in self.profile.continuous.items():
-            values = np.asarray(window[column], dtype=np.float64) if column in window else np.zeros(0)
+            values = _floats(window, column)
             if not np.isfinite(values).any():
                 out[column] = {"metric": "psi", "value": None, "drifted": False}  # not seen in this window
                 continue
             value = psi_against(entry["edges"], entry["counts"], values)
             out[column] = {"metric": "psi", "value": value, "drifted": value >= self.psi_alert, "warn": value >= self.psi_warn}
             self.feature_drift.labels(column=column, metric="psi").set(value)
-        for column, entry in self.profile.categorical.items():
-            if column not in window or not window[column].notna().any():
+        return out
+
+    def _categorical(self, window: Any) -> dict[str, dict[str, Any]]:
+        """Per categorical column: JS over the top values, other and (where the transform said) OOV;
+        the OOV rate against the profile's."""
+        flagged, told = _oov_rows(window, self._categorical_names)
+        out: dict[str, dict[str, Any]] = {}
+        for j, (column, entry) in enumerate(self.profile.categorical.items()):
+            values, present = _values(window, column)
+            if not present.any():
                 out[column] = {"metric": "js", "value": None, "drifted": False}
                 continue
-            top = {value: count for value, count in entry["top"]}
-            reference = {**top, OTHER: entry["other"]}
-            counts = window[column].dropna().value_counts()
-            known = counts.index.isin(list(top))
-            current = {plain_value(v): int(c) for v, c in counts[known].items()}
-            current[OTHER] = int(counts[~known].sum())
-            value = js_distance(reference, current)
-            out[column] = {"metric": "js", "value": value, "drifted": value >= self.js_alert}
+            top = self._top[column]
+            slots = top.get_indexer(values)
+            slots[slots < 0] = len(top)  # other
+            reference = np.array([c for _, c in entry["top"]] + [entry["other"]], dtype=np.float64)
+            oov_rate = None
+            if told:
+                slots[flagged[j]] = len(top) + 1  # out of vocabulary: their own bucket
+                oov = entry.get("oov", entry["oov_rate"] * self.profile.rows)
+                reference[-1] = max(entry["other"] - oov, 0) if entry["source"] == "data" else entry["other"]  # data: OOV rows were 'other'
+                reference = np.append(reference, oov)
+                oov_rate = flagged[j].size / told
+                self.feature_oov.labels(column=column).set(oov_rate)
+            current = np.bincount(slots[present], minlength=reference.size).astype(np.float64)
+            value = js_of_counts(reference, current)
+            oov_up = oov_rate is not None and oov_rate - entry["oov_rate"] >= self.oov_alert
+            out[column] = {"metric": "js", "value": value, "oov_rate": oov_rate, "drifted": value >= self.js_alert or oov_up}
             self.feature_drift.labels(column=column, metric="js").set(value)
         return out
 
     def _prediction_drift(self, window: Any) -> float | None:
-        if self.profile.prediction is None or self.prediction_column not in window:
+        if self.profile.prediction is None or self.prediction_column not in window.column_names:
             return None
-        values = np.asarray(window[self.prediction_column], dtype=np.float64)
+        values = _floats(window, self.prediction_column)
         if not np.isfinite(values).any():
             return None
         value = psi_against(self.profile.prediction["edges"], self.profile.prediction["counts"], values)
@@ -173,8 +204,7 @@ class Watch:
         return value
 
     def _quality(self, window: Any) -> dict[str, Any]:
-        labelled = window[window["label"].notna()] if "label" in window else window.iloc[:0]
-        labelled = labelled[labelled[self.prediction_column].notna()] if self.prediction_column in labelled else labelled.iloc[:0]
+        labelled = _labelled(window, self.prediction_column)
         now = self.clock()
         fresh = set()
         # the model that answered: the scorer that logged the prediction, else the transform
@@ -215,3 +245,59 @@ class Watch:
         """Reaps or times out a running on-alert action (call it every step)."""
         if self.action is not None:
             self.action.poll()
+
+
+def _value_index(values: list[Any]) -> Any:
+    """A pandas Index of ``values`` (its hash lookup, ``get_indexer``, maps a window's values to slots)."""
+    import pandas as pd  # noqa: PLC0415
+
+    return pd.Index(values, dtype=object if any(isinstance(v, str) for v in values) else None)
+
+
+def _floats(window: Any, column: str) -> np.ndarray:
+    """Column ``column`` of a pyarrow Table as float64 (n,), null as NaN; empty when absent."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    if column not in window.column_names:
+        return np.zeros(0)
+    return pc.cast(window.column(column), pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _values(window: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Column ``column`` as numpy (n,) values and the mask of rows that have one (not null, not NaN)."""
+    if column not in window.column_names:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    chunked = window.column(column)
+    values = chunked.to_numpy(zero_copy_only=False)
+    present = chunked.is_valid().to_numpy(zero_copy_only=False)
+    if values.dtype.kind == "f":
+        present &= ~np.isnan(values)
+    return values, present
+
+
+def _oov_rows(window: Any, columns: Any) -> tuple[list[np.ndarray], int]:
+    """From the ``oov`` column (see :mod:`tritonrec.monitoring.sink`): per column of ``columns`` (an
+    Index) the rows flagged out of vocabulary (int64 indices), and how many rows say (not null)."""
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    if "oov" not in window.column_names or window.column("oov").null_count == window.num_rows:
+        return [], 0
+    lists = window.column("oov").combine_chunks()
+    names = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+    rows = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    which = columns.get_indexer(names) if names.size else np.zeros(0, dtype=np.int64)
+    return [rows[which == j] for j in range(len(columns))], window.num_rows - lists.null_count
+
+
+def _labelled(window: Any, prediction: str) -> Any:
+    """The window's rows with a label and a prediction, as pandas (the few columns quality needs)."""
+    import pandas as pd  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    names = window.column_names
+    if "label" not in names or prediction not in names:
+        return pd.DataFrame({"label": [], prediction: [], "model": [], "model_version": []})
+    keep = pc.and_(window.column("label").is_valid(), pc.is_finite(pc.cast(window.column(prediction), "float64")))
+    wanted = [c for c in ("label", prediction, "model", "model_version", "scorer", "scorer_version") if c in names]
+    return window.select(wanted).filter(keep).to_pandas()
