@@ -3,7 +3,7 @@
 # machine's Python, then the named stages, copying logs and benchmarks/RESULTS.md to $OUT after each.
 #   bash tools/device_run.sh tests gpu-cache triton
 # .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (tools/pack_rocksdb_for_gpu.sh).
-# Stages: ncu-cache (tools/profile_gpu_cache.py, then under ncu), tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), gpu-cache-misses (its lookups with misses only), triton (bench_gpu_lookup_triton.py;
+# Stages: ncu-cache (tools/profile_gpu_cache.py, then under ncu), host-path (tools/probe_host_path.py), miss-path (tools/profile_miss_path.py), tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), gpu-cache-misses (its lookups with misses only), triton (bench_gpu_lookup_triton.py;
 # needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), probe-variants (benchmarks/cpp/gpu_probe_variants.cu), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
 set -uo pipefail
 R=$(pwd)
@@ -69,6 +69,10 @@ for stage in "$@"; do
           --section Occupancy --section WarpStateStats --section LaunchStats python3 -P tools/profile_gpu_cache.py --once >"$OUT/cache-ncu.txt" 2>&1
         grep -E "insert_kernel|lookup_kernel|Duration|Memory Throughput|DRAM Throughput|L2 Cache Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Block Limit|^ +(OPT|INF)" "$OUT/cache-ncu.txt" | head -150
       else echo "no ncu on this machine"; fi ;;
+    host-path)  # tools/probe_host_path.py: host memory bandwidth, host tier reads by threads, the GPU pulling rows from host memory
+      timeout 300 python3 -P tools/probe_host_path.py >"$OUT/host-path.md" 2>&1; cat "$OUT/host-path.md" ;;
+    miss-path)  # tools/profile_miss_path.py: a lookup with misses under cProfile (host reads, waits, the rest)
+      timeout 300 python3 -P tools/profile_miss_path.py >"$OUT/miss-path.md" 2>&1; cat "$OUT/miss-path.md" ;;
     hit-rates)
       timeout 400 python3 -P benchmarks/bench_cache_hit_rates.py --gpu >"$OUT/hit-rates.log" 2>&1; tail -25 "$OUT/hit-rates.log" ;;
     triton-tests)  # tests through tritonserver that need no nvtabular (numpy 2 here); needs .gl/tri.tar.xz
