@@ -175,7 +175,8 @@ def gather_miss_keys(keys: int, columns: int, n: int, miss_index: int, counts: i
 def scatter_miss_rows(out: int, out_dtype: GpuOutDtype, columns: int, n: int, dim: int, miss_index: int, counts: int, max_count: int,
                       row_of: int, rows: int, device: int, stream: int) -> None:
     """Asynchronous: writes rows device float32 (u, dim) into out (n, columns, dim) of out_dtype at
-    the misses, in gather_miss_keys's order: miss j of column t gets rows[row_of[offset(t) + j]]."""
+    the misses, in gather_miss_keys's order: miss j of column t gets rows[row_of[offset(t) + j]]
+    (row_of 0: rows[offset(t) + j])."""
 
 def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) -> int:
     """Device bytes per cached row (row, key, meta, lock share, and the admission sketch's share)."""

@@ -86,24 +86,35 @@ def _pieces(offsets: np.ndarray) -> list[tuple[int, int, int]]:
             for lo in range(int(offsets[j]), int(offsets[j + 1]), size)]
 
 
-def _read_piece(read_host: ReadHost, column: int, lo: int, keys: np.ndarray, row_of: np.ndarray, ordered_keys: np.ndarray,
-                rows: np.ndarray) -> int:
-    """Reads one piece of a column's missed keys (``keys``, int64 (m,), missed positions lo ..
-    lo + m) from the host tiers into ``rows`` (float32 (m, dim), pinned), the keys that exist
-    first (``ordered_keys``) so that they are inserted as one range; ``row_of`` (int32 (m,)) maps
-    each missed position to its row in the whole block. Returns how many exist."""
+def _read_piece(read_host: ReadHost, column: int, keys: np.ndarray, rows: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """Reads one piece of a column's missed keys (``keys``, int64 (m,)) from the host tiers into
+    ``rows`` (float32 (m, dim), pinned). Returns how many exist and None when all do (rows in key
+    order), else the order (int64 (m,)) that put the existing keys' rows first, applied to ``rows``
+    (so that they are inserted as one range)."""
     m = keys.size
     found = np.empty(m, dtype=np.uint8)
     read_host(column, keys, found, rows)
-    present = int(found.sum())
-    row_of[:] = np.arange(lo, lo + m, dtype=np.int32)
-    if present != m:
-        order = np.argsort(found == 0, kind="stable")
-        rows[:] = rows[order]
-        keys = keys[order]
-        row_of[order] = np.arange(lo, lo + m, dtype=np.int32)
-    ordered_keys[:] = keys
-    return present
+    present = int(np.count_nonzero(found))
+    if present == m:
+        return present, None
+    order = np.argsort(found == 0, kind="stable")
+    rows[:] = rows[order]
+    return present, order
+
+
+def _reordered(pieces: list[tuple[int, int, int]], orders: list[np.ndarray | None], missed: np.ndarray, row_of: np.ndarray,
+               ordered_keys: np.ndarray) -> None:
+    """For a lookup some of whose keys exist nowhere: ``row_of`` (int32 (total,)) maps each missed
+    position to its row in the staging block and ``ordered_keys`` (int64 (total,)) lists the keys in
+    row order, piece by piece (``orders``: :func:`_read_piece`'s, None for a piece in key order)."""
+    for (_, lo, hi), order in zip(pieces, orders):
+        positions = np.arange(lo, hi, dtype=np.int32)
+        if order is None:
+            row_of[lo:hi] = positions
+            ordered_keys[lo:hi] = missed[lo:hi]
+        else:
+            row_of[lo:hi][order] = positions
+            ordered_keys[lo:hi] = missed[lo:hi][order]
 
 
 class GpuTier:
@@ -144,7 +155,7 @@ class GpuTier:
         self._to_device_done = None  # event: the last copy out of _to_device
         self._staging_lock = threading.Lock()  # one lookup at a time uses the pinned buffers
         self._insert_lock = threading.Lock()  # orders inserts against invalidations
-        self._pending_inserts: list[tuple[Any, Any]] = []  # (event, device buffer) of inserts that may not have run
+        self._pending_inserts: list[tuple[Any, Any]] = []  # (event, device buffers) of inserts that may not have run
         self._insert_stream = None
         if self.async_insert:
             with self.cp.cuda.Device(device):
@@ -229,28 +240,34 @@ class GpuTier:
             cp.asnumpy(missed, stream=s, out=host_missed)  # waits for this stream only
             # Each column's missed keys are read as they are, repeats included (a host-side unique
             # cost more than the repeated reads; the insert kernel takes a repeated key once per set lock).
-            # one pinned block: row_of int32 (total,) | keys int64 (total,) | rows float32 (total, dim)
+            # one pinned block: row_of int32 (total,) | keys int64 (total,) | rows float32 (total, dim);
+            # row_of and keys are sent only when some key exists nowhere (its row is moved behind the
+            # existing ones); else row i is missed key i, and the keys are `missed`, on the device already.
             keys_at = _align(4 * total)
             rows_at = keys_at + _align(8 * total)
             nbytes = rows_at + 4 * total * dim
             if self._to_device_done is not None:
                 self._to_device_done.synchronize()  # the previous lookup's copy out of the buffer
             block = self._to_device.take(nbytes)
-            row_of = block[: 4 * total].view(np.int32)
-            ordered_keys = block[keys_at : keys_at + 8 * total].view(np.int64)
             rows = block[rows_at:nbytes].view(np.float32).reshape(total, dim)
             device_block = cp.empty(nbytes, dtype=cp.uint8)
             # The rows go in pieces: each piece's copy to the device runs while the host reads the next.
             pieces = _pieces(offsets)
-            present = []
+            present, orders = [], []
             for j, lo, hi in pieces:
-                present.append(_read_piece(read_host, j, lo, host_missed[lo:hi], row_of[lo:hi], ordered_keys[lo:hi], rows[lo:hi]))
+                count, order = _read_piece(read_host, j, host_missed[lo:hi], rows[lo:hi])
+                present.append(count)
+                orders.append(order)
                 span = slice(rows_at + 4 * dim * lo, rows_at + 4 * dim * hi)
                 device_block[span].set(block[span], stream=s)
-            device_block[:rows_at].set(block[:rows_at], stream=s)
+            row_of_at, keys_of = 0, missed.data.ptr  # row i of the block is missed key i
+            if any(order is not None for order in orders):
+                _reordered(pieces, orders, host_missed, block[: 4 * total].view(np.int32), block[keys_at: keys_at + 8 * total].view(np.int64))
+                device_block[:rows_at].set(block[:rows_at], stream=s)
+                row_of_at, keys_of = device_block.data.ptr, device_block.data.ptr + keys_at
             self._to_device_done = s.record()
         _core.scatter_miss_rows(out.data.ptr, kind, k, n, dim, miss_index.data.ptr, counts.data.ptr, max_count,
-                                device_block.data.ptr, device_block.data.ptr + rows_at, self.device, s.ptr)
+                                row_of_at, device_block.data.ptr + rows_at, self.device, s.ptr)
         insert_stream = self._insert_stream if self.async_insert else s
         with self._insert_lock:
             if self.async_insert:
@@ -258,12 +275,11 @@ class GpuTier:
             for (j, lo, _), count in zip(pieces, present):
                 entry = entries[j]
                 if count and entry.generation == generations[j]:  # no invalidation since the rows were read
-                    entry.cache.insert(device_block.data.ptr + keys_at + 8 * lo, device_block.data.ptr + rows_at + 4 * dim * lo,
-                                       count, self._tick, insert_stream.ptr)
+                    entry.cache.insert(keys_of + 8 * lo, device_block.data.ptr + rows_at + 4 * dim * lo, count, self._tick, insert_stream.ptr)
             # an update must not be overtaken by these inserts of rows read before it (see invalidate);
-            # the device block stays referenced until they ran (cupy's pool reuses it on `s` only)
+            # the device block and keys stay referenced until they ran (cupy's pool reuses them on `s` only)
             self._pending_inserts = [p for p in self._pending_inserts if not p[0].done]
-            self._pending_inserts.append((insert_stream.record(), device_block))
+            self._pending_inserts.append((insert_stream.record(), (device_block, missed)))
 
     def invalidate(self, table: str, keys: np.ndarray) -> None:
         """Drops host ``keys`` (int64 (n,)) from the table's cache; returns when done (a later

@@ -25,24 +25,34 @@ def test_pieces_cover_every_column_in_order(counts, monkeypatch):
 
 @pytest.mark.parametrize("m", [1, 2, 9, 1_000])
 @pytest.mark.parametrize("absent_share", [0.0, 0.4, 1.0])
-def test_a_piece_puts_present_keys_first_and_maps_every_position_to_its_row(m, absent_share):
+def test_pieces_put_present_keys_first_and_map_every_position_to_its_row(m, absent_share):
+    """Two pieces of a staging block, the first all present (left in key order: row i is missed key
+    i, nothing to send), the second with ``absent_share`` of its keys existing nowhere (present rows
+    moved first); the map built for the block sends every missed position to its own key's row."""
     rng = np.random.default_rng(m)
-    dim, lo = 3, 17
-    keys = rng.integers(0, 1_000, m).astype(np.int64)
-    absent = rng.random(m) < absent_share
+    dim = 3
+    keys = rng.permutation(10_000)[: 2 * m].astype(np.int64)
+    absent = np.zeros(2 * m, bool)
+    absent[m:] = rng.random(m) < absent_share
+    nowhere = set(keys[absent].tolist())
 
     def read_host(column, k, found, out):
         assert column == 2
-        found[:] = ~absent
-        out[:] = np.where(absent[:, None], -1.0, k[:, None] + np.arange(dim) / 10)
+        found[:] = [key not in nowhere for key in k.tolist()]
+        out[:] = np.where(found[:, None] == 0, -1.0, k[:, None] + np.arange(dim) / 10)
 
-    row_of, ordered, rows = np.zeros(m, np.int32), np.zeros(m, np.int64), np.zeros((m, dim), np.float32)
-    present = gpu._read_piece(read_host, 2, lo, keys, row_of, ordered, rows)
-    assert present == int((~absent).sum())
-    np.testing.assert_array_equal(ordered[:present], keys[~absent])  # present first, in their order
-    np.testing.assert_array_equal(ordered[present:], keys[absent])
-    # the row written for missed position i (row_of is absolute: lo + the piece's row)
-    for i in range(m):
-        expected = -1.0 if absent[i] else keys[i] + np.arange(dim) / 10
-        np.testing.assert_array_equal(rows[row_of[i] - lo], np.asarray(expected, np.float32) * np.ones(dim, np.float32))
-    np.testing.assert_array_equal(rows[:present, 0], (keys[~absent]).astype(np.float32))
+    rows = np.zeros((2 * m, dim), np.float32)
+    pieces = [(2, 0, m), (2, m, 2 * m)]
+    results = [gpu._read_piece(read_host, j, keys[lo:hi], rows[lo:hi]) for j, lo, hi in pieces]
+    assert results[0][0] == m and results[0][1] is None
+    assert results[1][0] == m - int(absent.sum()) and (results[1][1] is None) == (not absent.any())
+    np.testing.assert_array_equal(rows[:m, 0], keys[:m].astype(np.float32))  # in key order
+    row_of, ordered = np.zeros(2 * m, np.int32), np.zeros(2 * m, np.int64)
+    gpu._reordered(pieces, [order for _, order in results], keys, row_of, ordered)
+    for i in range(2 * m):  # the row written for missed position i
+        expected = np.full(dim, -1.0, np.float32) if absent[i] else (keys[i] + np.arange(dim) / 10).astype(np.float32)
+        np.testing.assert_array_equal(rows[row_of[i]], expected)
+    for (_, lo, hi), (present, _) in zip(pieces, results):  # per piece: the present keys first, in their order
+        np.testing.assert_array_equal(ordered[lo:lo + present], keys[lo:hi][~absent[lo:hi]])
+        np.testing.assert_array_equal(ordered[lo + present:hi], keys[lo:hi][absent[lo:hi]])
+        np.testing.assert_array_equal(rows[lo:lo + present, 0], keys[lo:hi][~absent[lo:hi]].astype(np.float32))

@@ -199,7 +199,7 @@ Returns:
       py::arg("out"), py::arg("out_dtype"), py::arg("columns"), py::arg("n"), py::arg("dim"), py::arg("miss_index"),
       py::arg("counts"), py::arg("max_count"), py::arg("row_of"), py::arg("rows"), py::arg("device"), py::arg("stream"),
       "Asynchronous: writes rows device fp32 (u, dim) into out (n, columns, dim) of out_dtype at the misses, in "
-      "gather_miss_keys's order: miss j of column t gets rows[row_of[offset(t) + j]].");
+      "gather_miss_keys's order: miss j of column t gets rows[row_of[offset(t) + j]] (row_of 0: rows[offset(t) + j]).");
   m.def("gpu_cache_slot_bytes", &gpu_cache_slot_bytes, py::arg("dim"), py::arg("dtype"), py::arg("admission") = false,
         "Device bytes per cached row (row, key, meta, lock share, and the admission sketch's share).");
 #endif

@@ -101,7 +101,7 @@ void gather_miss_keys_async(const int64_t* keys, int columns, int64_t n, const i
                             cudaStream_t stream);
 
 /// Writes the host's rows of the misses into a lookup's output (n, columns, dim) of `out_dtype`:
-/// the row of miss j of column t is rows[row_of[offset(t) + j]] (rows fp32 (u, dim), device).
+/// the row of miss j of column t is rows[row_of[offset(t) + j]], or rows[offset(t) + j] when row_of is null (rows fp32 (u, dim), device).
 /// Asynchronous on `stream` of `device`.
 void scatter_miss_rows_async(void* out, GpuOutDtype out_dtype, int columns, int64_t n, int64_t dim,
                              const int32_t* miss_index, const int32_t* counts, int64_t max_count,

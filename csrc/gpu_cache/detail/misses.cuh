@@ -30,7 +30,7 @@ __global__ void gather_miss_keys_kernel(const int64_t* keys, int columns, int64_
 }
 
 /// One warp per missed key: out[(i * columns + t) * dim ...] = rows[row_of[offset(t) + j]] in the
-/// output type, where i = miss_index[t * n + j].
+/// output type, where i = miss_index[t * n + j]; a null row_of means rows[offset(t) + j].
 template <typename O>
 __global__ void scatter_miss_rows_kernel(O* out, int columns, int64_t n, int64_t dim, const int32_t* miss_index,
                                          const int32_t* counts, const int32_t* row_of, const float* rows) {
@@ -41,7 +41,8 @@ __global__ void scatter_miss_rows_kernel(O* out, int columns, int64_t n, int64_t
     const int64_t offset = miss_offset(counts, t);
     for (int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; j < count; j += warps) {
       const int64_t i = miss_index[t * n + j];
-      const float* src = rows + static_cast<int64_t>(row_of[offset + j]) * dim;
+      const int64_t row = row_of != nullptr ? static_cast<int64_t>(row_of[offset + j]) : offset + j;
+      const float* src = rows + row * dim;
       O* dst = out + (i * columns + t) * dim;
       for (int64_t d = lane; d < dim; d += 32) dst[d] = from_float<O>(src[d]);
     }
