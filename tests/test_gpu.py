@@ -252,6 +252,12 @@ def test_string_columns_in_a_gpu_plan_are_hashed_on_the_host(layout):
     for w, h in zip(want, have):
         for name in w:
             np.testing.assert_allclose(cupy.asnumpy(h[name]), w[name], rtol=1e-6, err_msg=name)
+        # the request log's out-of-vocabulary flags of a KIND_GPU transform: host arrays, as the host model's
+        flags = gpu_model.oov_flags(h)
+        assert isinstance(flags, np.ndarray) and gpu_model.oov_inputs == cpu_model.oov_inputs == ["s", "c"]
+        np.testing.assert_array_equal(flags, cpu_model.oov_flags(w))
+        np.testing.assert_array_equal(flags[:, 1], ~np.isin(columns["c"], vocab))
+        assert 0 < flags[:, 0].sum() < n
 
 
 def test_staged_crosses_on_the_gpu_equal_the_numpy_plan():
