@@ -77,3 +77,23 @@ def test_js_distance_equals_the_hand_computation():
 def test_bad_count_tables_are_named(ref, cur, words):
     with pytest.raises(ValueError, match=words):
         js_distance(ref, cur)
+
+
+def test_js_noise_is_what_sampling_alone_gives_a_window():
+    """js_noise: the mean JS distance of windows drawn from the reference itself, against repeated
+    draws made here and the large-window approximation sqrt((k - 1) / (8 n ln 2))."""
+    from tritonrec.monitoring.drift import js_noise
+
+    counts = np.array([400, 200, 100, 50, 25, 25, 100], dtype=float)  # 7 buckets
+    shares = counts / counts.sum()
+    rng = np.random.default_rng(99)
+    for rows in (100, 1_000, 10_000):
+        drawn = np.mean([js_distance(dict(enumerate(counts)), dict(enumerate(rng.multinomial(rows, shares)))) for _ in range(400)])
+        noise = js_noise(counts, rows)
+        assert noise == pytest.approx(drawn, rel=0.1)
+        assert noise == pytest.approx(math.sqrt(6 / (8 * rows * math.log(2))), rel=0.15)
+    assert js_noise(counts, 100) > js_noise(counts, 10_000) and js_noise(counts, 1_000) == js_noise(counts, 1_000)  # seeded
+    with pytest.raises(ValueError, match="rows 0: expected >= 1"):
+        js_noise(counts, 0)
+    with pytest.raises(ValueError, match="reference_counts: expected finite counts"):
+        js_noise([0, 0], 10)

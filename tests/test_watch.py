@@ -273,3 +273,22 @@ def test_the_monitor_refuses_a_profile_of_another_plan_than_the_one_served(profi
     assert not (tmp_path / "sink").exists() or not list((tmp_path / "sink").glob("date=*"))  # nothing read, nothing written
     client.xadd(REQUEST_STREAM, encode_record(RequestRecord(3, "features", "criteo_transform", 1, 3, tensors, plan=profile.plan_fingerprint)))
     Monitor(redis_server.url, tmp_path / "sink", watch=Watch(profile))  # the profile's plan served again: starts
+
+
+def test_windows_too_small_for_the_js_threshold_are_warned_about(profiled, tmp_path, capsys):
+    """With 100 top values, 1,000-row windows give JS distances near the 0.1 threshold from sampling
+    alone: the watch knows each column's noise (js_noise) and the command warns at start, naming them."""
+    from tritonrec.cli import main
+    from tritonrec.monitoring.drift import js_noise
+
+    profile = profiled[0]
+    small, large = Watch(profile, window_rows=1000), Watch(profile, window_rows=100_000)
+    entry = profile.categorical["C26"]
+    assert small.js_noise["C26"] == js_noise([c for _, c in entry["top"]] + [entry["other"]], 1000)
+    noisy = small.noisy_columns()
+    assert "C26" in noisy and all(v >= 0.05 for v in noisy.values()) and not large.noisy_columns()
+    path = profile.save(tmp_path / "profile.json")
+    code = main(["monitor", "--redis", "redis://127.0.0.1:1", "--sink", str(tmp_path / "sink"), "--profile", str(path), "--window-rows", "1000"])
+    err = capsys.readouterr().err
+    assert code == 1 and "warning: in windows of 1,000 rows, sampling alone gives a JS distance of" in err
+    assert f"({len(noisy)} columns at half of --js-alert 0.1 or more)" in err and "--window-rows" in err

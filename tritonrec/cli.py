@@ -387,10 +387,18 @@ def _monitor_watch(args: argparse.Namespace, registry: Any) -> Any:
     profile = Profile.load(args.profile)
     audit = AuditLog(args.audit_log or Path(args.sink) / "_monitor_audit.jsonl")
     action = ActionRunner(args.on_alert, audit, cooldown_s=args.cooldown, timeout_s=args.action_timeout) if args.on_alert else None
-    return Watch(profile, window_rows=args.window_rows, window_s=args.window_seconds, auc_drop=args.auc_drop, psi_alert=args.psi_alert,
-                 js_alert=args.js_alert, oov_alert=args.oov_alert, dataset_share=args.drift_share,
-                 alert_windows=args.alert_windows, quality_rows=args.quality_rows, quality_min_rows=min(args.quality_rows, 1000),
-                 registry=registry, audit=audit, action=action)
+    watch = Watch(profile, window_rows=args.window_rows, window_s=args.window_seconds, auc_drop=args.auc_drop, psi_alert=args.psi_alert,
+                  js_alert=args.js_alert, oov_alert=args.oov_alert, dataset_share=args.drift_share,
+                  alert_windows=args.alert_windows, quality_rows=args.quality_rows, quality_min_rows=min(args.quality_rows, 1000),
+                  registry=registry, audit=audit, action=action)
+    noisy = watch.noisy_columns()
+    if noisy:
+        listed = ", ".join(f"{c} {v:.3f}" for c, v in sorted(noisy.items(), key=lambda cv: -cv[1])[:5])
+        print(f"tritonrec monitor: warning: in windows of {args.window_rows:,} rows, sampling alone gives a JS distance of {listed}"
+              f"{' ...' if len(noisy) > 5 else ''} ({len(noisy)} columns at half of --js-alert {args.js_alert} or more): unchanged traffic "
+              "may be flagged; use larger windows (--window-rows) or a profile of fewer top values (tritonrec profile --top)",
+              file=sys.stderr, flush=True)
+    return watch
 
 
 def _add_monitor(sub: Any) -> None:

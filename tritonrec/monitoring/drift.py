@@ -5,7 +5,8 @@ Jensen-Shannon distance of a categorical one, against a reference (the training 
   (cur - ref) * ln(cur / ref), shares of each sample per bin. Usual reading: < 0.1 no drift,
   0.1-0.25 moderate, > 0.25 large.
 - :func:`js_distance`: the Jensen-Shannon distance (the square root of the divergence, base 2, in
-  [0, 1]) of two value -> count tables over the union of their values (scipy's ``jensenshannon``).
+  [0, 1]) of two value -> count tables over the union of their values (scipy's ``jensenshannon``);
+  :func:`js_noise`: what sampling alone gives a window of a given size.
 """
 
 from __future__ import annotations
@@ -100,6 +101,25 @@ def js_of_counts(reference: np.ndarray, current: np.ndarray) -> float:
     from scipy.spatial.distance import jensenshannon  # noqa: PLC0415
 
     return float(min(1.0, max(0.0, jensenshannon(reference, current, base=2))))
+
+
+def js_noise(reference_counts: Any, rows: int, draws: int = 200, seed: int = 0) -> float:
+    """The Jensen-Shannon distance that sampling alone gives a window of ``rows`` rows drawn from
+    the reference's own distribution (``reference_counts``: float (k,) counts of its buckets): the
+    mean over ``draws`` multinomial samples, seeded. A drift threshold near it flags unchanged
+    traffic: the noise grows with the buckets and shrinks with the window (about sqrt((k - 1) /
+    (8 rows ln 2)) for large windows).
+
+    Raises:
+        ValueError: ``rows`` < 1, or counts that are negative, not finite, or all zero.
+    """
+    if rows < 1:
+        raise ValueError(f"rows {rows}: expected >= 1")
+    counts = np.asarray(reference_counts, dtype=np.float64).reshape(-1)
+    if not np.isfinite(counts).all() or (counts < 0).any() or counts.sum() <= 0:
+        raise ValueError("reference_counts: expected finite counts >= 0 with a positive sum")
+    samples = np.random.default_rng(seed).multinomial(int(rows), counts / counts.sum(), size=draws)
+    return float(np.mean([js_of_counts(counts, sample.astype(np.float64)) for sample in samples]))
 
 
 def _finite(values: Any, name: str) -> np.ndarray:

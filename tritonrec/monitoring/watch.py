@@ -10,7 +10,8 @@ and, for every window of ``window_rows`` rows or ``window_s`` seconds, whichever
   column), "out of vocabulary" (drifted at ``js_alert``); with the flags also the window's OOV rate
   (rows flagged / rows flagged or not), drifted when it is ``oov_alert`` above the profile's. The
   profile's OOV rows are its ``oov`` count; with top values counted from the data they were part of
-  its "other", and are taken out of it;
+  its "other", and are taken out of it. Sampling alone gives a window a JS distance that grows with
+  the top values and shrinks with the window (:attr:`Watch.js_noise`, :meth:`Watch.noisy_columns`);
 - the prediction's PSI against the validation predictions' bins (the signal before labels come);
 - dataset drift: at least ``dataset_share`` of the profiled columns drifted;
 - quality per model version (the scorer that logged the prediction, else the transform): AUC, log
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from tritonrec.monitoring.alerts import ActionRunner, Alert, AuditLog
-from tritonrec.monitoring.drift import js_of_counts, psi_against
+from tritonrec.monitoring.drift import js_noise, js_of_counts, psi_against
 from tritonrec.monitoring.profile import Profile
 from tritonrec.monitoring.quality import RollingQuality
 from tritonrec.monitoring.sink import concat_tables
@@ -66,6 +67,9 @@ class Watch:
         self.psi_warn, self.psi_alert, self.js_alert, self.dataset_share = psi_warn, psi_alert, js_alert, dataset_share
         self.oov_alert = oov_alert
         self._top = {c: _value_index([v for v, _ in e["top"]]) for c, e in profile.categorical.items()}
+        self.js_noise = {c: js_noise([n for _, n in e["top"]] + [e["other"]], window_rows) for c, e in profile.categorical.items()
+                         if e["top"] or e["other"]}
+        """Categorical column -> the JS distance sampling alone gives a full window (:func:`js_noise`)."""
         self._categorical_names = _value_index(list(profile.categorical))
         self.auc_drop, self.alert_windows, self.prediction_column = auc_drop, alert_windows, prediction_column
         self.audit, self.action, self.clock = audit, action, clock
@@ -101,6 +105,11 @@ class Watch:
             oov.labels(column=column).set(entry["oov_rate"])
         if self.profile.validation is not None:
             self.auc_reference.set(self.profile.validation["auc"])
+
+    def noisy_columns(self, share: float = 0.5) -> dict[str, float]:
+        """Categorical columns whose JS sampling noise at ``window_rows`` reaches ``share`` of
+        ``js_alert`` (unchanged traffic may be flagged): column -> noise."""
+        return {c: v for c, v in self.js_noise.items() if v >= share * self.js_alert}
 
     def add(self, frame: Any) -> dict[str, Any] | None:
         """Takes rows (a pyarrow Table or pandas DataFrame in the sink's schema), in order; every
