@@ -27,10 +27,13 @@ def cuda_device_count() -> tuple[int, str | None]:
 class ThreadPool:
     """Worker threads for batched host lookups."""
 
-    def __init__(self, threads: int = 0) -> None:
-        """threads: total threads per call (0: the machine's hardware threads)."""
+    def __init__(self, threads: int = 0, spin_us: int = -1) -> None:
+        """threads: total threads per call (0: the machine's hardware threads); spin_us: how long an
+        idle worker watches for the next call before sleeping (-1: TRITONREC_POOL_SPIN_US, else 0)."""
     @property
     def threads(self) -> int: ...
+    @property
+    def spin_us(self) -> int: ...
 
 class RowDtype(enum.Enum):
     """Row storage of a host table (rows are read out as float32)."""

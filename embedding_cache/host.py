@@ -9,6 +9,7 @@ offered to the table. Keys that no tier holds get the table's missing-key policy
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,18 @@ class HostTier:
         manifest_path: for error messages.
         options: threads and the host memory budget (which needs ``rocksdb``).
         rocksdb: the store's RocksDB tier, or None.
+        spin_us: how long the thread pool's idle workers watch for the next call before sleeping
+            (microseconds; -1: ``TRITONREC_POOL_SPIN_US``, else 0), which the environment variable overrides.
 
     Raises:
         StoreFormatError: a table of an unknown dtype or missing-key policy, a missing or damaged file.
     """
 
     def __init__(self, path: Path, entries: Sequence[Mapping[str, Any]], manifest_path: Path, options: HostOptions,
-                 rocksdb: RocksDBTier | None) -> None:
+                 rocksdb: RocksDBTier | None, spin_us: int = -1) -> None:
         self.path = path
-        self.pool = _core.ThreadPool(options.threads or 0)
+        # spin_us: how long idle workers watch for the next call; TRITONREC_POOL_SPIN_US, where set, wins (-1)
+        self.pool = _core.ThreadPool(options.threads or 0, -1 if "TRITONREC_POOL_SPIN_US" in os.environ else spin_us)
         self.budget = options.budget_bytes
         self.rocksdb = rocksdb
         self.entries = list(entries)

@@ -437,3 +437,38 @@ def test_host_table_find_at_every_batch_size_around_its_pipeline(dtype, max_rows
         np.testing.assert_array_equal(out2[:, 0], expected, err_msg=f"n={n}")
         np.testing.assert_array_equal(out2[:, 1], expected[::-1], err_msg=f"n={n}")
         assert counts.tolist() == [hits, hits]
+
+
+@pytest.mark.parametrize("spin_us", [0, 200])
+def test_a_pool_serves_calls_back_to_back_whether_its_workers_sleep_or_spin(spin_us, monkeypatch):
+    """ThreadPool: chunks taken by atomic adds, workers that spin between calls (spin_us) or sleep:
+    300 finds of 0 .. 5,000 keys in a row over 4 threads, each equal to the table's rows."""
+    rng = np.random.default_rng(spin_us)
+    dim = 8
+    keys = rng.permutation(1 << 20)[:4_000].astype(np.int64)
+    rows = rng.normal(size=(keys.size, dim)).astype(np.float32)
+    table = _core.HostTable(dim, _core.RowDtype.float32, slab_rows=1024, expected_rows=keys.size, max_rows=0)
+    table.insert_or_assign(keys, rows)
+    pool = _core.ThreadPool(4, spin_us)
+    assert pool.threads == 4 and pool.spin_us == spin_us
+    for n in rng.integers(0, 5_000, 300):
+        pick = rng.integers(0, keys.size, n)
+        out, found = np.full((n, dim), np.nan, np.float32), np.zeros(n, np.uint8)
+        assert table.find(keys[pick], out, found, pool) == n and found.all()
+        np.testing.assert_array_equal(out, rows[pick])
+    monkeypatch.setenv("TRITONREC_POOL_SPIN_US", "75")
+    assert _core.ThreadPool(2).spin_us == 75 and _core.ThreadPool(2, 0).spin_us == 0
+
+
+def test_only_a_store_with_a_gpu_tier_keeps_its_host_workers_spinning(tmp_path, monkeypatch):
+    """The host pool spins between calls only for a GPU tier's pieces (store.GPU_POOL_SPIN_US);
+    TRITONREC_POOL_SPIN_US overrides either way."""
+    from embedding_cache import store as store_module
+    from embedding_cache.host import HostTier
+    from embedding_cache.options import HostOptions
+
+    monkeypatch.delenv("TRITONREC_POOL_SPIN_US", raising=False)
+    assert HostTier(tmp_path, [], tmp_path / "manifest.json", HostOptions(threads=2), None).pool.spin_us == 0
+    assert HostTier(tmp_path, [], tmp_path / "manifest.json", HostOptions(threads=2), None, spin_us=store_module.GPU_POOL_SPIN_US).pool.spin_us == 100
+    monkeypatch.setenv("TRITONREC_POOL_SPIN_US", "7")
+    assert HostTier(tmp_path, [], tmp_path / "manifest.json", HostOptions(threads=2), None, spin_us=100).pool.spin_us == 7

@@ -120,9 +120,11 @@ Returns:
     int64 (k,): keys found per table.
 )doc");
   py::class_<ThreadPool>(m, "ThreadPool", "Worker threads for batched host lookups.")
-      .def(py::init<int>(), py::arg("threads") = 0,
-           "threads: total threads per call (0: the machine's hardware threads).")
-      .def_property_readonly("threads", &ThreadPool::threads);
+      .def(py::init<int, int>(), py::arg("threads") = 0, py::arg("spin_us") = -1,
+           "threads: total threads per call (0: the machine's hardware threads); spin_us: how long an idle worker "
+           "watches for the next call before sleeping (-1: the environment's TRITONREC_POOL_SPIN_US, else 0).")
+      .def_property_readonly("threads", &ThreadPool::threads)
+      .def_property_readonly("spin_us", &ThreadPool::spin_us);
 
   py::enum_<RowDtype>(m, "RowDtype").value("float32", RowDtype::kFloat32).value("float16", RowDtype::kFloat16);
 

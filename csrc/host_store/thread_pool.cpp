@@ -1,10 +1,33 @@
 #include "host_store/thread_pool.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 
 namespace tritonrec {
 
-ThreadPool::ThreadPool(int threads) {
+namespace {
+
+int spin_from_environment() {
+  const char* text = std::getenv("TRITONREC_POOL_SPIN_US");
+  return text == nullptr ? 0 : std::max(0, std::atoi(text));
+}
+
+/// Spins until `done()` or `us` microseconds passed; returns done().
+template <typename Done>
+bool spin_until(int us, Done done) {
+  if (us <= 0) return done();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return done();
+    std::this_thread::yield();
+  }
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int threads, int spin_us) : spin_us_(spin_us < 0 ? spin_from_environment() : spin_us) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
 }
@@ -12,21 +35,17 @@ ThreadPool::ThreadPool(int threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
+    stop_.store(true);
   }
   wake_.notify_all();
   for (auto& worker : workers_) worker.join();
 }
 
 void ThreadPool::run_chunks() {
+  // fn_, n_ and chunk_ hold still while this thread counts in busy_ (the caller waits for it)
   for (;;) {
-    int64_t begin;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (next_ >= n_) return;
-      begin = next_;
-      next_ = std::min(n_, next_ + chunk_);
-    }
+    const int64_t begin = next_.fetch_add(chunk_, std::memory_order_relaxed);
+    if (begin >= n_) return;
     (*fn_)(begin, std::min(n_, begin + chunk_));
   }
 }
@@ -34,17 +53,18 @@ void ThreadPool::run_chunks() {
 void ThreadPool::work() {
   uint64_t seen = 0;
   for (;;) {
+    spin_until(spin_us_, [&] { return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      ++busy_;
+      wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+      if (stop_.load()) return;
+      seen = generation_.load();
+      busy_.fetch_add(1);
     }
     run_chunks();
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      --busy_;
+      busy_.fetch_sub(1);
     }
     done_.notify_all();
   }
@@ -63,13 +83,17 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
     fn_ = &fn;
     n_ = n;
     chunk_ = chunk;
-    next_ = 0;
-    ++generation_;
+    next_.store(0);
+    generation_.fetch_add(1);
   }
   wake_.notify_all();
+  busy_.fetch_add(1);  // the caller is a worker of its own call
   run_chunks();
+  busy_.fetch_sub(1);
+  auto finished = [&] { return next_.load() >= n_ && busy_.load() == 0; };
+  spin_until(spin_us_, finished);
   std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return next_ >= n_ && busy_ == 0; });
+  done_.wait(lock, finished);
   fn_ = nullptr;
 }
 

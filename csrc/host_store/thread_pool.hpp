@@ -1,6 +1,7 @@
 // A fixed pool of worker threads for splitting one batched call into chunks.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -12,15 +13,22 @@ namespace tritonrec {
 
 /// Runs `parallel_for` calls on `threads` threads (the calling thread is one of them).
 /// One call at a time per pool: concurrent callers queue on an internal mutex. Copy deleted.
+///
+/// Chunks are taken with one atomic add each. Between calls a worker first spins for `spin_us`
+/// microseconds (watching for the next call) before it sleeps on a condition variable, so that
+/// calls in quick succession (a GPU lookup's pieces) do not pay the wake-up of every worker in turn.
 class ThreadPool {
  public:
   /// @param threads total threads used per call, >= 1 (0 means std::thread::hardware_concurrency()).
-  explicit ThreadPool(int threads);
+  /// @param spin_us how long an idle worker watches for the next call before sleeping, >= 0
+  ///        (-1: the environment's TRITONREC_POOL_SPIN_US, else 0).
+  explicit ThreadPool(int threads, int spin_us = -1);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int threads() const noexcept { return static_cast<int>(workers_.size()) + 1; }
+  int spin_us() const noexcept { return spin_us_; }
 
   /// Calls fn(begin, end) over [0, n) in chunks of at most `chunk`, on all threads; returns when
   /// every chunk is done. fn must not throw.
@@ -31,15 +39,17 @@ class ThreadPool {
   void run_chunks();
 
   std::vector<std::thread> workers_;
+  int spin_us_ = 0;
   std::mutex call_mutex_;  // one parallel_for at a time
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0, chunk_ = 1, next_ = 0;
-  int busy_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  int64_t n_ = 0, chunk_ = 1;
+  std::atomic<int64_t> next_{0};
+  std::atomic<int> busy_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace tritonrec
