@@ -245,6 +245,12 @@ def test_columns_and_values_the_profile_never_saw(profiled):
     assert report["columns"]["C1"]["drifted"]
     with pytest.raises(ValueError, match="window_rows 0"):
         Watch(profile, window_rows=0)
+    # a column the training rows never had a value in (all missing there): no reference, no verdict
+    import dataclasses
+
+    empty = {**profile.categorical, "C2": {"top": [], "other": 0, "missing": profile.rows, "oov": 0, "oov_rate": 0.0, "source": "data"}}
+    report = Watch(dataclasses.replace(profile, categorical=empty), window_rows=ROWS).add(fresh)
+    assert report["columns"]["C2"] == {"metric": "js", "value": None, "drifted": False} and report["columns"]["C3"]["value"] is not None
 
 
 def test_the_monitor_refuses_a_profile_of_another_plan_than_the_one_served(profiled, redis_server, tmp_path, capsys):

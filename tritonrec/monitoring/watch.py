@@ -49,8 +49,6 @@ from tritonrec.monitoring.sink import concat_tables
 
 OTHER = "__other__"
 """The bucket of categorical values outside the profile's top values."""
-OOV = "__oov__"
-"""The bucket of categorical values the transform encoded out of vocabulary."""
 
 
 class Watch:
@@ -67,8 +65,8 @@ class Watch:
         self.psi_warn, self.psi_alert, self.js_alert, self.dataset_share = psi_warn, psi_alert, js_alert, dataset_share
         self.oov_alert = oov_alert
         self._top = {c: _value_index([v for v, _ in e["top"]]) for c, e in profile.categorical.items()}
-        self.js_noise = {c: js_noise([n for _, n in e["top"]] + [e["other"]], window_rows) for c, e in profile.categorical.items()
-                         if e["top"] or e["other"]}
+        references = {c: [n for _, n in e["top"]] + [e["other"]] for c, e in profile.categorical.items()}
+        self.js_noise = {c: js_noise(counts, window_rows) for c, counts in references.items() if sum(counts) > 0}
         """Categorical column -> the JS distance sampling alone gives a full window (:func:`js_noise`)."""
         self._categorical_names = _value_index(list(profile.categorical))
         self.auc_drop, self.alert_windows, self.prediction_column = auc_drop, alert_windows, prediction_column
@@ -180,7 +178,7 @@ class Watch:
         out: dict[str, dict[str, Any]] = {}
         for j, (column, entry) in enumerate(self.profile.categorical.items()):
             values, present = _values(window, column)
-            if not present.any():
+            if not present.any() or column not in self.js_noise:  # not in this window, or never in training
                 out[column] = {"metric": "js", "value": None, "drifted": False}
                 continue
             top = self._top[column]
