@@ -270,7 +270,8 @@ def test_the_monitor_refuses_a_profile_of_another_plan_than_the_one_served(profi
     tensors = {"I1": np.ones((1, 1))}
     client.xadd(REQUEST_STREAM, encode_record(RequestRecord(1, "features", "criteo_transform", 1, 1, tensors, plan=profile.plan_fingerprint)))
     client.xadd(REQUEST_STREAM, encode_record(RequestRecord(2, "features", "criteo_transform", 2, 2, tensors, plan="e" * 64)))
-    client.xadd(REQUEST_STREAM, encode_record(RequestRecord(2, "prediction", "criteo_scorer", 1, 2, {"probability": np.ones((1, 1))})))
+    for key in range(2, 40):  # the newest features record lies pages back (the monitor reads 16 entries at a time)
+        client.xadd(REQUEST_STREAM, encode_record(RequestRecord(key, "prediction", "criteo_scorer", 1, 2, {"probability": np.ones((1, 1))})))
     with pytest.raises(ProfileError, match=f"built for plan {profile.plan_fingerprint}; model 'criteo_transform' serves plan {'e' * 64}"):
         Monitor(redis_server.url, tmp_path / "sink", watch=Watch(profile))
     assert main(["monitor", "--redis", redis_server.url, "--sink", str(tmp_path / "sink"), "--profile", str(path)]) == 2

@@ -189,15 +189,21 @@ class Monitor:
         from tritonrec.monitoring.profile import ProfileError  # noqa: PLC0415
 
         stream, wanted = self.streams[0], self.watch.profile.plan_fingerprint
-        for _, fields in self.client.xrevrange(stream, count=look_back):
-            plan = fields.get(b"plan", b"").decode("ascii", "replace")
-            if fields.get(b"kind") != b"features" or not plan:
-                continue
-            if plan != wanted:
-                model = fields.get(b"model", b"").decode("utf-8", "replace")
-                raise ProfileError(f"the profile was built for plan {wanted}; model {model!r} serves plan {plan} "
-                                   f"(its newest request in {stream}): build the profile of the plan now served")
-            return
+        newest, read = "+", 0
+        while read < look_back:  # pages of 16 from the newest (an entry can hold a large batch's tensors)
+            page = self.client.xrevrange(stream, max=newest, count=16)
+            for entry, fields in page:
+                plan = fields.get(b"plan", b"").decode("ascii", "replace")
+                if fields.get(b"kind") != b"features" or not plan:
+                    continue
+                if plan != wanted:
+                    model = fields.get(b"model", b"").decode("utf-8", "replace")
+                    raise ProfileError(f"the profile was built for plan {wanted}; model {model!r} serves plan {plan} "
+                                       f"(its newest request in {stream}): build the profile of the plan now served")
+                return
+            if len(page) < 16:
+                return
+            newest, read = "(" + _text(page[-1][0]), read + len(page)
 
     def _oldest_request_ns(self) -> int:
         """The earliest request time an entry this consumer can still read may belong to: the
