@@ -245,6 +245,11 @@ def test_columns_and_values_the_profile_never_saw(profiled):
     assert report["columns"]["C1"]["drifted"]
     with pytest.raises(ValueError, match="window_rows 0"):
         Watch(profile, window_rows=0)
+    for bad, words in (({"js_alert": 0}, "js_alert 0: expected a number in \\(0, 1\\]"), ({"oov_alert": 1.5}, "oov_alert 1.5"),
+                       ({"auc_drop": -0.1}, "auc_drop -0.1"), ({"psi_alert": float("nan")}, "psi_alert nan"),
+                       ({"psi_warn": 0.3}, "psi_warn 0.3 is above psi_alert 0.25")):
+        with pytest.raises(ValueError, match=words):
+            Watch(profile, **bad)
     # a column the training rows never had a value in (all missing there): no reference, no verdict
     import dataclasses
 

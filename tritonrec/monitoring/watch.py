@@ -61,6 +61,7 @@ class Watch:
                  clock: Callable[[], float] = time.monotonic) -> None:
         if window_rows < 1 or window_s <= 0 or not 0 < dataset_share <= 1:
             raise ValueError(f"window_rows {window_rows} / window_s {window_s} / dataset_share {dataset_share}: expected >= 1 / > 0 / (0, 1]")
+        _check_thresholds(psi_warn=psi_warn, psi_alert=psi_alert, js_alert=js_alert, oov_alert=oov_alert, auc_drop=auc_drop)
         self.profile, self.window_rows, self.window_s = profile, window_rows, window_s
         self.psi_warn, self.psi_alert, self.js_alert, self.dataset_share = psi_warn, psi_alert, js_alert, dataset_share
         self.oov_alert = oov_alert
@@ -252,6 +253,20 @@ class Watch:
         """Reaps or times out a running on-alert action (call it every step)."""
         if self.action is not None:
             self.action.poll()
+
+
+def _check_thresholds(**thresholds: float) -> None:
+    """Each threshold a finite number > 0 (PSI has no upper bound; JS distances, rates and AUC drops are at most 1).
+
+    Raises:
+        ValueError: naming the first threshold out of range.
+    """
+    for name, value in thresholds.items():
+        upper = float("inf") if name.startswith("psi") else 1.0
+        if not (isinstance(value, (int, float)) and 0 < value <= upper and value == value):
+            raise ValueError(f"{name} {value!r}: expected a number in (0, {upper:g}]")
+    if thresholds["psi_warn"] > thresholds["psi_alert"]:
+        raise ValueError(f"psi_warn {thresholds['psi_warn']} is above psi_alert {thresholds['psi_alert']}: expected warn <= alert")
 
 
 def _value_index(values: list[Any]) -> Any:
