@@ -157,6 +157,19 @@ def test_degraded_labels_raise_the_auc_alert_and_run_the_action_once(profiled, t
         assert watch.registry.get_sample_value("tritonrec_feature_oov_reference", {"column": column}) == profile.categorical[column]["oov_rate"]
 
 
+def test_rows_of_several_windows_at_once_close_each_window(profiled):
+    """One add of 2.5 windows' rows closes two windows, each reported (``closed``), the last returned;
+    the half window waits for more rows or its time."""
+    profile, fresh, _ = profiled
+    now = [0.0]
+    watch = Watch(profile, window_rows=4000, window_s=60, clock=lambda: now[0])
+    last = watch.add(fresh.iloc[:10_000])
+    assert [r["window"] for r in watch.closed] == [1, 2] and watch.closed[-1] is last and all(r["rows"] == 4000 for r in watch.closed)
+    assert watch.tick() is None and watch.closed == []
+    now[0] = 61.0
+    assert watch.tick()["rows"] == 2000 and [r["window"] for r in watch.closed] == [3]
+
+
 def test_a_label_stream_that_stops_raises_nothing(profiled, tmp_path):
     profile, fresh, _ = profiled
     audit = AuditLog(tmp_path / "audit.jsonl")
@@ -230,6 +243,7 @@ def test_the_monitor_command_alerts_on_degraded_labels_and_runs_the_action_once(
     assert "tritonrec_monitor_rows_other_plan_total 1.0" in metrics
     assert "tritonrec_dataset_drift 0.0" in metrics and "dataset_drift" not in [e.get("alert") for e in audit]
     assert f"requests of plan {'f' * 64} are not compared with the profile" in err
+    assert all(f"tritonrec monitor: window {w}: 1,000 rows" in err for w in (1, 2, 3, 4)), err  # every window logged
 
 
 def test_columns_and_values_the_profile_never_saw(profiled):

@@ -452,10 +452,9 @@ class Monitor:
         return False
 
     def _watch(self, tables: list[Any]) -> None:
-        """The rows to the watch; the report of the last window they complete goes to the log (the
-        metrics and alerts see every window)."""
-        report = self.watch.add(concat_tables(tables))
-        if report is not None:
+        """The rows to the watch; the report of every window they complete goes to the log."""
+        self.watch.add(concat_tables(tables))
+        for report in self.watch.closed:
             self._report(report)
 
     def _report(self, report: dict[str, Any]) -> None:

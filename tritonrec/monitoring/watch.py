@@ -77,6 +77,8 @@ class Watch:
         self.auc_alerts: dict[tuple[str, int], Alert] = {}
         self._last_labelled: dict[tuple[str, int], float] = {}
         self._frames: list[Any] = []
+        self.closed: list[dict[str, Any]] = []
+        """The reports of the windows the last :meth:`add` or :meth:`tick` closed, in order."""
         self._rows = 0
         self._opened = clock()
         self.windows = 0
@@ -117,7 +119,7 @@ class Watch:
         import pyarrow as pa  # noqa: PLC0415
 
         table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-        report = None
+        closed = []
         if table.num_rows:
             self._frames.append(table)
             self._rows += table.num_rows
@@ -126,18 +128,19 @@ class Watch:
             full = rows.num_rows // self.window_rows * self.window_rows
             for start in range(0, full, self.window_rows):
                 self._frames, self._rows = [rows.slice(start, self.window_rows)], self.window_rows
-                report = self.close_window()
+                closed.append(self.close_window())
             if full < rows.num_rows:
                 self._frames, self._rows = [rows.slice(full)], rows.num_rows - full
-        if report is None:
-            report = self.tick()
-        return report
+        if not closed:
+            return self.tick()
+        self.closed = closed
+        return closed[-1]
 
     def tick(self) -> dict[str, Any] | None:
         """Closes the open window when it has rows and ``window_s`` has passed (call it every step)."""
-        if self._rows and self.clock() - self._opened >= self.window_s:
-            return self.close_window()
-        return None
+        report = self.close_window() if self._rows and self.clock() - self._opened >= self.window_s else None
+        self.closed = [report] if report is not None else []
+        return report
 
     def close_window(self) -> dict[str, Any] | None:
         """Evaluates the rows of the open window (None when it has none) and opens the next."""
