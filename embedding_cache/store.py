@@ -49,6 +49,7 @@ sleeping workers in turn cost each piece tens of microseconds (H200 host, 0.98 h
 ms a call). TRITONREC_POOL_SPIN_US overrides it; without a GPU tier workers sleep at once (unless
 it says otherwise), leaving the cores to the scorer."""
 
+
 def _tier_options(host: HostOptions | None, gpu_cache: GpuCacheOptions | None, device: int | None,
                   shorthand: Mapping[str, Any]) -> tuple[HostOptions, GpuCacheOptions | None]:
     """The options objects, from themselves or from the keyword shorthands (not both)."""

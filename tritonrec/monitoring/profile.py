@@ -212,8 +212,6 @@ def build_profile(plan: Any, columns: Mapping[str, Any], *, bins: int = 10, top:
     return profile
 
 
-
-
 def served_predictions(model_dir: str | os.PathLike[str], frame: Any, plan_fingerprint: str, batch_rows: int = 4096) -> np.ndarray:
     """Probabilities that the exported model at ``model_dir`` (``<repository>/<model>``, an ensemble
     of tritonrec's backends) answers for the raw rows of DataFrame ``frame``, computed in process

@@ -66,8 +66,9 @@ class Watch:
         self.psi_warn, self.psi_alert, self.js_alert, self.dataset_share = psi_warn, psi_alert, js_alert, dataset_share
         self.oov_alert = oov_alert
         self._top = {c: _value_index([v for v, _ in e["top"]]) for c, e in profile.categorical.items()}
-        references = {c: [n for _, n in e["top"]] + [e["other"]] for c, e in profile.categorical.items()}
-        self.js_noise = {c: js_noise(counts, window_rows) for c, counts in references.items() if sum(counts) > 0}
+        # per categorical column, the profile's counts of its top values and "other", float64 (top + 1,)
+        self._reference = {c: np.array([n for _, n in e["top"]] + [e["other"]], dtype=np.float64) for c, e in profile.categorical.items()}
+        self.js_noise = {c: js_noise(counts, window_rows) for c, counts in self._reference.items() if counts.sum() > 0}
         """Categorical column -> the JS distance sampling alone gives a full window (:func:`js_noise`)."""
         self._categorical_names = _value_index(list(profile.categorical))
         self.auc_drop, self.alert_windows, self.prediction_column = auc_drop, alert_windows, prediction_column
@@ -188,13 +189,13 @@ class Watch:
             top = self._top[column]
             slots = top.get_indexer(values)
             slots[slots < 0] = len(top)  # other
-            reference = np.array([c for _, c in entry["top"]] + [entry["other"]], dtype=np.float64)
+            reference = self._reference[column]
             oov_rate = None
             if told:
                 slots[flagged[j]] = len(top) + 1  # out of vocabulary: their own bucket
                 oov = entry.get("oov", entry["oov_rate"] * self.profile.rows)
-                reference[-1] = max(entry["other"] - oov, 0) if entry["source"] == "data" else entry["other"]  # data: OOV rows were 'other'
-                reference = np.append(reference, oov)
+                other = max(entry["other"] - oov, 0) if entry["source"] == "data" else entry["other"]  # data: OOV rows were 'other'
+                reference = np.append(reference[:-1], [other, oov])
                 oov_rate = flagged[j].size / told
                 self.feature_oov.labels(column=column).set(oov_rate)
             current = np.bincount(slots[present], minlength=reference.size).astype(np.float64)
