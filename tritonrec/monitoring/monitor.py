@@ -404,15 +404,14 @@ class Monitor:
     def _write(self, ready: list[_Request]) -> int:
         by_partition: dict[str, list[Any]] = {}
         counts = {"present": 0, "missing": 0}
-        watched: list[Any] = []
+        joined: list[tuple[_Request, Any]] = []  # (request, its rows' table)
         for request in ready:
             table = self._table(request)
             if table is None:
                 continue
             by_partition.setdefault(partition_of(request.time_ns), []).append(table)
             counts["present" if request.label is not None else "missing"] += table.num_rows
-            if self.watch is not None and self._of_profiled_plan(request, table.num_rows):
-                watched.append(table)
+            joined.append((request, table))
         try:
             for partition, tables in by_partition.items():
                 self.sink.write(partition, tables)
@@ -434,8 +433,10 @@ class Monitor:
                 self.metrics.rows.labels(label=label).inc(n)
         rows = counts["present"] + counts["missing"]
         self.rows_written += rows
-        if watched:
-            self._watch(watched)
+        if self.watch is not None:  # once written: a failed write is tried again, and counted then
+            watched = [table for request, table in joined if self._of_profiled_plan(request, table.num_rows)]
+            if watched:
+                self._watch(watched)
         return rows
 
     def _of_profiled_plan(self, request: _Request, rows: int) -> bool:
