@@ -21,8 +21,12 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import cuda_elapsed_s, time_calls  # noqa: E402
 
 ROWS, DIM, MISSES = 6_000_000, 64, 104_858  # the reads of never-read keys below fit
 
@@ -41,13 +45,8 @@ extern "C" __global__ void pull_rows(const float4* __restrict__ host, const long
 
 
 def _median_s(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median wall seconds of ``repeats`` calls of ``fn`` (after benchmarks.common's warm-ups)."""
+    return float(np.median(time_calls(fn, repeats, 0.0)))
 
 
 def host_memory() -> list[str]:
@@ -142,17 +141,10 @@ def zero_copy(cp, order: np.ndarray) -> list[str]:
 
 
 def _cuda_s(cp, fn, repeats: int = 5) -> float:
+    """Median seconds of ``fn`` on the current stream (CUDA events), after one warm-up."""
     fn()
     cp.cuda.Device().synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
-    return statistics.median(times)
+    return statistics.median(cuda_elapsed_s(cp, fn) for _ in range(repeats))
 
 
 def sync_latency(cp) -> list[str]:
