@@ -20,13 +20,13 @@ SetCacheSim::SetCacheSim(int64_t capacity_rows, int ways, Eviction policy, bool 
   }
 }
 
-bool SetCacheSim::access(int64_t key, uint32_t tick) {
+bool SetCacheSim::access(int64_t key, uint32_t tick, bool touch) {
   const int64_t base = set_of(key, sets_) * ways_;
   int64_t* keys = keys_.data() + base;
   uint32_t* meta = meta_.data() + base;
   for (int w = 0; w < ways_; ++w) {
     if (keys[w] == key) {
-      meta[w] = touched_meta(policy_, meta[w], tick);
+      if (touch) meta[w] = touched_meta(policy_, meta[w], tick);
       return true;
     }
   }

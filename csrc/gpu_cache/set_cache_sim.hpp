@@ -20,8 +20,9 @@ class SetCacheSim {
               int64_t aging_multiple = kAgingMultiple);
 
   /// One lookup of `key`: true on a hit; a miss offers the key for insertion. `tick` is the lookup
-  /// call's clock; call `end_call` after each call's accesses.
-  bool access(int64_t key, uint32_t tick);
+  /// call's clock; call `end_call` after each call's accesses. `touch` false: a hit leaves its
+  /// slot's meta as it is (recency rules that skip some hits' updates, benchmarks/cpp/lru_clock_sim.cpp).
+  bool access(int64_t key, uint32_t tick, bool touch = true);
 
   /// Ages the sketch and LFU counts when a period of misses has passed (the GPU cache does this
   /// before an insert call).
