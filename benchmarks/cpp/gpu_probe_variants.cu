@@ -10,13 +10,15 @@
 //   recheck  the seqlock re-check after the copy: on or off (off is unsafe beside inserts)
 //   fast     set = high 64 bits of mix64(key) * sets (one multiply) instead of mix64(key) % sets
 // Build: nvcc -O3 -std=c++17 -arch=sm_90 -o gpu_probe_variants gpu_probe_variants.cu
-// Run:   ./gpu_probe_variants [rows=1048576] [repeats=20]   (prints a Markdown table)
+// Run:   ./gpu_probe_variants [rows=1048576] [repeats=20] [only]   (prints a Markdown table; `only`: run
+//        just the variants whose name holds it, e.g. R3 for round 3: the set line and the tick, vs NVE's layout)
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -145,6 +147,25 @@ struct KeyLoad<16, 8> {  // two keys per lane, one 16-byte load
   }
 };
 
+/// Copies a row of DIM4 float4s with LANES lanes (this lane's part: every load before its stores);
+/// returns a token that depends on every value this lane loaded (for the re-check's address).
+template <int DIM4, int LANES>
+__device__ __forceinline__ unsigned copy_row(const float4* src, float4* dst, int l) {
+  constexpr int kMoves = (DIM4 + LANES - 1) / LANES;
+  float4 v[kMoves];
+  unsigned token = 0;
+#pragma unroll
+  for (int m = 0; m < kMoves; ++m)
+    if (m * LANES + l < DIM4) v[m] = __ldcg(src + m * LANES + l);
+#pragma unroll
+  for (int m = 0; m < kMoves; ++m)
+    if (m * LANES + l < DIM4) {
+      token |= __float_as_uint(v[m].x);
+      dst[m * LANES + l] = v[m];
+    }
+  return token;
+}
+
 template <int WAYS, int LANES, int UNROLL, int DIM4, int MINB>
 __global__ void __launch_bounds__(256, MINB) probe2(Params p) {
   using Load = KeyLoad<WAYS, LANES>;
@@ -187,19 +208,7 @@ __global__ void __launch_bounds__(256, MINB) probe2(Params p) {
       way[u] = __shfl_sync(0xFFFFFFFFu, mine, owner >= 0 ? LANES * g + owner : lane);
       if (owner < 0) way[u] = -1;
       if (way[u] >= 0) {
-        const float4* src = p.rows + (set[u] * WAYS + way[u]) * DIM4;
-        float4* dst = p.out + idx[u] * DIM4;
-        constexpr int kMoves = (DIM4 + LANES - 1) / LANES;
-        float4 v[kMoves];
-#pragma unroll
-        for (int m = 0; m < kMoves; ++m)
-          if (m * LANES + l < DIM4) v[m] = __ldcg(src + m * LANES + l);
-#pragma unroll
-        for (int m = 0; m < kMoves; ++m)
-          if (m * LANES + l < DIM4) {
-            token[u] |= __float_as_uint(v[m].x);
-            dst[m * LANES + l] = v[m];
-          }
+        token[u] = copy_row<DIM4, LANES>(p.rows + (set[u] * WAYS + way[u]) * DIM4, p.out + idx[u] * DIM4, l);
       }
     }
 #pragma unroll
@@ -228,6 +237,131 @@ void launch2(int dim4, int blocks, Params p) {
   }
 }
 
+// Round 3: what the set's line costs. The line of 16 int64 keys (128 bytes) is half of what a dim-64
+// hit moves besides its row; NVE's line is 8 uint16 tags (16 bytes: tag = key / sets, set = key %
+// sets, so only keys below 2^16 x sets can be held). Variants, 8 lanes per key, row width at compile
+// time, the product's register budgets:
+//   kFpMeta     16 uint16 fingerprints a set (one 32-byte sector: bits of mix64(key) the set does not
+//               use; 0 = empty), the full key re-checked at the slot after the row's loads (a false
+//               fingerprint match tries the next candidate), the LRU tick written to its own array
+//   kFpRecord   the same, key and tick side by side in a 16-byte slot record: the tick written into
+//               the sector the re-check has just read
+//   kFpNoMeta   the same as kFpMeta without the tick write
+//   kFpIfOld    kFpRecord, the tick written only when it differs (the tick held still across calls:
+//               the steady state of a coarse clock, e.g. CLOCK's reference bit already set)
+//   kNveLayout  NVE's layout: 8-way, uint16 tag = key >> log2(sets), set = key & (sets - 1), no
+//               re-check, no tick (keys below 2^30 here)
+//   kLineIfOld  the product's 128-byte line of int64 keys, the tick read from its array and written
+//               only when it differs (held still): the clock change alone, layout kept
+//   kLineNoMeta the product's line, no tick at all
+//   kLineSample the product's line, the tick written (not read) by a hit only in 1 of 8 ticks, chosen by
+//               a hash of key and tick (the tick moving every call, as the product's does)
+enum Mode3 { kFpMeta = 0, kFpRecord = 1, kFpNoMeta = 2, kFpIfOld = 3, kNveLayout = 4, kLineIfOld = 5, kLineNoMeta = 6, kLineSample = 7 };
+__host__ __device__ constexpr bool line_mode(int mode) { return mode == kLineIfOld || mode == kLineNoMeta || mode == kLineSample; }
+
+struct Params3 {
+  const unsigned short* tags;  // (sets, ways)
+  const long long* set_keys;   // (sets, 16): kFpMeta, kFpNoMeta
+  longlong2* records;          // (sets, 16) {key, tick}: kFpRecord, kFpIfOld
+  unsigned* meta;
+  long long sets;
+  int set_shift;  // kNveLayout: log2(sets)
+  const float4* rows;
+  const long long* keys;
+  long long n;
+  float4* out;
+  int* misses;
+  unsigned tick;
+  unsigned zero;
+};
+
+__host__ __device__ inline unsigned short fingerprint(long long key) {
+  const unsigned f = static_cast<unsigned>(mix64(static_cast<unsigned long long>(key)) & 0xFFFFu);
+  return static_cast<unsigned short>(f == 0 ? 1 : f);
+}
+
+template <int MODE, int DIM4, int MINB>
+__global__ void __launch_bounds__(256, MINB) probe3(Params3 p) {
+  constexpr int kLanes = 8, kWays = MODE == kNveLayout ? 8 : 16;
+  const int lane = threadIdx.x & 31, g = lane / kLanes, l = lane % kLanes, shift = kLanes * g;
+  const long long warps = (static_cast<long long>(gridDim.x) * blockDim.x) >> 5;
+  for (long long w = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w * 4 < p.n; w += warps) {
+    const long long idx = w * 4 + g;
+    const bool valid = idx < p.n;
+    const long long key = valid ? p.keys[idx] : kEmpty;
+    long long set;
+    unsigned cand = 0;  // the group's candidate ways
+    if constexpr (MODE == kNveLayout) {
+      set = key & (p.sets - 1);
+      const unsigned short t = valid ? p.tags[set * kWays + l] : 0xFFFFu;
+      const bool m = valid && (static_cast<long long>(t) << p.set_shift | set) == key;
+      cand = (__ballot_sync(0xFFFFFFFFu, m) >> shift) & 0xFFu;
+    } else if constexpr (line_mode(MODE)) {
+      set = set_of<true>(key, p.sets);
+      const longlong2 held = valid ? reinterpret_cast<const longlong2*>(p.set_keys + set * kWays)[l] : make_longlong2(kEmpty, kEmpty);
+      const unsigned b0 = (__ballot_sync(0xFFFFFFFFu, valid && held.x == key) >> shift) & 0xFFu;
+      const unsigned b1 = (__ballot_sync(0xFFFFFFFFu, valid && held.y == key) >> shift) & 0xFFu;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) cand |= ((b0 >> i) & 1u) << (2 * i) | ((b1 >> i) & 1u) << (2 * i + 1);
+    } else {
+      set = set_of<true>(key, p.sets);
+      const unsigned short f = fingerprint(key);
+      const unsigned t = valid ? reinterpret_cast<const unsigned*>(p.tags + set * kWays)[l] : 0u;
+      const unsigned b0 = (__ballot_sync(0xFFFFFFFFu, valid && (t & 0xFFFFu) == f) >> shift) & 0xFFu;
+      const unsigned b1 = (__ballot_sync(0xFFFFFFFFu, valid && (t >> 16) == f) >> shift) & 0xFFu;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) cand |= ((b0 >> i) & 1u) << (2 * i) | ((b1 >> i) & 1u) << (2 * i + 1);
+    }
+    bool hit = false;
+    int way = cand ? __ffs(cand) - 1 : -1;
+    // warp-uniform loop: every lane votes in every round (a false fingerprint match takes another)
+    while (__any_sync(0xFFFFFFFFu, way >= 0)) {
+      unsigned token = 0;
+      const long long slot = set * kWays + (way < 0 ? 0 : way);
+      if (way >= 0) {
+        token = copy_row<DIM4, kLanes>(p.rows + slot * DIM4, p.out + idx * DIM4, l);
+      }
+      bool ok = way >= 0;
+      if constexpr (MODE != kNveLayout) {
+        const unsigned after = __reduce_or_sync(0xFFFFFFFFu, token & p.zero);
+        const bool checker = way >= 0 && l == 0;
+        bool same = false;
+        if (checker) {
+          if constexpr (MODE == kFpRecord || MODE == kFpIfOld) {
+            const longlong2 r = __ldcg(p.records + slot + after);
+            same = r.x == key;
+            if (same && (MODE == kFpRecord || static_cast<unsigned>(r.y) != p.tick))
+              reinterpret_cast<unsigned*>(p.records + slot)[2] = p.tick;
+          } else {
+            same = __ldcg(p.set_keys + slot + after) == key;
+            if (same && MODE == kFpMeta) p.meta[slot] = p.tick;
+            if (same && MODE == kLineIfOld && p.meta[slot] != p.tick) p.meta[slot] = p.tick;
+            if (same && MODE == kLineSample && ((mix64(static_cast<unsigned long long>(key)) ^ p.tick) & 7u) == 0) p.meta[slot] = p.tick;
+          }
+        }
+        ok = ((__ballot_sync(0xFFFFFFFFu, checker && same) >> shift) & 0xFFu) != 0;
+      }
+      if (ok) {
+        hit = true;
+        way = -1;
+      } else if (way >= 0) {
+        cand &= ~(1u << way);
+        way = cand ? __ffs(cand) - 1 : -1;
+      }
+    }
+    if (valid && !hit && l == 0) atomicAdd(p.misses, 1);
+  }
+}
+
+template <int MODE>
+void launch3(int dim4, int blocks, Params3 p) {
+  switch (dim4) {
+    case 8: probe3<MODE, 8, 8><<<blocks, 256>>>(p); break;
+    case 16: probe3<MODE, 16, 8><<<blocks, 256>>>(p); break;
+    default: probe3<MODE, 32, 5><<<blocks, 256>>>(p); break;
+  }
+}
+
 __global__ void gather(const float4* __restrict__ rows, const long long* __restrict__ index, float4* __restrict__ out, long long n, int q) {
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   for (long long t = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; t < n * q; t += stride) {
@@ -241,6 +375,7 @@ struct Table {  // a filled cache of one geometry: keys (sets, ways), rows, and 
   long long *d_keys = nullptr, *d_query = nullptr, *d_slot = nullptr;
   unsigned* d_meta = nullptr;
   std::vector<long long> query_slot;
+  std::vector<long long> host_keys;  // (sets, ways)
 };
 
 template <bool FAST>
@@ -265,6 +400,7 @@ Table build(int ways, long long rows, const std::vector<long long>& cached, cons
     query.push_back(cached[pick]);
     t.query_slot.push_back(slot_of[pick]);
   }
+  t.host_keys = keys;
   CHECK(cudaMalloc(&t.d_keys, keys.size() * 8));
   CHECK(cudaMemcpy(t.d_keys, keys.data(), keys.size() * 8, cudaMemcpyHostToDevice));
   CHECK(cudaMalloc(&t.d_meta, keys.size() * 4));
@@ -273,6 +409,56 @@ Table build(int ways, long long rows, const std::vector<long long>& cached, cons
   CHECK(cudaMemcpy(t.d_query, query.data(), query.size() * 8, cudaMemcpyHostToDevice));
   CHECK(cudaMalloc(&t.d_slot, query.size() * 8));
   CHECK(cudaMemcpy(t.d_slot, t.query_slot.data(), query.size() * 8, cudaMemcpyHostToDevice));
+  return t;
+}
+
+struct Table3 {  // round 3's arrays beside a 16-way table (same slots), or NVE's layout on its own keys
+  unsigned short* d_tags = nullptr;
+  longlong2* d_records = nullptr;
+  int set_shift = 0;
+};
+
+Table3 fingerprints_of(const Table& t) {
+  Table3 r;
+  std::vector<unsigned short> tags(t.host_keys.size(), 0);
+  std::vector<longlong2> records(t.host_keys.size());
+  for (size_t s = 0; s < tags.size(); ++s) {
+    if (t.host_keys[s] != kEmpty) tags[s] = fingerprint(t.host_keys[s]);
+    records[s] = make_longlong2(t.host_keys[s], 0);
+  }
+  CHECK(cudaMalloc(&r.d_tags, tags.size() * 2));
+  CHECK(cudaMemcpy(r.d_tags, tags.data(), tags.size() * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMalloc(&r.d_records, records.size() * 16));
+  CHECK(cudaMemcpy(r.d_records, records.data(), records.size() * 16, cudaMemcpyHostToDevice));
+  return r;
+}
+
+// NVE's layout: 8-way sets, set = key & (sets - 1) (rows a power of two), tag = key >> log2(sets);
+// keys (i * odd) mod 2^30, distinct and spread evenly over the sets.
+Table nve_table(long long rows, const std::vector<long long>& pick, Table3& r) {
+  Table t;
+  t.sets = 2 * rows / 8;
+  while ((1LL << r.set_shift) < t.sets) ++r.set_shift;
+  std::vector<unsigned short> tags(t.sets * 8, 0xFFFFu);
+  std::vector<long long> slot_of(rows, -1);
+  std::vector<int> used(t.sets, 0);
+  for (long long i = 0; i < rows; ++i) {
+    const long long key = (i * 0x9E3779B1LL) & ((1LL << 30) - 1);
+    const long long s = key & (t.sets - 1);
+    if (used[s] == 8) continue;
+    slot_of[i] = s * 8 + used[s]++;
+    tags[slot_of[i]] = static_cast<unsigned short>(key >> r.set_shift);
+  }
+  std::vector<long long> query;
+  for (long long i : pick) {
+    if (slot_of[i] < 0) continue;
+    query.push_back((i * 0x9E3779B1LL) & ((1LL << 30) - 1));
+    t.query_slot.push_back(slot_of[i]);
+  }
+  CHECK(cudaMalloc(&r.d_tags, tags.size() * 2));
+  CHECK(cudaMemcpy(r.d_tags, tags.data(), tags.size() * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMalloc(&t.d_query, query.size() * 8));
+  CHECK(cudaMemcpy(t.d_query, query.data(), query.size() * 8, cudaMemcpyHostToDevice));
   return t;
 }
 
@@ -296,6 +482,24 @@ float median_ms(F&& launch, int repeats) {
   return ms[ms.size() / 2];
 }
 
+/// Prints a variant's row: its rate from `ms` a call of the query's keys, against the gather's, and
+/// whether the call missed nothing and wrote each query key's row (the first 4096 rows checked).
+void report(const char* pattern, int dim, const char* name, int per_sm, float ms, double gather_rate,
+            const std::vector<long long>& query_slot, const float4* d_out, const int* d_misses, int dim4) {
+  CHECK(cudaGetLastError());
+  const long long n = static_cast<long long>(query_slot.size());
+  int misses = 0;
+  CHECK(cudaMemcpy(&misses, d_misses, 4, cudaMemcpyDeviceToHost));
+  std::vector<float4> got(static_cast<size_t>(std::min<long long>(n, 4096)) * dim4);
+  CHECK(cudaMemcpy(got.data(), d_out, got.size() * 16, cudaMemcpyDeviceToHost));
+  bool ok = misses == 0;
+  for (size_t i = 0; ok && i < got.size() / dim4; ++i)
+    for (int k = 0; k < dim4; ++k)
+      ok = ok && got[i * dim4 + k].x == static_cast<float>(query_slot[i]) && got[i * dim4 + k].y == static_cast<float>(k);
+  const double rate = n / (ms * 1e-3) / 1e9;
+  std::printf("| %s | %d | %s | %d | %.2f | %.2f | %s |\n", pattern, dim, name, per_sm, rate, rate / gather_rate, ok ? "yes" : "NO");
+}
+
 struct Variant {
   const char* name;
   int ways;
@@ -307,6 +511,7 @@ struct Variant {
 int main(int argc, char** argv) {
   const long long rows = argc > 1 ? std::atoll(argv[1]) : 1 << 20;
   const int repeats = argc > 2 ? std::atoi(argv[2]) : 20;
+  const char* only = argc > 3 ? argv[3] : "";  // run only the variants whose name holds this (e.g. "R3")
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   cudaDeviceProp prop;
@@ -339,6 +544,21 @@ int main(int argc, char** argv) {
       {"R2 8-way 8 lanes u2 dimT minB8", 8, true, nullptr, launch2<8, 8, 2, 8>},
       {"R2 8-way 8 lanes u1 dimT minB8", 8, true, nullptr, launch2<8, 8, 1, 8>},
   };
+  struct Variant3 {
+    const char* name;
+    Mode3 mode;
+    void (*launch)(int, int, Params3);
+  };
+  const Variant3 variants3[] = {
+      {"R3 16-way fingerprints, key re-check, LRU tick array", kFpMeta, launch3<kFpMeta>},
+      {"R3 16-way fingerprints, {key, tick} record", kFpRecord, launch3<kFpRecord>},
+      {"R3 16-way fingerprints, key re-check, no tick", kFpNoMeta, launch3<kFpNoMeta>},
+      {"R3 16-way fingerprints, {key, tick} record, tick written when older (held still)", kFpIfOld, launch3<kFpIfOld>},
+      {"R3 16-way int64 line (the product's), tick read, written when older (held still)", kLineIfOld, launch3<kLineIfOld>},
+      {"R3 16-way int64 line (the product's), no tick", kLineNoMeta, launch3<kLineNoMeta>},
+      {"R3 16-way int64 line (the product's), tick written in 1 of 8 ticks", kLineSample, launch3<kLineSample>},
+      {"R3 NVE layout: 8-way uint16 tags, no re-check, no tick", kNveLayout, launch3<kNveLayout>},
+  };
   std::printf("GPU %s, %d SMs; %lld cached rows at load 0.5, %lld all-hit keys per call, fp32 rows, median of %d calls\n\n",
               prop.name, sms, rows, rows, repeats);
   std::printf("| keys | dim | variant | blocks/SM | G keys/s | / gather | checked |\n|---|---:|---|---:|---:|---:|---|\n");
@@ -349,6 +569,9 @@ int main(int argc, char** argv) {
     std::vector<long long> pick(rows);
     for (auto& v : pick) v = static_cast<long long>(rng() % rows);
     Table slow16 = build<false>(16, rows, cached, pick), fast16 = build<true>(16, rows, cached, pick), fast8 = build<true>(8, rows, cached, pick);
+    const Table3 fp16 = fingerprints_of(fast16);
+    Table3 nve3;
+    Table nve8 = nve_table(rows, pick, nve3);
     for (int dim : {32, 64, 128}) {
       const int dim4 = dim / 4;
       const long long slots = 2 * rows;
@@ -368,6 +591,7 @@ int main(int argc, char** argv) {
       const double gather_rate = n16 / (gather_ms * 1e-3) / 1e9;
       std::printf("| %s | %d | plain gather (by slot) | - | %.2f | 1.00 | - |\n", pattern, dim, gather_rate);
       for (const Variant& v : variants) {
+        if (std::strstr(v.name, only) == nullptr) continue;
         const Table& t = v.ways == 8 ? fast8 : (v.fast ? fast16 : slow16);
         const long long n = static_cast<long long>(t.query_slot.size());
         for (int per_sm : {8, 16, 32}) {
@@ -378,18 +602,23 @@ int main(int argc, char** argv) {
             p.tick++;
             if (v.launch) v.launch(dim4, blocks, p); else v.kernel<<<blocks, 256>>>(p);
           }, repeats);
-          CHECK(cudaGetLastError());
-          int misses = 0;
-          CHECK(cudaMemcpy(&misses, d_misses, 4, cudaMemcpyDeviceToHost));
-          // the output holds each query key's row: check the first 4096 and the last rows
-          std::vector<float4> got(static_cast<size_t>(std::min<long long>(n, 4096)) * dim4);
-          CHECK(cudaMemcpy(got.data(), d_out, got.size() * 16, cudaMemcpyDeviceToHost));
-          bool ok = misses == 0;
-          for (size_t i = 0; ok && i < got.size() / dim4; ++i)
-            for (int k = 0; k < dim4; ++k)
-              ok = ok && got[i * dim4 + k].x == static_cast<float>(t.query_slot[i]) && got[i * dim4 + k].y == static_cast<float>(k);
-          const double rate = n / (ms * 1e-3) / 1e9;
-          std::printf("| %s | %d | %s | %d | %.2f | %.2f | %s |\n", pattern, dim, v.name, per_sm, rate, rate / gather_rate, ok ? "yes" : "NO");
+          report(pattern, dim, v.name, per_sm, ms, gather_rate, t.query_slot, d_out, d_misses, dim4);
+        }
+      }
+      for (const Variant3& v : variants3) {
+        if (std::strstr(v.name, only) == nullptr) continue;
+        const bool nve = v.mode == kNveLayout;
+        const Table& t = nve ? nve8 : fast16;
+        const Table3& r = nve ? nve3 : fp16;
+        const long long n = static_cast<long long>(t.query_slot.size());
+        for (int per_sm : {8, 16, 32}) {
+          Params3 p{r.d_tags, t.d_keys, r.d_records, t.d_meta, t.sets, r.set_shift, d_rows, t.d_query, n, d_out, d_misses, 1u, 0u};
+          CHECK(cudaMemset(d_misses, 0, 4));
+          const float ms = median_ms([&] {
+            if (v.mode != kFpIfOld && v.mode != kLineIfOld) p.tick++;
+            v.launch(dim4, sms * per_sm, p);
+          }, repeats);
+          report(pattern, dim, v.name, per_sm, ms, gather_rate, t.query_slot, d_out, d_misses, dim4);
         }
       }
       CHECK(cudaFree(d_rows));
