@@ -259,20 +259,10 @@ void launch2(int dim4, int blocks, Params p) {
 enum Mode3 { kFpMeta = 0, kFpRecord = 1, kFpNoMeta = 2, kFpIfOld = 3, kNveLayout = 4, kLineIfOld = 5, kLineNoMeta = 6, kLineSample = 7 };
 __host__ __device__ constexpr bool line_mode(int mode) { return mode == kLineIfOld || mode == kLineNoMeta || mode == kLineSample; }
 
-struct Params3 {
+struct Params3 : Params {        // set_keys (sets, 16): kFpMeta, kFpNoMeta and the line modes; dim4 unused (DIM4)
   const unsigned short* tags;  // (sets, ways)
-  const long long* set_keys;   // (sets, 16): kFpMeta, kFpNoMeta
   longlong2* records;          // (sets, 16) {key, tick}: kFpRecord, kFpIfOld
-  unsigned* meta;
-  long long sets;
-  int set_shift;  // kNveLayout: log2(sets)
-  const float4* rows;
-  const long long* keys;
-  long long n;
-  float4* out;
-  int* misses;
-  unsigned tick;
-  unsigned zero;
+  int set_shift;               // kNveLayout: log2(sets)
 };
 
 __host__ __device__ inline unsigned short fingerprint(long long key) {
@@ -612,7 +602,7 @@ int main(int argc, char** argv) {
         const Table3& r = nve ? nve3 : fp16;
         const long long n = static_cast<long long>(t.query_slot.size());
         for (int per_sm : {8, 16, 32}) {
-          Params3 p{r.d_tags, t.d_keys, r.d_records, t.d_meta, t.sets, r.set_shift, d_rows, t.d_query, n, d_out, d_misses, 1u, 0u};
+          Params3 p{{t.d_keys, t.d_meta, t.sets, dim4, d_rows, t.d_query, n, d_out, d_misses, 1u, 0u}, r.d_tags, r.d_records, r.set_shift};
           CHECK(cudaMemset(d_misses, 0, 4));
           const float ms = median_ms([&] {
             if (v.mode != kFpIfOld && v.mode != kLineIfOld) p.tick++;
