@@ -135,7 +135,7 @@ class GpuOutDtype(enum.Enum):
     float16 = 1
 
 class GpuCache:
-    """One table's GPU cache: int64 keys in 16-way sets (set chosen by a hash of the key), rows in
+    """One table's GPU cache: int64 keys in 16-way sets (set chosen by a hash of the key; at least 4,096 rows), rows in
     device memory of ``device``. All methods are asynchronous on ``stream``; pointers are device
     addresses."""
 
@@ -183,6 +183,10 @@ def scatter_miss_rows(out: int, out_dtype: GpuOutDtype, columns: int, n: int, di
 
 def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) -> int:
     """Device bytes per cached row (row, key, meta, lock share, and the admission sketch's share)."""
+
+def lru_clock(misses: int, capacity_rows: int) -> int:
+    """The LRU clock (uint32 tick, >= 1) of a GPU cache of ``capacity_rows`` rows after ``misses``
+    misses in all: one tick per ``capacity_rows // 16`` misses, so it stands still while lookups hit."""
 
 def simulate_set_cache(trace: npt.NDArray[np.int64], capacity_rows: int, ways: int = 16, eviction: str = "lru", batch: int = 1,
                        admission: bool = False, aging_multiple: int = 40) -> npt.NDArray[np.uint8]:

@@ -49,8 +49,14 @@ class _TableCache:
     cache: Any
     dim: int
     lookups: int = 0
-    misses: int = 0
+    misses: int = 0  # also the LRU clock's input (see tick)
     generation: int = 0  # bumped by each invalidation: rows read before it are not inserted after
+
+    @property
+    def tick(self) -> int:
+        """The table's LRU clock (uint32): one tick per 1/16 of the capacity missed, so it stands
+        still while lookups hit and a hit writes its slot's tick only when the clock moved."""
+        return _core.lru_clock(self.misses, self.cache.capacity_rows)
 
 
 class _Pinned:
@@ -125,7 +131,7 @@ class GpuTier:
         device: CUDA device number.
         options: the cache's :class:`GpuCacheOptions`: ``cache_bytes`` of device memory for all
             tables' caches together, shared in proportion to each table's ``weights`` entry (rows
-            held = bytes / per-row bytes, at least one set of 16); row ``dtype`` (hits are the
+            held = bytes / per-row bytes, at least 4,096: 256 sets of 16); row ``dtype`` (hits are the
             stored rows, rounded to nearest even; misses are the host's rows); ``eviction``;
             TinyLFU ``admission`` (a missed row replaces a full set's victim only if a frequency
             sketch of the misses saw its key more often than the victim was used); ``async_insert``
@@ -147,9 +153,8 @@ class GpuTier:
         self._tables: dict[str, _TableCache] = {}
         for name, dim in tables.items():
             share = options.cache_bytes * weights[name] / total
-            rows = max(16, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
+            rows = max(4096, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
             self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission), dim)
-        self._tick = 0
         self._to_host = _Pinned(self.cp)  # missed keys, device -> host
         self._to_device = _Pinned(self.cp)  # unique keys, row indices and rows, host -> device
         self._to_device_done = None  # event: the last copy out of _to_device
@@ -203,7 +208,6 @@ class GpuTier:
         dim = dims.pop()
         n, k = int(keys.shape[0]), len(entries)
         s = self.stream_of(stream)
-        self._tick += 1
         with cp.cuda.Device(self.device), s:
             if out is None:
                 out = cp.empty((n, k, dim), dtype=out_dtype)
@@ -212,21 +216,23 @@ class GpuTier:
             kind = getattr(_core.GpuOutDtype, out_dtype)
             miss_index = cp.empty((k, n), dtype=cp.int32)
             counts = cp.empty(k, dtype=cp.int32)
+            ticks = [entry.tick for entry in entries]  # the inserts of this call's misses use them too
             for j, entry in enumerate(entries):
-                entry.cache.find_column(keys.data.ptr, n, k, j, out.data.ptr, miss_index.data.ptr, counts.data.ptr, self._tick, s.ptr,
+                entry.cache.find_column(keys.data.ptr, n, k, j, out.data.ptr, miss_index.data.ptr, counts.data.ptr, ticks[j], s.ptr,
                                         out_dtype=kind)
             host_counts = counts.get(stream=s)  # waits for this stream only
             for entry, c in zip(entries, host_counts.tolist()):
                 entry.lookups += n
                 entry.misses += c
             if host_counts.any():
-                self._fill_misses(entries, keys, out, kind, miss_index, counts, host_counts, read_host, s)
+                self._fill_misses(entries, ticks, keys, out, kind, miss_index, counts, host_counts, read_host, s)
         return out
 
-    def _fill_misses(self, entries: list[_TableCache], keys: Any, out: Any, kind: Any, miss_index: Any, counts: Any,
-                     host_counts: np.ndarray, read_host: ReadHost, s: Any) -> None:
+    def _fill_misses(self, entries: list[_TableCache], ticks: list[int], keys: Any, out: Any, kind: Any, miss_index: Any,
+                     counts: Any, host_counts: np.ndarray, read_host: ReadHost, s: Any) -> None:
         """Reads every column's missed keys from the host tiers, writes them into ``out`` and
-        offers the rows that exist to the caches (on ``s``, or the tier's insert stream)."""
+        offers the rows that exist to the caches (on ``s``, or the tier's insert stream) at the
+        LRU clock ``ticks[j]`` of column j's lookup."""
         cp = self.cp
         k, n, dim = len(entries), int(keys.shape[0]), entries[0].dim
         total, max_count = int(host_counts.sum()), int(host_counts.max())
@@ -275,7 +281,7 @@ class GpuTier:
             for (j, lo, _), count in zip(pieces, present):
                 entry = entries[j]
                 if count and entry.generation == generations[j]:  # no invalidation since the rows were read
-                    entry.cache.insert(keys_of + 8 * lo, device_block.data.ptr + rows_at + 4 * dim * lo, count, self._tick, insert_stream.ptr)
+                    entry.cache.insert(keys_of + 8 * lo, device_block.data.ptr + rows_at + 4 * dim * lo, count, ticks[j], insert_stream.ptr)
             # an update must not be overtaken by these inserts of rows read before it (see invalidate);
             # the device block and keys stay referenced until they ran (cupy's pool reuses them on `s` only)
             self._pending_inserts = [p for p in self._pending_inserts if not p[0].done]

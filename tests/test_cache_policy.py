@@ -92,6 +92,36 @@ def test_admission_refuses_a_key_seen_less_often_than_the_victim():
     assert hits[-1] == 1  # admitted once its frequency passed the victim's
 
 
+def test_the_lru_clock_moves_by_misses_not_by_calls():
+    # one tick per 1/16 of the capacity missed (at least one miss a tick), from 1
+    assert [_core.lru_clock(m, 1_600) for m in (0, 99, 100, 250, 1_600)] == [1, 1, 2, 3, 17]
+    assert [_core.lru_clock(m, 8) for m in (0, 1, 2)] == [1, 2, 3]
+    # a cache of 160 rows (20 sets of 8), 64 keys held, then looked up again and again: the hits
+    # move no clock, so the host twin's hits are those of a cache that never forgets them
+    keys = np.arange(64, dtype=np.int64)
+    trace = np.concatenate([keys, np.tile(keys, 50)])
+    hits = _core.simulate_set_cache(trace, 160, 8, "lru", 64)
+    assert hits[:64].sum() == 0 and hits[64:].all()
+
+
+def test_lru_ages_stay_right_when_the_8_bit_ticks_wrap():
+    # One set of 16 rows: a tick per miss (16 // 16), so 600 new keys move the 8-bit tick round twice.
+    # A hot key used every 4th access is at most 4 ticks old and must never be evicted; ages taken
+    # without the wrap would make it the oldest row each time the tick passes 255.
+    cold = np.arange(1_000, 1_600, dtype=np.int64)
+    trace = np.concatenate([[7], np.insert(cold, np.arange(0, cold.size, 3), 7)])
+    hits = _core.simulate_set_cache(trace, 16, 16, "lru")
+    assert hits[trace == 7][1:].all() and not hits[trace != 7].any()
+
+
+def test_lfu_counts_stop_at_255_uses():
+    # one set of 16: key 0 used 1,000 times, key 1 300 times (both at the cap), 14 keys once; a new
+    # key evicts one of the 14, never the capped ones
+    trace = np.concatenate([np.zeros(1_000), np.ones(300), np.arange(2, 16), [99], [0, 1]]).astype(np.int64)
+    hits = _core.simulate_set_cache(trace, 16, 16, "lfu")
+    assert hits[-2:].tolist() == [1, 1] and hits[-3] == 0
+
+
 def test_bad_arguments():
     trace = np.arange(10, dtype=np.int64)
     with pytest.raises(ValueError, match="eviction fifo: expected 'lru' or 'lfu'"):

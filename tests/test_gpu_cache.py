@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedding_cache import EmbeddingStore, GpuCacheOptions, build_store
+from embedding_cache import EmbeddingStore, GpuCacheOptions, _core, build_store
 
 pytestmark = pytest.mark.gpu
 def _cupy():
@@ -35,7 +35,7 @@ def _reference(keys_all, rows_all, query):
 
 @pytest.mark.parametrize("admission", [False, True])
 @pytest.mark.parametrize("eviction", ["lru", "lfu"])
-@pytest.mark.parametrize("capacity_rows", [1, 32, 4_096, 100_000])  # 1: one row's bytes, rounded up to one set of 16
+@pytest.mark.parametrize("capacity_rows", [1, 10_000, 100_000])  # 1: one row's bytes, rounded up to 4,096 rows (256 sets)
 def test_lookups_equal_the_host_rows(table, eviction, capacity_rows, admission):
     cupy = _cupy()
     path, keys, rows = table
@@ -97,6 +97,75 @@ def test_fp16_storage_of_an_fp16_table_is_exact(tmp_path):
         query = rng.choice(keys, size=30_000)
         for _ in range(3):
             np.testing.assert_array_equal(cupy.asnumpy(store.lookup("t", cupy.asarray(query))), rows[query // 7])
+
+
+@pytest.mark.parametrize("admission", [False, True])
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_the_gpu_cache_decides_as_its_host_twin(eviction, admission):
+    # One key a call, each miss inserted at once, as simulate_set_cache does: then every hit and miss
+    # must agree, including the LRU clock (lru_clock of the misses so far: a tick per 256 misses here),
+    # eviction, admission and aging (counts halved every 4,096 misses, by CAS on the GPU).
+    cupy = _cupy()
+    rng = np.random.default_rng(5)
+    keys = rng.choice(2**62, size=40_000, replace=False).astype(np.int64)
+    weights = np.arange(1, keys.size + 1, dtype=np.float64) ** -0.7
+    trace = keys[rng.choice(keys.size, size=16_000, p=weights / weights.sum())]
+    capacity = 4_096
+    expected = _core.simulate_set_cache(trace, capacity, 16, eviction, 1, admission, 1)
+    cache = _core.GpuCache(capacity, 8, _core.GpuRowDtype.float32, eviction, 0, admission, 1)
+    stream = cupy.cuda.get_current_stream()
+    device_keys, row = cupy.asarray(trace), cupy.zeros((1, 8), cupy.float32)
+    out, miss_index, miss_count = cupy.empty((1, 8), cupy.float32), cupy.empty(1, cupy.int32), cupy.empty(1, cupy.int32)
+    got, misses = np.zeros(trace.size, dtype=np.uint8), 0
+    for i in range(trace.size):
+        tick = _core.lru_clock(misses, capacity)
+        key = device_keys[i : i + 1]
+        cache.find(key.data.ptr, 1, out.data.ptr, miss_index.data.ptr, miss_count.data.ptr, tick, stream.ptr)
+        if int(miss_count.get()[0]):
+            misses += 1
+            cache.insert(key.data.ptr, row.data.ptr, 1, tick, stream.ptr)
+        else:
+            got[i] = 1
+    assert misses > 2 * capacity and 0.2 < expected.mean() < 0.9  # the counts were aged twice
+    mismatches = np.flatnonzero(got != expected)
+    assert mismatches.size == 0, f"{mismatches.size} differences, the first at accesses {mismatches[:10].tolist()}"
+
+
+def _key_of_tag(tag: int, high: int) -> int:
+    """An int64 key whose mix64 is ``high << 56 | tag`` (mix64, splitmix64's finaliser, inverted)."""
+    mask = (1 << 64) - 1
+
+    def unxorshift(x: int, shift: int) -> int:
+        y = x
+        for _ in range(64 // shift + 1):
+            y = x ^ (y >> shift)
+        return y
+
+    x = (high << 56 | tag) & mask
+    x = unxorshift(x, 31)
+    x = (x * pow(0x94D049BB133111EB, -1, 1 << 64)) & mask
+    x = unxorshift(x, 27)
+    x = (x * pow(0xBF58476D1CE4E5B9, -1, 1 << 64)) & mask
+    x = unxorshift(x, 30)
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def test_keys_of_the_empty_tag_and_the_int64_extremes_are_served_exactly(tmp_path):
+    # A key whose 56-bit tag is the empty slot's is never cached (it misses every time, its row comes
+    # from the host), and the keys once used as the empty marker (INT64_MIN) or at the edges are cached
+    # like any other.
+    cupy = _cupy()
+    empty = [_key_of_tag((1 << 56) - 1, high) for high in (0, 7, 255)]
+    assert [_core.simulate_set_cache(np.array([k, k], np.int64), 4_096).tolist() for k in empty] == [[0, 0]] * 3
+    edges = [np.iinfo(np.int64).min, np.iinfo(np.int64).max, -1, 0, 1]
+    keys = np.array(empty + edges, dtype=np.int64)
+    rows = np.arange(keys.size * 8, dtype=np.float32).reshape(-1, 8)
+    path = build_store(tmp_path / "s", {"t": (keys, rows)})
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=1) as store:
+        for _ in range(3):
+            np.testing.assert_array_equal(cupy.asnumpy(store.lookup("t", cupy.asarray(keys))), rows)
+        stats = store.stats()["t"]["tiers"]["gpu"]
+    assert stats["misses"] == 3 * len(empty) + len(edges) and stats["hits"] == 2 * len(edges)
 
 
 def test_an_update_is_seen_by_the_next_lookup(table, tmp_path):

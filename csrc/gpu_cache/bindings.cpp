@@ -15,6 +15,8 @@ namespace py = pybind11;
 namespace tritonrec {
 namespace {
 
+constexpr int kGpuCacheWays = 16;  // GpuCache::kWays (also in builds without CUDA, for the host twin's default)
+
 #if TRITONREC_HAS_CUDA
 // Runs a lookup with the GIL released; std::invalid_argument becomes ValueError.
 void find_async(const GpuCache& cache, const GpuCache::FindArgs& args, uintptr_t stream) {
@@ -37,6 +39,9 @@ Eviction parse_eviction(const std::string& name) {
 }  // namespace
 
 void bind_gpu_cache(py::module_& m) {
+  m.def("lru_clock", &lru_clock, py::arg("misses"), py::arg("capacity_rows"),
+        "The LRU clock (uint32 tick, >= 1) of a cache of capacity_rows rows after `misses` misses in all: one tick "
+        "per capacity_rows / 16 misses, so that it stands still while lookups hit.");
   m.def(
       "simulate_set_cache",
       [](py::array_t<int64_t, py::array::c_style> trace, int64_t capacity_rows, int ways, const std::string& eviction,
@@ -56,14 +61,20 @@ void bind_gpu_cache(py::module_& m) {
         uint8_t* out = hits.mutable_data();
         {
           py::gil_scoped_release release;
+          const int64_t capacity = sim.sets() * ways;
+          int64_t misses = 0;
+          uint32_t tick = 1;
           for (int64_t i = 0; i < n; ++i) {
-            out[i] = sim.access(keys[i], static_cast<uint32_t>(i / batch + 1)) ? 1 : 0;
+            if (i % batch == 0) tick = lru_clock(misses, capacity);  // per call, as the GPU tier passes it
+            const bool hit = sim.access(keys[i], tick);
+            out[i] = hit ? 1 : 0;
+            misses += hit ? 0 : 1;
             if ((i + 1) % batch == 0 || i + 1 == n) sim.end_call();
           }
         }
         return hits;
       },
-      py::arg("trace"), py::arg("capacity_rows"), py::arg("ways") = 16, py::arg("eviction") = "lru", py::arg("batch") = 1,
+      py::arg("trace"), py::arg("capacity_rows"), py::arg("ways") = kGpuCacheWays, py::arg("eviction") = "lru", py::arg("batch") = 1,
       py::arg("admission") = false, py::arg("aging_multiple") = kAgingMultiple,
       R"doc(Replays keys through the GPU cache's bookkeeping on the host (same sets, ways and policy code).
 
@@ -72,7 +83,8 @@ Args:
     capacity_rows: rows the cache holds (whole sets of `ways`).
     ways: rows per set (the GPU cache uses 16).
     eviction: 'lru' or 'lfu'.
-    batch: accesses per lookup call (one LRU clock tick per call; aging is checked between calls).
+    batch: accesses per lookup call (the LRU clock, lru_clock of the misses before the call, is read
+        once per call, as the GPU tier does; aging is checked between calls).
     admission: TinyLFU admission: a missed key replaces a full set's victim only if the frequency
         sketch saw it more often than the victim was used.
     aging_multiple: with admission, the sketch (and LFU counts) are halved every
@@ -83,13 +95,14 @@ Returns:
 )doc");
 
 #if TRITONREC_HAS_CUDA
+  static_assert(GpuCache::kWays == kGpuCacheWays, "the host twin's default is the GPU cache's set size");
   py::enum_<GpuRowDtype>(m, "GpuRowDtype")
       .value("float32", GpuRowDtype::kFloat32)
       .value("float16", GpuRowDtype::kFloat16)
       .value("bfloat16", GpuRowDtype::kBFloat16);
   py::enum_<GpuOutDtype>(m, "GpuOutDtype").value("float32", GpuOutDtype::kFloat32).value("float16", GpuOutDtype::kFloat16);
   py::class_<GpuCache>(m, "GpuCache",
-                       "One table's GPU cache: int64 keys in 16-way sets, rows in device memory. Pointers are device "
+                       "One table's GPU cache: int64 keys in 16-way sets (at least 4096 rows), rows in device memory. Pointers are device "
                        "addresses (e.g. cupy's array.data.ptr) and streams are cudaStream_t handles as integers.")
       .def(py::init([](int64_t capacity_rows, int64_t dim, GpuRowDtype dtype, const std::string& eviction, int device,
                        bool admission, int64_t aging_multiple) {

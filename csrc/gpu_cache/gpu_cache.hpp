@@ -1,4 +1,5 @@
-// GPU cache of embedding rows: int64 keys in 16-way sets in HBM, rows in HBM (fp32, fp16 or bf16
+// GPU cache of embedding rows: 16-way sets of 8-byte slot words in HBM (a key's 56-bit hash tag and
+// the slot's 8-bit LRU tick or LFU count, policy.hpp), rows in HBM (fp32, fp16 or bf16
 // storage; fp32 or fp16 out). Lookups gather hits in-kernel and list the misses; the caller fetches
 // those from the host store, scatters them into the output (scatter_miss_rows_async) and inserts
 // them. Every call is asynchronous on the given stream; inserts may run on another stream than
@@ -21,7 +22,7 @@ enum class GpuOutDtype : int32_t { kFloat32 = 0, kFloat16 = 1 };
 
 /// Options of a GpuCache; validated by its constructor.
 struct GpuCacheOptions {
-  int64_t capacity_rows = 1 << 20;           ///< rows held (rounded down to whole sets of 16; >= 16)
+  int64_t capacity_rows = 1 << 20;           ///< rows held (rounded down to whole sets of 16; >= 4096: kMinSets sets)
   int64_t dim = 16;                          ///< values per row
   GpuRowDtype dtype = GpuRowDtype::kFloat32;  ///< storage dtype (lookups return fp32)
   Eviction eviction = Eviction::kLru;        ///< which row a full set gives up
@@ -33,9 +34,9 @@ struct GpuCacheOptions {
 /// One table's GPU cache. Owns its device memory (freed by the destructor); copy deleted.
 class GpuCache {
  public:
-  static constexpr int kWays = 16;  ///< rows per set: one 128-byte line of keys
+  static constexpr int kWays = 16;  ///< rows per set: one 128-byte line of slot words
 
-  /// Allocates keys, meta, locks and rows on `options.device` and empties them (on stream 0 of that
+  /// Allocates slot words, locks and rows on `options.device` and empties them (on stream 0 of that
   /// device, synchronised once here).
   /// @throw std::invalid_argument a bad option. @throw std::runtime_error a CUDA error (e.g. out of memory).
   explicit GpuCache(const GpuCacheOptions& options);
@@ -53,7 +54,7 @@ class GpuCache {
     GpuOutDtype out_dtype = GpuOutDtype::kFloat32;
     int32_t* miss_index = nullptr;  ///< device (n,): positions of the misses, first *miss_count, any order
     int32_t* miss_count = nullptr;  ///< device scalar: set to the number of misses
-    uint32_t tick = 0;              ///< the call's clock (LRU age)
+    uint32_t tick = 0;              ///< the LRU clock (policy.hpp's lru_clock of the misses so far)
   };
 
   /// Looks up args.n keys: hits' rows written to the output, misses listed (their output rows are
@@ -79,8 +80,7 @@ class GpuCache {
  private:
   GpuCacheOptions options_;
   int64_t sets_ = 0;
-  int64_t* keys_ = nullptr;   // (sets, kWays)
-  uint32_t* meta_ = nullptr;  // (sets, kWays)
+  unsigned long long* words_ = nullptr;  // (sets, kWays) slot words: tag | meta << 56
   int32_t* locks_ = nullptr;  // (sets,)
   void* rows_ = nullptr;      // (sets * kWays, dim) in dtype
   uint32_t* sketch_ = nullptr;  // (4, sketch_width_) with admission
@@ -88,7 +88,7 @@ class GpuCache {
   int64_t inserted_since_aging_ = 0;
 };
 
-/// Bytes per row slot of a cache (row storage plus key, meta, the set's lock share and, with
+/// Bytes per row slot of a cache (row storage plus its 8-byte slot word, the set's lock share and, with
 /// admission, the frequency sketch's share).
 int64_t gpu_cache_slot_bytes(int64_t dim, GpuRowDtype dtype, bool admission = false) noexcept;
 

@@ -2,6 +2,12 @@
 //
 // The same functions run in the CUDA kernels and in the host simulator that the CPU tests drive
 // with access traces, so the decision code tested on the CPU is the code the GPU runs.
+//
+// A slot holds one 8-byte word: the key's tag (the low 56 bits of mix64(key)) and the slot's 8-bit
+// meta in the top byte. mix64 is a bijection and a set is a range of 2^64 / sets values of mix64
+// (set_of), so with at least 256 sets (kMinSets) the set and the tag together tell every key apart:
+// the lookup reads the key and its meta in one 128-byte line of 16 words, and a hit writes its meta
+// only when it changes (LRU: the clock moved since the row's last use).
 #pragma once
 
 #include <cstdint>
@@ -12,17 +18,37 @@ namespace tritonrec {
 
 /// Which held row a full set gives up for a new one.
 enum class Eviction : int32_t {
-  kLru = 0,  ///< the row used longest ago (meta = clock tick of the last use)
-  kLfu = 1,  ///< the row used least often (meta = saturating use count, halved on aging)
+  kLru = 0,  ///< the row used longest ago (meta = the clock's tick at the last use, mod 256)
+  kLfu = 1,  ///< the row used least often (meta = use count, at most kLfuMaxCount, halved on aging)
 };
 
-/// Empty slot marker of a key array (no valid key equals it).
-constexpr int64_t kEmptyKey = INT64_MIN;
+/// LRU's clock moves one tick each time a 1/kClockShare share of the cache's capacity has missed,
+/// not once per lookup call, so that it stands still while lookups hit and a hit need write its
+/// slot's tick only when the clock moved since the slot's last use (an all-hit stream writes
+/// nothing). Host twin (benchmarks/cpp/lru_clock_sim.cpp; Zipf 0.9 / 1.05 / 1.2, 1 / 5 / 10% caches,
+/// with and without admission): the same LRU hit rates as a tick per call to the 4th decimal at
+/// shares 4, 16 and 64.
+constexpr int64_t kClockShare = 16;
 
-/// The set a key lives in, among `sets` sets: the high 64 bits of mix64(key) x sets (a multiply,
+/// The LRU clock of a cache of `capacity_rows` rows after `misses` misses in all (>= 1; uint32,
+/// wraps after 2^32 ticks, i.e. 2^28 x the capacity in misses).
+TRITONREC_HD uint32_t lru_clock(int64_t misses, int64_t capacity_rows) {
+  const int64_t per_tick = capacity_rows / kClockShare > 1 ? capacity_rows / kClockShare : 1;
+  return static_cast<uint32_t>(1 + misses / per_tick);
+}
+
+/// Bits of a slot word that hold the key's tag (the rest, the top byte, hold its meta).
+constexpr int kTagBits = 56;
+constexpr uint64_t kTagMask = (uint64_t{1} << kTagBits) - 1;
+/// The tag of an empty slot. A key whose tag it is (one in 2^56) is never cached: it always misses.
+constexpr uint64_t kEmptyTag = kTagMask;
+/// Fewest sets a GPU cache has: with 2^64 / sets <= 2^56 values of mix64 a set, no two keys of a set
+/// share a tag.
+constexpr int64_t kMinSets = int64_t{1} << (64 - kTagBits);
+
+/// The set of a key whose mix64 is `h`, among `sets` sets: the high 64 bits of h x sets (a multiply,
 /// where a 64-bit modulo costs the GPU lookup a third of its speed at dim 32).
-TRITONREC_HD int64_t set_of(int64_t key, int64_t sets) {
-  const uint64_t h = mix64(static_cast<uint64_t>(key));
+TRITONREC_HD int64_t set_of_hash(uint64_t h, int64_t sets) {
 #if defined(__CUDA_ARCH__)
   return static_cast<int64_t>(__umul64hi(h, static_cast<uint64_t>(sets)));
 #else
@@ -30,32 +56,61 @@ TRITONREC_HD int64_t set_of(int64_t key, int64_t sets) {
 #endif
 }
 
-/// The meta value a slot gets when its row is used at clock `tick` (LRU) or used once more (LFU).
+/// The set a key lives in, among `sets` sets.
+TRITONREC_HD int64_t set_of(int64_t key, int64_t sets) { return set_of_hash(mix64(static_cast<uint64_t>(key)), sets); }
+
+/// A key's tag: the low kTagBits bits of mix64(key).
+TRITONREC_HD uint64_t tag_of(int64_t key) { return mix64(static_cast<uint64_t>(key)) & kTagMask; }
+
+/// A slot word of `tag` and `meta` (< 256).
+TRITONREC_HD uint64_t slot_word(uint64_t tag, uint32_t meta) { return tag | static_cast<uint64_t>(meta) << kTagBits; }
+
+/// LFU's use counts stop at this many uses (halved by aging like the rest), so that they fit the
+/// slot word's top byte and the hottest rows, whose line every lookup of their set reads, stop
+/// being written on every hit. Host twin, LFU + admission, Zipf 0.9 / 1.05 / 1.2 over 2M keys,
+/// 1 / 5 / 10% caches, 8 and 16 ways: the same hit rates to the 4th decimal as uncapped counts.
+constexpr uint32_t kLfuMaxCount = 255;
+
+/// The meta value a slot gets when its row is used at clock `tick` (LRU: the tick mod 256) or used
+/// once more (LFU).
 TRITONREC_HD uint32_t touched_meta(Eviction policy, uint32_t old_meta, uint32_t tick) {
-  if (policy == Eviction::kLru) return tick;
-  return old_meta == 0xFFFFFFFFu ? old_meta : old_meta + 1;
+  if (policy == Eviction::kLru) return tick & 0xFFu;
+  return old_meta >= kLfuMaxCount ? old_meta : old_meta + 1;
 }
 
 /// The meta value of a row just inserted at clock `tick`.
-TRITONREC_HD uint32_t inserted_meta(Eviction policy, uint32_t tick) { return policy == Eviction::kLru ? tick : 1u; }
+TRITONREC_HD uint32_t inserted_meta(Eviction policy, uint32_t tick) { return policy == Eviction::kLru ? tick & 0xFFu : 1u; }
 
-/// True when slot a (meta_a) should be evicted before slot b (meta_b): the older (LRU) or the less
-/// used (LFU); ties go to the lower way so every caller picks the same victim.
-TRITONREC_HD bool evicts_before(uint32_t meta_a, int way_a, uint32_t meta_b, int way_b) {
-  return meta_a < meta_b || (meta_a == meta_b && way_a < way_b);
+/// How strongly a slot of `meta` is due for eviction at clock `tick`: LRU its age in ticks (mod 256:
+/// a row unused for 256 ticks, 16 capacities of misses, looks young again; unseen in the host
+/// twin's hit rates, since a set takes about one insert a tick), LFU the uses it lacks of the cap.
+TRITONREC_HD uint32_t eviction_rank(Eviction policy, uint32_t meta, uint32_t tick) {
+  return policy == Eviction::kLru ? ((tick - meta) & 0xFFu) : kLfuMaxCount - (meta < kLfuMaxCount ? meta : kLfuMaxCount);
 }
 
-/// The way a new key takes in a set: the way already holding `key`, else the first empty way,
-/// else the way that `evicts_before` every other. `keys` and `meta` are the set's `ways` entries.
-TRITONREC_HD int choose_way(const int64_t* keys, const uint32_t* meta, int ways, int64_t key) {
+/// True when slot a (rank_a) should be evicted before slot b (rank_b); ties go to the lower way so
+/// every caller picks the same victim.
+TRITONREC_HD bool evicts_before(uint32_t rank_a, int way_a, uint32_t rank_b, int way_b) {
+  return rank_a > rank_b || (rank_a == rank_b && way_a < way_b);
+}
+
+/// The way a new key (`tag`) takes in a set: the way already holding it, else the first empty way,
+/// else the way that `evicts_before` every other at clock `tick`. `tags` and `meta` are the set's
+/// `ways` entries.
+TRITONREC_HD int choose_way(const uint64_t* tags, const uint32_t* meta, int ways, uint64_t tag, Eviction policy, uint32_t tick) {
   int empty = -1;
   int victim = 0;
+  uint32_t victim_rank = eviction_rank(policy, meta[0], tick);
   for (int w = 0; w < ways; ++w) {
-    if (keys[w] == key) return w;
-    if (keys[w] == kEmptyKey) {
+    if (tags[w] == tag) return w;
+    if (tags[w] == kEmptyTag) {
       if (empty < 0) empty = w;
-    } else if (w > 0 && evicts_before(meta[w], w, meta[victim], victim)) {
-      victim = w;
+    } else if (w > 0) {
+      const uint32_t rank = eviction_rank(policy, meta[w], tick);
+      if (evicts_before(rank, w, victim_rank, victim)) {
+        victim = w;
+        victim_rank = rank;
+      }
     }
   }
   if (empty >= 0) return empty;
@@ -110,22 +165,25 @@ TRITONREC_HD bool admits(uint32_t candidate_frequency, uint32_t victim_frequency
   return candidate_frequency > victim_frequency;
 }
 
-/// Inserts (or refuses) `key` into a set, as the GPU insert kernel does once it holds the set:
-/// picks the way, applies admission when `sketch` is given (its counters already include this
-/// miss), writes key and meta. Returns the way written, or -1 when admission refused the key.
-TRITONREC_HD int insert_into_set(int64_t* keys, uint32_t* meta, int ways, int64_t key, Eviction policy, uint32_t tick,
+/// Inserts (or refuses) the key of `tag` into a set, as the GPU insert kernel does once it holds the
+/// set: picks the way, applies admission when `sketch` is given (keyed by tags; its counters already
+/// include this miss), writes tag and meta. Returns the way written, or -1 when admission refused
+/// the key (or its tag is the empty slot's).
+TRITONREC_HD int insert_into_set(uint64_t* tags, uint32_t* meta, int ways, uint64_t tag, Eviction policy, uint32_t tick,
                                  const FrequencySketch* sketch) {
-  const int way = choose_way(keys, meta, ways, key);
+  if (tag == kEmptyTag) return -1;
+  const int way = choose_way(tags, meta, ways, tag, policy, tick);
   uint32_t frequency = 1;
   if (sketch != nullptr) {
-    frequency = sketch->estimate(key);
-    if (keys[way] != key && keys[way] != kEmptyKey) {
-      const uint32_t victim = policy == Eviction::kLfu ? meta[way] : sketch->estimate(keys[way]);
+    frequency = sketch->estimate(static_cast<int64_t>(tag));
+    if (tags[way] != tag && tags[way] != kEmptyTag) {
+      const uint32_t victim = policy == Eviction::kLfu ? meta[way] : sketch->estimate(static_cast<int64_t>(tags[way]));
       if (!admits(frequency, victim)) return -1;
     }
   }
-  keys[way] = key;
-  meta[way] = policy == Eviction::kLfu && sketch != nullptr ? frequency : inserted_meta(policy, tick);
+  tags[way] = tag;
+  meta[way] = policy == Eviction::kLfu && sketch != nullptr ? (frequency < kLfuMaxCount ? frequency : kLfuMaxCount)
+                                                            : inserted_meta(policy, tick);
   return way;
 }
 

@@ -11,7 +11,7 @@ SetCacheSim::SetCacheSim(int64_t capacity_rows, int ways, Eviction policy, bool 
   if (aging_multiple < 1) throw std::invalid_argument("aging_multiple: expected >= 1");
   if (capacity_rows < 1) throw std::invalid_argument("capacity_rows: expected >= 1");
   sets_ = std::max<int64_t>(1, capacity_rows / ways);
-  keys_.assign(static_cast<size_t>(sets_ * ways), kEmptyKey);
+  tags_.assign(static_cast<size_t>(sets_ * ways), kEmptyTag);
   meta_.assign(static_cast<size_t>(sets_ * ways), 0);
   if (admission_) {
     const int64_t width = kSketchWidthPerRow * sets_ * ways;
@@ -22,19 +22,21 @@ SetCacheSim::SetCacheSim(int64_t capacity_rows, int ways, Eviction policy, bool 
 
 bool SetCacheSim::access(int64_t key, uint32_t tick, bool touch) {
   const int64_t base = set_of(key, sets_) * ways_;
-  int64_t* keys = keys_.data() + base;
+  const uint64_t tag = tag_of(key);
+  uint64_t* tags = tags_.data() + base;
   uint32_t* meta = meta_.data() + base;
-  for (int w = 0; w < ways_; ++w) {
-    if (keys[w] == key) {
+  for (int w = 0; w < ways_ && tag != kEmptyTag; ++w) {
+    if (tags[w] == tag) {
       if (touch) meta[w] = touched_meta(policy_, meta[w], tick);
       return true;
     }
   }
-  ++misses_since_aging_;
+  ++misses_since_aging_;  // as the GPU cache's inserts count (every missed key is offered)
+  if (tag == kEmptyTag) return false;  // never cached (the GPU's insert skips it before the sketch)
   if (admission_) {
-    sketch_.count(key);
+    sketch_.count(static_cast<int64_t>(tag));
   }
-  insert_into_set(keys, meta, ways_, key, policy_, tick, admission_ ? &sketch_ : nullptr);
+  insert_into_set(tags, meta, ways_, tag, policy_, tick, admission_ ? &sketch_ : nullptr);
   return false;
 }
 

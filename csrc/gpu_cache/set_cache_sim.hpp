@@ -1,4 +1,4 @@
-// Host twin of the GPU cache's bookkeeping: the same sets, ways and policy code (policy.hpp), no rows.
+// Host twin of the GPU cache's bookkeeping: the same sets, tags, ways and policy code (policy.hpp), no rows.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +13,8 @@ namespace tritonrec {
 class SetCacheSim {
  public:
   /// @param capacity_rows rows the cache holds (rounded down to whole sets of `ways`; at least one set).
-  /// @param ways rows per set (the GPU cache uses 16).
+  /// @param ways rows per set (the GPU cache uses 16). Any number of sets (the GPU cache has at least
+  ///        kMinSets; with fewer, two keys of a set may share a tag, one pair in 2^56 / sets).
   /// @param admission TinyLFU admission (a frequency sketch of the misses) before eviction.
   /// @param aging_multiple the sketch and LFU counts are halved every aging_multiple x capacity misses.
   SetCacheSim(int64_t capacity_rows, int ways, Eviction policy, bool admission = false,
@@ -34,7 +35,7 @@ class SetCacheSim {
   int64_t sets_;
   int ways_;
   Eviction policy_;
-  std::vector<int64_t> keys_;
+  std::vector<uint64_t> tags_;
   std::vector<uint32_t> meta_;
   bool admission_;
   std::vector<uint32_t> sketch_counters_;

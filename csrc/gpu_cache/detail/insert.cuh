@@ -1,7 +1,9 @@
 // The GPU cache's insert kernel: one warp per row; lane 0 counts the miss in the frequency sketch,
 // takes the set's lock and decides with policy.hpp's insert_into_set (the code the host simulator
 // runs), the warp writes the row. Lookups on other streams may read the set meanwhile, so a slot is
-// written as a seqlock writer: its key emptied (fence), the row written (fence), then the new key.
+// written as a seqlock writer: its word emptied (fence), the row written (fence), then the new word
+// (tag and meta). Lookups change a word's meta only by atomicCAS from the word they read, so they
+// cannot bring back a word the insert replaced.
 #pragma once
 
 #include <cstdint>
@@ -22,9 +24,8 @@ namespace tritonrec::detail {
 constexpr int kInsertThreads = 256;
 
 struct InsertKernelParams {
-  int64_t* set_keys;  // (sets, kWays)
-  uint32_t* meta;     // (sets, kWays)
-  int32_t* locks;     // (sets,)
+  unsigned long long* words;  // (sets, kWays) slot words
+  int32_t* locks;            // (sets,)
   int64_t sets;
   int64_t dim;
   Eviction policy;
@@ -41,25 +42,31 @@ __global__ void __launch_bounds__(kInsertThreads, TRITONREC_INSERT_MIN_BLOCKS) i
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; i < p.n; i += warps) {
     const int64_t key = p.keys[i];
-    const int64_t set = set_of(key, p.sets);
+    const uint64_t h = mix64(static_cast<uint64_t>(key));
+    const int64_t set = set_of_hash(h, p.sets);
+    const uint64_t tag = h & kTagMask;
+    if (tag == kEmptyTag) continue;  // never cached (warp-uniform: one key a warp)
+    unsigned long long* line = p.words + set * kWays;
     int way = 0;
+    uint64_t new_word = 0;  // lane 0: the slot's word once its row is in
     if (lane == 0) {
       if (p.sketch.counters != nullptr) {
-        p.sketch.count(key);
+        p.sketch.count(static_cast<int64_t>(tag));
       }
       while (atomicCAS(p.locks + set, 0, 1) != 0) {
       }
       __threadfence();
-      int64_t keys[kWays];
+      uint64_t tags[kWays];
       uint32_t meta[kWays];
       for (int w = 0; w < kWays; ++w) {  // through L2: other SMs wrote these under the lock
-        keys[w] = __ldcg(p.set_keys + set * kWays + w);
-        meta[w] = __ldcg(p.meta + set * kWays + w);
+        const uint64_t word = __ldcg(line + w);
+        tags[w] = word & kTagMask;
+        meta[w] = static_cast<uint32_t>(word >> kTagBits);
       }
-      way = insert_into_set(keys, meta, kWays, key, p.policy, p.tick, p.sketch.counters != nullptr ? &p.sketch : nullptr);
+      way = insert_into_set(tags, meta, kWays, tag, p.policy, p.tick, p.sketch.counters != nullptr ? &p.sketch : nullptr);
       if (way >= 0) {
-        __stcg(p.set_keys + set * kWays + way, kEmptyKey);  // no lookup can match the slot while its row changes
-        __stcg(p.meta + set * kWays + way, meta[way]);
+        new_word = slot_word(tag, meta[way]);
+        __stcg(line + way, static_cast<unsigned long long>(kEmptyTag));  // no lookup can match the slot while its row changes
         __threadfence();
       }
     }
@@ -74,7 +81,7 @@ __global__ void __launch_bounds__(kInsertThreads, TRITONREC_INSERT_MIN_BLOCKS) i
     __threadfence();
     __syncwarp();
     if (lane == 0) {
-      __stcg(p.set_keys + set * kWays + way, key);
+      __stcg(line + way, static_cast<unsigned long long>(new_word));
       __threadfence();
     }
     if (lane == 0) atomicExch(p.locks + set, 0);
@@ -85,10 +92,20 @@ __global__ void __launch_bounds__(kInsertThreads, TRITONREC_INSERT_MIN_BLOCKS) i
 
 namespace tritonrec::detail {
 
-/// Halves every counter of `a` (n,): the sketch's aging (and LFU use counts').
+/// Halves every counter of `a` (n,): the sketch's aging.
 __global__ void halve_kernel(uint32_t* a, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     a[i] >>= 1;
+  }
+}
+
+/// Halves the LFU use count of every held slot of `words` (n,): by atomicCAS from the word read, so a
+/// word that an insert or a lookup changed meanwhile is left as they wrote it.
+__global__ void halve_counts_kernel(unsigned long long* words, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t word = __ldcg(words + i);
+    const uint64_t tag = word & kTagMask;
+    if (tag != kEmptyTag && (word >> kTagBits) != 0) atomicCAS(words + i, word, slot_word(tag, static_cast<uint32_t>(word >> kTagBits) >> 1));
   }
 }
 

@@ -1,4 +1,5 @@
-// The GPU cache's invalidate kernel: one warp per key; the lane holding it empties its slot.
+// The GPU cache's invalidate kernel: one warp per key; the lane holding its tag empties its slot (by
+// atomicCAS from the word read: a word an insert changed meanwhile holds another key).
 #pragma once
 
 #include <cstdint>
@@ -8,13 +9,17 @@
 
 namespace tritonrec::detail {
 
-__global__ void invalidate_kernel(int64_t* set_keys, int64_t sets, const int64_t* keys, int64_t n) {
+__global__ void invalidate_kernel(unsigned long long* words, int64_t sets, const int64_t* keys, int64_t n) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; i < n; i += warps) {
-    const int64_t key = keys[i];
-    const int64_t set = set_of(key, sets);
-    if (lane < kWays && key != kEmptyKey && set_keys[set * kWays + lane] == key) set_keys[set * kWays + lane] = kEmptyKey;
+    const uint64_t h = mix64(static_cast<uint64_t>(keys[i]));
+    const uint64_t tag = h & kTagMask;
+    unsigned long long* word = words + set_of_hash(h, sets) * kWays + lane;
+    if (lane < kWays && tag != kEmptyTag) {
+      const uint64_t held = *word;
+      if ((held & kTagMask) == tag) atomicCAS(word, held, static_cast<unsigned long long>(kEmptyTag));
+    }
   }
 }
 

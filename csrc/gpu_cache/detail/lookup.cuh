@@ -1,13 +1,19 @@
 // The GPU cache's lookup kernel: a group of 8 lanes per key (4 keys per warp at once). The group
-// reads the key's 16-way set (one 128-byte line of keys) as 8 loads of 16 bytes, two ways a lane,
-// and copies the row, every 16-byte load of a lane's part issued before its stores (the row's
-// number of moves per lane is a template parameter, MOVES; rows wider than 8 moves a lane, or dims
-// not a multiple of 8, take the generic loop). __launch_bounds__ keeps the kernel to 32 registers
-// a thread for rows of up to 2 moves a lane, so 64 warps fit on an SM: the lookup is latency-bound
-// (a few dependent random loads per key), and more keys in flight is what makes it fast. Measured on an H200 with
-// benchmarks/cpp/gpu_probe_variants.cu (1M all-hit keys, fp32, dim 32 / 64 / 128, G keys/s):
-// half-warp per key, set = mix64 % sets 3.38 / 3.09 / 2.14; with set = mulhi(mix64, sets) 5.20 /
-// 4.36 / 2.67; 8 lanes per key, row width unrolled, 64 warps an SM 8.51 / 5.12 / 2.95.
+// reads the key's 16-way set (one 128-byte line of slot words, policy.hpp: the key's 56-bit tag and
+// the slot's 8-bit meta) as 8 loads of 16 bytes, two ways a lane, and copies the row, every 16-byte
+// load of a lane's part issued before its stores (the row's number of moves per lane is a template
+// parameter, MOVES; rows wider than 8 moves a lane, or dims not a multiple of 8, take the generic
+// loop). A hit changes its slot's meta (atomicCAS of the word, so a concurrent insert's word is never
+// overwritten) only when the meta changes: LRU's clock moves by misses (policy.hpp's lru_clock), so
+// an all-hit stream writes nothing. __launch_bounds__ keeps the kernel to 32 registers a thread for
+// rows of up to 2 moves a lane, so 64 warps fit on an SM: the lookup is latency-bound (a few
+// dependent random loads per key), and more keys in flight is what makes it fast. Measured on an
+// H200 with benchmarks/cpp/gpu_probe_variants.cu (1M all-hit keys, fp32, dim 32 / 64 / 128, G
+// keys/s): half-warp per key, set = mix64 % sets 3.38 / 3.09 / 2.14; with set = mulhi(mix64, sets)
+// 5.20 / 4.36 / 2.67; 8 lanes per key, row width unrolled, 64 warps an SM, int64 keys with the LRU
+// tick in its own array written by every hit 8.51 / 5.12 / 2.95; tag and meta in one word, the clock
+// standing still 9.82 / 6.42 / 3.48 (NVIDIA's NV Embedding Cache 8.31 / 6.10 / 3.46), with a new
+// tick every call (every hit's CAS) 9.12 / 5.91 / 3.27.
 //
 #pragma once
 
@@ -21,8 +27,7 @@ namespace tritonrec::detail {
 constexpr int kWays = 16;
 
 struct LookupKernelParams {
-  const int64_t* set_keys;  // (sets, kWays)
-  uint32_t* meta;           // (sets, kWays)
+  unsigned long long* words;  // (sets, kWays) slot words (policy.hpp's slot_word)
   int64_t sets;
   int64_t dim;
   Eviction policy;
@@ -81,15 +86,19 @@ __global__ void __launch_bounds__(kLookupThreads, lookup_min_blocks(lookup_budge
   for (int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; kKeysPerWarp * w < p.n; w += warps) {
     const int64_t index = kKeysPerWarp * w + group;
     const bool valid = index < p.n;
-    const int64_t key = valid ? p.keys[index * p.key_stride] : kEmptyKey;
-    const int64_t set = set_of(key, p.sets);
-    longlong2 held = make_longlong2(kEmptyKey, kEmptyKey);
+    const int64_t key = valid ? p.keys[index * p.key_stride] : 0;
+    const uint64_t h = mix64(static_cast<uint64_t>(key));
+    const int64_t set = set_of_hash(h, p.sets);
+    const uint64_t tag = h & kTagMask;
+    const bool cacheable = valid && tag != kEmptyTag;  // the empty slot's tag is never cached
+    ulonglong2 held = make_ulonglong2(kEmptyTag, kEmptyTag);
     // a stale line only costs a false miss or fails the re-check
-    if (valid) held = reinterpret_cast<const longlong2*>(p.set_keys + set * kWays)[l];
-    const bool mine = key != kEmptyKey && (held.x == key || held.y == key);  // keys are unique within a set
+    if (cacheable) held = reinterpret_cast<const ulonglong2*>(p.words + set * kWays)[l];
+    const bool second = (held.y & kTagMask) == tag;
+    const bool mine = cacheable && ((held.x & kTagMask) == tag || second);  // tags are unique within a set
     const unsigned match = (__ballot_sync(0xFFFFFFFFu, mine) >> shift) & 0xFFu;
     const int owner = match ? __ffs(match) - 1 : 0;  // the lane whose pair of ways holds the key
-    const int way = __shfl_sync(0xFFFFFFFFu, kWaysPerLane * l + (held.y == key ? 1 : 0), shift + owner);
+    const int way = __shfl_sync(0xFFFFFFFFu, kWaysPerLane * l + (second ? 1 : 0), shift + owner);
     const bool found = match != 0;
     uint32_t token = 0;
     if (found) {
@@ -113,15 +122,18 @@ __global__ void __launch_bounds__(kLookupThreads, lookup_min_blocks(lookup_budge
 #endif
     // the lane of the hit's way checks that its slot still holds the key after the copy
     const bool checker = found && l == owner;
-    const bool torn = TRITONREC_RECHECK != 0 && checker && __ldcg(p.set_keys + set * kWays + way + after) != key;
+    unsigned long long* slot = p.words + set * kWays + way;
+    const uint64_t word = checker ? __ldcg(slot + after) : 0;
+    const bool torn = TRITONREC_RECHECK != 0 && checker && (word & kTagMask) != tag;
     // every lane votes (a full-mask ballot must not sit behind `found &&`: a short-circuited vote left
     // the lanes of missed keys out of it, and warps that loop hung)
     const unsigned torn_ballot = __ballot_sync(0xFFFFFFFFu, torn);
     const bool hit = found && ((torn_ballot >> shift) & 0xFFu) == 0;
     if (hit && checker) {
-      const int64_t slot = set * kWays + way;
-      // LRU's new meta does not depend on the old one: write without reading (one less random read)
-      p.meta[slot] = p.policy == Eviction::kLru ? p.tick : touched_meta(p.policy, p.meta[slot], p.tick);
+      const uint32_t old_meta = static_cast<uint32_t>(word >> kTagBits);
+      const uint32_t new_meta = touched_meta(p.policy, old_meta, p.tick);
+      // only a change is written; the CAS fails, and writes nothing, if an insert changed the word
+      if (new_meta != old_meta) atomicCAS(slot, word, slot_word(tag, new_meta));
     } else if (valid && !hit && l == 0) {
       p.miss_index[atomicAdd(p.miss_count, 1)] = static_cast<int32_t>(index);
     }
