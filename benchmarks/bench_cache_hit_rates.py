@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, write_section  # noqa: E402
 
-WAYS = 16
+WAYS = 16  # the GPU cache's set size (embedding_cache._core.GpuCache)
 SHARES = (0.01, 0.05, 0.10)
 POLICIES = [(False, "lru"), (False, "lfu"), (True, "lru"), (True, "lfu")]
 
@@ -54,7 +54,7 @@ def _fastrange(h: np.ndarray, n: int) -> np.ndarray:
 
 
 def set_optimum(keys_by_rank: np.ndarray, weights: np.ndarray, capacity: int) -> float:
-    """Hit rate of the best static content of a 16-way cache of ``capacity`` rows: each set keeps
+    """Hit rate of the best static content of a ``WAYS``-way cache of ``capacity`` rows: each set keeps
     its ``WAYS`` most frequent keys. ``keys_by_rank`` int64 (rows,) most frequent first."""
     sets = capacity // WAYS
     set_ids = _fastrange(_mix64(keys_by_rank), sets)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--lookups", type=int, default=100_000_000)
-    parser.add_argument("--batch", type=int, default=4096, help="lookups per call (one LRU clock tick)")
+    parser.add_argument("--batch", type=int, default=4096, help="lookups per call (the LRU clock, which moves by misses, is read once per call)")
     parser.add_argument("--gpu", action="store_true", help="also replay the target cases through the GPU cache")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, lookups = args.rows, args.lookups
     lines = [
-        f"{rows:,}-row table, {lookups:,} lookups in batches of {args.batch} (one LRU tick per batch), hit rates over the second half; "
+        f"{rows:,}-row table, {lookups:,} lookups in batches of {args.batch} (the LRU clock read once per batch), hit rates over the second half; "
         f"host twin of the GPU cache ({WAYS}-way sets, the kernels' decision code). Ratios are to the static optimum.",
         "",
-        "| Zipf alpha | cache size | static optimum | 16-way static optimum / optimum | LRU | LFU | LRU + admission | LFU + admission |",
+        f"| Zipf alpha | cache size | static optimum | {WAYS}-way static optimum / optimum | LRU | LFU | LRU + admission | LFU + admission |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     verdicts = []

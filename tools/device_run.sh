@@ -49,7 +49,7 @@ for stage in "$@"; do
       python3 -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 ;;
     probe-variants)  # benchmarks/cpp/gpu_probe_variants.cu: the lookup kernel's design choices, all hits, vs a plain gather; ncu where present
       nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -o /tmp/gpv benchmarks/cpp/gpu_probe_variants.cu >"$OUT/probe-build.log" 2>&1 || tail -20 "$OUT/probe-build.log"
-      timeout 300 /tmp/gpv ${PROBE_ARGS:-} >"$OUT/probe-variants.md" 2>&1; grep -E "GPU|gather|product|minB8|R3" "$OUT/probe-variants.md" | head -120
+      timeout 300 /tmp/gpv ${PROBE_ARGS:-} >"$OUT/probe-variants.md" 2>&1; grep -E "GPU|gather|product|minB8|R3|R4" "$OUT/probe-variants.md" | head -120
       if command -v ncu >/dev/null; then
         timeout 200 ncu -k regex:probe --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
           --section Occupancy --section WarpStateStats /tmp/gpv 1048576 1 >"$OUT/probe-ncu.txt" 2>&1; tail -60 "$OUT/probe-ncu.txt"

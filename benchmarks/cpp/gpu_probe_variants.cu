@@ -11,7 +11,8 @@
 //   fast     set = high 64 bits of mix64(key) * sets (one multiply) instead of mix64(key) % sets
 // Build: nvcc -O3 -std=c++17 -arch=sm_90 -o gpu_probe_variants gpu_probe_variants.cu
 // Run:   ./gpu_probe_variants [rows=1048576] [repeats=20] [only]   (prints a Markdown table; `only`: run
-//        just the variants whose name holds it, e.g. R3 for round 3: the set line and the tick, vs NVE's layout)
+//        just the variants whose name holds it, e.g. R3 for round 3: the set line and the tick, vs NVE's
+//        layout; R4 for round 4: where a hit finds its slot's tick, the product's slot word among them)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -256,12 +257,35 @@ void launch2(int dim4, int blocks, Params p) {
 //   kLineNoMeta the product's line, no tick at all
 //   kLineSample the product's line, the tick written (not read) by a hit only in 1 of 8 ticks, chosen by
 //               a hash of key and tick (the tick moving every call, as the product's does)
-enum Mode3 { kFpMeta = 0, kFpRecord = 1, kFpNoMeta = 2, kFpIfOld = 3, kNveLayout = 4, kLineIfOld = 5, kLineNoMeta = 6, kLineSample = 7 };
-__host__ __device__ constexpr bool line_mode(int mode) { return mode == kLineIfOld || mode == kLineNoMeta || mode == kLineSample; }
+// Round 4: where a hit can read its slot's tick without a random sector of its own, so that it
+// writes only when the tick moved (a clock that moves by misses stands still while all hit):
+//   kRec8      8-way sets of 16-byte {key, tick} slot records (one 128-byte line, a record a lane):
+//              the line read gives the tick, the re-check reads the record again from L2
+//   kAdj       the product's 16-way line of int64 keys with the set's 16 uint32 ticks in the next
+//              64 bytes (a set 256 bytes apart): the tick's sector beside the line's
+//   kRec96     8-way sets of 96 bytes: the 8 int64 keys (64 bytes), then their 8 uint32 ticks (one
+//              32-byte sector): three sectors a set instead of four; lanes 0-3 load the keys, 4-5 the ticks
+//   kFpRow     8-way sets of one 32-byte sector: 8 uint16 fingerprints, then 8 uint16 ticks; the full
+//              key stored in front of its row (a 16-byte header), re-checked there after the row's loads
+//              (the row's own sectors): a line of one sector instead of four
+//   kWordTick  the product's 16-way line of 8-byte words, each the low 56 bits of mix64(key) (which,
+//              with the set, tell the key apart when there are >= 256 sets) and an 8-bit tick in the
+//              top byte: the line read gives the tick; a hit that must move it does so by atomicCAS
+// each held still (no write in an all-hit stream) or moving (every call a new tick: every hit writes).
+enum Mode3 { kFpMeta = 0, kFpRecord = 1, kFpNoMeta = 2, kFpIfOld = 3, kNveLayout = 4, kLineIfOld = 5, kLineNoMeta = 6, kLineSample = 7,
+             kRec8 = 8, kAdj = 9, kRec96 = 10, kFpRow = 11, kWordTick = 12 };
+constexpr unsigned long long kLow56 = (1ULL << 56) - 1;
+__host__ __device__ constexpr bool line_mode(int mode) { return mode == kLineIfOld || mode == kLineNoMeta || mode == kLineSample || mode == kAdj; }
+__host__ __device__ constexpr bool record_mode(int mode) { return mode == kFpRecord || mode == kFpIfOld || mode == kRec8; }
+constexpr int kAdjStride = 32;  // int64s a kAdj set takes: 16 keys, 16 uint32 ticks, 64 bytes unused
+constexpr int kRec96Stride = 12;  // int64s a kRec96 set takes: 8 keys, 8 uint32 ticks
 
 struct Params3 : Params {        // set_keys (sets, 16): kFpMeta, kFpNoMeta and the line modes; dim4 unused (DIM4)
   const unsigned short* tags;  // (sets, ways)
-  longlong2* records;          // (sets, 16) {key, tick}: kFpRecord, kFpIfOld
+  longlong2* records;          // (sets, 16) {key, tick}: kFpRecord, kFpIfOld; (sets, 8): kRec8
+  long long* adj;              // (sets, kAdjStride): kAdj; (sets, kRec96Stride): kRec96
+  unsigned short* fpline;      // (sets, 16): kFpRow's 8 fingerprints, then 8 ticks
+  const float4* slotrows;      // (slots, dim4 + 1): kFpRow's key (first 8 bytes), then the row
   int set_shift;               // kNveLayout: log2(sets)
 };
 
@@ -272,7 +296,9 @@ __host__ __device__ inline unsigned short fingerprint(long long key) {
 
 template <int MODE, int DIM4, int MINB>
 __global__ void __launch_bounds__(256, MINB) probe3(Params3 p) {
-  constexpr int kLanes = 8, kWays = MODE == kNveLayout ? 8 : 16;
+  constexpr int kLanes = 8, kWays = MODE == kNveLayout || MODE == kRec8 || MODE == kRec96 || MODE == kFpRow ? 8 : 16;
+  static_assert(MODE != kWordTick || kWays == 16, "kWordTick: the product's 16-way line");
+  constexpr long long kSetStride = MODE == kAdj ? kAdjStride : kWays;  // int64s between line starts
   const int lane = threadIdx.x & 31, g = lane / kLanes, l = lane % kLanes, shift = kLanes * g;
   const long long warps = (static_cast<long long>(gridDim.x) * blockDim.x) >> 5;
   for (long long w = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w * 4 < p.n; w += warps) {
@@ -281,14 +307,54 @@ __global__ void __launch_bounds__(256, MINB) probe3(Params3 p) {
     const long long key = valid ? p.keys[idx] : kEmpty;
     long long set;
     unsigned cand = 0;  // the group's candidate ways
+    unsigned held_tick = 0;  // kRec96: the tick read with the line
     if constexpr (MODE == kNveLayout) {
       set = key & (p.sets - 1);
       const unsigned short t = valid ? p.tags[set * kWays + l] : 0xFFFFu;
       const bool m = valid && (static_cast<long long>(t) << p.set_shift | set) == key;
       cand = (__ballot_sync(0xFFFFFFFFu, m) >> shift) & 0xFFu;
+    } else if constexpr (MODE == kRec96) {
+      set = set_of<true>(key, p.sets);
+      const longlong2 held = valid && l < 6 ? reinterpret_cast<const longlong2*>(p.adj + set * kRec96Stride)[l] : make_longlong2(kEmpty, kEmpty);
+      const unsigned b0 = (__ballot_sync(0xFFFFFFFFu, valid && l < 4 && held.x == key) >> shift) & 0xFu;
+      const unsigned b1 = (__ballot_sync(0xFFFFFFFFu, valid && l < 4 && held.y == key) >> shift) & 0xFu;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) cand |= ((b0 >> i) & 1u) << (2 * i) | ((b1 >> i) & 1u) << (2 * i + 1);
+      // the hit way's tick, from lane 4 + way / 4 (word way % 4 of its 16 bytes); cand is the group's
+      const int w = cand ? __ffs(cand) - 1 : 0;
+      const unsigned words[4] = {static_cast<unsigned>(held.x), static_cast<unsigned>(held.x >> 32), static_cast<unsigned>(held.y),
+                                 static_cast<unsigned>(held.y >> 32)};
+      held_tick = __shfl_sync(0xFFFFFFFFu, words[w & 3], shift + 4 + w / 4);
+    } else if constexpr (MODE == kWordTick) {
+      const unsigned long long h = mix64(static_cast<unsigned long long>(key));
+      set = set_of<true>(key, p.sets);
+      const longlong2 held = valid ? reinterpret_cast<const longlong2*>(p.adj + set * 16)[l] : make_longlong2(-1, -1);
+      const unsigned long long tag = h & kLow56;
+      const bool m0 = valid && (static_cast<unsigned long long>(held.x) & kLow56) == tag;
+      const bool m1 = valid && (static_cast<unsigned long long>(held.y) & kLow56) == tag;
+      const unsigned b0 = (__ballot_sync(0xFFFFFFFFu, m0) >> shift) & 0xFFu;
+      const unsigned b1 = (__ballot_sync(0xFFFFFFFFu, m1) >> shift) & 0xFFu;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) cand |= ((b0 >> i) & 1u) << (2 * i) | ((b1 >> i) & 1u) << (2 * i + 1);
+    } else if constexpr (MODE == kFpRow) {
+      set = set_of<true>(key, p.sets);
+      const unsigned f = fingerprint(key);
+      const uint4 v = valid && l < 2 ? reinterpret_cast<const uint4*>(p.fpline + set * 16)[l] : make_uint4(0, 0, 0, 0);
+      const unsigned words[4] = {v.x, v.y, v.z, v.w};
+      unsigned m = 0;  // lane 0's words are the fingerprints
+#pragma unroll
+      for (int i = 0; i < 4; ++i) m |= ((words[i] & 0xFFFFu) == f ? 1u : 0u) << (2 * i) | ((words[i] >> 16) == f ? 1u : 0u) << (2 * i + 1);
+      cand = __shfl_sync(0xFFFFFFFFu, m, shift);
+      const int w = cand ? __ffs(cand) - 1 : 0;  // lane 1's words are the ticks
+      held_tick = __shfl_sync(0xFFFFFFFFu, (words[(w >> 1) & 3] >> (16 * (w & 1))) & 0xFFFFu, shift + 1);
+    } else if constexpr (MODE == kRec8) {
+      set = set_of<true>(key, p.sets);
+      const longlong2 r = valid ? p.records[set * kWays + l] : make_longlong2(kEmpty, 0);
+      cand = (__ballot_sync(0xFFFFFFFFu, valid && r.x == key) >> shift) & 0xFFu;
     } else if constexpr (line_mode(MODE)) {
       set = set_of<true>(key, p.sets);
-      const longlong2 held = valid ? reinterpret_cast<const longlong2*>(p.set_keys + set * kWays)[l] : make_longlong2(kEmpty, kEmpty);
+      const long long* line = (MODE == kAdj ? p.adj : p.set_keys) + set * kSetStride;
+      const longlong2 held = valid ? reinterpret_cast<const longlong2*>(line)[l] : make_longlong2(kEmpty, kEmpty);
       const unsigned b0 = (__ballot_sync(0xFFFFFFFFu, valid && held.x == key) >> shift) & 0xFFu;
       const unsigned b1 = (__ballot_sync(0xFFFFFFFFu, valid && held.y == key) >> shift) & 0xFFu;
 #pragma unroll
@@ -309,7 +375,8 @@ __global__ void __launch_bounds__(256, MINB) probe3(Params3 p) {
       unsigned token = 0;
       const long long slot = set * kWays + (way < 0 ? 0 : way);
       if (way >= 0) {
-        token = copy_row<DIM4, kLanes>(p.rows + slot * DIM4, p.out + idx * DIM4, l);
+        const float4* src = MODE == kFpRow ? p.slotrows + slot * (DIM4 + 1) + 1 : p.rows + slot * DIM4;
+        token = copy_row<DIM4, kLanes>(src, p.out + idx * DIM4, l);
       }
       bool ok = way >= 0;
       if constexpr (MODE != kNveLayout) {
@@ -317,11 +384,29 @@ __global__ void __launch_bounds__(256, MINB) probe3(Params3 p) {
         const bool checker = way >= 0 && l == 0;
         bool same = false;
         if (checker) {
-          if constexpr (MODE == kFpRecord || MODE == kFpIfOld) {
+          if constexpr (record_mode(MODE)) {
             const longlong2 r = __ldcg(p.records + slot + after);
             same = r.x == key;
             if (same && (MODE == kFpRecord || static_cast<unsigned>(r.y) != p.tick))
               reinterpret_cast<unsigned*>(p.records + slot)[2] = p.tick;
+          } else if constexpr (MODE == kWordTick) {
+            unsigned long long* word = reinterpret_cast<unsigned long long*>(p.adj + set * 16 + way);
+            const unsigned long long w = __ldcg(word + after);
+            const unsigned long long tag = mix64(static_cast<unsigned long long>(key)) & kLow56;
+            same = (w & kLow56) == tag;
+            if (same && (w >> 56) != (p.tick & 0xFFu)) atomicCAS(word, w, tag | static_cast<unsigned long long>(p.tick & 0xFFu) << 56);
+          } else if constexpr (MODE == kFpRow) {
+            same = __ldcg(reinterpret_cast<const long long*>(p.slotrows + slot * (DIM4 + 1)) + after) == key;
+            if (same && held_tick != (p.tick & 0xFFFFu)) p.fpline[set * 16 + 8 + way] = static_cast<unsigned short>(p.tick);
+          } else if constexpr (MODE == kRec96) {
+            const long long* line = p.adj + set * kRec96Stride;
+            same = __ldcg(line + way + after) == key;
+            if (same && held_tick != p.tick) reinterpret_cast<unsigned*>(const_cast<long long*>(line) + 8)[way] = p.tick;
+          } else if constexpr (MODE == kAdj) {
+            const long long* line = p.adj + set * kAdjStride;
+            same = __ldcg(line + way + after) == key;
+            unsigned* ticks = reinterpret_cast<unsigned*>(const_cast<long long*>(line) + 16);
+            if (same && ticks[way] != p.tick) ticks[way] = p.tick;
           } else {
             same = __ldcg(p.set_keys + slot + after) == key;
             if (same && MODE == kFpMeta) p.meta[slot] = p.tick;
@@ -405,8 +490,55 @@ Table build(int ways, long long rows, const std::vector<long long>& cached, cons
 struct Table3 {  // round 3's arrays beside a 16-way table (same slots), or NVE's layout on its own keys
   unsigned short* d_tags = nullptr;
   longlong2* d_records = nullptr;
+  long long* d_adj = nullptr;
+  unsigned short* d_fpline = nullptr;
   int set_shift = 0;
 };
+
+/// A device copy of `v` (freed at exit).
+template <typename T>
+T* to_device(const std::vector<T>& v) {
+  T* d = nullptr;
+  CHECK(cudaMalloc(&d, v.size() * sizeof(T)));
+  CHECK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+/// The keys of a table's `ways`-way sets spread to `stride` int64s a set (the rest `fill`).
+std::vector<long long> spread_keys(const Table& t, int ways, int stride, long long fill) {
+  std::vector<long long> out(t.sets * stride, fill);
+  for (long long s = 0; s < t.sets; ++s)
+    for (int w = 0; w < ways; ++w) out[s * stride + w] = t.host_keys[s * ways + w];
+  return out;
+}
+
+// Round 4's layouts of a table's slots: {key, tick} records of its (8-way) sets, (16-way) lines with
+// their ticks beside them, (ways 96) 8-way 96-byte sets of keys then ticks, (ways 32) 8-way 32-byte
+// sets of fingerprints then ticks, or (ways 56) 16-way lines of tag words.
+Table3 round4_of(const Table& t, int ways) {
+  Table3 r;
+  if (ways == 8) {
+    std::vector<longlong2> records(t.host_keys.size());
+    for (size_t s = 0; s < records.size(); ++s) records[s] = make_longlong2(t.host_keys[s], 0);
+    r.d_records = to_device(records);
+  } else if (ways == 56) {  // kWordTick: tags (low 56 bits of mix64(key)), tick 0
+    std::vector<long long> words(t.host_keys.size(), static_cast<long long>(kLow56));
+    for (size_t i = 0; i < words.size(); ++i)
+      if (t.host_keys[i] != kEmpty) words[i] = static_cast<long long>(mix64(static_cast<unsigned long long>(t.host_keys[i])) & kLow56);
+    r.d_adj = to_device(words);
+  } else if (ways == 32) {  // kFpRow: fingerprints, then their ticks (the keys go in front of the rows, per dim)
+    std::vector<unsigned short> line(t.sets * 16, 0);
+    for (long long s = 0; s < t.sets; ++s)
+      for (int w = 0; w < 8; ++w)
+        if (t.host_keys[s * 8 + w] != kEmpty) line[s * 16 + w] = fingerprint(t.host_keys[s * 8 + w]);
+    r.d_fpline = to_device(line);
+  } else if (ways == 96) {  // kRec96: 8 keys, then their ticks
+    r.d_adj = to_device(spread_keys(t, 8, kRec96Stride, 0));
+  } else {  // kAdj: 16 keys, then their ticks
+    r.d_adj = to_device(spread_keys(t, 16, kAdjStride, 0));
+  }
+  return r;
+}
 
 Table3 fingerprints_of(const Table& t) {
   Table3 r;
@@ -538,6 +670,7 @@ int main(int argc, char** argv) {
     const char* name;
     Mode3 mode;
     void (*launch)(int, int, Params3);
+    bool moving = false;  // a new tick every call (the product's clock today); else held still
   };
   const Variant3 variants3[] = {
       {"R3 16-way fingerprints, key re-check, LRU tick array", kFpMeta, launch3<kFpMeta>},
@@ -548,6 +681,16 @@ int main(int argc, char** argv) {
       {"R3 16-way int64 line (the product's), no tick", kLineNoMeta, launch3<kLineNoMeta>},
       {"R3 16-way int64 line (the product's), tick written in 1 of 8 ticks", kLineSample, launch3<kLineSample>},
       {"R3 NVE layout: 8-way uint16 tags, no re-check, no tick", kNveLayout, launch3<kNveLayout>},
+      {"R4 8-way {key, tick} records (128-byte line), tick written when older (held still)", kRec8, launch3<kRec8>},
+      {"R4 8-way {key, tick} records (128-byte line), tick moving (every hit writes)", kRec8, launch3<kRec8>, true},
+      {"R4 8-way 96-byte sets (keys, then ticks), tick written when older (held still)", kRec96, launch3<kRec96>},
+      {"R4 8-way 96-byte sets (keys, then ticks), tick moving (every hit writes)", kRec96, launch3<kRec96>, true},
+      {"R4 16-way line of words (56-bit hash tag, 8-bit tick), tick CAS'd when older (held still)", kWordTick, launch3<kWordTick>},
+      {"R4 16-way line of words (56-bit hash tag, 8-bit tick), tick moving (every hit CASes)", kWordTick, launch3<kWordTick>, true},
+      {"R4 8-way fingerprint sector, key in front of its row, tick written when older (held still)", kFpRow, launch3<kFpRow>},
+      {"R4 8-way fingerprint sector, key in front of its row, tick moving (every hit writes)", kFpRow, launch3<kFpRow>, true},
+      {"R4 16-way int64 line, ticks beside it, written when older (held still)", kAdj, launch3<kAdj>},
+      {"R4 16-way int64 line, ticks beside it, tick moving (every hit writes)", kAdj, launch3<kAdj>, true},
   };
   std::printf("GPU %s, %d SMs; %lld cached rows at load 0.5, %lld all-hit keys per call, fp32 rows, median of %d calls\n\n",
               prop.name, sms, rows, rows, repeats);
@@ -559,7 +702,7 @@ int main(int argc, char** argv) {
     std::vector<long long> pick(rows);
     for (auto& v : pick) v = static_cast<long long>(rng() % rows);
     Table slow16 = build<false>(16, rows, cached, pick), fast16 = build<true>(16, rows, cached, pick), fast8 = build<true>(8, rows, cached, pick);
-    const Table3 fp16 = fingerprints_of(fast16);
+    const Table3 fp16 = fingerprints_of(fast16), rec8 = round4_of(fast8, 8), adj16 = round4_of(fast16, 16), rec96 = round4_of(fast8, 96), fprow = round4_of(fast8, 32), words16 = round4_of(fast16, 56);
     Table3 nve3;
     Table nve8 = nve_table(rows, pick, nve3);
     for (int dim : {32, 64, 128}) {
@@ -573,6 +716,19 @@ int main(int argc, char** argv) {
       CHECK(cudaMalloc(&d_rows, host_rows.size() * 16));
       CHECK(cudaMemcpy(d_rows, host_rows.data(), host_rows.size() * 16, cudaMemcpyHostToDevice));
       CHECK(cudaMalloc(&d_out, rows * dim4 * 16));
+      float4* d_slotrows = nullptr;  // kFpRow: fast8's keys in front of their rows
+      const bool fp_row = std::any_of(std::begin(variants3), std::end(variants3),
+                                      [&](const Variant3& v) { return v.mode == kFpRow && std::strstr(v.name, only) != nullptr; });
+      if (fp_row) {
+        std::vector<float4> slotrows(slots * (dim4 + 1));
+        for (long long s = 0; s < slots; ++s) {
+          const long long k = fast8.host_keys[s];
+          std::memcpy(&slotrows[s * (dim4 + 1)], &k, 8);
+          std::copy(host_rows.begin() + s * dim4, host_rows.begin() + (s + 1) * dim4, slotrows.begin() + s * (dim4 + 1) + 1);
+        }
+        CHECK(cudaMalloc(&d_slotrows, slotrows.size() * 16));
+        CHECK(cudaMemcpy(d_slotrows, slotrows.data(), slotrows.size() * 16, cudaMemcpyHostToDevice));
+      }
       CHECK(cudaMalloc(&d_misses, 4));
       // the plain gather of the rows of fast16's query keys by their slots
       const long long n16 = static_cast<long long>(fast16.query_slot.size());
@@ -598,14 +754,14 @@ int main(int argc, char** argv) {
       for (const Variant3& v : variants3) {
         if (std::strstr(v.name, only) == nullptr) continue;
         const bool nve = v.mode == kNveLayout;
-        const Table& t = nve ? nve8 : fast16;
-        const Table3& r = nve ? nve3 : fp16;
+        const Table& t = nve ? nve8 : v.mode == kRec8 || v.mode == kRec96 || v.mode == kFpRow ? fast8 : fast16;
+        const Table3& r = nve ? nve3 : v.mode == kRec8 ? rec8 : v.mode == kAdj ? adj16 : v.mode == kRec96 ? rec96 : v.mode == kFpRow ? fprow : v.mode == kWordTick ? words16 : fp16;
         const long long n = static_cast<long long>(t.query_slot.size());
         for (int per_sm : {8, 16, 32}) {
-          Params3 p{{t.d_keys, t.d_meta, t.sets, dim4, d_rows, t.d_query, n, d_out, d_misses, 1u, 0u}, r.d_tags, r.d_records, r.set_shift};
+          Params3 p{{t.d_keys, t.d_meta, t.sets, dim4, d_rows, t.d_query, n, d_out, d_misses, 1u, 0u}, r.d_tags, r.d_records, r.d_adj, r.d_fpline, d_slotrows, r.set_shift};
           CHECK(cudaMemset(d_misses, 0, 4));
           const float ms = median_ms([&] {
-            if (v.mode != kFpIfOld && v.mode != kLineIfOld) p.tick++;
+            if (v.moving || (v.mode != kFpIfOld && v.mode != kLineIfOld && v.mode != kRec8 && v.mode != kAdj && v.mode != kRec96 && v.mode != kFpRow && v.mode != kWordTick)) p.tick++;
             v.launch(dim4, sms * per_sm, p);
           }, repeats);
           report(pattern, dim, v.name, per_sm, ms, gather_rate, t.query_slot, d_out, d_misses, dim4);
@@ -614,6 +770,7 @@ int main(int argc, char** argv) {
       CHECK(cudaFree(d_rows));
       CHECK(cudaFree(d_out));
       CHECK(cudaFree(d_misses));
+      CHECK(cudaFree(d_slotrows));
     }
   }
   return 0;
