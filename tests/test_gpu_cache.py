@@ -1,6 +1,6 @@
 """The GPU tier (CUDA): lookups of device keys equal the host store's rows, on hits and misses,
 under every eviction policy, fp16 storage, updates, several streams, torch tensors, and
-capacities from one set of rows to over 1 GB."""
+capacities from the smallest (4,096 rows) to over 1 GB; and the cache's decisions against its host twin's."""
 
 from __future__ import annotations
 
