@@ -1,8 +1,11 @@
 // LRU's clock on the GPU cache's host twin (csrc/gpu_cache/set_cache_sim.cpp: the same sets, ways and
-// policy code as the kernels): hit rates with a tick per lookup call (the product today) against a
-// tick per 1/D of the cache's capacity in misses (a clock that stands still while everything hits,
-// so a hit need not write its slot's tick when the tick has not moved). Issue 16: the per-hit tick
-// write costs the all-hit lookup a fifth of its speed (gpu_probe_variants.cu, round 3).
+// policy code as the kernels): hit rates with a tick per lookup call (the product until issue 16's
+// fourth session) against a tick per 1/D of the cache's capacity in misses (a clock that stands still
+// while everything hits, so a hit need not write its slot's tick when the tick has not moved; the
+// product now moves one tick per 1/16, policy.hpp's lru_clock). Issue 16: the per-hit tick write cost
+// the all-hit lookup a fifth of its speed (gpu_probe_variants.cu, round 3). The twin keeps ticks
+// mod 256 as the slot word does, so clocks that move faster than 1/16 of the capacity a tick
+// (a tick per call of 4096, per 1/64) wrap sooner and lose a little with admission.
 // Zipf(alpha) traces over a 10M-row table (ranks shuffled to keys), 40M lookups in calls of 4096,
 // hit rates over the second half; 16-way sets, LRU with and without TinyLFU admission; and with a tick
 // per call where a hit updates its slot's tick only in a sample of ticks (so most hits write nothing).
