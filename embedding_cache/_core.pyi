@@ -182,7 +182,7 @@ def scatter_miss_rows(out: int, out_dtype: GpuOutDtype, columns: int, n: int, di
     (row_of 0: rows[offset(t) + j])."""
 
 def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) -> int:
-    """Device bytes per cached row (row, key, meta, lock share, and the admission sketch's share)."""
+    """Device bytes per cached row (row, 8-byte slot word, lock share, and the admission sketch's share)."""
 
 def lru_clock(misses: int, capacity_rows: int) -> int:
     """The LRU clock (uint32 tick, >= 1) of a GPU cache of ``capacity_rows`` rows after ``misses``

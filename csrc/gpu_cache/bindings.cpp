@@ -214,7 +214,7 @@ Returns:
       "Asynchronous: writes rows device fp32 (u, dim) into out (n, columns, dim) of out_dtype at the misses, in "
       "gather_miss_keys's order: miss j of column t gets rows[row_of[offset(t) + j]] (row_of 0: rows[offset(t) + j]).");
   m.def("gpu_cache_slot_bytes", &gpu_cache_slot_bytes, py::arg("dim"), py::arg("dtype"), py::arg("admission") = false,
-        "Device bytes per cached row (row, key, meta, lock share, and the admission sketch's share).");
+        "Device bytes per cached row (row, 8-byte slot word, lock share, and the admission sketch's share).");
 #endif
 }
 

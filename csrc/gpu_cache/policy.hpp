@@ -56,14 +56,24 @@ TRITONREC_HD int64_t set_of_hash(uint64_t h, int64_t sets) {
 #endif
 }
 
-/// The set a key lives in, among `sets` sets.
-TRITONREC_HD int64_t set_of(int64_t key, int64_t sets) { return set_of_hash(mix64(static_cast<uint64_t>(key)), sets); }
+/// Where a key lives among `sets` sets, and the tag it is held under there.
+struct SlotKey {
+  int64_t set;
+  uint64_t tag;  ///< the low kTagBits bits of mix64(key)
+};
 
-/// A key's tag: the low kTagBits bits of mix64(key).
-TRITONREC_HD uint64_t tag_of(int64_t key) { return mix64(static_cast<uint64_t>(key)) & kTagMask; }
+/// The set and tag of `key` (one mix64 for both).
+TRITONREC_HD SlotKey slot_key(int64_t key, int64_t sets) {
+  const uint64_t h = mix64(static_cast<uint64_t>(key));
+  return SlotKey{set_of_hash(h, sets), h & kTagMask};
+}
 
 /// A slot word of `tag` and `meta` (< 256).
 TRITONREC_HD uint64_t slot_word(uint64_t tag, uint32_t meta) { return tag | static_cast<uint64_t>(meta) << kTagBits; }
+/// The tag a slot word holds (kEmptyTag: an empty slot).
+TRITONREC_HD uint64_t word_tag(uint64_t word) { return word & kTagMask; }
+/// The meta a slot word holds.
+TRITONREC_HD uint32_t word_meta(uint64_t word) { return static_cast<uint32_t>(word >> kTagBits); }
 
 /// LFU's use counts stop at this many uses (halved by aging like the rest), so that they fit the
 /// slot word's top byte and the hottest rows, whose line every lookup of their set reads, stop

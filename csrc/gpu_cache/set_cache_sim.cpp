@@ -21,8 +21,8 @@ SetCacheSim::SetCacheSim(int64_t capacity_rows, int ways, Eviction policy, bool 
 }
 
 bool SetCacheSim::access(int64_t key, uint32_t tick, bool touch) {
-  const int64_t base = set_of(key, sets_) * ways_;
-  const uint64_t tag = tag_of(key);
+  const auto [set, tag] = slot_key(key, sets_);
+  const int64_t base = set * ways_;
   uint64_t* tags = tags_.data() + base;
   uint32_t* meta = meta_.data() + base;
   for (int w = 0; w < ways_ && tag != kEmptyTag; ++w) {

@@ -41,10 +41,7 @@ __global__ void __launch_bounds__(kInsertThreads, TRITONREC_INSERT_MIN_BLOCKS) i
   const int lane = threadIdx.x & 31;
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; i < p.n; i += warps) {
-    const int64_t key = p.keys[i];
-    const uint64_t h = mix64(static_cast<uint64_t>(key));
-    const int64_t set = set_of_hash(h, p.sets);
-    const uint64_t tag = h & kTagMask;
+    const auto [set, tag] = slot_key(p.keys[i], p.sets);
     if (tag == kEmptyTag) continue;  // never cached (warp-uniform: one key a warp)
     unsigned long long* line = p.words + set * kWays;
     int way = 0;
@@ -60,8 +57,8 @@ __global__ void __launch_bounds__(kInsertThreads, TRITONREC_INSERT_MIN_BLOCKS) i
       uint32_t meta[kWays];
       for (int w = 0; w < kWays; ++w) {  // through L2: other SMs wrote these under the lock
         const uint64_t word = __ldcg(line + w);
-        tags[w] = word & kTagMask;
-        meta[w] = static_cast<uint32_t>(word >> kTagBits);
+        tags[w] = word_tag(word);
+        meta[w] = word_meta(word);
       }
       way = insert_into_set(tags, meta, kWays, tag, p.policy, p.tick, p.sketch.counters != nullptr ? &p.sketch : nullptr);
       if (way >= 0) {
@@ -104,8 +101,8 @@ __global__ void halve_kernel(uint32_t* a, int64_t n) {
 __global__ void halve_counts_kernel(unsigned long long* words, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint64_t word = __ldcg(words + i);
-    const uint64_t tag = word & kTagMask;
-    if (tag != kEmptyTag && (word >> kTagBits) != 0) atomicCAS(words + i, word, slot_word(tag, static_cast<uint32_t>(word >> kTagBits) >> 1));
+    const uint64_t tag = word_tag(word);
+    if (tag != kEmptyTag && word_meta(word) != 0) atomicCAS(words + i, word, slot_word(tag, word_meta(word) >> 1));
   }
 }
 

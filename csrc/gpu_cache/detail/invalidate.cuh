@@ -13,12 +13,11 @@ __global__ void invalidate_kernel(unsigned long long* words, int64_t sets, const
   const int lane = threadIdx.x & 31;
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; i < n; i += warps) {
-    const uint64_t h = mix64(static_cast<uint64_t>(keys[i]));
-    const uint64_t tag = h & kTagMask;
+    const auto [set, tag] = slot_key(keys[i], sets);
     if (lane < kWays && tag != kEmptyTag) {
-      unsigned long long* word = words + set_of_hash(h, sets) * kWays + lane;
+      unsigned long long* word = words + set * kWays + lane;
       const uint64_t held = *word;
-      if ((held & kTagMask) == tag) atomicCAS(word, held, static_cast<unsigned long long>(kEmptyTag));
+      if (word_tag(held) == tag) atomicCAS(word, held, static_cast<unsigned long long>(kEmptyTag));
     }
   }
 }

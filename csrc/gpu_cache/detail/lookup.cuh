@@ -87,6 +87,8 @@ __global__ void __launch_bounds__(kLookupThreads, lookup_min_blocks(lookup_budge
     const int64_t index = kKeysPerWarp * w + group;
     const bool valid = index < p.n;
     const int64_t key = valid ? p.keys[index * p.key_stride] : 0;
+    // policy.hpp's slot_key / word_tag / word_meta written out: through the helpers ptxas spilled in
+    // the fp16/bf16 instantiations that spill nothing this way (ptxas -v; the fp32 ones alike)
     const uint64_t h = mix64(static_cast<uint64_t>(key));
     const int64_t set = set_of_hash(h, p.sets);
     const uint64_t tag = h & kTagMask;
