@@ -184,6 +184,9 @@ def scatter_miss_rows(out: int, out_dtype: GpuOutDtype, columns: int, n: int, di
 def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) -> int:
     """Device bytes per cached row (row, 8-byte slot word, lock share, and the admission sketch's share)."""
 
+gpu_cache_min_rows: int
+"""The fewest rows a GpuCache holds (256 sets of 16: fewer sets could not tell every key apart by its tag)."""
+
 def lru_clock(misses: int, capacity_rows: int) -> int:
     """The LRU clock (uint32 tick, >= 1) of a GPU cache of ``capacity_rows`` rows after ``misses``
     misses in all: one tick per ``capacity_rows // 16`` misses, so it stands still while lookups hit."""

@@ -153,7 +153,7 @@ class GpuTier:
         self._tables: dict[str, _TableCache] = {}
         for name, dim in tables.items():
             share = options.cache_bytes * weights[name] / total
-            rows = max(4096, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
+            rows = max(_core.gpu_cache_min_rows, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
             self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission), dim)
         self._to_host = _Pinned(self.cp)  # missed keys, device -> host
         self._to_device = _Pinned(self.cp)  # unique keys, row indices and rows, host -> device

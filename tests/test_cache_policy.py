@@ -122,6 +122,11 @@ def test_lfu_counts_stop_at_255_uses():
     assert hits[-2:].tolist() == [1, 1] and hits[-3] == 0
 
 
+def test_the_smallest_gpu_cache_is_256_sets_of_16():
+    # with 2^64 / sets <= 2^56 values of mix64 a set, the 56-bit tag tells every key of a set apart
+    assert _core.gpu_cache_min_rows == 256 * 16
+
+
 def test_bad_arguments():
     trace = np.arange(10, dtype=np.int64)
     with pytest.raises(ValueError, match="eviction fifo: expected 'lru' or 'lfu'"):

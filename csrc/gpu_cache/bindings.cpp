@@ -39,6 +39,7 @@ Eviction parse_eviction(const std::string& name) {
 }  // namespace
 
 void bind_gpu_cache(py::module_& m) {
+  m.attr("gpu_cache_min_rows") = kMinSets * kGpuCacheWays;  // a smaller GpuCache could not tell keys apart by tag
   m.def("lru_clock", &lru_clock, py::arg("misses"), py::arg("capacity_rows"),
         "The LRU clock (uint32 tick, >= 1) of a cache of capacity_rows rows after `misses` misses in all: one tick "
         "per capacity_rows / 16 misses, so that it stands still while lookups hit.");
