@@ -127,6 +127,33 @@ def test_the_smallest_gpu_cache_is_256_sets_of_16():
     assert _core.gpu_cache_min_rows == 256 * 16
 
 
+def key_of_tag(tag: int, high: int) -> int:
+    """An int64 key whose mix64 is ``high << 56 | tag`` (mix64, splitmix64's finaliser, inverted)."""
+    mask = (1 << 64) - 1
+
+    def unxorshift(x: int, shift: int) -> int:
+        y = x
+        for _ in range(64 // shift + 1):
+            y = x ^ (y >> shift)
+        return y
+
+    x = (high << 56 | tag) & mask
+    x = unxorshift(x, 31)
+    x = (x * pow(0x94D049BB133111EB, -1, 1 << 64)) & mask
+    x = unxorshift(x, 27)
+    x = (x * pow(0xBF58476D1CE4E5B9, -1, 1 << 64)) & mask
+    x = unxorshift(x, 30)
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def test_a_key_of_the_empty_slots_tag_is_never_cached():
+    # one key in 2^56 has the tag that marks an empty slot: it misses every time (served from the host)
+    empty = [key_of_tag((1 << 56) - 1, high) for high in (0, 7, 255)]
+    assert [_core.simulate_set_cache(np.array([k, k], np.int64), 4_096).tolist() for k in empty] == [[0, 0]] * 3
+    other = key_of_tag((1 << 56) - 2, 7)  # one tag below: cached like any key
+    assert _core.simulate_set_cache(np.array([other, other], np.int64), 4_096).tolist() == [0, 1]
+
+
 def test_bad_arguments():
     trace = np.arange(10, dtype=np.int64)
     with pytest.raises(ValueError, match="eviction fifo: expected 'lru' or 'lfu'"):
