@@ -13,10 +13,14 @@ With ``async_insert`` the inserts run on a stream of the tier's own, off the loo
 lookup's output is ready as soon as the misses are written, whatever the inserts cost. Inserts and
 lookups on different streams are safe: the insert kernel writes each slot as a seqlock writer and
 the lookup kernel re-checks each hit's slot after copying its row (a changed slot counts as a miss).
+
+Several threads may look up at once, each on its own stream: their misses go through two pinned
+stagings (double-buffered), so one caller's rows are read from the host while another's are copied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import warnings
@@ -75,12 +79,49 @@ class _Pinned:
         return np.frombuffer(self.memory, dtype=np.uint8, count=nbytes)
 
 
+class _Staging:
+    """One lookup's pinned buffers for its misses (held under ``lock`` from the missed keys' copy
+    to the host until the rows' copies to the device are queued)."""
+
+    def __init__(self, cp: Any) -> None:
+        self.lock = threading.Lock()
+        self.to_host = _Pinned(cp)  # missed keys, device -> host
+        self.to_device = _Pinned(cp)  # unique keys, row indices and rows, host -> device
+        self.done = None  # event: the last copy out of to_device (the next user waits for it)
+
+
+class _StagingPool:
+    """``count`` stagings shared by a tier's concurrent lookups (double-buffered at 2: while one
+    caller's rows are copied to the device out of one, another caller reads its misses into the
+    next). A lookup takes the first free one, so a lone caller always takes the first (pinned
+    memory is only taken by stagings that are used); with none free it waits for the first."""
+
+    def __init__(self, cp: Any, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"staging count {count}: expected >= 1")
+        self.stagings = [_Staging(cp) for _ in range(count)]
+
+    @contextlib.contextmanager
+    def take(self) -> Any:
+        for staging in self.stagings:
+            if staging.lock.acquire(blocking=False):
+                break
+        else:
+            staging = self.stagings[0]
+            staging.lock.acquire()
+        try:
+            yield staging
+        finally:
+            staging.lock.release()
+
+
 def _align(n: int) -> int:
     return (n + 255) & ~255
 
 
 _PIECES = 2  # a lookup's missed rows are read and sent in about this many pieces (H200 host, 0.90 hits: 2 pieces 2.1 ms a call, 4: 2.7, 8: 2.7)
 _PIECE_KEYS = 8192  # fewest keys a piece (each piece costs a host call and a copy)
+_STAGINGS = 2  # concurrent lookups' pinned stagings (double-buffered: see _StagingPool)
 
 
 def _pieces(offsets: np.ndarray) -> list[tuple[int, int, int]]:
@@ -155,10 +196,8 @@ class GpuTier:
             share = options.cache_bytes * weights[name] / total
             rows = max(_core.gpu_cache_min_rows, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
             self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission), dim)
-        self._to_host = _Pinned(self.cp)  # missed keys, device -> host
-        self._to_device = _Pinned(self.cp)  # unique keys, row indices and rows, host -> device
-        self._to_device_done = None  # event: the last copy out of _to_device
-        self._staging_lock = threading.Lock()  # one lookup at a time uses the pinned buffers
+        self._staging = _StagingPool(self.cp, _STAGINGS)
+        self._stats_lock = threading.Lock()  # concurrent lookups count their keys and misses
         self._insert_lock = threading.Lock()  # orders inserts against invalidations
         self._pending_inserts: list[tuple[Any, Any]] = []  # (event, device buffers) of inserts that may not have run
         self._insert_stream = None
@@ -221,9 +260,10 @@ class GpuTier:
                 entry.cache.find_column(keys.data.ptr, n, k, j, out.data.ptr, miss_index.data.ptr, counts.data.ptr, ticks[j], s.ptr,
                                         out_dtype=kind)
             host_counts = counts.get(stream=s)  # waits for this stream only
-            for entry, c in zip(entries, host_counts.tolist()):
-                entry.lookups += n
-                entry.misses += c
+            with self._stats_lock:
+                for entry, c in zip(entries, host_counts.tolist()):
+                    entry.lookups += n
+                    entry.misses += c
             if host_counts.any():
                 self._fill_misses(entries, ticks, keys, out, kind, miss_index, counts, host_counts, read_host, s)
         return out
@@ -239,10 +279,10 @@ class GpuTier:
         offsets = np.zeros(k + 1, dtype=np.int64)
         np.cumsum(host_counts, out=offsets[1:])
         generations = [e.generation for e in entries]
-        with self._staging_lock:
+        with self._staging.take() as staging:
             missed = cp.empty(total, dtype=cp.int64)
             _core.gather_miss_keys(keys.data.ptr, k, n, miss_index.data.ptr, counts.data.ptr, max_count, missed.data.ptr, self.device, s.ptr)
-            host_missed = self._to_host.take(8 * total).view(np.int64)
+            host_missed = staging.to_host.take(8 * total).view(np.int64)
             cp.asnumpy(missed, stream=s, out=host_missed)  # waits for this stream only
             # Each column's missed keys are read as they are, repeats included (a host-side unique
             # cost more than the repeated reads; the insert kernel takes a repeated key once per set lock).
@@ -252,9 +292,9 @@ class GpuTier:
             keys_at = _align(4 * total)
             rows_at = keys_at + _align(8 * total)
             nbytes = rows_at + 4 * total * dim
-            if self._to_device_done is not None:
-                self._to_device_done.synchronize()  # the previous lookup's copy out of the buffer
-            block = self._to_device.take(nbytes)
+            if staging.done is not None:
+                staging.done.synchronize()  # the copy out of the buffer of the lookup that used it last
+            block = staging.to_device.take(nbytes)
             rows = block[rows_at:nbytes].view(np.float32).reshape(total, dim)
             device_block = cp.empty(nbytes, dtype=cp.uint8)
             # The rows go in pieces: each piece's copy to the device runs while the host reads the next.
@@ -271,13 +311,13 @@ class GpuTier:
                 _reordered(pieces, orders, host_missed, block[: 4 * total].view(np.int32), block[keys_at: keys_at + 8 * total].view(np.int64))
                 device_block[:rows_at].set(block[:rows_at], stream=s)
                 row_of_at, keys_of = device_block.data.ptr, device_block.data.ptr + keys_at
-            self._to_device_done = s.record()
+            staging.done = copied = s.record()
         _core.scatter_miss_rows(out.data.ptr, kind, k, n, dim, miss_index.data.ptr, counts.data.ptr, max_count,
                                 row_of_at, device_block.data.ptr + rows_at, self.device, s.ptr)
         insert_stream = self._insert_stream if self.async_insert else s
         with self._insert_lock:
             if self.async_insert:
-                insert_stream.wait_event(self._to_device_done)
+                insert_stream.wait_event(copied)
             for (j, lo, _), count in zip(pieces, present):
                 entry = entries[j]
                 if count and entry.generation == generations[j]:  # no invalidation since the rows were read

@@ -181,6 +181,40 @@ def test_several_streams_and_torch_tensors(table):
         np.testing.assert_array_equal(got.cpu().numpy(), _reference(keys, rows, queries[0]))
 
 
+@pytest.mark.parametrize("async_insert", [False, True])
+def test_threads_looking_up_at_once_each_get_their_own_rows(table, async_insert):
+    # Four threads, each on a stream of its own, with misses every call (a cache of a fifth of the
+    # keys) and keys that exist nowhere: their misses share two pinned stagings and the host tiers.
+    import threading
+
+    cupy = _cupy()
+    path, keys, rows = table
+    absent = np.arange(10**9, 10**9 + 500, dtype=np.int64)
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=10_000 * 300, gpu_async_insert=async_insert) as store:
+        errors = []
+
+        def caller(t: int) -> None:
+            rng = np.random.default_rng(t)
+            stream = cupy.cuda.Stream(non_blocking=True)
+            try:
+                for size in (1, 2, 3_000, 40_000, 0, 25_000):
+                    query = np.concatenate([rng.choice(keys, size), rng.choice(absent, size // 10)])
+                    got = store.lookup("t", cupy.asarray(query), stream=stream)
+                    stream.synchronize()
+                    np.testing.assert_array_equal(cupy.asnumpy(got), _reference(keys, rows, query))
+            except BaseException as e:  # noqa: BLE001 - raised in the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[0]
+        gpu = store.stats()["t"]["tiers"]["gpu"]
+        assert gpu["hits"] + gpu["misses"] == 4 * sum(s + s // 10 for s in (1, 2, 3_000, 40_000, 0, 25_000))
+
+
 def test_a_cache_over_one_gigabyte(tmp_path):
     cupy = _cupy()
     rng = np.random.default_rng(4)

@@ -56,3 +56,26 @@ def test_pieces_put_present_keys_first_and_map_every_position_to_its_row(m, abse
         np.testing.assert_array_equal(ordered[lo:lo + present], keys[lo:hi][~absent[lo:hi]])
         np.testing.assert_array_equal(ordered[lo + present:hi], keys[lo:hi][absent[lo:hi]])
         np.testing.assert_array_equal(rows[lo:lo + present, 0], keys[lo:hi][~absent[lo:hi]].astype(np.float32))
+
+
+def test_the_staging_pool_gives_concurrent_lookups_their_own_buffers_and_waits_when_all_are_taken():
+    import threading
+
+    pool = gpu._StagingPool(None, 2)
+    with pool.take() as first:
+        with pool.take() as second:
+            assert first is pool.stagings[0] and second is pool.stagings[1]
+            taken, held = [], pool.take()
+            third = threading.Thread(target=lambda: taken.append(held.__enter__()))
+            third.start()
+            third.join(0.2)
+            assert third.is_alive() and not taken  # none free: waits (for the first)
+        third.join(0.2)
+        assert not taken  # the second's release does not wake it: it waits for the first
+    third.join(5)
+    assert taken == [pool.stagings[0]]
+    held.__exit__(None, None, None)
+    with pool.take() as again:  # a lone caller always takes the first (the second's pinned memory is never taken)
+        assert again is pool.stagings[0]
+    with pytest.raises(ValueError, match="staging count 0: expected >= 1"):
+        gpu._StagingPool(None, 0)
