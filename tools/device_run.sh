@@ -2,6 +2,7 @@
 # Runs on the GPU machine (the device tool), from the repository root: builds tritonrec into the
 # machine's Python, then the named stages, copying logs and benchmarks/RESULTS.md to $OUT after each.
 #   bash tools/device_run.sh tests gpu-cache triton
+# SKIP_BUILD=1 skips the build (a second call to a machine still warm from the first).
 # .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (tools/pack_rocksdb_for_gpu.sh).
 # Stages: ncu-cache (tools/profile_gpu_cache.py, then under ncu), host-path (tools/probe_host_path.py), miss-path (tools/profile_miss_path.py), tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), gpu-cache-misses (its lookups with misses only), triton (bench_gpu_lookup_triton.py;
 # needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), probe-variants (benchmarks/cpp/gpu_probe_variants.cu), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
@@ -24,7 +25,8 @@ if [ -f .gl/rocksdb.tar.xz ]; then  # RocksDB from Debian's .deb files (tools/pa
   export LD_LIBRARY_PATH=/tmp/rdb/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 t0=$(date +%s)
-python3 -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+if [ -n "${SKIP_BUILD:-}" ]; then echo "SKIP_BUILD: the tree installed by this machine's last run"
+else python3 -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }; fi
 python3 -P -c "import embedding_cache as e; print('cuda', e.has_cuda, 'rocksdb', e._core.has_rocksdb, 'devices', e.cuda_device_count())"
 echo "built in $(( $(date +%s) - t0 )) s"
 for stage in "$@"; do
@@ -40,7 +42,7 @@ for stage in "$@"; do
     gpu-cache)
       timeout 420 python3 -P benchmarks/bench_gpu_cache.py >"$OUT/gpu-cache.log" 2>&1; tail -40 "$OUT/gpu-cache.log" ;;
     gpu-cache-misses)  # only the lookups with misses (section gpu-cache-misses)
-      timeout 300 python3 -P benchmarks/bench_gpu_cache.py --misses-only >"$OUT/gpu-cache-misses.log" 2>&1; tail -30 "$OUT/gpu-cache-misses.log" ;;
+      timeout 540 python3 -P benchmarks/bench_gpu_cache.py --misses-only >"$OUT/gpu-cache-misses.log" 2>&1; tail -45 "$OUT/gpu-cache-misses.log" ;;
     recheck-ab)  # the all-hit table with each way of ordering the lookup's re-check (rebuilds; ends on the default)
       for mode in 0 1 2; do
         python3 -m pip install --no-build-isolation --no-deps -C cmake.define.TRITONREC_RECHECK=$mode . >"$OUT/build-$mode.log" 2>&1 || tail -20 "$OUT/build-$mode.log"
