@@ -132,6 +132,35 @@ def test_the_gpu_cache_decides_as_its_host_twin(eviction, admission):
     assert mismatches.size == 0, f"{mismatches.size} differences, the first at accesses {mismatches[:10].tolist()}"
 
 
+def test_an_insert_given_an_older_tick_keeps_the_rows_a_newer_lookup_touched():
+    # Sets full of rows of tick 1, a hot set inserted at tick 2 and then hit at tick 5 (another stream's
+    # lookup, whose clock ran ahead); then new keys inserted at tick 3 (an insert given its clock
+    # before that lookup) must evict the tick-1 rows, never the hot ones (taken mod 256 they looked
+    # 254 ticks old). 512 hot and 512 new keys over 256 sets: at most ~12 a set, below 16 ways.
+    cupy = _cupy()
+    rng = np.random.default_rng(3)
+    old, hot, new = np.split(rng.choice(2**62, size=8_192 + 1_024, replace=False).astype(np.int64), [8_192, 8_704])
+    cache = _core.GpuCache(4_096, 8, _core.GpuRowDtype.float32, "lru", 0, False, 1)
+    stream = cupy.cuda.get_current_stream()
+
+    def insert(keys, tick):
+        device_keys = cupy.asarray(keys)
+        cache.insert(device_keys.data.ptr, cupy.zeros((keys.size, 8), cupy.float32).data.ptr, keys.size, tick, stream.ptr)
+
+    def hits(keys, tick):
+        device_keys, out = cupy.asarray(keys), cupy.empty((keys.size, 8), cupy.float32)
+        miss_index, miss_count = cupy.empty(keys.size, cupy.int32), cupy.empty(1, cupy.int32)
+        cache.find(device_keys.data.ptr, keys.size, out.data.ptr, miss_index.data.ptr, miss_count.data.ptr, tick, stream.ptr)
+        return keys.size - int(miss_count.get()[0])
+
+    insert(old, 1)
+    insert(hot, 2)
+    assert hits(hot, 5) == hot.size
+    insert(new, 3)
+    assert hits(hot, 5) == hot.size
+    assert hits(new, 5) == new.size
+
+
 def test_keys_of_the_empty_tag_and_the_int64_extremes_are_served_exactly(tmp_path):
     # A key whose 56-bit tag is the empty slot's is never cached (it misses every time, its row comes
     # from the host), and the keys once used as the empty marker (INT64_MIN) or at the edges are cached

@@ -44,6 +44,12 @@ void bind_gpu_cache(py::module_& m) {
         "The LRU clock (uint32 tick, >= 1) of a cache of capacity_rows rows after `misses` misses in all: one tick "
         "per capacity_rows / 16 misses, so that it stands still while lookups hit.");
   m.def(
+      "eviction_rank",
+      [](const std::string& eviction, uint32_t meta, uint32_t tick) { return eviction_rank(parse_eviction(eviction), meta, tick); },
+      py::arg("eviction"), py::arg("meta"), py::arg("tick"),
+      "How strongly a GPU cache slot of `meta` (LRU: its last use's tick mod 256; LFU: its use count) is due for eviction "
+      "at LRU clock `tick` (the highest goes first).");
+  m.def(
       "simulate_set_cache",
       [](py::array_t<int64_t, py::array::c_style> trace, int64_t capacity_rows, int ways, const std::string& eviction,
          int64_t batch, bool admission, int64_t aging_multiple) {
