@@ -72,9 +72,11 @@ class _Pinned:
         self.nbytes = 0
 
     def take(self, nbytes: int) -> np.ndarray:
-        """uint8 (nbytes,) view of the buffer (grown when needed)."""
+        """uint8 (nbytes,) view of the buffer (grown when needed, to a power of two of at least 1 MiB,
+        so that calls of about one size do not pin new memory again and again: pinning tens of MB
+        takes milliseconds)."""
         if self.memory is None or self.nbytes < nbytes:
-            self.nbytes = max(nbytes, 1 << 20, 2 * self.nbytes)
+            self.nbytes = max(1 << 20, 1 << (nbytes - 1).bit_length(), 2 * self.nbytes)
             self.memory = self.cp.cuda.alloc_pinned_memory(self.nbytes)
         return np.frombuffer(self.memory, dtype=np.uint8, count=nbytes)
 
