@@ -194,8 +194,9 @@ def lru_clock(misses: int, capacity_rows: int) -> int:
 def eviction_rank(eviction: str, meta: int, tick: int) -> int:
     """How strongly a GPU cache slot of ``meta`` (``"lru"``: the tick of its last use, mod 256;
     ``"lfu"``: its use count, at most 255) is due for eviction at LRU clock ``tick`` (the highest goes
-    first): LRU its age in ticks mod 256, a meta up to 16 ticks ahead of ``tick`` (a row touched by a
-    lookup on another stream whose clock ran ahead) counting as age 0; LFU 255 less its count."""
+    first): LRU its age in ticks seen from 16 ticks after ``tick``, mod 256 (so a row touched by a
+    lookup on another stream whose clock ran up to 16 ticks ahead ranks below the insert's own
+    tick's rows); LFU 255 less its count."""
 
 def simulate_set_cache(trace: npt.NDArray[np.int64], capacity_rows: int, ways: int = 16, eviction: str = "lru", batch: int = 1,
                        admission: bool = False, aging_multiple: int = 40) -> npt.NDArray[np.uint8]:

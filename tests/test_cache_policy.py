@@ -114,15 +114,16 @@ def test_lru_ages_stay_right_when_the_8_bit_ticks_wrap():
     assert hits[trace == 7][1:].all() and not hits[trace != 7].any()
 
 
-def test_an_lru_row_touched_at_a_newer_tick_than_the_insert_counts_as_just_used():
+def test_an_lru_row_touched_at_a_newer_tick_than_the_insert_counts_as_younger():
     # Another stream's lookup (callers at once, or own-stream inserts behind the next call) may touch
-    # a row at tick 12 before an insert given tick 10 runs: that row is young (rank 0), not 254 ticks
-    # old. Ahead by more than 16 ticks it is taken as old again (age mod 256).
+    # a row at tick 12 before an insert given tick 10 runs: that row is younger than the insert's own
+    # (rank below a row of tick 10), not 254 ticks old; the further ahead, the younger. Ranks are ages
+    # seen from 16 ticks ahead, mod 256, so ahead by more than 16 a row is taken as old again.
     rank = lambda meta, tick: _core.eviction_rank("lru", meta, tick)  # noqa: E731
-    assert [rank(10, 10), rank(9, 10), rank(0, 10), rank(250, 10)] == [0, 1, 10, 16]  # ages, mod 256 across the wrap
-    assert [rank(12, 10), rank(26, 10), rank(4, 250)] == [0, 0, 0]  # ahead by 2, 16, 10 (across the wrap)
-    assert rank(27, 10) == 239  # ahead by 17: an old row
-    assert [rank(5, 266), rank(11, 266)] == [5, 0]  # the tick is taken mod 256 too (266 is 10)
+    assert [rank(10, 10), rank(9, 10), rank(0, 10), rank(250, 10)] == [16, 17, 26, 32]  # older: higher, across the wrap
+    assert [rank(11, 10), rank(12, 10), rank(26, 10), rank(4, 250)] == [15, 14, 0, 6]  # ahead by 1, 2, 16, 10 (across the wrap)
+    assert rank(27, 10) == 255  # ahead by 17: the oldest row
+    assert [rank(5, 266), rank(11, 266)] == [21, 15]  # the tick is taken mod 256 too (266 is 10)
     assert [_core.eviction_rank("lfu", c, 3) for c in (0, 1, 254, 255, 300)] == [255, 254, 1, 0, 0]
     with pytest.raises(ValueError, match="eviction fifo: expected 'lru' or 'lfu'"):
         _core.eviction_rank("fifo", 0, 0)

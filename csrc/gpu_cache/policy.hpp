@@ -91,23 +91,22 @@ TRITONREC_HD uint32_t touched_meta(Eviction policy, uint32_t old_meta, uint32_t 
 /// The meta value of a row just inserted at clock `tick`.
 TRITONREC_HD uint32_t inserted_meta(Eviction policy, uint32_t tick) { return policy == Eviction::kLru ? tick & 0xFFu : 1u; }
 
-/// LRU ticks by which a slot's meta may run ahead of an insert's clock and still count as just
-/// used. Lookups on several streams (callers at once, or inserts on the tier's own stream behind
-/// the next call's lookup) touch rows at newer ticks than an insert that was given its clock
-/// earlier; taken mod 256 those rows would look 255 ticks old and be evicted first (measured on the
-/// H200: a hot set's 0.90 hit rate fell to 0.58 with two callers, 0.87 with own-stream inserts).
-/// 16 ticks are one capacity of misses, far more than calls in flight move the clock.
+/// LRU ticks by which a slot's meta may run ahead of an insert's clock and still count as younger
+/// than every row of that clock or older. Lookups on several streams (callers at once, or inserts
+/// on the tier's own stream behind the next call's lookup) touch rows at newer ticks than an insert
+/// that was given its clock earlier; taken mod 256 those rows would look 255 ticks old and be
+/// evicted first (measured on the H200: a hot set's 0.90 hit rate fell to 0.58 with two callers,
+/// 0.87 with own-stream inserts). 16 ticks are one capacity of misses, far more than calls in
+/// flight move the clock.
 constexpr uint32_t kLruAheadTicks = 16;
 
-/// How strongly a slot of `meta` is due for eviction at clock `tick`: LRU its age in ticks, mod 256,
-/// a meta up to kLruAheadTicks ahead of `tick` being age 0 (so a row unused for 240 ticks, 15
-/// capacities of misses, looks young again; unseen in the host twin's hit rates, since a set takes
-/// about one insert a tick); LFU the uses it lacks of the cap.
+/// How strongly a slot of `meta` is due for eviction at clock `tick` (the highest goes first):
+/// LRU its age in ticks seen from kLruAheadTicks after `tick`, mod 256, so that a meta up to that
+/// far ahead ranks below a row of `tick` itself and the further ahead the younger (a row unused
+/// for 240 ticks, 15 capacities of misses, looks young again; unseen in the host twin's hit rates,
+/// since a set takes about one insert a tick); LFU the uses it lacks of the cap.
 TRITONREC_HD uint32_t eviction_rank(Eviction policy, uint32_t meta, uint32_t tick) {
-  if (policy == Eviction::kLru) {
-    const uint32_t age = (tick - meta) & 0xFFu;
-    return age > 255u - kLruAheadTicks ? 0u : age;
-  }
+  if (policy == Eviction::kLru) return (tick + kLruAheadTicks - meta) & 0xFFu;
   return kLfuMaxCount - (meta < kLfuMaxCount ? meta : kLfuMaxCount);
 }
 
