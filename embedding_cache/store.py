@@ -167,7 +167,8 @@ class EmbeddingStore:
         when the store has a GPU tier, copied to the device, looked up there and copied back. Device
         keys (a cupy array or a torch CUDA tensor, int64 (n,)) go through the GPU tier and come back
         on the device as the same kind of array; ``stream`` (a cupy or torch stream, or a raw
-        handle; default: cupy's current stream) orders the work.
+        handle; default: cupy's current stream) orders the work. Threads may look up at once (device
+        keys each on a stream of their own).
 
         Args:
             table: table name.
