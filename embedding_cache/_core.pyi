@@ -170,22 +170,41 @@ class GpuCache:
     def bytes(self) -> int:
         """Device memory held, in bytes."""
 
-def gather_miss_keys(keys: int, columns: int, n: int, miss_index: int, counts: int, max_count: int, out_keys: int, device: int, stream: int) -> None:
-    """Asynchronous: the missed keys of every column of keys device int64 (n, columns) into
-    out_keys device int64, column by column (column t's are keys at miss_index[t * n + j],
-    j < counts[t]; counts device int32 (columns,))."""
+class GpuTierLookup:
+    """A GPU tier's lookups (any number of tables on ``device``): device keys through the tables' GPU
+    caches, misses read from the host tables, written into the output and inserted, in one call with
+    the GIL released. Thread-safe: callers on streams of their own share ``stagings`` pinned stagings."""
 
-def scatter_miss_rows(out: int, out_dtype: GpuOutDtype, columns: int, n: int, dim: int, miss_index: int, counts: int, max_count: int,
-                      row_of: int, rows: int, device: int, stream: int) -> None:
-    """Asynchronous: writes rows device float32 (u, dim) into out (n, columns, dim) of out_dtype at
-    the misses, in gather_miss_keys's order: miss j of column t gets rows[row_of[offset(t) + j]]
-    (row_of 0: rows[offset(t) + j])."""
+    def __init__(self, device: int, stagings: int = 2, chunks: int = 4, min_chunk_rows: int = 65536, async_insert: bool = False) -> None:
+        """chunks, min_chunk_rows: how a call's key rows are cut (see :func:`lookup_chunks`);
+        async_insert: insert on a stream of its own instead of the lookup's."""
+    def lookup(self, caches: list[GpuCache], hosts: list[HostTable], ticks: list[int], keys: int, n: int, out: int, out_dtype: GpuOutDtype,
+               stream: int, pool: ThreadPool, complete: Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.uint8], int], None]) -> list[int]:
+        """``keys`` device int64 (n, columns) C-contiguous, column t through ``caches[t]`` over
+        ``hosts[t]`` at LRU clock ``ticks[t]``, into ``out`` device (n, columns, dim) C-contiguous of
+        ``out_dtype``. ``complete(column, keys (m,), rows float32 (m, dim), found uint8 (m,), hits)`` is
+        called (GIL held, views of pinned memory valid during the call) for a column's missed keys
+        that its host table did not all hold; what it raises, the lookup raises. Returns each
+        column's GPU-cache misses; the output is queued on ``stream``."""
+    def invalidate(self, cache: GpuCache, keys: npt.NDArray[np.int64]) -> None:
+        """Drops host keys int64 (n,) from ``cache`` after every insert queued before; lookups that
+        read rows before it do not insert them. Returns when done."""
+    @property
+    def async_insert(self) -> bool: ...
 
 def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) -> int:
     """Device bytes per cached row (row, 8-byte slot word, lock share, and the admission sketch's share)."""
 
 gpu_cache_min_rows: int
 """The fewest rows a GpuCache holds (256 sets of 16: fewer sets could not tell every key apart by its tag)."""
+
+def lookup_chunks(n: int, chunks: int, min_rows: int) -> list[tuple[int, int]]:
+    """The key rows ``[begin, end)`` a GPU tier lookup of ``n`` rows is cut into: at most ``chunks``
+    ranges of ``ceil(n / chunks)`` rows but at least ``min_rows`` (the last takes the rest), in order."""
+
+def compact_found(keys: npt.NDArray[np.int64], rows: npt.NDArray[np.float32], found: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(keys, rows) where ``found`` != 0, in order: what a GPU tier lookup inserts of a column's
+    misses some of whose keys exist nowhere."""
 
 def lru_clock(misses: int, capacity_rows: int) -> int:
     """The LRU clock (uint32 tick, >= 1) of a GPU cache of ``capacity_rows`` rows after ``misses``

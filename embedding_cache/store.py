@@ -244,11 +244,12 @@ class EmbeddingStore:
                 raise ValueError(f"out: expected a C-contiguous {out_dtype} device array of shape {shape}")
         device_keys = cp.ascontiguousarray(device_keys.reshape(n, len(tables)))
 
-        def read_host(j: int, host_keys: np.ndarray, found: np.ndarray, out_rows: np.ndarray) -> None:
-            self._lookup_host(tables[j], host_keys, out_rows, None if missing is None else missing[j], found)
+        def complete(j: int, host_keys: np.ndarray, rows: np.ndarray, found: np.ndarray, hits: int) -> None:
+            self._host.complete(tables[j], host_keys, rows, found, hits, None if missing is None else missing[j])
 
-        result = self._gpu.lookup_columns(tables, device_keys, read_host, None if out is None else out.reshape(n, len(tables), dim),
-                                          out_dtype, stream)
+        hosts = [self._host.tables[t] for t in tables]
+        result = self._gpu.lookup_columns(tables, device_keys, hosts, self._host.pool, complete,
+                                          None if out is None else out.reshape(n, len(tables), dim), out_dtype, stream)
         result = out if out is not None else result if columns else result.reshape(n, dim)
         if is_torch:
             import torch  # noqa: PLC0415

@@ -347,16 +347,16 @@ def test_numpy_keys_go_through_the_gpu_tier_and_come_back_as_numpy(table):
         assert gpu["hits"] + gpu["misses"] == 3 * query.size and gpu["hits"] >= 2 * 500
 
 
-@pytest.mark.parametrize("pieces", [None, 7])  # 7: the misses read, sent and inserted 7 keys a piece
+@pytest.mark.parametrize("chunks", [None, (16, 7)])  # (16, 7): each call cut into 16 chunks of 188 key rows
 @pytest.mark.parametrize("async_insert", [False, True])
-def test_several_tables_in_one_call(tmp_path, async_insert, pieces, monkeypatch):
+def test_several_tables_in_one_call(tmp_path, async_insert, chunks, monkeypatch):
     cupy = _cupy()
     torch = pytest.importorskip("torch")
-    if pieces is not None:
+    if chunks is not None:
         from embedding_cache import gpu
 
-        monkeypatch.setattr(gpu, "_PIECE_KEYS", pieces)
-        monkeypatch.setattr(gpu, "_PIECES", 10**6)
+        monkeypatch.setattr(gpu, "_CHUNKS", chunks[0])
+        monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", chunks[1])
     rng = np.random.default_rng(11)
     tables = {name: (rng.choice(10**8, 20_000, replace=False).astype(np.int64), rng.normal(size=(20_000, 24)).astype(np.float32))
               for name in ("a", "b", "c", "d")}
@@ -402,28 +402,77 @@ def test_lookups_stay_exact_while_another_stream_inserts(table):
 
 def test_rows_read_before_an_update_are_not_cached_after_it(table):
     # An update landing while a lookup reads its misses from the host (another thread's update, here
-    # made from inside the host read) must not be undone by that lookup inserting the old rows.
+    # made from inside the host tier's completion of the keys the host table lacks) must not be
+    # undone by that lookup inserting the old rows.
     cupy = _cupy()
     path, keys, rows = table
     new = np.full((5, 64), 7.0, np.float32)
+    query = np.concatenate([keys[:50], [-1]])  # -1 exists nowhere: the host tier completes it
     with EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 22) as store:
-        read = store._lookup_host
+        complete = store._host.complete
         updated = []
 
-        def read_then_update(*args, **kwargs):
-            out = read(*args, **kwargs)
+        def complete_then_update(*args, **kwargs):
+            complete(*args, **kwargs)
             if not updated:
                 updated.append(True)
                 store.update("t", keys[:5], new)
-            return out
 
-        store._lookup_host = read_then_update
-        first = cupy.asnumpy(store.lookup("t", cupy.asarray(keys[:50])))
-        np.testing.assert_array_equal(first, rows[:50])  # began before the update: the old rows
-        store._lookup_host = read
-        second = cupy.asnumpy(store.lookup("t", cupy.asarray(keys[:50])))
+        store._host.complete = complete_then_update
+        first = cupy.asnumpy(store.lookup("t", cupy.asarray(query)))
+        assert updated
+        np.testing.assert_array_equal(first[:50], rows[:50])  # began before the update: the old rows
+        store._host.complete = complete
+        second = cupy.asnumpy(store.lookup("t", cupy.asarray(query)))
         np.testing.assert_array_equal(second[:5], new)
-        np.testing.assert_array_equal(second[5:], rows[5:50])
+        np.testing.assert_array_equal(second[5:50], rows[5:50])
+        np.testing.assert_array_equal(second[50], np.zeros(64, np.float32))
+
+
+@pytest.mark.parametrize("async_insert", [False, True])
+@pytest.mark.parametrize("out_dtype", ["float32", "float16"])
+def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_insert, out_dtype):
+    # Calls cut into 3 chunks of at least 5 key rows: sizes at, below and past the chunk sizes, two
+    # tables, hits, misses and keys that exist nowhere in some chunks only, against the host store.
+    cupy = _cupy()
+    from embedding_cache import gpu
+
+    monkeypatch.setattr(gpu, "_CHUNKS", 3)
+    monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 5)
+    rng = np.random.default_rng(5)
+    keys = rng.choice(10**9, 5_000, replace=False).astype(np.int64)
+    tables = {"a": (keys, rng.normal(size=(5_000, 16)).astype(np.float32)), "b": (keys[::-1].copy(), rng.normal(size=(5_000, 16)).astype(np.float32))}
+    path = build_store(tmp_path / "s", tables, missing={"a": "zeros", "b": [0.5] * 16})
+    with EmbeddingStore(path) as host_only, EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 20, gpu_async_insert=async_insert) as store:
+        for repeat in range(2):  # the second time partly from the cache
+            for n in (0, 1, 2, 4, 5, 6, 9, 10, 11, 14, 15, 16, 17, 100, 4_099):
+                ids = rng.choice(keys[: 300 * (repeat + 1)], size=(n, 2))
+                ids[n // 2:, 0][::3] = -7  # absent from a, in the later chunks only
+                expected = host_only.lookup_columns(["a", "b"], ids).astype(out_dtype)
+                got = cupy.asnumpy(store._lookup_device(["a", "b"], cupy.asarray(ids), None, None, None, out_dtype, columns=True))
+                np.testing.assert_array_equal(got, expected, err_msg=f"n={n}")
+
+
+def test_a_missing_key_error_in_a_later_chunk_leaves_the_tier_serving(tmp_path, monkeypatch):
+    # The error policy raises from the host tier's completion in the middle of a call (its third
+    # chunk); the call's queued work finishes, its staging is released, the next calls are exact.
+    cupy = _cupy()
+    from embedding_cache import gpu
+
+    monkeypatch.setattr(gpu, "_CHUNKS", 4)
+    monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 100)
+    rng = np.random.default_rng(6)
+    keys = np.arange(0, 20_000, 2, dtype=np.int64)
+    rows = rng.normal(size=(keys.size, 8)).astype(np.float32)
+    path = build_store(tmp_path / "s", {"t": (keys, rows)}, missing="error")
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 20) as store:
+        for _ in range(3):
+            query = rng.choice(keys, 1_000)
+            query[600] = 7  # odd: exists nowhere, in the third chunk (rows 500-749)
+            with pytest.raises(KeyError, match="not in table 't'"):
+                store.lookup("t", cupy.asarray(query))
+            query[600] = keys[0]
+            np.testing.assert_array_equal(cupy.asnumpy(store.lookup("t", cupy.asarray(query))), rows[query // 2])
 
 
 def test_bad_output_arguments(table):

@@ -39,6 +39,8 @@ class TierSetup:
         open: keyword arguments of :class:`EmbeddingStore` (e.g. a host budget far below the data).
         marks: pytest marks (``gpu`` for the GPU tier).
         device_keys: also look up device (cupy) keys.
+        lookup_chunks: the GPU tier's (chunks, fewest rows a chunk) instead of its defaults, so
+            that small batches are cut into several chunks too.
     """
 
     name: str
@@ -46,6 +48,7 @@ class TierSetup:
     open: dict[str, Any]
     marks: tuple[Any, ...] = ()
     device_keys: bool = False
+    lookup_chunks: tuple[int, int] | None = None
 
 
 # Host budget for ~1/10 of the rows of each table (row bytes + the host tier's per-row overhead).
@@ -61,6 +64,8 @@ TIER_SETUPS = [
     TierSetup("gpu+host", {}, {"device": 0, "gpu_cache_bytes": _GPU_CACHE}, (pytest.mark.gpu,), True),
     TierSetup("gpu+host-budget+rocksdb", {"persistent": True}, {"device": 0, "gpu_cache_bytes": _GPU_CACHE, "host_budget_bytes": _BUDGET},
               (pytest.mark.gpu, _ROCKSDB), True),
+    TierSetup("gpu-chunks+host-budget+rocksdb", {"persistent": True}, {"device": 0, "gpu_cache_bytes": _GPU_CACHE, "host_budget_bytes": _BUDGET},
+              (pytest.mark.gpu, _ROCKSDB), True, (3, 2)),
 ]
 
 
@@ -100,7 +105,13 @@ def opened(request, setup, tmp_path_factory) -> OpenedStore:
         reference[name] = {int(k): stored[i] for i, k in enumerate(keys)}
     missing = {"zeros": "zeros", "vector": DEFAULT_VECTOR, "error": "error"}
     path = build_store(tmp_path_factory.mktemp(f"{setup.name}-{dtype}") / "store", tables, dtype=dtype, missing=missing, **setup.build)
-    store = EmbeddingStore(path, threads=2, **setup.open)
+    with pytest.MonkeyPatch.context() as patch:
+        if setup.lookup_chunks is not None:
+            from embedding_cache import gpu
+
+            patch.setattr(gpu, "_CHUNKS", setup.lookup_chunks[0])
+            patch.setattr(gpu, "_MIN_CHUNK_ROWS", setup.lookup_chunks[1])
+        store = EmbeddingStore(path, threads=2, **setup.open)
     yield OpenedStore(store, setup, dtype, keys, reference)
     store.close()
 

@@ -33,7 +33,7 @@ for stage in "$@"; do
   t0=$(date +%s)
   case "$stage" in
     tests)
-      (cd /tmp && timeout 330 python3 -P -m pytest -q -p no:cacheprovider "$R/tests/test_gpu.py" "$R/tests/test_gpu_cache.py" "$R/tests/test_gpu_staging.py" \
+      (cd /tmp && timeout 330 python3 -P -m pytest -q -p no:cacheprovider "$R/tests/test_gpu.py" "$R/tests/test_gpu_cache.py" "$R/tests/test_tier_lookup_plan.py" \
         "$R/tests/test_cache_policy.py" "$R/tests/test_core.py" "$R/tests/test_dlpack.py" "$R/tests/test_store_properties.py" \
         "$R/tests/test_persistent.py") >"$OUT/tests.log" 2>&1
       tail -25 "$OUT/tests.log" ;;

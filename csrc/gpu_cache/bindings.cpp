@@ -1,13 +1,18 @@
 // pybind11 bindings of the GPU cache (CUDA builds) and of its host twin, the policy simulator (all builds).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "gpu_cache/miss_plan.hpp"
 #include "gpu_cache/set_cache_sim.hpp"
 #if TRITONREC_HAS_CUDA
 #include "gpu_cache/gpu_cache.hpp"
+#include "gpu_cache/tier_lookup.hpp"
 #endif
 
 namespace py = pybind11;
@@ -27,6 +32,31 @@ void find_async(const GpuCache& cache, const GpuCache::FindArgs& args, uintptr_t
     py::gil_scoped_acquire acquire;
     throw py::value_error(e.what());
   }
+}
+
+// GpuTierLookup::lookup with the GIL released; `complete` is called back with it held, on numpy views of
+// the call's pinned host buffers (valid during the callback only).
+std::vector<int64_t> tier_lookup(GpuTierLookup& self, const std::vector<GpuCache*>& caches,
+                                 const std::vector<const HostTable*>& hosts, const std::vector<uint32_t>& ticks, uintptr_t keys,
+                                 int64_t n, uintptr_t out, GpuOutDtype out_dtype, uintptr_t stream, ThreadPool& pool,
+                                 const py::function& complete) {
+  if (caches.size() != hosts.size() || caches.size() != ticks.size()) {
+    throw py::value_error("caches, hosts, ticks: expected one of each per column");
+  }
+  std::vector<TierColumn> columns;
+  for (size_t t = 0; t < caches.size(); ++t) columns.push_back({caches[t], hosts[t], ticks[t]});
+  const int64_t dim = caches.empty() || caches[0] == nullptr ? 0 : caches[0]->dim();
+  CompleteMisses fn = [&complete, dim](int column, int64_t m, const int64_t* k, float* rows, uint8_t* found, int64_t hits) {
+    py::gil_scoped_acquire acquire;
+    py::none base;  // views, not copies
+    py::array_t<int64_t> k_view({m}, {static_cast<int64_t>(sizeof(int64_t))}, k, base);
+    py::array_t<float> rows_view({m, dim}, {dim * static_cast<int64_t>(sizeof(float)), static_cast<int64_t>(sizeof(float))}, rows, base);
+    py::array_t<uint8_t> found_view({m}, {int64_t{1}}, found, base);
+    complete(column, k_view, rows_view, found_view, hits);
+  };
+  py::gil_scoped_release release;
+  return self.lookup(columns, reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<void*>(out), out_dtype,
+                     reinterpret_cast<cudaStream_t>(stream), pool, fn);
 }
 #endif
 
@@ -100,6 +130,40 @@ Args:
 Returns:
     uint8 (n,): 1 where the access hit.
 )doc");
+
+  m.def(
+      "lookup_chunks",
+      [](int64_t n, int chunks, int64_t min_rows) {
+        std::vector<std::pair<int64_t, int64_t>> ranges;
+        try {
+          for (const RowRange& r : lookup_chunks(n, chunks, min_rows)) ranges.emplace_back(r.begin, r.end);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+        return ranges;
+      },
+      py::arg("n"), py::arg("chunks"), py::arg("min_rows"),
+      "The key rows [begin, end) a GPU tier lookup of n rows is cut into: at most `chunks` ranges of ceil(n / chunks) "
+      "rows but at least min_rows (the last takes the rest), in order.");
+  m.def(
+      "compact_found",
+      [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> keys,
+         py::array_t<float, py::array::c_style | py::array::forcecast> rows,
+         py::array_t<uint8_t, py::array::c_style | py::array::forcecast> found) {
+        if (keys.ndim() != 1 || rows.ndim() != 2 || found.ndim() != 1 || rows.shape(0) != keys.shape(0) ||
+            found.shape(0) != keys.shape(0)) {
+          throw py::value_error("keys (m,), rows (m, dim), found (m,): expected matching shapes");
+        }
+        const int64_t m = keys.shape(0), dim = rows.shape(1);
+        py::array_t<int64_t> keys_out(m);
+        py::array_t<float> rows_out({m, dim});
+        const int64_t present =
+            compact_found(keys.data(), rows.data(), found.data(), m, dim, keys_out.mutable_data(), rows_out.mutable_data());
+        return py::make_tuple(keys_out[py::slice(0, present, 1)], rows_out[py::slice(0, present, 1)]);
+      },
+      py::arg("keys"), py::arg("rows"), py::arg("found"),
+      "(keys, rows) of the keys where found != 0, in order: what a GPU tier lookup inserts of a piece of misses some of "
+      "whose keys exist nowhere.");
 
 #if TRITONREC_HAS_CUDA
   static_assert(GpuCache::kWays == kGpuCacheWays, "the host twin's default is the GPU cache's set size");
@@ -192,34 +256,33 @@ Returns:
       .def_property_readonly("dim", &GpuCache::dim)
       .def_property_readonly("device", &GpuCache::device)
       .def_property_readonly("bytes", &GpuCache::bytes, "Device memory held, in bytes.");
-  m.def(
-      "gather_miss_keys",
-      [](uintptr_t keys, int columns, int64_t n, uintptr_t miss_index, uintptr_t counts, int64_t max_count,
-         uintptr_t out_keys, int device, uintptr_t stream) {
-        py::gil_scoped_release release;
-        gather_miss_keys_async(reinterpret_cast<const int64_t*>(keys), columns, n,
-                               reinterpret_cast<const int32_t*>(miss_index), reinterpret_cast<const int32_t*>(counts),
-                               max_count, reinterpret_cast<int64_t*>(out_keys), device,
-                               reinterpret_cast<cudaStream_t>(stream));
-      },
-      py::arg("keys"), py::arg("columns"), py::arg("n"), py::arg("miss_index"), py::arg("counts"), py::arg("max_count"),
-      py::arg("out_keys"), py::arg("device"), py::arg("stream"),
-      "Asynchronous: the missed keys of every column of keys device int64 (n, columns) into out_keys device int64, "
-      "column by column (column t's are miss_index[t * n + j], j < counts[t]; counts device int32 (columns,)).");
-  m.def(
-      "scatter_miss_rows",
-      [](uintptr_t out, GpuOutDtype out_dtype, int columns, int64_t n, int64_t dim, uintptr_t miss_index,
-         uintptr_t counts, int64_t max_count, uintptr_t row_of, uintptr_t rows, int device, uintptr_t stream) {
-        py::gil_scoped_release release;
-        scatter_miss_rows_async(reinterpret_cast<void*>(out), out_dtype, columns, n, dim,
-                                reinterpret_cast<const int32_t*>(miss_index), reinterpret_cast<const int32_t*>(counts),
-                                max_count, reinterpret_cast<const int32_t*>(row_of), reinterpret_cast<const float*>(rows),
-                                device, reinterpret_cast<cudaStream_t>(stream));
-      },
-      py::arg("out"), py::arg("out_dtype"), py::arg("columns"), py::arg("n"), py::arg("dim"), py::arg("miss_index"),
-      py::arg("counts"), py::arg("max_count"), py::arg("row_of"), py::arg("rows"), py::arg("device"), py::arg("stream"),
-      "Asynchronous: writes rows device fp32 (u, dim) into out (n, columns, dim) of out_dtype at the misses, in "
-      "gather_miss_keys's order: miss j of column t gets rows[row_of[offset(t) + j]] (row_of 0: rows[offset(t) + j]).");
+  py::class_<GpuTierLookup>(m, "GpuTierLookup",
+                            "A GPU tier's lookups: device keys through the tables' GPU caches, misses read from the host tables, "
+                            "written into the output and inserted, in one call with the GIL released (thread-safe).")
+      .def(py::init([](int device, int stagings, int chunks, int64_t min_chunk_rows, bool async_insert) {
+             try {
+               return new GpuTierLookup(device, TierLookupOptions{stagings, chunks, min_chunk_rows, async_insert});
+             } catch (const std::invalid_argument& e) {
+               throw py::value_error(e.what());
+             }
+           }),
+           py::arg("device"), py::arg("stagings") = 2, py::arg("chunks") = 4, py::arg("min_chunk_rows") = 65536,
+           py::arg("async_insert") = false)
+      .def("lookup", &tier_lookup, py::arg("caches"), py::arg("hosts"), py::arg("ticks"), py::arg("keys"), py::arg("n"),
+           py::arg("out"), py::arg("out_dtype"), py::arg("stream"), py::arg("pool"), py::arg("complete"),
+           "keys device int64 (n, columns) C-contiguous, column t through caches[t] over hosts[t] at LRU clock ticks[t], into "
+           "out device (n, columns, dim) of out_dtype; complete(column, keys, rows, found, hits) is called for missed keys "
+           "the host table did not all hold. Returns each column's GPU-cache misses; the output is queued on `stream`.")
+      .def(
+          "invalidate",
+          [](GpuTierLookup& self, GpuCache& cache, py::array_t<int64_t, py::array::c_style | py::array::forcecast> keys) {
+            if (keys.ndim() != 1) throw py::value_error("keys: expected a 1-D int64 array");
+            py::gil_scoped_release release;
+            self.invalidate(cache, keys.data(), keys.shape(0));
+          },
+          py::arg("cache"), py::arg("keys"),
+          "Drops host keys int64 (n,) from `cache` after every insert queued before; returns when done.")
+      .def_property_readonly("async_insert", [](const GpuTierLookup& self) { return self.options().async_insert; });
   m.def("gpu_cache_slot_bytes", &gpu_cache_slot_bytes, py::arg("dim"), py::arg("dtype"), py::arg("admission") = false,
         "Device bytes per cached row (row, 8-byte slot word, lock share, and the admission sketch's share).");
 #endif

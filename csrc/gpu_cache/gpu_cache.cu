@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "gpu_cache/detail/cuda_check.hpp"
 #include "gpu_cache/detail/insert.cuh"
 #include "gpu_cache/detail/invalidate.cuh"
 #include "gpu_cache/detail/lookup.cuh"
@@ -15,27 +16,8 @@
 namespace tritonrec {
 namespace {
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    (void)cudaGetLastError();
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
-  }
-}
-
-/// Makes `device` current for a scope and restores the previous device.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { (void)cudaSetDevice(previous_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-};
+using detail::check;
+using detail::DeviceGuard;
 
 constexpr int kThreads = 256;  // 8 warps per block
 
@@ -216,11 +198,11 @@ dim3 miss_grid(int columns, int64_t items_per_column, int items_per_block) {
 
 void gather_miss_keys_async(const int64_t* keys, int columns, int64_t n, const int32_t* miss_index,
                             const int32_t* counts, int64_t max_count, int64_t* out_keys, int device,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, int64_t* host_keys, int32_t* host_counts) {
   if (columns <= 0 || max_count <= 0) return;
   DeviceGuard guard(device);
   detail::gather_miss_keys_kernel<<<miss_grid(columns, max_count, kThreads), kThreads, 0, stream>>>(
-      keys, columns, n, miss_index, counts, out_keys);
+      keys, columns, n, miss_index, counts, out_keys, host_keys, host_counts);
   check(cudaGetLastError(), "gather_miss_keys_kernel");
 }
 

@@ -95,10 +95,11 @@ int64_t gpu_cache_slot_bytes(int64_t dim, GpuRowDtype dtype, bool admission = fa
 /// The miss path of a lookup of `columns` key columns (keys (n, columns) row-major, column t looked
 /// up in table t): writes column t's missed keys, miss_index[t * n + j] for j < counts[t], to
 /// out_keys[offset(t) + j], offset(t) = counts[0] + ... + counts[t - 1]. `max_count` >= every
-/// count (sizes the grid). Asynchronous on `stream` of `device`.
+/// count (sizes the grid). With host_keys (mapped pinned host memory, same layout) the keys are written
+/// there too, and with host_counts (mapped, (columns,)) the counts. Asynchronous on `stream` of `device`.
 void gather_miss_keys_async(const int64_t* keys, int columns, int64_t n, const int32_t* miss_index,
                             const int32_t* counts, int64_t max_count, int64_t* out_keys, int device,
-                            cudaStream_t stream);
+                            cudaStream_t stream, int64_t* host_keys = nullptr, int32_t* host_counts = nullptr);
 
 /// Writes the host's rows of the misses into a lookup's output (n, columns, dim) of `out_dtype`:
 /// the row of miss j of column t is rows[row_of[offset(t) + j]], or rows[offset(t) + j] when row_of is null (rows fp32 (u, dim), device).

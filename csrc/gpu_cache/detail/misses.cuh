@@ -16,15 +16,20 @@ __device__ __forceinline__ int64_t miss_offset(const int32_t* counts, int t) {
   return offset;
 }
 
-/// out_keys[offset(t) + j] = keys[miss_index[t * n + j] * columns + t] for j < counts[t].
+/// out_keys[offset(t) + j] = keys[miss_index[t * n + j] * columns + t] for j < counts[t], and the
+/// same into host_keys when it is not null (mapped host memory: the host reads the missed keys once
+/// the kernel is done, without a copy); host_counts[t] = counts[t] when it is not null (mapped too).
 __global__ void gather_miss_keys_kernel(const int64_t* keys, int columns, int64_t n, const int32_t* miss_index,
-                                        const int32_t* counts, int64_t* out_keys) {
+                                        const int32_t* counts, int64_t* out_keys, int64_t* host_keys, int32_t* host_counts) {
   for (int t = blockIdx.y; t < columns; t += gridDim.y) {
     const int64_t count = counts[t];
     const int64_t offset = miss_offset(counts, t);
+    if (host_counts != nullptr && blockIdx.x == 0 && threadIdx.x == 0) host_counts[t] = static_cast<int32_t>(count);
     for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < count;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      out_keys[offset + j] = keys[static_cast<int64_t>(miss_index[t * n + j]) * columns + t];
+      const int64_t key = keys[static_cast<int64_t>(miss_index[t * n + j]) * columns + t];
+      out_keys[offset + j] = key;
+      if (host_keys != nullptr) host_keys[offset + j] = key;
     }
   }
 }

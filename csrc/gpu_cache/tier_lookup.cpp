@@ -1,0 +1,406 @@
+#include "gpu_cache/tier_lookup.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "gpu_cache/detail/cuda_check.hpp"
+#include "gpu_cache/miss_plan.hpp"
+
+namespace tritonrec {
+namespace {
+
+using detail::check;
+using detail::DeviceGuard;
+
+size_t align256(size_t bytes) { return (bytes + 255) & ~size_t{255}; }
+
+/// A growable pinned host buffer, mapped into the devices' address space (the same address there).
+class Pinned {
+ public:
+  Pinned() = default;
+  ~Pinned() {
+    if (ptr_ != nullptr) (void)cudaFreeHost(ptr_);
+  }
+  Pinned(const Pinned&) = delete;
+  Pinned& operator=(const Pinned&) = delete;
+
+  /// The buffer, grown to at least `bytes` when smaller (to a power of two of at least 1 MiB, so that
+  /// calls of about one size do not pin memory again and again: pinning tens of MB takes
+  /// milliseconds); its contents are lost when it grows. Nothing may be copying out of it then.
+  char* reserve(size_t bytes) {
+    if (bytes > bytes_) {
+      size_t size = std::max<size_t>(size_t{1} << 20, 2 * bytes_);
+      while (size < bytes) size *= 2;
+      void* fresh = nullptr;
+      check(cudaHostAlloc(&fresh, size, cudaHostAllocMapped | cudaHostAllocPortable), "cudaHostAlloc");
+      if (ptr_ != nullptr) (void)cudaFreeHost(ptr_);
+      ptr_ = fresh;
+      bytes_ = size;
+    }
+    return static_cast<char*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+cudaEvent_t new_event() {
+  cudaEvent_t event = nullptr;
+  check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  return event;
+}
+
+/// True when the event has completed; a pending one is not an error (and leaves none behind).
+bool event_done(cudaEvent_t event) {
+  const cudaError_t status = cudaEventQuery(event);
+  if (status == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  check(status, "cudaEventQuery");
+  return true;
+}
+
+}  // namespace
+
+/// One caller's host buffers and events, reused across its calls (held under `mutex` for a call).
+struct GpuTierLookup::Staging {
+  std::mutex mutex;
+  Pinned listed;                   // mapped: counts int32 (chunks, columns) | missed keys int64 (n * columns), by the gathers
+  std::vector<Pinned> rows;        // per chunk: the missed keys' rows fp32, read from the host, copied to the device
+  std::vector<Pinned> packed;      // per chunk: the keys and rows that exist, when some keys of the chunk do not
+  std::vector<uint8_t> found;      // (n * columns): where a missed key exists
+  std::vector<cudaEvent_t> ready;  // per chunk: its misses are listed in `listed`
+  std::vector<cudaEvent_t> sent;   // per chunk: its rows are on the device and scattered (the insert stream waits)
+  cudaEvent_t copied = nullptr;    // after the last copy out of rows / packed
+  cudaEvent_t ended = nullptr;     // after a call's last work on its stream (the insert stream waits before freeing)
+  bool copies_queued = false;      // `copied` has been recorded
+};
+
+/// The state of one lookup call.
+struct GpuTierLookup::Call {
+  Staging& staging;
+  const std::vector<TierColumn>& columns;
+  cudaStream_t stream;
+  const int64_t* keys;  // device (n, k)
+  char* out;            // device (n, k, dim) of out_dtype
+  GpuOutDtype out_dtype;
+  int k = 0;
+  int64_t n = 0, dim = 0, chunk_rows = 0;
+  size_t out_row_bytes = 0;  // bytes of one key row of the output (k * dim elements)
+  std::vector<RowRange> chunks;
+  int32_t* miss_index = nullptr;  // device (chunks, k, chunk_rows): chunk c's column t at + (c * k + t) * rows of c
+  int32_t* counts = nullptr;      // device (chunks, k)
+  int64_t* missed = nullptr;      // device (n * k): chunk c's missed keys from + begin * k, column after column
+  int32_t* host_counts = nullptr;  // mapped (chunks, k)
+  int64_t* host_missed = nullptr;  // mapped, as `missed`
+  std::vector<uint64_t> generations;  // of each column's cache when the call began
+  std::vector<int64_t> misses;        // per column
+  std::vector<int64_t> offsets;       // the chunk being read: (k + 1,) offsets of its columns' misses
+  std::vector<int64_t> present;       // the chunk being read: (k,) of its columns' misses that exist
+  std::vector<void*> allocations;     // device memory, freed in stream order when the call ends
+  int listed = 0;                     // chunks whose lookups and gathers are queued
+  bool copies_waited = false;         // the staging's last user's copies are done
+};
+
+GpuTierLookup::GpuTierLookup(int device, const TierLookupOptions& options) : device_(device), options_(options) {
+  if (options.stagings < 1) throw std::invalid_argument("stagings: expected >= 1");
+  if (options.chunks < 1) throw std::invalid_argument("chunks: expected >= 1");
+  if (options.min_chunk_rows < 1) throw std::invalid_argument("min_chunk_rows: expected >= 1");
+  DeviceGuard guard(device);
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  check(cudaMemPoolCreate(&pool_, &props), "cudaMemPoolCreate");
+  uint64_t keep = std::numeric_limits<uint64_t>::max();  // freed memory stays in the pool for the next calls
+  check(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  if (options.async_insert) check(cudaStreamCreateWithFlags(&insert_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  for (int i = 0; i < options.stagings; ++i) {
+    auto staging = std::make_unique<Staging>();
+    staging->rows = std::vector<Pinned>(static_cast<size_t>(options.chunks));
+    staging->packed = std::vector<Pinned>(static_cast<size_t>(options.chunks));
+    for (int c = 0; c < options.chunks; ++c) {
+      staging->ready.push_back(new_event());
+      staging->sent.push_back(new_event());
+    }
+    staging->copied = new_event();
+    staging->ended = new_event();
+    stagings_.push_back(std::move(staging));
+  }
+}
+
+GpuTierLookup::~GpuTierLookup() {
+  int previous = 0;
+  if (cudaGetDevice(&previous) == cudaSuccess) (void)cudaSetDevice(device_);
+  for (cudaEvent_t event : pending_) {
+    (void)cudaEventSynchronize(event);
+    (void)cudaEventDestroy(event);
+  }
+  for (auto& staging : stagings_) {
+    if (staging->copies_queued) (void)cudaEventSynchronize(staging->copied);  // before its pinned buffers go
+    for (cudaEvent_t event : staging->ready) (void)cudaEventDestroy(event);
+    for (cudaEvent_t event : staging->sent) (void)cudaEventDestroy(event);
+    (void)cudaEventDestroy(staging->copied);
+    (void)cudaEventDestroy(staging->ended);
+  }
+  if (insert_stream_ != nullptr) {
+    (void)cudaStreamSynchronize(insert_stream_);
+    (void)cudaStreamDestroy(insert_stream_);
+  }
+  stagings_.clear();
+  (void)cudaMemPoolDestroy(pool_);  // memory still queued for freeing goes back once freed
+  (void)cudaSetDevice(previous);
+}
+
+void* GpuTierLookup::allocate(size_t bytes, cudaStream_t stream) {
+  void* ptr = nullptr;
+  check(cudaMallocFromPoolAsync(&ptr, std::max<size_t>(bytes, 1), pool_, stream), "cudaMallocFromPoolAsync");
+  return ptr;
+}
+
+GpuTierLookup::Staging& GpuTierLookup::take_staging(std::unique_lock<std::mutex>& held) {
+  for (auto& staging : stagings_) {  // the first free one, so a lone caller always takes the first
+    std::unique_lock<std::mutex> lock(staging->mutex, std::try_to_lock);
+    if (lock.owns_lock()) {
+      held = std::move(lock);
+      return *staging;
+    }
+  }
+  held = std::unique_lock<std::mutex>(stagings_[0]->mutex);
+  return *stagings_[0];
+}
+
+std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t* keys, int64_t n, void* out,
+                                           GpuOutDtype out_dtype, cudaStream_t stream, ThreadPool& pool,
+                                           const CompleteMisses& complete) {
+  const int k = static_cast<int>(columns.size());
+  if (k == 0) throw std::invalid_argument("columns: expected at least one");
+  if (n < 0) throw std::invalid_argument("n: expected >= 0");
+  for (const TierColumn& column : columns) {
+    if (column.cache == nullptr || column.host == nullptr) throw std::invalid_argument("columns: a cache and a host table each");
+    if (column.cache->dim() != columns[0].cache->dim() || column.host->dim() != column.cache->dim()) {
+      throw std::invalid_argument("columns: expected one dim, in every cache and host table");
+    }
+    if (column.cache->device() != device_) throw std::invalid_argument("columns: a cache on another device than the lookup's");
+  }
+  std::vector<int64_t> misses(static_cast<size_t>(k), 0);
+  if (n == 0) return misses;
+  DeviceGuard guard(device_);
+  std::unique_lock<std::mutex> held;
+  Staging& staging = take_staging(held);
+  Call call{staging, columns, stream, keys, static_cast<char*>(out), out_dtype};
+  call.k = k;
+  call.n = n;
+  call.dim = columns[0].cache->dim();
+  call.out_row_bytes = static_cast<size_t>(k * call.dim) * (out_dtype == GpuOutDtype::kFloat16 ? 2 : 4);
+  call.chunks = lookup_chunks(n, options_.chunks, options_.min_chunk_rows);
+  call.chunk_rows = call.chunks[0].end - call.chunks[0].begin;
+  call.misses = std::move(misses);
+  {
+    std::lock_guard<std::mutex> lock(insert_mutex_);
+    for (const TierColumn& column : columns) call.generations.push_back(generations_[column.cache]);
+  }
+  const size_t chunks = call.chunks.size();
+  const size_t index_bytes = align256(chunks * static_cast<size_t>(k * call.chunk_rows) * sizeof(int32_t));
+  const size_t counts_bytes = align256(chunks * static_cast<size_t>(k) * sizeof(int32_t));
+  const size_t keys_bytes = static_cast<size_t>(n * k) * sizeof(int64_t);
+  try {
+    char* block = static_cast<char*>(allocate(index_bytes + counts_bytes + keys_bytes, stream));
+    call.allocations.push_back(block);
+    call.miss_index = reinterpret_cast<int32_t*>(block);
+    call.counts = reinterpret_cast<int32_t*>(block + index_bytes);
+    call.missed = reinterpret_cast<int64_t*>(block + index_bytes + counts_bytes);
+    char* listed = staging.listed.reserve(counts_bytes + keys_bytes);  // its last user's gathers are done
+    call.host_counts = reinterpret_cast<int32_t*>(listed);
+    call.host_missed = reinterpret_cast<int64_t*>(listed + counts_bytes);
+    staging.found.resize(static_cast<size_t>(n * k));
+    for (size_t c = 0; c < chunks; ++c) {
+      const RowRange& range = call.chunks[c];
+      const int64_t rows = range.end - range.begin;
+      int32_t* index = call.miss_index + c * static_cast<size_t>(k * call.chunk_rows);
+      for (int t = 0; t < k; ++t) {
+        GpuCache::FindArgs args;
+        args.keys = keys + range.begin * k + t;
+        args.key_stride = k;
+        args.n = rows;
+        args.out = call.out + range.begin * call.out_row_bytes + static_cast<size_t>(t) * (call.out_row_bytes / k);
+        args.out_stride = k * call.dim;
+        args.out_dtype = out_dtype;
+        args.miss_index = index + t * rows;
+        args.miss_count = call.counts + c * k + t;
+        args.tick = columns[t].tick;
+        columns[t].cache->find_async(args, stream);
+      }
+      gather_miss_keys_async(keys + range.begin * k, k, rows, index, call.counts + c * k, rows, call.missed + range.begin * k,
+                             device_, stream, call.host_missed + range.begin * k, call.host_counts + c * k);
+      check(cudaEventRecord(staging.ready[c], stream), "cudaEventRecord");
+      call.listed = static_cast<int>(c) + 1;
+    }
+    for (size_t c = 0; c < chunks; ++c) {
+      read_chunk(call, static_cast<int>(c), pool, complete);
+      send_chunk(call, static_cast<int>(c));
+    }
+  } catch (...) {
+    end_call(call, true);
+    throw;
+  }
+  end_call(call, false);
+  return call.misses;
+}
+
+void GpuTierLookup::read_chunk(Call& call, int c, ThreadPool& pool, const CompleteMisses& complete) {
+  Staging& staging = call.staging;
+  const int k = call.k;
+  check(cudaEventSynchronize(staging.ready[c]), "cudaEventSynchronize(chunk listed)");
+  const int32_t* counts = call.host_counts + static_cast<size_t>(c) * k;
+  call.offsets.assign(static_cast<size_t>(k) + 1, 0);
+  call.present.assign(static_cast<size_t>(k), 0);
+  for (int t = 0; t < k; ++t) {
+    call.offsets[t + 1] = call.offsets[t] + counts[t];
+    call.misses[t] += counts[t];
+  }
+  const int64_t total = call.offsets[k];
+  if (total == 0) return;
+  if (!call.copies_waited) {  // the staging's last user may still be copying out of its rows
+    if (staging.copies_queued) check(cudaEventSynchronize(staging.copied), "cudaEventSynchronize(copied)");
+    call.copies_waited = true;
+  }
+  float* rows = reinterpret_cast<float*>(staging.rows[c].reserve(static_cast<size_t>(total * call.dim) * sizeof(float)));
+  const int64_t begin = call.chunks[c].begin * k;
+  const int64_t* keys = call.host_missed + begin;
+  uint8_t* found = staging.found.data() + begin;
+  for (int t = 0; t < k; ++t) {
+    const int64_t m = counts[t], at = call.offsets[t];
+    if (m == 0) continue;
+    int64_t hits = call.columns[t].host->find(keys + at, m, rows + at * call.dim, found + at, pool);
+    if (hits < m) {
+      complete(t, m, keys + at, rows + at * call.dim, found + at, hits);
+      hits = std::count_if(found + at, found + at + m, [](uint8_t f) { return f != 0; });
+    }
+    call.present[t] = hits;
+  }
+}
+
+void GpuTierLookup::send_chunk(Call& call, int c) {
+  const int k = call.k;
+  const int64_t total = call.offsets[k], dim = call.dim;
+  if (total == 0) return;
+  Staging& staging = call.staging;
+  const RowRange& range = call.chunks[c];
+  const int64_t rows = range.end - range.begin, begin = range.begin * k;
+  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
+  const float* host_rows = reinterpret_cast<const float*>(staging.rows[c].reserve(0));
+  auto* device_rows = static_cast<float*>(allocate(static_cast<size_t>(total) * row_bytes, call.stream));
+  call.allocations.push_back(device_rows);
+  check(cudaMemcpyAsync(device_rows, host_rows, static_cast<size_t>(total) * row_bytes, cudaMemcpyHostToDevice, call.stream),
+        "cudaMemcpyAsync(rows)");
+  // What each column inserts: its missed keys and rows as they are when all exist, else those that
+  // exist, packed on the host and sent apart.
+  std::vector<const int64_t*> insert_keys(static_cast<size_t>(k), nullptr);
+  std::vector<const float*> insert_rows(static_cast<size_t>(k), nullptr);
+  size_t packed_bytes = 0;
+  for (int t = 0; t < k; ++t) {
+    const int64_t m = call.offsets[t + 1] - call.offsets[t], present = call.present[t];
+    if (present > 0 && present < m) packed_bytes += align256(present * sizeof(int64_t)) + align256(present * row_bytes);
+  }
+  char* host_packed = packed_bytes ? staging.packed[c].reserve(packed_bytes) : nullptr;
+  char* device_packed = packed_bytes ? static_cast<char*>(allocate(packed_bytes, call.stream)) : nullptr;
+  if (device_packed != nullptr) call.allocations.push_back(device_packed);
+  size_t at = 0;
+  for (int t = 0; t < k; ++t) {
+    const int64_t first = call.offsets[t], m = call.offsets[t + 1] - first, present = call.present[t];
+    if (present == m) {
+      insert_keys[t] = call.missed + begin + first;
+      insert_rows[t] = device_rows + first * dim;
+    } else if (present > 0) {
+      const size_t rows_at = at + align256(present * sizeof(int64_t));
+      compact_found(call.host_missed + begin + first, host_rows + first * dim, staging.found.data() + begin + first, m, dim,
+                    reinterpret_cast<int64_t*>(host_packed + at), reinterpret_cast<float*>(host_packed + rows_at));
+      insert_keys[t] = reinterpret_cast<const int64_t*>(device_packed + at);
+      insert_rows[t] = reinterpret_cast<const float*>(device_packed + rows_at);
+      at = rows_at + align256(present * row_bytes);
+    }
+  }
+  if (at > 0) check(cudaMemcpyAsync(device_packed, host_packed, at, cudaMemcpyHostToDevice, call.stream), "cudaMemcpyAsync(packed)");
+  check(cudaEventRecord(staging.copied, call.stream), "cudaEventRecord(copied)");
+  staging.copies_queued = true;
+  scatter_miss_rows_async(call.out + range.begin * call.out_row_bytes, call.out_dtype, k, rows,
+                          dim, call.miss_index + c * static_cast<size_t>(k * call.chunk_rows), call.counts + c * k, rows, nullptr,
+                          device_rows, device_, call.stream);
+  cudaStream_t target = call.stream;
+  if (insert_stream_ != nullptr) {
+    check(cudaEventRecord(staging.sent[c], call.stream), "cudaEventRecord(sent)");
+    check(cudaStreamWaitEvent(insert_stream_, staging.sent[c], 0), "cudaStreamWaitEvent");
+    target = insert_stream_;
+  }
+  std::lock_guard<std::mutex> lock(insert_mutex_);
+  bool queued = false;
+  for (int t = 0; t < k; ++t) {
+    const TierColumn& column = call.columns[t];
+    if (call.present[t] == 0 || generations_[column.cache] != call.generations[t]) continue;  // invalidated since its rows were read
+    column.cache->insert_async(insert_keys[t], insert_rows[t], call.present[t], column.tick, target);
+    queued = true;
+  }
+  if (queued) {  // an invalidation waits for these inserts (an update must not be overtaken by rows read before it)
+    pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
+                                  [](cudaEvent_t event) { return event_done(event) && cudaEventDestroy(event) == cudaSuccess; }),
+                   pending_.end());
+    cudaEvent_t event = new_event();
+    pending_.push_back(event);
+    check(cudaEventRecord(event, target), "cudaEventRecord(inserted)");
+  }
+}
+
+void GpuTierLookup::end_call(Call& call, bool failed) {
+  Staging& staging = call.staging;
+  if (failed) {  // what was queued finishes before the staging's buffers go to another call
+    (void)cudaStreamSynchronize(call.stream);
+    (void)cudaGetLastError();
+  }
+  cudaStream_t target = call.stream;
+  if (insert_stream_ != nullptr && !call.allocations.empty()) {  // freed after the inserts, which read the rows and keys
+    const cudaError_t recorded = cudaEventRecord(staging.ended, call.stream);
+    if (recorded == cudaSuccess && cudaStreamWaitEvent(insert_stream_, staging.ended, 0) == cudaSuccess) target = insert_stream_;
+  }
+  cudaError_t status = cudaSuccess;
+  for (void* ptr : call.allocations) {
+    const cudaError_t freed = cudaFreeAsync(ptr, target);
+    if (status == cudaSuccess) status = freed;
+  }
+  if (!failed) check(status, "cudaFreeAsync");
+  (void)cudaGetLastError();
+}
+
+void GpuTierLookup::invalidate(GpuCache& cache, const int64_t* keys, int64_t n) {
+  if (n <= 0) return;
+  DeviceGuard guard(device_);
+  std::lock_guard<std::mutex> lock(insert_mutex_);
+  ++generations_[&cache];
+  for (cudaEvent_t event : pending_) {  // inserts queued by earlier lookups, on any stream, first
+    check(cudaEventSynchronize(event), "cudaEventSynchronize(inserted)");
+  }
+  for (cudaEvent_t event : pending_) (void)cudaEventDestroy(event);
+  pending_.clear();
+  cudaStream_t stream = nullptr;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  struct StreamOwner {
+    cudaStream_t stream;
+    ~StreamOwner() {
+      (void)cudaStreamSynchronize(stream);
+      (void)cudaStreamDestroy(stream);
+    }
+  } owner{stream};
+  void* device_keys = allocate(static_cast<size_t>(n) * sizeof(int64_t), stream);
+  check(cudaMemcpyAsync(device_keys, keys, static_cast<size_t>(n) * sizeof(int64_t), cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync(keys)");
+  cache.invalidate_async(static_cast<const int64_t*>(device_keys), n, stream);
+  check(cudaFreeAsync(device_keys, stream), "cudaFreeAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+}
+
+}  // namespace tritonrec

@@ -1,0 +1,95 @@
+// GpuTierLookup: a GPU tier's lookup of device keys through its tables' GPU caches, with the misses
+// read from the host tables, written into the output and offered to the caches, all in one call with
+// no Python between the steps (the bindings release the GIL for it), so that concurrent callers
+// overlap in everything but the host reads.
+//
+// A call's key rows are cut into chunks (miss_plan.hpp). Every chunk's lookup kernels and miss
+// gather are queued at once on the caller's stream; the gather writes the chunk's missed keys and
+// counts into mapped pinned host memory. Then, chunk by chunk, the host waits for that chunk only,
+// reads its missed keys from the host tables (the thread pool) into pinned memory, and queues their
+// copy to the device, the scatter into the output and the inserts: chunk c's rows are read while
+// chunk c - 1's are copied and inserted.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "gpu_cache/gpu_cache.hpp"
+#include "host_store/host_table.hpp"
+#include "host_store/thread_pool.hpp"
+
+namespace tritonrec {
+
+/// One column of a lookup: its table's GPU cache and host table, and the LRU clock of the call
+/// (policy.hpp's lru_clock of the table's misses so far). All columns of a call have one dim.
+struct TierColumn {
+  GpuCache* cache = nullptr;
+  const HostTable* host = nullptr;
+  uint32_t tick = 0;
+};
+
+/// Completes m missed keys of `column` that the host table did not all hold (`hits` of them found):
+/// reads the rest from lower tiers and applies the missing-key policy, setting found[i] where a key
+/// exists. Host memory, valid for the call only: keys (m,), rows fp32 (m, dim), found (m,). It may
+/// throw; the lookup then throws it on, its staging released and its queued work left to finish.
+using CompleteMisses = std::function<void(int column, int64_t m, const int64_t* keys, float* rows, uint8_t* found, int64_t hits)>;
+
+struct TierLookupOptions {
+  int stagings = 2;                ///< pinned stagings shared by concurrent callers (a caller takes a free one)
+  int chunks = 4;                  ///< most chunks a call is cut into
+  int64_t min_chunk_rows = 65536;  ///< fewest key rows a chunk (but for the last)
+  bool async_insert = false;       ///< insert on the lookup's own stream (false) or on one of its own (true)
+};
+
+/// The lookups of one GPU tier (any number of tables, one device). Thread-safe: calls may run at once,
+/// each on its own stream. Copy deleted.
+class GpuTierLookup {
+ public:
+  /// @throw std::invalid_argument a bad option. @throw std::runtime_error a CUDA error.
+  GpuTierLookup(int device, const TierLookupOptions& options);
+  ~GpuTierLookup();
+  GpuTierLookup(const GpuTierLookup&) = delete;
+  GpuTierLookup& operator=(const GpuTierLookup&) = delete;
+
+  /// Looks up keys device int64 (n, columns) C-contiguous, column t in columns[t], into out device
+  /// (n, columns, dim) C-contiguous of out_dtype: every key's true row where it exists in some tier,
+  /// else what `complete` wrote. Returns when the output is queued on `stream` (inserts may still run
+  /// on the tier's insert stream); waits on `stream` (never the device) for each chunk's misses.
+  /// @return each column's GPU-cache misses.
+  /// @throw std::invalid_argument bad arguments (no columns, dims that differ, out rows not aligned).
+  /// @throw std::runtime_error a CUDA error; whatever `complete` throws.
+  std::vector<int64_t> lookup(const std::vector<TierColumn>& columns, const int64_t* keys, int64_t n, void* out,
+                              GpuOutDtype out_dtype, cudaStream_t stream, ThreadPool& pool, const CompleteMisses& complete);
+
+  /// Drops host keys (n,) from `cache`; returns when done. Inserts queued by earlier lookups are
+  /// waited for first, and lookups still reading rows from the host will not insert them into `cache`.
+  void invalidate(GpuCache& cache, const int64_t* keys, int64_t n);
+
+  const TierLookupOptions& options() const noexcept { return options_; }
+
+ private:
+  struct Staging;
+  struct Call;
+  Staging& take_staging(std::unique_lock<std::mutex>& held);
+  void read_chunk(Call& call, int c, ThreadPool& pool, const CompleteMisses& complete);
+  void send_chunk(Call& call, int c);
+  void end_call(Call& call, bool failed);
+  void* allocate(size_t bytes, cudaStream_t stream);
+
+  int device_;
+  TierLookupOptions options_;
+  std::vector<std::unique_ptr<Staging>> stagings_;
+  cudaMemPool_t pool_ = nullptr;          // device memory of calls in flight (stream-ordered)
+  cudaStream_t insert_stream_ = nullptr;  // with async_insert
+  std::mutex insert_mutex_;               // orders inserts against invalidations
+  std::unordered_map<const GpuCache*, uint64_t> generations_;  // bumped by each invalidation of a cache
+  std::vector<cudaEvent_t> pending_;       // after inserts that may not have run yet
+};
+
+}  // namespace tritonrec
