@@ -161,6 +161,10 @@ class GpuCache:
     def invalidate(self, keys: int, n: int, stream: int) -> None:
         """Drops keys device int64 (n,)."""
     @property
+    def lru_tick(self) -> int:
+        """The LRU clock a lookup starting now gets: :func:`lru_clock` of the misses that
+        :class:`GpuTierLookup` counted into this cache so far."""
+    @property
     def capacity_rows(self) -> int: ...
     @property
     def dim(self) -> int: ...
@@ -178,10 +182,10 @@ class GpuTierLookup:
     def __init__(self, device: int, stagings: int = 2, chunks: int = 4, min_chunk_rows: int = 65536, async_insert: bool = False) -> None:
         """chunks, min_chunk_rows: how a call's key rows are cut (see :func:`lookup_chunks`);
         async_insert: insert on a stream of its own instead of the lookup's."""
-    def lookup(self, caches: list[GpuCache], hosts: list[HostTable], ticks: list[int], keys: int, n: int, out: int, out_dtype: GpuOutDtype,
+    def lookup(self, caches: list[GpuCache], hosts: list[HostTable], keys: int, n: int, out: int, out_dtype: GpuOutDtype,
                stream: int, pool: ThreadPool, complete: Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.uint8], int], None]) -> list[int]:
         """``keys`` device int64 (n, columns) C-contiguous, column t through ``caches[t]`` over
-        ``hosts[t]`` at LRU clock ``ticks[t]``, into ``out`` device (n, columns, dim) C-contiguous of
+        ``hosts[t]`` (at the cache's LRU clock, read once the call has a staging), into ``out`` device (n, columns, dim) C-contiguous of
         ``out_dtype``. ``complete(column, keys (m,), rows float32 (m, dim), found uint8 (m,), hits)`` is
         called (GIL held, views of pinned memory valid during the call) for a column's missed keys
         that its host table did not all hold; what it raises, the lookup raises. Returns each

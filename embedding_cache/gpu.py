@@ -60,13 +60,7 @@ class _TableCache:
     cache: Any
     dim: int
     lookups: int = 0
-    misses: int = 0  # also the LRU clock's input (see tick)
-
-    @property
-    def tick(self) -> int:
-        """The table's LRU clock (uint32): one tick per 1/16 of the capacity missed, so it stands
-        still while lookups hit and a hit writes its slot's tick only when the clock moved."""
-        return _core.lru_clock(self.misses, self.cache.capacity_rows)
+    misses: int = 0
 
 
 class GpuTier:
@@ -156,8 +150,7 @@ class GpuTier:
                 out = cp.empty((n, len(entries), dim), dtype=out_dtype)
             if n == 0:
                 return out
-            ticks = [entry.tick for entry in entries]  # the inserts of this call's misses use them too
-            misses = self._lookup.lookup([e.cache for e in entries], list(hosts), ticks, keys.data.ptr, n, out.data.ptr,
+            misses = self._lookup.lookup([e.cache for e in entries], list(hosts), keys.data.ptr, n, out.data.ptr,
                                          getattr(_core.GpuOutDtype, out_dtype), s.ptr, pool, complete)
             with self._stats_lock:
                 for entry, count in zip(entries, misses):

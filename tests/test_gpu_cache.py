@@ -244,6 +244,27 @@ def test_threads_looking_up_at_once_each_get_their_own_rows(table, async_insert)
         assert gpu["hits"] + gpu["misses"] == 4 * sum(s + s // 10 for s in (1, 2, 3_000, 40_000, 0, 25_000))
 
 
+def test_the_lru_clock_counts_every_lookups_misses(table):
+    # The clock a lookup gets is read in C++ once the call has its staging (not before a caller waits
+    # for one, which left it many ticks behind the other callers' with four at once): lru_clock of
+    # every miss counted so far, whichever thread or stream counted it.
+    import threading
+
+    cupy = _cupy()
+    path, keys, _ = table
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=4_096 * 300) as store:
+        cache = store._gpu._tables["t"].cache
+        assert cache.lru_tick == _core.lru_clock(0, cache.capacity_rows) == 1
+        threads = [threading.Thread(target=lambda i=i: store.lookup("t", cupy.asarray(keys[i * 10_000:(i + 1) * 10_000]))) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        misses = store.stats()["t"]["tiers"]["gpu"]["misses"]
+        assert misses == 40_000  # keys never asked before
+        assert cache.lru_tick == _core.lru_clock(misses, cache.capacity_rows) > 100
+
+
 def test_a_cache_over_one_gigabyte(tmp_path):
     cupy = _cupy()
     rng = np.random.default_rng(4)

@@ -37,14 +37,12 @@ void find_async(const GpuCache& cache, const GpuCache::FindArgs& args, uintptr_t
 // GpuTierLookup::lookup with the GIL released; `complete` is called back with it held, on numpy views of
 // the call's pinned host buffers (valid during the callback only).
 std::vector<int64_t> tier_lookup(GpuTierLookup& self, const std::vector<GpuCache*>& caches,
-                                 const std::vector<const HostTable*>& hosts, const std::vector<uint32_t>& ticks, uintptr_t keys,
+                                 const std::vector<const HostTable*>& hosts, uintptr_t keys,
                                  int64_t n, uintptr_t out, GpuOutDtype out_dtype, uintptr_t stream, ThreadPool& pool,
                                  const py::function& complete) {
-  if (caches.size() != hosts.size() || caches.size() != ticks.size()) {
-    throw py::value_error("caches, hosts, ticks: expected one of each per column");
-  }
+  if (caches.size() != hosts.size()) throw py::value_error("caches, hosts: expected one of each per column");
   std::vector<TierColumn> columns;
-  for (size_t t = 0; t < caches.size(); ++t) columns.push_back({caches[t], hosts[t], ticks[t]});
+  for (size_t t = 0; t < caches.size(); ++t) columns.push_back({caches[t], hosts[t]});
   const int64_t dim = caches.empty() || caches[0] == nullptr ? 0 : caches[0]->dim();
   CompleteMisses fn = [&complete, dim](int column, int64_t m, const int64_t* k, float* rows, uint8_t* found, int64_t hits) {
     py::gil_scoped_acquire acquire;
@@ -252,6 +250,8 @@ Returns:
             cache.invalidate_async(reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<cudaStream_t>(stream));
           },
           py::arg("keys"), py::arg("n"), py::arg("stream"), "Asynchronous on `stream`: drops keys device int64 (n,).")
+      .def_property_readonly("lru_tick", &GpuCache::lru_tick,
+                             "The LRU clock a lookup starting now gets: lru_clock of the misses GpuTierLookup counted so far.")
       .def_property_readonly("capacity_rows", &GpuCache::capacity_rows)
       .def_property_readonly("dim", &GpuCache::dim)
       .def_property_readonly("device", &GpuCache::device)
@@ -268,9 +268,9 @@ Returns:
            }),
            py::arg("device"), py::arg("stagings") = 2, py::arg("chunks") = 4, py::arg("min_chunk_rows") = 65536,
            py::arg("async_insert") = false)
-      .def("lookup", &tier_lookup, py::arg("caches"), py::arg("hosts"), py::arg("ticks"), py::arg("keys"), py::arg("n"),
+      .def("lookup", &tier_lookup, py::arg("caches"), py::arg("hosts"), py::arg("keys"), py::arg("n"),
            py::arg("out"), py::arg("out_dtype"), py::arg("stream"), py::arg("pool"), py::arg("complete"),
-           "keys device int64 (n, columns) C-contiguous, column t through caches[t] over hosts[t] at LRU clock ticks[t], into "
+           "keys device int64 (n, columns) C-contiguous, column t through caches[t] over hosts[t] (at the cache's LRU clock), into "
            "out device (n, columns, dim) of out_dtype; complete(column, keys, rows, found, hits) is called for missed keys "
            "the host table did not all hold. Returns each column's GPU-cache misses; the output is queued on `stream`.")
       .def(

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "gpu_cache/policy.hpp"
@@ -70,6 +71,11 @@ class GpuCache {
   /// Drops the listed keys (absent ones are ignored). Asynchronous on `stream`.
   void invalidate_async(const int64_t* keys, int64_t n, cudaStream_t stream);
 
+  /// The LRU clock for a lookup starting now: policy.hpp's lru_clock of the misses counted so far.
+  uint32_t lru_tick() const noexcept { return lru_clock(clock_misses_.load(std::memory_order_relaxed), capacity_rows()); }
+  /// Counts a lookup's misses into the LRU clock (thread-safe; GpuTierLookup counts them as it learns them).
+  void count_misses(int64_t n) noexcept { clock_misses_.fetch_add(n, std::memory_order_relaxed); }
+
   int64_t capacity_rows() const noexcept { return sets_ * kWays; }
   int64_t dim() const noexcept { return options_.dim; }
   int device() const noexcept { return options_.device; }
@@ -86,6 +92,7 @@ class GpuCache {
   uint32_t* sketch_ = nullptr;  // (4, sketch_width_) with admission
   int64_t sketch_width_ = 0;
   int64_t inserted_since_aging_ = 0;
+  std::atomic<int64_t> clock_misses_{0};
 };
 
 /// Bytes per row slot of a cache (row storage plus its 8-byte slot word, the set's lock share and, with

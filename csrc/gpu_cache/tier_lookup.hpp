@@ -13,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -26,12 +27,10 @@
 
 namespace tritonrec {
 
-/// One column of a lookup: its table's GPU cache and host table, and the LRU clock of the call
-/// (policy.hpp's lru_clock of the table's misses so far). All columns of a call have one dim.
+/// One column of a lookup: its table's GPU cache and host table. All columns of a call have one dim.
 struct TierColumn {
   GpuCache* cache = nullptr;
   const HostTable* host = nullptr;
-  uint32_t tick = 0;
 };
 
 /// Completes m missed keys of `column` that the host table did not all hold (`hits` of them found):
@@ -57,7 +56,8 @@ class GpuTierLookup {
   GpuTierLookup(const GpuTierLookup&) = delete;
   GpuTierLookup& operator=(const GpuTierLookup&) = delete;
 
-  /// Looks up keys device int64 (n, columns) C-contiguous, column t in columns[t], into out device
+  /// Looks up keys device int64 (n, columns) C-contiguous, column t in columns[t], at each cache's LRU
+  /// clock (GpuCache::lru_tick, read once the call has its staging; the misses counted as learnt), into out device
   /// (n, columns, dim) C-contiguous of out_dtype: every key's true row where it exists in some tier,
   /// else what `complete` wrote. Returns when the output is queued on `stream` (inserts may still run
   /// on the tier's insert stream); waits on `stream` (never the device) for each chunk's misses.
@@ -76,7 +76,8 @@ class GpuTierLookup {
  private:
   struct Staging;
   struct Call;
-  Staging& take_staging(std::unique_lock<std::mutex>& held);
+  Staging& take_staging();
+  void release_staging(Staging& staging);
   void read_chunk(Call& call, int c, ThreadPool& pool, const CompleteMisses& complete);
   void send_chunk(Call& call, int c);
   void end_call(Call& call, bool failed);
@@ -85,6 +86,9 @@ class GpuTierLookup {
   int device_;
   TierLookupOptions options_;
   std::vector<std::unique_ptr<Staging>> stagings_;
+  std::mutex stagings_mutex_;               // guards the stagings' `busy` and the queue of callers
+  std::condition_variable staging_freed_;
+  uint64_t next_ticket_ = 0, serving_ = 0;  // callers wait for a staging in the order they came
   cudaMemPool_t pool_ = nullptr;          // device memory of calls in flight (stream-ordered)
   cudaStream_t insert_stream_ = nullptr;  // with async_insert
   std::mutex insert_mutex_;               // orders inserts against invalidations
