@@ -73,7 +73,7 @@ for stage in "$@"; do
       else echo "no ncu on this machine"; fi ;;
     host-path)  # tools/probe_host_path.py: host memory bandwidth, host tier reads by threads, the GPU pulling rows from host memory
       timeout 300 python3 -P tools/probe_host_path.py >"$OUT/host-path.md" 2>&1; cat "$OUT/host-path.md" ;;
-    miss-path)  # tools/profile_miss_path.py: a lookup with misses under cProfile (host reads, waits, the rest)
+    miss-path)  # tools/profile_miss_path.py: lookups with misses by the chunks a call is cut into, one and two callers
       timeout 300 python3 -P tools/profile_miss_path.py >"$OUT/miss-path.md" 2>&1; cat "$OUT/miss-path.md" ;;
     hit-rates)
       timeout 400 python3 -P benchmarks/bench_cache_hit_rates.py --gpu >"$OUT/hit-rates.log" 2>&1; tail -25 "$OUT/hit-rates.log" ;;
