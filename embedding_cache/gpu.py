@@ -43,7 +43,7 @@ OUT_DTYPES = ("float32", "float16")
 CompleteMisses = Callable[[int, np.ndarray, np.ndarray, np.ndarray, int], None]
 
 _STAGINGS = 2  # concurrent lookups' pinned stagings (double-buffered)
-_CHUNKS = 2  # a lookup's keys are cut into at most this many chunks (H200, 1M keys at 0.90 hits, two callers: 1 chunk 0.93 G keys/s, 2: 1.02, 4: 0.72, 8: 0.68)
+_CHUNKS = 4  # a lookup's keys are cut into at most this many chunks (measured on the H200 in RESULTS; the chunk probe had 2 ahead with two callers at 0.90 hits, 4 with one at 0.98: to be settled by the bench)
 _MIN_CHUNK_ROWS = 65_536  # fewest key rows a chunk (each costs a wait, a host call and a copy)
 
 

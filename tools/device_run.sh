@@ -2,7 +2,8 @@
 # Runs on the GPU machine (the device tool), from the repository root: builds tritonrec into the
 # machine's Python, then the named stages, copying logs and benchmarks/RESULTS.md to $OUT after each.
 #   bash tools/device_run.sh tests gpu-cache triton
-# SKIP_BUILD=1 skips the build (a second call to a machine still warm from the first).
+# SKIP_BUILD=1 skips the build (a second call to a machine still warm from the first) but copies the tree's
+# Python files over the installed package (a Python-only change is measured, not the last build's copy).
 # .gl/rocksdb.tar.xz, when carried, gives the build a RocksDB tier (tools/pack_rocksdb_for_gpu.sh).
 # Stages: ncu-cache (tools/profile_gpu_cache.py, then under ncu), host-path (tools/probe_host_path.py), miss-path (tools/profile_miss_path.py), tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), gpu-cache-misses (its lookups with misses only), triton (bench_gpu_lookup_triton.py;
 # needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), probe-variants (benchmarks/cpp/gpu_probe_variants.cu), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
@@ -25,7 +26,10 @@ if [ -f .gl/rocksdb.tar.xz ]; then  # RocksDB from Debian's .deb files (tools/pa
   export LD_LIBRARY_PATH=/tmp/rdb/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 t0=$(date +%s)
-if [ -n "${SKIP_BUILD:-}" ]; then echo "SKIP_BUILD: the tree installed by this machine's last run"
+if [ -n "${SKIP_BUILD:-}" ]; then  # the compiled parts of this machine's last build, this tree's Python files over it
+  site=$(cd /tmp && python3 -P -c "import embedding_cache, os; print(os.path.dirname(os.path.dirname(embedding_cache.__file__)))")
+  for f in $(find embedding_cache tritonrec -name '*.py' -o -name '*.pyi'); do mkdir -p "$site/$(dirname "$f")"; cp "$f" "$site/$f"; done
+  echo "SKIP_BUILD: the last build's compiled parts, this tree's Python files (into $site)"
 else python3 -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }; fi
 python3 -P -c "import embedding_cache as e; print('cuda', e.has_cuda, 'rocksdb', e._core.has_rocksdb, 'devices', e.cuda_device_count())"
 echo "built in $(( $(date +%s) - t0 )) s"
