@@ -18,8 +18,9 @@ lookups on different streams are safe: the insert kernel writes each slot as a s
 the lookup kernel re-checks each hit's slot after copying its row (a changed slot counts as a miss).
 
 Several threads may look up at once, each on its own stream: their misses go through two pinned
-stagings (double-buffered), so one caller's rows are read from the host while another's are copied,
-and nothing of a call but the host's reads holds a lock another caller waits on.
+stagings (double-buffered; more callers wait for one in the order they came), so one caller's rows
+are read from the host while another's are copied. A call holds the GIL only while the host tier
+completes keys its host tables lack. Each cache's LRU clock is read once the call has its staging.
 """
 
 from __future__ import annotations
