@@ -221,7 +221,7 @@ def _effective_rates(cp) -> list[str]:
     import tempfile
     import time
 
-    from embedding_cache import EmbeddingStore
+    from embedding_cache import EmbeddingStore, gpu
 
     dim, n, hot_n = 64, 1 << 20, 200_000
     rng = np.random.default_rng(5)
@@ -234,7 +234,8 @@ def _effective_rates(cp) -> list[str]:
     h2d = (256 << 20) / _time(cp, lambda: device.set(host), 10)
     del device
     lines = [
-        f"Effective lookup rate through EmbeddingStore (device keys, {n:,} per call, dim {dim}, fp32, LRU; {hot_n:,} hot keys cached, "
+        f"Effective lookup rate through EmbeddingStore (device keys, {n:,} per call cut into at most {gpu._CHUNKS} chunks, dim {dim}, "
+        f"fp32, LRU; {hot_n:,} hot keys cached, "
         f"misses are keys never asked before, read from the host store in memory, {small_n:,} rows); pinned host-to-device copy "
         f"in the same run: {h2d / 1e9:.1f} GB/s. The parts, each timed alone: a call of as many keys from the hot set only (all hits "
         "but for hot keys the cache's sets could not hold), the host tiers' read of as many keys as the call misses (numpy keys never "
@@ -374,7 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--all-hit-only", action="store_true", help="skip the effective-rate tables")
     parser.add_argument("--misses-only", action="store_true", help="only the effective-rate tables (lookups with misses)")
+    parser.add_argument("--chunks", type=int, default=None,
+                        help="the GPU tier's chunks a lookup is cut into (embedding_cache.gpu._CHUNKS; default: the product's)")
     args = parser.parse_args(argv)
+    if args.chunks is not None:
+        if args.chunks < 1:
+            parser.error(f"--chunks {args.chunks}: expected >= 1")
+        from embedding_cache import gpu
+
+        gpu._CHUNKS = args.chunks
 
     import cupy as cp
 

@@ -61,3 +61,18 @@ def test_the_lru_clock_simulation_refuses_sizes_too_small(tmp_path):
     done = subprocess.run([str(binary), "10", "100"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "rows: expected >= 100" in done.stderr
+
+
+def test_the_gpu_cache_bench_refuses_a_chunk_count_below_one(capsys):
+    # --chunks sets the GPU tier's chunks a lookup is cut into for the run (recorded in the command
+    # line RESULTS.md shows); a bad count is refused by name before anything touches the GPU.
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_gpu_cache
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    with pytest.raises(SystemExit):
+        bench_gpu_cache.main(["--chunks", "0"])
+    assert "--chunks 0: expected >= 1" in capsys.readouterr().err

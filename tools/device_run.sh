@@ -45,8 +45,8 @@ for stage in "$@"; do
       timeout 240 python3 -P benchmarks/bench_gpu_plan.py >"$OUT/gpu-plan.log" 2>&1; tail -20 "$OUT/gpu-plan.log" ;;
     gpu-cache)
       timeout 420 python3 -P benchmarks/bench_gpu_cache.py >"$OUT/gpu-cache.log" 2>&1; tail -40 "$OUT/gpu-cache.log" ;;
-    gpu-cache-misses)  # only the lookups with misses (section gpu-cache-misses)
-      timeout 540 python3 -P benchmarks/bench_gpu_cache.py --misses-only >"$OUT/gpu-cache-misses.log" 2>&1; tail -45 "$OUT/gpu-cache-misses.log" ;;
+    gpu-cache-misses)  # only the lookups with misses (section gpu-cache-misses); MISSES_ARGS, e.g. "--chunks 2"
+      timeout 540 python3 -P benchmarks/bench_gpu_cache.py --misses-only ${MISSES_ARGS:-} >"$OUT/gpu-cache-misses.log" 2>&1; tail -45 "$OUT/gpu-cache-misses.log" ;;
     recheck-ab)  # the all-hit table with each way of ordering the lookup's re-check (rebuilds; ends on the default)
       for mode in 0 1 2; do
         python3 -m pip install --no-build-isolation --no-deps -C cmake.define.TRITONREC_RECHECK=$mode . >"$OUT/build-$mode.log" 2>&1 || tail -20 "$OUT/build-$mode.log"
