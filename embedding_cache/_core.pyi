@@ -195,6 +195,9 @@ class GpuTierLookup:
         read rows before it do not insert them. Returns when done."""
     @property
     def async_insert(self) -> bool: ...
+    @property
+    def pool_bytes(self) -> int:
+        """Device memory its pool holds for calls (in flight or kept for the next ones), in bytes."""
 
 def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) -> int:
     """Device bytes per cached row (row, 8-byte slot word, lock share, and the admission sketch's share)."""

@@ -265,6 +265,26 @@ def test_the_lru_clock_counts_every_lookups_misses(table):
         assert cache.lru_tick == _core.lru_clock(misses, cache.capacity_rows) > 100
 
 
+@pytest.mark.parametrize("async_insert", [False, True])
+def test_the_lookups_device_memory_stays_bounded_over_many_calls(table, async_insert):
+    # Each call takes its device memory from the tier's stream-ordered pool and frees it in stream
+    # order (with async_insert on the insert stream, which the callers' streams never wait for): the
+    # pool must reuse it, not grow by a call's memory every call (about 5 MB here).
+    cupy = _cupy()
+    path, keys, rows = table
+    rng = np.random.default_rng(9)
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=4_096 * 300, gpu_async_insert=async_insert) as store:
+        sizes = []
+        for call in range(80):
+            query = rng.choice(keys, 20_000)  # a 4,096-row cache: most of them miss
+            got = store.lookup("t", cupy.asarray(query))
+            if call % 20 == 19:
+                np.testing.assert_array_equal(cupy.asnumpy(got), _reference(keys, rows, query))
+            sizes.append(store._gpu._lookup.pool_bytes)
+        assert store.stats()["t"]["tiers"]["gpu"]["misses"] > 60 * 15_000
+        assert sizes[-1] <= 2 * sizes[9] + (64 << 20), sizes[9::10]
+
+
 def test_a_cache_over_one_gigabyte(tmp_path):
     cupy = _cupy()
     rng = np.random.default_rng(4)

@@ -133,12 +133,14 @@ GpuTierLookup::GpuTierLookup(int device, const TierLookupOptions& options) : dev
   check(cudaMemPoolCreate(&pool_, &props), "cudaMemPoolCreate");
   uint64_t keep = std::numeric_limits<uint64_t>::max();  // freed memory stays in the pool for the next calls
   check(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
-  // No reuse that would make one caller's stream wait for another's work: memory freed on a stream is
-  // reused on it (or after an event the allocating stream already waits for), else the pool grows.
-  // (H200, two callers: 0.98 hits 1.42 -> 2.06 G keys/s, 0.90 hits 0.21 -> 0.69 without these reuses.)
+  // No reuse that would make one caller's stream wait for another's work (the driver's internal
+  // dependencies): memory freed on another stream is reused once that free has run (opportunistic
+  // reuse, which adds no wait), else the pool grows. (H200, two callers, with both reuses off: 0.98
+  // hits 1.42 -> 2.06 G keys/s, 0.90 hits 0.21 -> 0.69.) Opportunistic reuse must stay: with
+  // async_insert every free runs on the insert stream, which no caller's stream waits for and the host
+  // never synchronizes, so without it no lookup could reuse that memory and the pool would grow every call.
   int no = 0;
   check(cudaMemPoolSetAttribute(pool_, cudaMemPoolReuseAllowInternalDependencies, &no), "cudaMemPoolSetAttribute");
-  check(cudaMemPoolSetAttribute(pool_, cudaMemPoolReuseAllowOpportunistic, &no), "cudaMemPoolSetAttribute");
   if (options.async_insert) check(cudaStreamCreateWithFlags(&insert_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
   for (int i = 0; i < options.stagings; ++i) {
     auto staging = std::make_unique<Staging>();
@@ -175,6 +177,12 @@ GpuTierLookup::~GpuTierLookup() {
   stagings_.clear();
   (void)cudaMemPoolDestroy(pool_);  // memory still queued for freeing goes back once freed
   (void)cudaSetDevice(previous);
+}
+
+int64_t GpuTierLookup::pool_bytes() const {
+  uint64_t reserved = 0;
+  check(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &reserved), "cudaMemPoolGetAttribute");
+  return static_cast<int64_t>(reserved);
 }
 
 void* GpuTierLookup::allocate(size_t bytes, cudaStream_t stream) {

@@ -72,6 +72,8 @@ class GpuTierLookup {
   void invalidate(GpuCache& cache, const int64_t* keys, int64_t n);
 
   const TierLookupOptions& options() const noexcept { return options_; }
+  /// Device memory its pool holds for calls (in flight or kept for the next ones), in bytes.
+  int64_t pool_bytes() const;
 
  private:
   struct Staging;
