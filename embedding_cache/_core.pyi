@@ -194,8 +194,6 @@ class GpuTierLookup:
         """Drops host keys int64 (n,) from ``cache`` after every insert queued before; lookups that
         read rows before it do not insert them. Returns when done."""
     @property
-    def async_insert(self) -> bool: ...
-    @property
     def pool_bytes(self) -> int:
         """Device memory its pool holds for calls (in flight or kept for the next ones), in bytes."""
 

@@ -282,7 +282,6 @@ Returns:
           },
           py::arg("cache"), py::arg("keys"),
           "Drops host keys int64 (n,) from `cache` after every insert queued before; returns when done.")
-      .def_property_readonly("async_insert", [](const GpuTierLookup& self) { return self.options().async_insert; })
       .def_property_readonly("pool_bytes", &GpuTierLookup::pool_bytes,
                              "Device memory its pool holds for calls (in flight or kept for the next ones), in bytes.");
   m.def("gpu_cache_slot_bytes", &gpu_cache_slot_bytes, py::arg("dim"), py::arg("dtype"), py::arg("admission") = false,

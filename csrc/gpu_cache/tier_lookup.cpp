@@ -103,7 +103,7 @@ struct GpuTierLookup::Call {
   char* out;            // device (n, k, dim) of out_dtype
   GpuOutDtype out_dtype;
   int k = 0;
-  int64_t n = 0, dim = 0, chunk_rows = 0;
+  int64_t dim = 0, chunk_rows = 0;
   size_t out_row_bytes = 0;  // bytes of one key row of the output (k * dim elements)
   std::vector<RowRange> chunks;
   int32_t* miss_index = nullptr;  // device (chunks, k, chunk_rows): chunk c's column t at + (c * k + t) * rows of c
@@ -244,7 +244,6 @@ std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& column
   } release{this, staging};
   Call call{staging, columns, stream, keys, static_cast<char*>(out), out_dtype};
   call.k = k;
-  call.n = n;
   call.dim = columns[0].cache->dim();
   call.out_row_bytes = static_cast<size_t>(k * call.dim) * (out_dtype == GpuOutDtype::kFloat16 ? 2 : 4);
   call.chunks = lookup_chunks(n, options_.chunks, options_.min_chunk_rows);

@@ -71,7 +71,6 @@ class GpuTierLookup {
   /// waited for first, and lookups still reading rows from the host will not insert them into `cache`.
   void invalidate(GpuCache& cache, const int64_t* keys, int64_t n);
 
-  const TierLookupOptions& options() const noexcept { return options_; }
   /// Device memory its pool holds for calls (in flight or kept for the next ones), in bytes.
   int64_t pool_bytes() const;
 
