@@ -118,6 +118,12 @@ def _store_of(path: Path, rows_n: int, dim: int) -> Path:
     return build_store(path, {"t": (keys, rows)})
 
 
+def _mixed_keys(rng, hot: np.ndarray, fresh: np.ndarray, n: int) -> np.ndarray:
+    """int64 (n,) keys of one call in random order: ``fresh`` (keys never asked before, so they
+    miss) and n - len(fresh) keys drawn from ``hot`` (cached)."""
+    return rng.permutation(np.concatenate([rng.choice(hot, n - fresh.size), fresh]))
+
+
 def _lookups(store, calls: list):
     """A callable: store.lookup of each device key array in ``calls``, back to back (for cuda_elapsed_s)."""
     return lambda: [store.lookup("t", q) for q in calls]
@@ -257,8 +263,7 @@ def _effective_rates(cp) -> list[str]:
         nonlocal taken
         out = []
         for _ in range(m):
-            out.append(cp.asarray(rng.permutation(np.concatenate([rng.choice(hot, n - misses_per_call),
-                                                                  cold[taken : taken + misses_per_call]]))))
+            out.append(cp.asarray(_mixed_keys(rng, hot, cold[taken : taken + misses_per_call], n)))
             taken += misses_per_call
         assert taken + 5 * int(round(0.1 * n)) <= cold.size, "too few cold keys for the concurrent calls"  # the reads take the last
         return out
@@ -271,7 +276,7 @@ def _effective_rates(cp) -> list[str]:
             store.prefetch("t", cp.asarray(hot))
             calls, host_calls = [], []
             for c in range(8):
-                keys = rng.permutation(np.concatenate([rng.choice(hot, n - misses_per_call), cold[c * misses_per_call : (c + 1) * misses_per_call]]))
+                keys = _mixed_keys(rng, hot, cold[c * misses_per_call : (c + 1) * misses_per_call], n)
                 host_calls.append(keys)
                 calls.append(cp.asarray(keys))
             for q in calls[:3]:

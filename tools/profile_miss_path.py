@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from bench_gpu_cache import _concurrent, _rows_of, _store_of  # noqa: E402
+from bench_gpu_cache import _concurrent, _mixed_keys, _rows_of, _store_of  # noqa: E402
 
 DIM, N, HOT, ROWS = 64, 1 << 20, 200_000, 4_000_000
 CHUNKS = (1, 2, 4, 8)
@@ -41,7 +41,7 @@ def probe(cp, path: Path, chunks: int, rng, hot: np.ndarray, cold: np.ndarray) -
                 for _ in range(m):
                     fresh = cold[np.arange(cursor, cursor + misses) % cold.size]
                     cursor += misses
-                    out.append(cp.asarray(rng.permutation(np.concatenate([rng.choice(hot, N - misses), fresh]))))
+                    out.append(cp.asarray(_mixed_keys(rng, hot, fresh, N)))
                 return out
 
             for callers in (1, 2):
