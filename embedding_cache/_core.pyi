@@ -165,6 +165,12 @@ class GpuCache:
         """The LRU clock a lookup starting now gets: :func:`lru_clock` of the misses that
         :class:`GpuTierLookup` counted into this cache so far."""
     @property
+    def lookups(self) -> int:
+        """Keys :class:`GpuTierLookup` looked up in this cache so far."""
+    @property
+    def misses(self) -> int:
+        """The misses among them (what moves the LRU clock)."""
+    @property
     def capacity_rows(self) -> int: ...
     @property
     def dim(self) -> int: ...
@@ -196,6 +202,13 @@ class GpuTierLookup:
     @property
     def pool_bytes(self) -> int:
         """Device memory its pool holds for calls (in flight or kept for the next ones), in bytes."""
+    trace: bool
+    """Trace the calls from now on (each host step, and each chunk's GPU work by timing events) for
+    :meth:`last_trace`; a traced call waits for its streams at its end (a probe's setting)."""
+    def last_trace(self) -> list[tuple[str, int, float]]:
+        """The steps of the last traced call that ended without error: ``(what, chunk, us)``, chunk -1
+        for the call's own steps, microseconds after the call began (GPU steps, named ``"gpu ..."``,
+        by the GPU's clock counted from the call's start on its stream), in the order marked."""
 
 def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) -> int:
     """Device bytes per cached row (row, 8-byte slot word, lock share, and the admission sketch's share)."""

@@ -26,7 +26,6 @@ completes keys its host tables lack. Each cache's LRU clock is read once the cal
 from __future__ import annotations
 
 import dataclasses
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,8 +59,6 @@ def _cupy() -> Any:
 class _TableCache:
     cache: Any
     dim: int
-    lookups: int = 0
-    misses: int = 0
 
 
 class GpuTier:
@@ -97,7 +94,6 @@ class GpuTier:
             rows = max(_core.gpu_cache_min_rows, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
             self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission), dim)
         self._lookup = _core.GpuTierLookup(device, _STAGINGS, _CHUNKS, _MIN_CHUNK_ROWS, self.async_insert)
-        self._stats_lock = threading.Lock()  # concurrent lookups count their keys and misses
 
     def stream_of(self, stream: Any) -> Any:
         """The cupy stream of a lookup's ``stream`` argument (see :meth:`lookup_columns`)."""
@@ -151,12 +147,8 @@ class GpuTier:
                 out = cp.empty((n, len(entries), dim), dtype=out_dtype)
             if n == 0:
                 return out
-            misses = self._lookup.lookup([e.cache for e in entries], list(hosts), keys.data.ptr, n, out.data.ptr,
-                                         getattr(_core.GpuOutDtype, out_dtype), s.ptr, pool, complete)
-            with self._stats_lock:
-                for entry, count in zip(entries, misses):
-                    entry.lookups += n
-                    entry.misses += count
+            self._lookup.lookup([e.cache for e in entries], list(hosts), keys.data.ptr, n, out.data.ptr,
+                                getattr(_core.GpuOutDtype, out_dtype), s.ptr, pool, complete)
         return out
 
     def invalidate(self, table: str, keys: np.ndarray) -> None:
@@ -167,11 +159,13 @@ class GpuTier:
             self._lookup.invalidate(self._tables[table].cache, np.ascontiguousarray(keys, dtype=np.int64))
 
     def stats(self, table: str) -> dict[str, int]:
-        """``hits``, ``misses``, ``capacity_rows`` and ``bytes`` (device memory) of a table's cache."""
-        entry = self._tables[table]
+        """``hits``, ``misses``, ``capacity_rows`` and ``bytes`` (device memory) of a table's cache
+        (hits and misses as the lookups counted them in C++, chunk by chunk)."""
+        cache = self._tables[table].cache
+        lookups, misses = int(cache.lookups), int(cache.misses)
         return {
-            "hits": entry.lookups - entry.misses,
-            "misses": entry.misses,
-            "capacity_rows": int(entry.cache.capacity_rows),
-            "bytes": int(entry.cache.bytes),
+            "hits": lookups - misses,
+            "misses": misses,
+            "capacity_rows": int(cache.capacity_rows),
+            "bytes": int(cache.bytes),
         }

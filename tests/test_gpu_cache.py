@@ -266,6 +266,40 @@ def test_the_lru_clock_counts_every_lookups_misses(table):
 
 
 @pytest.mark.parametrize("async_insert", [False, True])
+def test_a_traced_lookup_marks_every_chunks_steps_in_order(table, monkeypatch, async_insert):
+    # The trace (tools/profile_miss_path.py's profile) of a call of 3 chunks, every chunk with misses:
+    # the host's steps in the order the call takes them, each chunk listed, read and sent, its GPU
+    # work timed before the call's streams were done; untraced calls leave the last trace as it was.
+    from embedding_cache import gpu
+
+    monkeypatch.setattr(gpu, "_CHUNKS", 3)
+    monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 1_000)
+    cupy = _cupy()
+    path, keys, rows = table
+    query = keys[np.random.default_rng(11).permutation(keys.size)[:6_000]]  # never asked before: all miss
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=4_096 * 300, gpu_async_insert=async_insert) as store:
+        lookup = store._gpu._lookup
+        assert lookup.trace is False and lookup.last_trace() == []
+        lookup.trace = True
+        got = store.lookup("t", cupy.asarray(query))
+        np.testing.assert_array_equal(cupy.asnumpy(got), _reference(keys, rows, query))
+        marks = lookup.last_trace()
+        host = [(what, chunk) for what, chunk, _ in marks if not what.startswith("gpu")]
+        steps = [(w, c) for c in range(3) for w in ("listed", "read", "sent")]
+        assert host == [("staging", -1), ("queued", -1), *steps, ("end", -1), ("stream done", -1)]
+        times = [us for what, _, us in marks if not what.startswith("gpu")]
+        assert times == sorted(times) and times[0] >= 0
+        gpu_steps = {(what, chunk): us for what, chunk, us in marks if what.startswith("gpu")}
+        assert set(gpu_steps) == {(w, c) for c in range(3) for w in ("gpu listed", "gpu copied", "gpu scattered", "gpu inserted")}
+        assert all(0 <= us <= times[-1] + 50 for us in gpu_steps.values())
+        for c in range(3):
+            assert gpu_steps["gpu listed", c] <= gpu_steps["gpu copied", c] <= gpu_steps["gpu scattered", c]
+        lookup.trace = False
+        store.lookup("t", cupy.asarray(query[:10]))
+        assert lookup.last_trace() == marks
+
+
+@pytest.mark.parametrize("async_insert", [False, True])
 def test_the_lookups_device_memory_stays_bounded_over_many_calls(table, async_insert):
     # Each call takes its device memory from the tier's stream-ordered pool and frees it in stream
     # order (with async_insert on the insert stream, which the callers' streams never wait for): the

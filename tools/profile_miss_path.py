@@ -1,14 +1,22 @@
-"""How the GPU tier's miss path scales with the chunks a call is cut into (issue 16): the calls of
-``bench_gpu_cache.py``'s effective-rate table (1,048,576 device keys a call, dim 64 fp32, 0.90 and
-0.98 set hit rates, misses never asked before, lookup-stream inserts) with ``embedding_cache.gpu._CHUNKS``
-at 1, 2, 4 and 8, one and two callers at once, every output checked. Run on the GPU machine
-(``tools/device_run.sh miss-path``).
+"""The GPU tier's miss path, probed (issue 16), on the calls of ``bench_gpu_cache.py``'s
+effective-rate table (1,048,576 device keys a call, dim 64 fp32, 0.90 and 0.98 set hit rates, misses
+never asked before, lookup-stream inserts), every output checked. Run on the GPU machine.
+
+- default (``tools/device_run.sh miss-path``): ``embedding_cache.gpu._CHUNKS`` at 1, 2, 4 and 8, one
+  and two callers at once.
+- ``--trace`` (``tools/device_run.sh miss-trace``): where one caller's call goes, step by step
+  (``GpuTierLookup.trace``: the host's steps and each chunk's GPU work, median over the traced
+  calls), at 2 and 4 chunks; then ``--contention``.
+- ``--contention``: the host reads of a call's misses timed alone and while pinned host-to-device
+  copies run (they read the same host memory), and the copies' rate alone and beside the reads.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +61,132 @@ def probe(cp, path: Path, chunks: int, rng, hot: np.ndarray, cold: np.ndarray) -
     return lines
 
 
+TRACED = 10
+
+
+def _trace_table(marks: list[list[tuple[str, int, float]]]) -> list[str]:
+    """Median (over calls) of each step's time, in the order of the medians, with what it took since
+    the step before on the same side (host or GPU)."""
+    steps = {}
+    for call in marks:
+        for what, chunk, us in call:
+            steps.setdefault((what, chunk), []).append(us)
+    medians = sorted(((float(np.median(v)), what, chunk) for (what, chunk), v in steps.items()))
+    lines = ["| step | chunk | us after the call began (median) | us since the step before, same side |", "|---|---:|---:|---:|"]
+    last = {True: 0.0, False: 0.0}
+    for us, what, chunk in medians:
+        side = what.startswith("gpu")
+        lines.append(f"| {what} | {'' if chunk < 0 else chunk} | {us:,.0f} | {us - last[side]:,.0f} |")
+        last[side] = us
+    return lines
+
+
+def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray) -> None:
+    """One caller's calls at 0.90 and 0.98 hits, 2 and 4 chunks: ms a call untraced, then each step traced."""
+    from embedding_cache import EmbeddingStore, gpu
+
+    for chunks in (2, 4):
+        gpu._CHUNKS = chunks
+        cursor = 0  # a new store: its GPU cache has seen none of the keys (3M of the 3.8M cold keys are used)
+        capacity = HOT + 4 * int(0.1 * N)
+        with EmbeddingStore(path, verify=False, device=0, gpu_cache_bytes=int(capacity * (DIM * 4 + 13) * 1.25)) as store:
+            for _ in range(2):
+                store.prefetch("t", cp.asarray(hot))
+            for hit in (0.90, 0.98):
+                misses = int(round((1 - hit) * N))
+                calls = []
+                for _ in range(2 + TIMED + TRACED):
+                    calls.append(cp.asarray(_mixed_keys(rng, hot, cold[np.arange(cursor, cursor + misses) % cold.size], N)))
+                    cursor += misses
+                for q in calls[:2]:
+                    store.lookup("t", q)
+                cp.cuda.get_current_stream().synchronize()
+                t0 = time.perf_counter()
+                outs = [store.lookup("t", q) for q in calls[2 : 2 + TIMED]]
+                cp.cuda.get_current_stream().synchronize()
+                untraced = (time.perf_counter() - t0) / TIMED
+                lookup, marks = store._gpu._lookup, []
+                lookup.trace = True
+                for q in calls[2 + TIMED :]:
+                    outs.append(store.lookup("t", q))
+                    marks.append(lookup.last_trace())
+                lookup.trace = False
+                ok = all(np.array_equal(cp.asnumpy(o), _rows_of(cp.asnumpy(k), DIM)) for o, k in zip(outs, calls[2:]))
+                print(f"\n## {chunks} chunks, {hit:.2f} hits, one caller: {1e3 * untraced:.3f} ms a call untraced "
+                      f"({N / untraced / 1e9:.2f} G keys/s), {TRACED} calls traced (each waits for its stream at its end); "
+                      f"output checked: {'yes' if ok else 'NO'}\n", *_trace_table(marks), sep="\n", flush=True)
+
+
+def contention(cp, path: Path, cold: np.ndarray) -> None:
+    """The host reads of a 0.90-hit call's misses (the host tier's thread pool, keys never read
+    before) alone and while the device copies pinned rows of the same size; the copies' rate alone
+    and while the reads run."""
+    from embedding_cache import EmbeddingStore
+
+    misses = int(round(0.1 * N))
+    pinned = cp.cuda.alloc_pinned_memory(misses * DIM * 4)
+    host = np.frombuffer(pinned, np.float32, misses * DIM).reshape(misses, DIM)
+    host[:] = 1
+    device = cp.empty_like(host)
+    stream = cp.cuda.Stream(non_blocking=True)
+    out, found = np.ones((misses, DIM), np.float32), np.ones(misses, np.uint8)
+    cursor = cold.size
+
+    def reads(m: int) -> float:
+        nonlocal cursor
+        taken = []
+        for _ in range(m):
+            keys = cold[cursor - misses : cursor]
+            cursor -= misses
+            t0 = time.perf_counter()
+            store.lookup("t", keys, out=out, found=found)
+            taken.append(time.perf_counter() - t0)
+        return float(np.median(taken))
+
+    def copies(m: int) -> tuple:
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record(stream)
+        for _ in range(m):
+            device.set(host, stream=stream)
+        end.record(stream)
+        return start, end
+
+    with EmbeddingStore(path, verify=False) as store:
+        reads(3)
+        alone = reads(7)
+        start, end = copies(40)
+        end.synchronize()
+        copy_alone = 40 * host.nbytes / (cp.cuda.get_elapsed_time(start, end) / 1e3)
+        start, end = copies(40)  # about 20 ms of copies queued; the reads run while they do
+        beside = reads(7)
+        busy = not end.done
+        end.synchronize()
+        copy_beside = 40 * host.nbytes / (cp.cuda.get_elapsed_time(start, end) / 1e3)
+    print(f"\n## The host reads and the copies to the device, alone and at once ({misses:,} keys never read before, "
+          f"{host.nbytes / 1e6:.1f} MB of rows)\n\n| | alone | at once |\n|---|---:|---:|\n"
+          f"| host reads, ms a call's misses (median of 7) | {1e3 * alone:.3f} | {1e3 * beside:.3f} |\n"
+          f"| pinned host-to-device copies, GB/s (40 of the rows) | {copy_alone / 1e9:.1f} | {copy_beside / 1e9:.1f} |\n\n"
+          f"The copies were still running when the reads ended: {'yes' if busy else 'NO (the at-once read figure is partly alone)'}",
+          flush=True)
+
+
 def main() -> int:
     import cupy as cp
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", action="store_true", help="one caller's calls step by step, then --contention")
+    parser.add_argument("--contention", action="store_true", help="the host reads and the copies, alone and at once")
+    args = parser.parse_args()
     rng = np.random.default_rng(5)
     path = _store_of(Path(tempfile.mkdtemp()) / "s", ROWS, DIM)
     hot = rng.permutation(ROWS)[:HOT].astype(np.int64)
     cold = np.setdiff1d(np.arange(ROWS, dtype=np.int64), hot)
     rng.shuffle(cold)
+    if args.trace or args.contention:
+        if args.trace:
+            trace(cp, path, rng, hot, cold)
+        contention(cp, path, cold)  # from the end of cold: keys not read for at least a store's calls
+        return 0
     print(f"# The GPU tier's miss path by chunks a call ({N:,} keys a call, dim {DIM} fp32, {ROWS:,} rows, {HOT:,} hot keys; "
           f"{TIMED} timed calls shared among the callers)\n")
     print("| chunks | hit rate (set) | callers | hit rate (measured) | ms a call | G keys/s | output checked |")

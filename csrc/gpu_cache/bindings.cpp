@@ -252,6 +252,8 @@ Returns:
           py::arg("keys"), py::arg("n"), py::arg("stream"), "Asynchronous on `stream`: drops keys device int64 (n,).")
       .def_property_readonly("lru_tick", &GpuCache::lru_tick,
                              "The LRU clock a lookup starting now gets: lru_clock of the misses GpuTierLookup counted so far.")
+      .def_property_readonly("lookups", &GpuCache::lookups, "Keys GpuTierLookup looked up in this cache so far.")
+      .def_property_readonly("misses", &GpuCache::misses, "The misses among them (what moves the LRU clock).")
       .def_property_readonly("capacity_rows", &GpuCache::capacity_rows)
       .def_property_readonly("dim", &GpuCache::dim)
       .def_property_readonly("device", &GpuCache::device)
@@ -283,7 +285,19 @@ Returns:
           py::arg("cache"), py::arg("keys"),
           "Drops host keys int64 (n,) from `cache` after every insert queued before; returns when done.")
       .def_property_readonly("pool_bytes", &GpuTierLookup::pool_bytes,
-                             "Device memory its pool holds for calls (in flight or kept for the next ones), in bytes.");
+                             "Device memory its pool holds for calls (in flight or kept for the next ones), in bytes.")
+      .def_property("trace", &GpuTierLookup::trace, &GpuTierLookup::set_trace,
+                    "Trace the calls from now on (each host step, and each chunk's GPU work by timing events) for "
+                    "last_trace(); a traced call waits for its streams at its end (a probe's setting, not a server's).")
+      .def(
+          "last_trace",
+          [](const GpuTierLookup& self) {
+            py::list marks;
+            for (const TraceMark& mark : self.last_trace()) marks.append(py::make_tuple(mark.what, mark.chunk, mark.us));
+            return marks;
+          },
+          "The steps of the last traced call that ended without error: (what, chunk or -1 for the call, microseconds "
+          "after the call began), in the order they were marked; GPU steps are named 'gpu ...'.");
   m.def("gpu_cache_slot_bytes", &gpu_cache_slot_bytes, py::arg("dim"), py::arg("dtype"), py::arg("admission") = false,
         "Device bytes per cached row (row, 8-byte slot word, lock share, and the admission sketch's share).");
 #endif

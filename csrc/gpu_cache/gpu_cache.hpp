@@ -73,8 +73,15 @@ class GpuCache {
 
   /// The LRU clock for a lookup starting now: policy.hpp's lru_clock of the misses counted so far.
   uint32_t lru_tick() const noexcept { return lru_clock(clock_misses_.load(std::memory_order_relaxed), capacity_rows()); }
-  /// Counts a lookup's misses into the LRU clock (thread-safe; GpuTierLookup counts them as it learns them).
-  void count_misses(int64_t n) noexcept { clock_misses_.fetch_add(n, std::memory_order_relaxed); }
+  /// Counts `looked_up` keys of a lookup and the `missed` among them (thread-safe; GpuTierLookup counts
+  /// each chunk's as it learns its misses): the misses move the LRU clock, and both are the cache's stats.
+  void count_lookups(int64_t looked_up, int64_t missed) noexcept {
+    lookups_.fetch_add(looked_up, std::memory_order_relaxed);
+    clock_misses_.fetch_add(missed, std::memory_order_relaxed);
+  }
+  /// Keys counted by count_lookups so far, and the misses among them.
+  int64_t lookups() const noexcept { return lookups_.load(std::memory_order_relaxed); }
+  int64_t misses() const noexcept { return clock_misses_.load(std::memory_order_relaxed); }
 
   int64_t capacity_rows() const noexcept { return sets_ * kWays; }
   int64_t dim() const noexcept { return options_.dim; }
@@ -93,6 +100,7 @@ class GpuCache {
   int64_t sketch_width_ = 0;
   int64_t inserted_since_aging_ = 0;
   std::atomic<int64_t> clock_misses_{0};
+  std::atomic<int64_t> lookups_{0};
 };
 
 /// Bytes per row slot of a cache (row storage plus its 8-byte slot word, the set's lock share and, with

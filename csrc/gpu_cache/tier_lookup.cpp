@@ -119,6 +119,36 @@ struct GpuTierLookup::Call {
   std::vector<void*> allocations;     // device memory, freed in stream order when the call ends
   int listed = 0;                     // chunks whose lookups and gathers are queued
   bool copies_waited = false;         // the staging's last user's copies are done
+  Trace* trace = nullptr;             // when the call is traced
+};
+
+/// A traced call's steps (set_trace): host steps timed at once, GPU steps by timing events resolved
+/// when the call ends.
+struct GpuTierLookup::Trace {
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  cudaEvent_t start = nullptr;  // on the call's stream as it began
+  double start_us = 0;          // host time at which `start` was recorded
+  std::vector<TraceMark> marks;
+  std::vector<std::pair<size_t, cudaEvent_t>> gpu;  // marks[i].us is the event's time
+
+  Trace() = default;
+  Trace(const Trace&) = delete;
+  Trace& operator=(const Trace&) = delete;
+  ~Trace() {
+    if (start != nullptr) (void)cudaEventDestroy(start);
+    for (auto& mark : gpu) (void)cudaEventDestroy(mark.second);
+  }
+
+  double now_us() const { return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count(); }
+  void host(const char* what, int chunk) { marks.push_back({what, chunk, now_us()}); }
+  /// A GPU step: when `stream` reaches this point.
+  void device(const char* what, int chunk, cudaStream_t stream) {
+    cudaEvent_t event = nullptr;
+    check(cudaEventCreate(&event), "cudaEventCreate(trace)");
+    gpu.emplace_back(marks.size(), event);
+    marks.push_back({what, chunk, 0});
+    check(cudaEventRecord(event, stream), "cudaEventRecord(trace)");
+  }
 };
 
 GpuTierLookup::GpuTierLookup(int device, const TierLookupOptions& options) : device_(device), options_(options) {
@@ -220,12 +250,8 @@ void GpuTierLookup::release_staging(Staging& staging) {
   staging_freed_.notify_all();
 }
 
-std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t* keys, int64_t n, void* out,
-                                           GpuOutDtype out_dtype, cudaStream_t stream, ThreadPool& pool,
-                                           const CompleteMisses& complete) {
-  const int k = static_cast<int>(columns.size());
-  if (k == 0) throw std::invalid_argument("columns: expected at least one");
-  if (n < 0) throw std::invalid_argument("n: expected >= 0");
+void GpuTierLookup::check_columns(const std::vector<TierColumn>& columns) const {
+  if (columns.empty()) throw std::invalid_argument("columns: expected at least one");
   for (const TierColumn& column : columns) {
     if (column.cache == nullptr || column.host == nullptr) throw std::invalid_argument("columns: a cache and a host table each");
     if (column.cache->dim() != columns[0].cache->dim() || column.host->dim() != column.cache->dim()) {
@@ -233,9 +259,23 @@ std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& column
     }
     if (column.cache->device() != device_) throw std::invalid_argument("columns: a cache on another device than the lookup's");
   }
-  std::vector<int64_t> misses(static_cast<size_t>(k), 0);
-  if (n == 0) return misses;
+}
+
+std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t* keys, int64_t n, void* out,
+                                           GpuOutDtype out_dtype, cudaStream_t stream, ThreadPool& pool,
+                                           const CompleteMisses& complete) {
+  check_columns(columns);
+  if (n < 0) throw std::invalid_argument("n: expected >= 0");
+  const int k = static_cast<int>(columns.size());
+  if (n == 0) return std::vector<int64_t>(static_cast<size_t>(k), 0);
   DeviceGuard guard(device_);
+  std::unique_ptr<Trace> trace;
+  if (this->trace()) {
+    trace = std::make_unique<Trace>();
+    check(cudaEventCreate(&trace->start), "cudaEventCreate(trace)");
+    check(cudaEventRecord(trace->start, stream), "cudaEventRecord(trace)");
+    trace->start_us = trace->now_us();
+  }
   Staging& staging = take_staging();
   struct Release {
     GpuTierLookup* self;
@@ -243,56 +283,24 @@ std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& column
     ~Release() { self->release_staging(staging); }
   } release{this, staging};
   Call call{staging, columns, stream, keys, static_cast<char*>(out), out_dtype};
+  call.trace = trace.get();
   call.k = k;
   call.dim = columns[0].cache->dim();
   call.out_row_bytes = static_cast<size_t>(k * call.dim) * (out_dtype == GpuOutDtype::kFloat16 ? 2 : 4);
   call.chunks = lookup_chunks(n, options_.chunks, options_.min_chunk_rows);
   call.chunk_rows = call.chunks[0].end - call.chunks[0].begin;
-  call.misses = std::move(misses);
+  call.misses.assign(static_cast<size_t>(k), 0);
   {
     std::lock_guard<std::mutex> lock(insert_mutex_);
     for (const TierColumn& column : columns) call.generations.push_back(generations_[column.cache]);
   }
   for (const TierColumn& column : columns) call.ticks.push_back(column.cache->lru_tick());  // read now, not before the wait for a staging
-  const size_t chunks = call.chunks.size();
-  const size_t index_bytes = align256(chunks * static_cast<size_t>(k * call.chunk_rows) * sizeof(int32_t));
-  const size_t counts_bytes = align256(chunks * static_cast<size_t>(k) * sizeof(int32_t));
-  const size_t keys_bytes = static_cast<size_t>(n * k) * sizeof(int64_t);
+  if (call.trace != nullptr) call.trace->host("staging", -1);
   try {
-    char* block = static_cast<char*>(allocate(index_bytes + counts_bytes + keys_bytes, stream));
-    call.allocations.push_back(block);
-    call.miss_index = reinterpret_cast<int32_t*>(block);
-    call.counts = reinterpret_cast<int32_t*>(block + index_bytes);
-    call.missed = reinterpret_cast<int64_t*>(block + index_bytes + counts_bytes);
-    char* listed = staging.listed.reserve(counts_bytes + keys_bytes);  // its last user's gathers are done
-    call.host_counts = reinterpret_cast<int32_t*>(listed);
-    call.host_missed = reinterpret_cast<int64_t*>(listed + counts_bytes);
-    staging.found.resize(static_cast<size_t>(n * k));
-    for (size_t c = 0; c < chunks; ++c) {
-      const RowRange& range = call.chunks[c];
-      const int64_t rows = range.end - range.begin;
-      int32_t* index = call.miss_index + c * static_cast<size_t>(k * call.chunk_rows);
-      for (int t = 0; t < k; ++t) {
-        GpuCache::FindArgs args;
-        args.keys = keys + range.begin * k + t;
-        args.key_stride = k;
-        args.n = rows;
-        args.out = call.out + range.begin * call.out_row_bytes + static_cast<size_t>(t) * (call.out_row_bytes / k);
-        args.out_stride = k * call.dim;
-        args.out_dtype = out_dtype;
-        args.miss_index = index + t * rows;
-        args.miss_count = call.counts + c * k + t;
-        args.tick = call.ticks[t];
-        columns[t].cache->find_async(args, stream);
-      }
-      gather_miss_keys_async(keys + range.begin * k, k, rows, index, call.counts + c * k, rows, call.missed + range.begin * k,
-                             device_, stream, call.host_missed + range.begin * k, call.host_counts + c * k);
-      check(cudaEventRecord(staging.ready[c], stream), "cudaEventRecord");
-      call.listed = static_cast<int>(c) + 1;
-    }
-    for (size_t c = 0; c < chunks; ++c) {
-      read_chunk(call, static_cast<int>(c), pool, complete);
-      send_chunk(call, static_cast<int>(c));
+    list_chunks(call, n);
+    for (int c = 0; c < static_cast<int>(call.chunks.size()); ++c) {
+      read_chunk(call, c, pool, complete);
+      send_chunk(call, c);
     }
   } catch (...) {
     end_call(call, true);
@@ -302,17 +310,61 @@ std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& column
   return call.misses;
 }
 
+/// Allocates the call's device and mapped memory and queues every chunk's lookups and miss gather.
+void GpuTierLookup::list_chunks(Call& call, int64_t n) {
+  Staging& staging = call.staging;
+  const int k = call.k;
+  const size_t chunks = call.chunks.size();
+  const size_t index_bytes = align256(chunks * static_cast<size_t>(k * call.chunk_rows) * sizeof(int32_t));
+  const size_t counts_bytes = align256(chunks * static_cast<size_t>(k) * sizeof(int32_t));
+  const size_t keys_bytes = static_cast<size_t>(n * k) * sizeof(int64_t);
+  char* block = static_cast<char*>(allocate(index_bytes + counts_bytes + keys_bytes, call.stream));
+  call.allocations.push_back(block);
+  call.miss_index = reinterpret_cast<int32_t*>(block);
+  call.counts = reinterpret_cast<int32_t*>(block + index_bytes);
+  call.missed = reinterpret_cast<int64_t*>(block + index_bytes + counts_bytes);
+  char* listed = staging.listed.reserve(counts_bytes + keys_bytes);  // its last user's gathers are done
+  call.host_counts = reinterpret_cast<int32_t*>(listed);
+  call.host_missed = reinterpret_cast<int64_t*>(listed + counts_bytes);
+  staging.found.resize(static_cast<size_t>(n * k));
+  for (size_t c = 0; c < chunks; ++c) {
+    const RowRange& range = call.chunks[c];
+    const int64_t rows = range.end - range.begin;
+    int32_t* index = call.miss_index + c * static_cast<size_t>(k * call.chunk_rows);
+    for (int t = 0; t < k; ++t) {
+      GpuCache::FindArgs args;
+      args.keys = call.keys + range.begin * k + t;
+      args.key_stride = k;
+      args.n = rows;
+      args.out = call.out + range.begin * call.out_row_bytes + static_cast<size_t>(t) * (call.out_row_bytes / k);
+      args.out_stride = k * call.dim;
+      args.out_dtype = call.out_dtype;
+      args.miss_index = index + t * rows;
+      args.miss_count = call.counts + c * k + t;
+      args.tick = call.ticks[t];
+      call.columns[t].cache->find_async(args, call.stream);
+    }
+    gather_miss_keys_async(call.keys + range.begin * k, k, rows, index, call.counts + c * k, rows, call.missed + range.begin * k,
+                           device_, call.stream, call.host_missed + range.begin * k, call.host_counts + c * k);
+    check(cudaEventRecord(staging.ready[c], call.stream), "cudaEventRecord");
+    if (call.trace != nullptr) call.trace->device("gpu listed", static_cast<int>(c), call.stream);
+    call.listed = static_cast<int>(c) + 1;
+  }
+  if (call.trace != nullptr) call.trace->host("queued", -1);
+}
+
 void GpuTierLookup::read_chunk(Call& call, int c, ThreadPool& pool, const CompleteMisses& complete) {
   Staging& staging = call.staging;
   const int k = call.k;
   wait_event(staging.ready[c], "cudaEventSynchronize(chunk listed)");
+  if (call.trace != nullptr) call.trace->host("listed", c);
   const int32_t* counts = call.host_counts + static_cast<size_t>(c) * k;
   call.offsets.assign(static_cast<size_t>(k) + 1, 0);
   call.present.assign(static_cast<size_t>(k), 0);
   for (int t = 0; t < k; ++t) {
     call.offsets[t + 1] = call.offsets[t] + counts[t];
     call.misses[t] += counts[t];
-    call.columns[t].cache->count_misses(counts[t]);  // the clock moves for the calls that start from now on
+    call.columns[t].cache->count_lookups(call.chunks[c].end - call.chunks[c].begin, counts[t]);  // the clock moves for calls from now on
   }
   const int64_t total = call.offsets[k];
   if (total == 0) return;
@@ -334,69 +386,93 @@ void GpuTierLookup::read_chunk(Call& call, int c, ThreadPool& pool, const Comple
     }
     call.present[t] = hits;
   }
+  if (call.trace != nullptr) call.trace->host("read", c);
 }
 
 void GpuTierLookup::send_chunk(Call& call, int c) {
   const int k = call.k;
-  const int64_t total = call.offsets[k], dim = call.dim;
-  if (total == 0) return;
+  if (call.offsets[k] == 0) return;
   Staging& staging = call.staging;
   const RowRange& range = call.chunks[c];
-  const int64_t rows = range.end - range.begin, begin = range.begin * k;
-  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
-  const float* host_rows = reinterpret_cast<const float*>(staging.rows[c].reserve(0));
-  auto* device_rows = static_cast<float*>(allocate(static_cast<size_t>(total) * row_bytes, call.stream));
-  call.allocations.push_back(device_rows);
-  check(cudaMemcpyAsync(device_rows, host_rows, static_cast<size_t>(total) * row_bytes, cudaMemcpyHostToDevice, call.stream),
-        "cudaMemcpyAsync(rows)");
-  // What each column inserts: its missed keys and rows as they are when all exist, else those that
-  // exist, packed on the host and sent apart.
+  const int64_t rows = range.end - range.begin;
+  float* device_rows = copy_rows(call, c);
   std::vector<const int64_t*> insert_keys(static_cast<size_t>(k), nullptr);
   std::vector<const float*> insert_rows(static_cast<size_t>(k), nullptr);
+  pack_present(call, c, device_rows, insert_keys, insert_rows);
+  check(cudaEventRecord(staging.copied, call.stream), "cudaEventRecord(copied)");
+  staging.copies_queued = true;
+  if (call.trace != nullptr) call.trace->device("gpu copied", c, call.stream);
+  scatter_miss_rows_async(call.out + range.begin * call.out_row_bytes, call.out_dtype, k, rows, call.dim,
+                          call.miss_index + c * static_cast<size_t>(k * call.chunk_rows), call.counts + c * k, rows, nullptr,
+                          device_rows, device_, call.stream);
+  if (call.trace != nullptr) call.trace->device("gpu scattered", c, call.stream);
+  queue_inserts(call, c, insert_keys, insert_rows);
+  if (call.trace != nullptr) call.trace->host("sent", c);
+}
+
+/// Queues the copy of chunk c's missed rows (read into its staging) to new device memory; returns it.
+float* GpuTierLookup::copy_rows(Call& call, int c) {
+  const size_t bytes = static_cast<size_t>(call.offsets[call.k] * call.dim) * sizeof(float);
+  const char* host_rows = call.staging.rows[c].reserve(0);
+  auto* device_rows = static_cast<float*>(allocate(bytes, call.stream));
+  call.allocations.push_back(device_rows);
+  check(cudaMemcpyAsync(device_rows, host_rows, bytes, cudaMemcpyHostToDevice, call.stream), "cudaMemcpyAsync(rows)");
+  return device_rows;
+}
+
+/// What each column of chunk c inserts: its missed keys and rows as they are when all exist, else
+/// those that exist, packed on the host and copied apart (none when no key of the column exists).
+void GpuTierLookup::pack_present(Call& call, int c, const float* device_rows, std::vector<const int64_t*>& keys,
+                                 std::vector<const float*>& rows) {
+  const int k = call.k;
+  const int64_t dim = call.dim, begin = call.chunks[c].begin * k;
+  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
   size_t packed_bytes = 0;
   for (int t = 0; t < k; ++t) {
     const int64_t m = call.offsets[t + 1] - call.offsets[t], present = call.present[t];
     if (present > 0 && present < m) packed_bytes += align256(present * sizeof(int64_t)) + align256(present * row_bytes);
   }
-  char* host_packed = packed_bytes ? staging.packed[c].reserve(packed_bytes) : nullptr;
+  char* host_packed = packed_bytes ? call.staging.packed[c].reserve(packed_bytes) : nullptr;
   char* device_packed = packed_bytes ? static_cast<char*>(allocate(packed_bytes, call.stream)) : nullptr;
   if (device_packed != nullptr) call.allocations.push_back(device_packed);
+  const auto* host_rows = reinterpret_cast<const float*>(call.staging.rows[c].reserve(0));
   size_t at = 0;
   for (int t = 0; t < k; ++t) {
     const int64_t first = call.offsets[t], m = call.offsets[t + 1] - first, present = call.present[t];
     if (present == m) {
-      insert_keys[t] = call.missed + begin + first;
-      insert_rows[t] = device_rows + first * dim;
+      keys[t] = call.missed + begin + first;
+      rows[t] = device_rows + first * dim;
     } else if (present > 0) {
       const size_t rows_at = at + align256(present * sizeof(int64_t));
-      compact_found(call.host_missed + begin + first, host_rows + first * dim, staging.found.data() + begin + first, m, dim,
+      compact_found(call.host_missed + begin + first, host_rows + first * dim, call.staging.found.data() + begin + first, m, dim,
                     reinterpret_cast<int64_t*>(host_packed + at), reinterpret_cast<float*>(host_packed + rows_at));
-      insert_keys[t] = reinterpret_cast<const int64_t*>(device_packed + at);
-      insert_rows[t] = reinterpret_cast<const float*>(device_packed + rows_at);
+      keys[t] = reinterpret_cast<const int64_t*>(device_packed + at);
+      rows[t] = reinterpret_cast<const float*>(device_packed + rows_at);
       at = rows_at + align256(present * row_bytes);
     }
   }
   if (at > 0) check(cudaMemcpyAsync(device_packed, host_packed, at, cudaMemcpyHostToDevice, call.stream), "cudaMemcpyAsync(packed)");
-  check(cudaEventRecord(staging.copied, call.stream), "cudaEventRecord(copied)");
-  staging.copies_queued = true;
-  scatter_miss_rows_async(call.out + range.begin * call.out_row_bytes, call.out_dtype, k, rows,
-                          dim, call.miss_index + c * static_cast<size_t>(k * call.chunk_rows), call.counts + c * k, rows, nullptr,
-                          device_rows, device_, call.stream);
+}
+
+/// Queues the inserts of chunk c's present rows (on the lookup's stream, or after it on the insert
+/// stream), but for columns whose cache was invalidated since the call began, and an event after them
+/// that invalidations wait for (an update must not be overtaken by rows read before it).
+void GpuTierLookup::queue_inserts(Call& call, int c, const std::vector<const int64_t*>& keys, const std::vector<const float*>& rows) {
   cudaStream_t target = call.stream;
   if (insert_stream_ != nullptr) {
-    check(cudaEventRecord(staging.sent[c], call.stream), "cudaEventRecord(sent)");
-    check(cudaStreamWaitEvent(insert_stream_, staging.sent[c], 0), "cudaStreamWaitEvent");
+    check(cudaEventRecord(call.staging.sent[c], call.stream), "cudaEventRecord(sent)");
+    check(cudaStreamWaitEvent(insert_stream_, call.staging.sent[c], 0), "cudaStreamWaitEvent");
     target = insert_stream_;
   }
   std::lock_guard<std::mutex> lock(insert_mutex_);
   bool queued = false;
-  for (int t = 0; t < k; ++t) {
+  for (int t = 0; t < call.k; ++t) {
     const TierColumn& column = call.columns[t];
     if (call.present[t] == 0 || generations_[column.cache] != call.generations[t]) continue;  // invalidated since its rows were read
-    column.cache->insert_async(insert_keys[t], insert_rows[t], call.present[t], call.ticks[t], target);
+    column.cache->insert_async(keys[t], rows[t], call.present[t], call.ticks[t], target);
     queued = true;
   }
-  if (queued) {  // an invalidation waits for these inserts (an update must not be overtaken by rows read before it)
+  if (queued) {
     pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
                                   [](cudaEvent_t event) { return event_done(event) && cudaEventDestroy(event) == cudaSuccess; }),
                    pending_.end());
@@ -404,6 +480,7 @@ void GpuTierLookup::send_chunk(Call& call, int c) {
     pending_.push_back(event);
     check(cudaEventRecord(event, target), "cudaEventRecord(inserted)");
   }
+  if (call.trace != nullptr) call.trace->device("gpu inserted", c, target);
 }
 
 void GpuTierLookup::end_call(Call& call, bool failed) {
@@ -424,6 +501,28 @@ void GpuTierLookup::end_call(Call& call, bool failed) {
   }
   if (!failed) check(status, "cudaFreeAsync");
   (void)cudaGetLastError();
+  if (!failed && call.trace != nullptr) end_trace(call);
+}
+
+/// Waits for the traced call's streams, times its GPU steps and keeps its marks for last_trace().
+void GpuTierLookup::end_trace(Call& call) {
+  Trace& trace = *call.trace;
+  trace.host("end", -1);
+  check(cudaStreamSynchronize(call.stream), "cudaStreamSynchronize(trace)");
+  if (insert_stream_ != nullptr) check(cudaStreamSynchronize(insert_stream_), "cudaStreamSynchronize(trace)");
+  trace.host("stream done", -1);
+  for (auto& [at, event] : trace.gpu) {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, trace.start, event), "cudaEventElapsedTime(trace)");
+    trace.marks[at].us = trace.start_us + 1e3 * ms;
+  }
+  std::lock_guard<std::mutex> lock(trace_mutex_);
+  last_trace_ = trace.marks;
+}
+
+std::vector<TraceMark> GpuTierLookup::last_trace() const {
+  std::lock_guard<std::mutex> lock(trace_mutex_);
+  return last_trace_;
 }
 
 void GpuTierLookup::invalidate(GpuCache& cache, const int64_t* keys, int64_t n) {

@@ -13,11 +13,13 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -44,6 +46,16 @@ struct TierLookupOptions {
   int chunks = 4;                  ///< most chunks a call is cut into
   int64_t min_chunk_rows = 65536;  ///< fewest key rows a chunk (but for the last)
   bool async_insert = false;       ///< insert on the lookup's own stream (false) or on one of its own (true)
+};
+
+/// One step of a traced lookup (GpuTierLookup::set_trace): what happened, to which chunk (-1: the
+/// call), when (microseconds after the call began). Host steps by the host's clock; GPU steps
+/// ("gpu ..." by timing events on the GPU's clock, counted from the call's start on its stream, so
+/// they line up with the host's when the stream was idle as the call began).
+struct TraceMark {
+  std::string what;
+  int chunk = -1;
+  double us = 0;
 };
 
 /// The lookups of one GPU tier (any number of tables, one device). Thread-safe: calls may run at once,
@@ -74,14 +86,29 @@ class GpuTierLookup {
   /// Device memory its pool holds for calls (in flight or kept for the next ones), in bytes.
   int64_t pool_bytes() const;
 
+  /// Traces the calls from now on (on) or not (off, the default): each host step and, by timing
+  /// events, each chunk's GPU work, kept for last_trace(). A traced call waits for its streams at its
+  /// end, so calls no longer overlap one another: a probe's, not a server's, setting.
+  void set_trace(bool on) { trace_.store(on, std::memory_order_relaxed); }
+  bool trace() const { return trace_.load(std::memory_order_relaxed); }
+  /// The steps of the last traced call that ended without error, in the order they were marked.
+  std::vector<TraceMark> last_trace() const;
+
  private:
   struct Staging;
   struct Call;
+  struct Trace;
   Staging& take_staging();
   void release_staging(Staging& staging);
+  void check_columns(const std::vector<TierColumn>& columns) const;
+  void list_chunks(Call& call, int64_t n);
   void read_chunk(Call& call, int c, ThreadPool& pool, const CompleteMisses& complete);
   void send_chunk(Call& call, int c);
+  float* copy_rows(Call& call, int c);
+  void pack_present(Call& call, int c, const float* device_rows, std::vector<const int64_t*>& keys, std::vector<const float*>& rows);
+  void queue_inserts(Call& call, int c, const std::vector<const int64_t*>& keys, const std::vector<const float*>& rows);
   void end_call(Call& call, bool failed);
+  void end_trace(Call& call);
   void* allocate(size_t bytes, cudaStream_t stream);
 
   int device_;
@@ -95,6 +122,9 @@ class GpuTierLookup {
   std::mutex insert_mutex_;               // orders inserts against invalidations
   std::unordered_map<const GpuCache*, uint64_t> generations_;  // bumped by each invalidation of a cache
   std::vector<cudaEvent_t> pending_;       // after inserts that may not have run yet
+  std::atomic<bool> trace_{false};
+  mutable std::mutex trace_mutex_;          // guards last_trace_
+  std::vector<TraceMark> last_trace_;
 };
 
 }  // namespace tritonrec
