@@ -56,9 +56,12 @@ class HostTable:
         is room, else by frequency (TinyLFU admission, sampled-LFU eviction). Returns how many were taken."""
     def erase(self, keys: npt.NDArray[np.int64]) -> int:
         """Erases keys (int64 (n,), host); returns how many were present."""
-    def find(self, keys: npt.NDArray[np.int64], out: npt.NDArray[np.float32], found: npt.NDArray[np.uint8], pool: ThreadPool) -> int:
+    def find(self, keys: npt.NDArray[np.int64], out: npt.NDArray[np.float32], found: npt.NDArray[np.uint8], pool: ThreadPool,
+             streaming: bool = False) -> int:
         """Looks keys (int64 (n,)) up, GIL released: out float32 (n, dim) gets found rows and zeros
-        elsewhere, found uint8 (n,) 1 where found (host arrays). Returns the number found."""
+        elsewhere, found uint8 (n,) 1 where found (host arrays). Returns the number found.
+        ``streaming``: fp32 rows written with non-temporal stores (past the CPU's caches: for memory
+        a device copies next); the same values either way."""
     @property
     def dim(self) -> int: ...
     @property
@@ -185,9 +188,11 @@ class GpuTierLookup:
     caches, misses read from the host tables, written into the output and inserted, in one call with
     the GIL released. Thread-safe: callers on streams of their own share ``stagings`` pinned stagings."""
 
-    def __init__(self, device: int, stagings: int = 2, chunks: int = 4, min_chunk_rows: int = 65536, async_insert: bool = False) -> None:
-        """chunks, min_chunk_rows: how a call's key rows are cut (see :func:`lookup_chunks`);
-        async_insert: insert on a stream of its own instead of the lookup's."""
+    def __init__(self, device: int, stagings: int = 2, chunks: int = 4, min_chunk_rows: int = 65536, async_insert: bool = False,
+                 taper: bool = False, stream_rows: bool = False) -> None:
+        """chunks, min_chunk_rows, taper: how a call's key rows are cut (see :func:`lookup_chunks`);
+        async_insert: insert on a stream of its own instead of the lookup's; stream_rows: the missed
+        rows written into the pinned staging with non-temporal stores (past the CPU's caches)."""
     def lookup(self, caches: list[GpuCache], hosts: list[HostTable], keys: int, n: int, out: int, out_dtype: GpuOutDtype,
                stream: int, pool: ThreadPool, complete: Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.uint8], int], None]) -> list[int]:
         """``keys`` device int64 (n, columns) C-contiguous, column t through ``caches[t]`` over
@@ -216,9 +221,11 @@ def gpu_cache_slot_bytes(dim: int, dtype: GpuRowDtype, admission: bool = False) 
 gpu_cache_min_rows: int
 """The fewest rows a GpuCache holds (256 sets of 16: fewer sets could not tell every key apart by its tag)."""
 
-def lookup_chunks(n: int, chunks: int, min_rows: int) -> list[tuple[int, int]]:
+def lookup_chunks(n: int, chunks: int, min_rows: int, taper: bool = False) -> list[tuple[int, int]]:
     """The key rows ``[begin, end)`` a GPU tier lookup of ``n`` rows is cut into: at most ``chunks``
-    ranges of ``ceil(n / chunks)`` rows but at least ``min_rows`` (the last takes the rest), in order."""
+    ranges of ``ceil(n / chunks)`` rows but at least ``min_rows`` (the last takes the rest), in order.
+    With ``taper`` (chunks >= 3) the first and last are half the others: ``u = max(min_rows,
+    ceil(n / (2 chunks - 2)))`` rows first, then ``2u`` each, the last the rest (at most ``u``)."""
 
 def compact_found(keys: npt.NDArray[np.int64], rows: npt.NDArray[np.float32], found: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """(keys, rows) where ``found`` != 0, in order: what a GPU tier lookup inserts of a column's

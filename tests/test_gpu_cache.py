@@ -506,14 +506,18 @@ def test_rows_read_before_an_update_are_not_cached_after_it(table):
 
 @pytest.mark.parametrize("async_insert", [False, True])
 @pytest.mark.parametrize("out_dtype", ["float32", "float16"])
-def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_insert, out_dtype):
-    # Calls cut into 3 chunks of at least 5 key rows: sizes at, below and past the chunk sizes, two
-    # tables, hits, misses and keys that exist nowhere in some chunks only, against the host store.
+@pytest.mark.parametrize(("taper", "stream_rows"), [(False, False), (True, True)])
+def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_insert, out_dtype, taper, stream_rows):
+    # Calls cut into 3 chunks of at least 5 key rows (even, or tapered: the ends half the middle, the
+    # missed rows streamed into the staging past the CPU's caches): sizes at, below and past the chunk
+    # sizes, two tables, hits, misses and keys that exist nowhere in some chunks only, against the host store.
     cupy = _cupy()
     from embedding_cache import gpu
 
     monkeypatch.setattr(gpu, "_CHUNKS", 3)
     monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 5)
+    monkeypatch.setattr(gpu, "_TAPER", taper)
+    monkeypatch.setattr(gpu, "_STREAM_ROWS", stream_rows)
     rng = np.random.default_rng(5)
     keys = rng.choice(10**9, 5_000, replace=False).astype(np.int64)
     tables = {"a": (keys, rng.normal(size=(5_000, 16)).astype(np.float32)), "b": (keys[::-1].copy(), rng.normal(size=(5_000, 16)).astype(np.float32))}

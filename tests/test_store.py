@@ -439,6 +439,32 @@ def test_host_table_find_at_every_batch_size_around_its_pipeline(dtype, max_rows
         assert counts.tolist() == [hits, hits]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dim", [5, 8, 64])
+@pytest.mark.parametrize("offset", [0, 4])
+def test_host_table_find_streaming_writes_the_same_rows(dtype, dim, offset):
+    """find(streaming=True) (non-temporal stores, for the GPU tier's pinned staging) gives the rows
+    and flags plain find gives: rows of 16-byte words (dim 8, 64) or not (dim 5), into a target that
+    is 16-byte aligned or 4 bytes off (the fallback), fp16 rows converted as before."""
+    rng = np.random.default_rng(dim)
+    keys = rng.permutation(1 << 20)[:3_000].astype(np.int64)
+    rows = rng.normal(size=(keys.size, dim)).astype(np.float32)
+    table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=256, expected_rows=keys.size)
+    table.insert_or_assign(keys, rows)
+    pool = _core.ThreadPool(2)
+    for n in [0, 1, 2, 17, 4_097]:
+        queries = np.where(rng.random(n) < 0.2, -1 - rng.integers(0, 1 << 40, n), rng.choice(keys, n)).astype(np.int64)
+        plain, plain_found = np.full((n, dim), np.nan, np.float32), np.zeros(n, np.uint8)
+        table.find(queries, plain, plain_found, pool)
+        buffer = np.full(n * dim * 4 + 64, 0xFF, np.uint8)
+        start = (-buffer.ctypes.data) % 16 + offset
+        out = buffer[start : start + n * dim * 4].view(np.float32).reshape(n, dim)
+        found = np.full(n, 9, np.uint8)
+        assert table.find(queries, out, found, pool, streaming=True) == int(plain_found.sum())
+        np.testing.assert_array_equal(out, plain, err_msg=f"n={n}")
+        np.testing.assert_array_equal(found, plain_found)
+
+
 @pytest.mark.parametrize("spin_us", [0, 200])
 def test_a_pool_serves_calls_back_to_back_whether_its_workers_sleep_or_spin(spin_us, monkeypatch):
     """ThreadPool: chunks taken by atomic adds, workers that spin between calls (spin_us) or sleep:

@@ -30,6 +30,31 @@ def test_large_calls_are_cut_into_as_many_chunks_as_asked_and_small_ones_into_on
     assert _core.lookup_chunks(1, 4, 65_536) == [(0, 1)]
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 7, 8, 9, 10, 11, 100, 65_536, 1_048_576, 1_048_577])
+@pytest.mark.parametrize(("chunks", "min_rows"), [(1, 1), (2, 3), (3, 1), (4, 2), (4, 65_536), (16, 7)])
+def test_tapered_chunks_cover_every_row_once_with_half_sized_ends(n, chunks, min_rows):
+    ranges = _core.lookup_chunks(n, chunks, min_rows, taper=True)
+    if chunks < 3:  # nothing to taper: the even cut
+        assert ranges == _core.lookup_chunks(n, chunks, min_rows)
+        return
+    covered = [i for begin, end in ranges for i in range(begin, end)] if n < 10_000 else None
+    if covered is not None:
+        assert covered == list(range(n))
+    assert (ranges[0][0], ranges[-1][1]) == (0, n) if n else ranges == []
+    assert all(b == a_end for (_, a_end), (b, _) in zip(ranges, ranges[1:]))
+    assert len(ranges) <= chunks
+    unit = max(min_rows, -(-n // (2 * chunks - 2)))
+    sizes = [end - begin for begin, end in ranges]
+    if sizes:
+        assert sizes[0] == min(n, unit)
+        assert all(size == 2 * unit for size in sizes[1:-1])
+        assert 0 < sizes[-1] <= (unit if len(sizes) == chunks else 2 * unit)
+
+
+def test_a_tapered_million_rows_in_four_chunks_are_a_sixth_a_third_a_third_a_sixth():
+    assert _core.lookup_chunks(6_000_000, 4, 1, taper=True) == [(0, 1_000_000), (1_000_000, 3_000_000), (3_000_000, 5_000_000), (5_000_000, 6_000_000)]
+
+
 @pytest.mark.parametrize(("n", "chunks", "min_rows", "message"),
                          [(-1, 4, 1, "n: expected >= 0"), (5, 0, 1, "chunks: expected >= 1"), (5, 4, 0, "min_rows: expected >= 1")])
 def test_bad_chunk_arguments_are_refused_by_name(n, chunks, min_rows, message):

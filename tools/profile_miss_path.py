@@ -7,6 +7,8 @@ never asked before, lookup-stream inserts), every output checked. Run on the GPU
 - ``--trace`` (``tools/device_run.sh miss-trace``): where one caller's call goes, step by step
   (``GpuTierLookup.trace``: the host's steps and each chunk's GPU work, median over the traced
   calls), at 2 and 4 chunks; then ``--contention``.
+- ``--ab`` (``tools/device_run.sh miss-ab``): ``VARIANTS`` (chunks, tapered ends, rows streamed past
+  the CPU's caches) against one another, two rounds, then the trace of one; then ``--contention``.
 - ``--contention``: the host reads of a call's misses timed alone and while pinned host-to-device
   copies run (they read the same host memory), and the copies' rate alone and beside the reads.
 """
@@ -30,10 +32,17 @@ CHUNKS = (1, 2, 4, 8)
 TIMED = 12
 
 
-def probe(cp, path: Path, chunks: int, rng, hot: np.ndarray, cold: np.ndarray) -> list[str]:
+# --ab: (chunks, tapered ends, rows streamed past the CPU's caches)
+VARIANTS = ((4, False, False), (4, False, True), (4, True, False), (4, True, True), (2, False, True), (6, True, True))
+
+
+def probe(cp, path: Path, chunks: int, rng, hot: np.ndarray, cold: np.ndarray, taper: bool = False, stream: bool = False,
+          check_every: int = 1) -> list[str]:
+    """Rows of the table: one and two callers at 0.90 and 0.98 hits; every ``check_every``-th output checked."""
     from embedding_cache import EmbeddingStore, gpu
 
-    gpu._CHUNKS = chunks
+    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS = chunks, taper, stream
+    label = f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}"
     cursor = 0
     lines = []
     capacity = HOT + 4 * int(0.1 * N)
@@ -55,8 +64,8 @@ def probe(cp, path: Path, chunks: int, rng, hot: np.ndarray, cold: np.ndarray) -
             for callers in (1, 2):
                 warm, timed = calls(callers), calls(TIMED)
                 seconds, missed, outs = _concurrent(cp, store, warm, timed, callers)
-                ok = all(np.array_equal(cp.asnumpy(o), _rows_of(cp.asnumpy(k), DIM)) for o, k in zip(outs, timed))
-                lines.append(f"| {chunks} | {hit:.2f} | {callers} | {1 - missed / (TIMED * N):.4f} | {1e3 * seconds / TIMED:.3f} | "
+                ok = all(np.array_equal(cp.asnumpy(o), _rows_of(cp.asnumpy(k), DIM)) for o, k in zip(outs[::check_every], timed[::check_every]))
+                lines.append(f"| {label} | {hit:.2f} | {callers} | {1 - missed / (TIMED * N):.4f} | {1e3 * seconds / TIMED:.3f} | "
                              f"{TIMED * N / seconds / 1e9:.2f} | {'yes' if ok else 'NO'} |")
     return lines
 
@@ -81,12 +90,13 @@ def _trace_table(marks: list[list[tuple[str, int, float]]]) -> list[str]:
     return lines
 
 
-def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray) -> None:
-    """One caller's calls at 0.90 and 0.98 hits, 2 and 4 chunks: ms a call untraced, then each step traced."""
+def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray, variants=((2, False, False), (4, False, False))) -> None:
+    """One caller's calls at 0.90 and 0.98 hits for each (chunks, taper, streamed rows) variant: ms a
+    call untraced, then each step traced."""
     from embedding_cache import EmbeddingStore, gpu
 
-    for chunks in (2, 4):
-        gpu._CHUNKS = chunks
+    for chunks, taper, stream in variants:
+        gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS = chunks, taper, stream
         cursor = 0  # a new store: its GPU cache has seen none of the keys (3M of the 3.8M cold keys are used)
         capacity = HOT + 4 * int(0.1 * N)
         with EmbeddingStore(path, verify=False, device=0, gpu_cache_bytes=int(capacity * (DIM * 4 + 13) * 1.25)) as store:
@@ -112,7 +122,7 @@ def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray) -> None:
                     marks.append(lookup.last_trace())
                 lookup.trace = False
                 ok = all(np.array_equal(cp.asnumpy(o), _rows_of(cp.asnumpy(k), DIM)) for o, k in zip(outs, calls[2:]))
-                print(f"\n## {chunks} chunks, {hit:.2f} hits, one caller: {1e3 * untraced:.3f} ms a call untraced "
+                print(f"\n## {chunks} chunks{' tapered' if taper else ''}{', rows streamed' if stream else ''}, {hit:.2f} hits, one caller: {1e3 * untraced:.3f} ms a call untraced "
                       f"({N / untraced / 1e9:.2f} G keys/s), {TRACED} calls traced (each waits for its stream at its end); "
                       f"output checked: {'yes' if ok else 'NO'}\n", *_trace_table(marks), sep="\n", flush=True)
 
@@ -162,11 +172,36 @@ def contention(cp, path: Path, cold: np.ndarray) -> None:
         busy = not end.done
         end.synchronize()
         copy_beside = 40 * host.nbytes / (cp.cuda.get_elapsed_time(start, end) / 1e3)
+        # the copy of rows the host has just read into the pinned buffer (as a call's last chunk is
+        # copied), written with plain stores (left in the cores' caches) or streamed past them
+        after = {}
+        for streaming in (False, True):
+            taken = []
+            for _ in range(5):
+                keys = cold[cursor - misses : cursor]
+                cursor -= misses
+                store._host.tables["t"].find(keys, host, found, store._host.pool, streaming=streaming)
+                start, end = copies(1)
+                end.synchronize()
+                taken.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
+            after[streaming] = host.nbytes / float(np.median(taken))
+            read_s = []
+            for _ in range(5):
+                keys = cold[cursor - misses : cursor]
+                cursor -= misses
+                t0 = time.perf_counter()
+                store._host.tables["t"].find(keys, host, found, store._host.pool, streaming=streaming)
+                read_s.append(time.perf_counter() - t0)
+            after[streaming, "read"] = float(np.median(read_s))
     print(f"\n## The host reads and the copies to the device, alone and at once ({misses:,} keys never read before, "
           f"{host.nbytes / 1e6:.1f} MB of rows)\n\n| | alone | at once |\n|---|---:|---:|\n"
           f"| host reads, ms a call's misses (median of 7) | {1e3 * alone:.3f} | {1e3 * beside:.3f} |\n"
           f"| pinned host-to-device copies, GB/s (40 of the rows) | {copy_alone / 1e9:.1f} | {copy_beside / 1e9:.1f} |\n\n"
-          f"The copies were still running when the reads ended: {'yes' if busy else 'NO (the at-once read figure is partly alone)'}",
+          f"The copies were still running when the reads ended: {'yes' if busy else 'NO (the at-once read figure is partly alone)'}\n\n"
+          f"Rows read by the host into the pinned buffer, then copied at once (median of 5), by how the reads write them:\n\n"
+          f"| rows written | host read ms | the copy right after, GB/s |\n|---|---:|---:|\n"
+          f"| plain stores (left in the cores' caches) | {1e3 * after[False, 'read']:.3f} | {after[False] / 1e9:.1f} |\n"
+          f"| non-temporal stores (streamed to memory) | {1e3 * after[True, 'read']:.3f} | {after[True] / 1e9:.1f} |",
           flush=True)
 
 
@@ -176,12 +211,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", action="store_true", help="one caller's calls step by step, then --contention")
     parser.add_argument("--contention", action="store_true", help="the host reads and the copies, alone and at once")
+    parser.add_argument("--ab", action="store_true", help="chunks, tapered ends and streamed rows against one another (VARIANTS), "
+                        "then the trace of the last variant")
     args = parser.parse_args()
     rng = np.random.default_rng(5)
     path = _store_of(Path(tempfile.mkdtemp()) / "s", ROWS, DIM)
     hot = rng.permutation(ROWS)[:HOT].astype(np.int64)
     cold = np.setdiff1d(np.arange(ROWS, dtype=np.int64), hot)
     rng.shuffle(cold)
+    if args.ab:  # two rounds of every variant, in turn (the run-to-run spread is wide); every third output checked
+        print("| chunks | hit rate (set) | callers | hit rate (measured) | ms a call | G keys/s | output checked (every 3rd call) |")
+        print("|---|---:|---:|---:|---:|---:|---|")
+        for _ in range(2):
+            for chunks, taper, stream in VARIANTS:
+                print(*probe(cp, path, chunks, rng, hot, cold, taper, stream, check_every=3), sep="\n", flush=True)
+        trace(cp, path, rng, hot, cold, variants=(VARIANTS[3],))
+        return 0
     if args.trace or args.contention:
         if args.trace:
             trace(cp, path, rng, hot, cold)

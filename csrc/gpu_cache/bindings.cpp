@@ -131,18 +131,19 @@ Returns:
 
   m.def(
       "lookup_chunks",
-      [](int64_t n, int chunks, int64_t min_rows) {
+      [](int64_t n, int chunks, int64_t min_rows, bool taper) {
         std::vector<std::pair<int64_t, int64_t>> ranges;
         try {
-          for (const RowRange& r : lookup_chunks(n, chunks, min_rows)) ranges.emplace_back(r.begin, r.end);
+          for (const RowRange& r : lookup_chunks(n, chunks, min_rows, taper)) ranges.emplace_back(r.begin, r.end);
         } catch (const std::invalid_argument& e) {
           throw py::value_error(e.what());
         }
         return ranges;
       },
-      py::arg("n"), py::arg("chunks"), py::arg("min_rows"),
+      py::arg("n"), py::arg("chunks"), py::arg("min_rows"), py::arg("taper") = false,
       "The key rows [begin, end) a GPU tier lookup of n rows is cut into: at most `chunks` ranges of ceil(n / chunks) "
-      "rows but at least min_rows (the last takes the rest), in order.");
+      "rows but at least min_rows (the last takes the rest), in order; with taper (chunks >= 3) the first and last "
+      "are half the others (u = max(min_rows, ceil(n / (2 chunks - 2))) first, then 2u each, the last the rest).");
   m.def(
       "compact_found",
       [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> keys,
@@ -261,15 +262,15 @@ Returns:
   py::class_<GpuTierLookup>(m, "GpuTierLookup",
                             "A GPU tier's lookups: device keys through the tables' GPU caches, misses read from the host tables, "
                             "written into the output and inserted, in one call with the GIL released (thread-safe).")
-      .def(py::init([](int device, int stagings, int chunks, int64_t min_chunk_rows, bool async_insert) {
+      .def(py::init([](int device, int stagings, int chunks, int64_t min_chunk_rows, bool async_insert, bool taper, bool stream_rows) {
              try {
-               return new GpuTierLookup(device, TierLookupOptions{stagings, chunks, min_chunk_rows, async_insert});
+               return new GpuTierLookup(device, TierLookupOptions{stagings, chunks, min_chunk_rows, async_insert, taper, stream_rows});
              } catch (const std::invalid_argument& e) {
                throw py::value_error(e.what());
              }
            }),
            py::arg("device"), py::arg("stagings") = 2, py::arg("chunks") = 4, py::arg("min_chunk_rows") = 65536,
-           py::arg("async_insert") = false)
+           py::arg("async_insert") = false, py::arg("taper") = false, py::arg("stream_rows") = false)
       .def("lookup", &tier_lookup, py::arg("caches"), py::arg("hosts"), py::arg("keys"), py::arg("n"),
            py::arg("out"), py::arg("out_dtype"), py::arg("stream"), py::arg("pool"), py::arg("complete"),
            "keys device int64 (n, columns) C-contiguous, column t through caches[t] over hosts[t] (at the cache's LRU clock), into "

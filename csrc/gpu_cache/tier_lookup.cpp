@@ -287,8 +287,8 @@ std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& column
   call.k = k;
   call.dim = columns[0].cache->dim();
   call.out_row_bytes = static_cast<size_t>(k * call.dim) * (out_dtype == GpuOutDtype::kFloat16 ? 2 : 4);
-  call.chunks = lookup_chunks(n, options_.chunks, options_.min_chunk_rows);
-  call.chunk_rows = call.chunks[0].end - call.chunks[0].begin;
+  call.chunks = lookup_chunks(n, options_.chunks, options_.min_chunk_rows, options_.taper);
+  for (const RowRange& range : call.chunks) call.chunk_rows = std::max(call.chunk_rows, range.end - range.begin);
   call.misses.assign(static_cast<size_t>(k), 0);
   {
     std::lock_guard<std::mutex> lock(insert_mutex_);
@@ -379,7 +379,7 @@ void GpuTierLookup::read_chunk(Call& call, int c, ThreadPool& pool, const Comple
   for (int t = 0; t < k; ++t) {
     const int64_t m = counts[t], at = call.offsets[t];
     if (m == 0) continue;
-    int64_t hits = call.columns[t].host->find(keys + at, m, rows + at * call.dim, found + at, pool);
+    int64_t hits = call.columns[t].host->find(keys + at, m, rows + at * call.dim, found + at, pool, options_.stream_rows);
     if (hits < m) {
       complete(t, m, keys + at, rows + at * call.dim, found + at, hits);
       hits = std::count_if(found + at, found + at + m, [](uint8_t f) { return f != 0; });

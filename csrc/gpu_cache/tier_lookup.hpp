@@ -46,6 +46,8 @@ struct TierLookupOptions {
   int chunks = 4;                  ///< most chunks a call is cut into
   int64_t min_chunk_rows = 65536;  ///< fewest key rows a chunk (but for the last)
   bool async_insert = false;       ///< insert on the lookup's own stream (false) or on one of its own (true)
+  bool taper = false;              ///< first and last chunks half the others (lookup_chunks)
+  bool stream_rows = false;        ///< missed rows written into the pinned staging past the CPU's caches (HostTable::find)
 };
 
 /// One step of a traced lookup (GpuTierLookup::set_trace): what happened, to which chunk (-1: the

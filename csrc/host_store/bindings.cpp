@@ -160,7 +160,7 @@ Returns:
           py::arg("keys"), "Erases keys (int64 (n,)); returns how many were present.")
       .def(
           "find",
-          [](const HostTable& table, py::handle keys_obj, py::handle out_obj, py::handle found_obj, ThreadPool& pool) {
+          [](const HostTable& table, py::handle keys_obj, py::handle out_obj, py::handle found_obj, ThreadPool& pool, bool streaming) {
             auto keys = require<int64_t>(keys_obj, "keys", 1);
             auto out = require<float>(out_obj, "out", 2, true);
             auto found = require<uint8_t>(found_obj, "found", 1, true);
@@ -173,9 +173,9 @@ Returns:
             float* out_data = out.mutable_data();
             uint8_t* found_data = found.mutable_data();
             py::gil_scoped_release release;
-            return table.find(key_data, n, out_data, found_data, pool);
+            return table.find(key_data, n, out_data, found_data, pool, streaming);
           },
-          py::arg("keys"), py::arg("out"), py::arg("found"), py::arg("pool"),
+          py::arg("keys"), py::arg("out"), py::arg("found"), py::arg("pool"), py::arg("streaming") = false,
           R"doc(Looks up keys with the GIL released.
 
 Args:
@@ -183,6 +183,7 @@ Args:
     out: float32 (n, dim) C-contiguous host array: rows of found keys, zeros for missing ones.
     found: uint8 (n,) host array: 1 where found.
     pool: the ThreadPool to split the batch over.
+    streaming: write fp32 rows with non-temporal stores (past the CPU's caches; for memory a device copies next).
 
 Returns:
     The number of keys found.

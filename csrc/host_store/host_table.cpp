@@ -7,6 +7,10 @@
 #include <new>
 #include <stdexcept>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "common/mix.hpp"
 #include "host_store/detail/half.hpp"
 #include "host_store/detail/huge_pages.hpp"
@@ -118,9 +122,37 @@ void HostTable::store_row(int64_t row, const float* values) noexcept {
   }
 }
 
-void HostTable::load_row(int64_t row, float* out) const noexcept {
+namespace {
+
+/// Copies `bytes` with non-temporal stores where it can (x86, 16-byte aligned target, whole 16-byte
+/// words), else memcpy. The caller fences (stream_fence) before the target is read elsewhere.
+void stream_copy(void* target, const void* source, size_t bytes) noexcept {
+#if defined(__SSE2__)
+  if ((reinterpret_cast<uintptr_t>(target) & 15) == 0 && (bytes & 15) == 0) {
+    auto* to = static_cast<__m128i*>(target);
+    const auto* from = static_cast<const __m128i*>(source);
+    for (size_t i = 0; i < bytes / 16; ++i) _mm_stream_si128(to + i, _mm_loadu_si128(from + i));
+    return;
+  }
+#endif
+  std::memcpy(target, source, bytes);
+}
+
+void stream_fence() noexcept {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+}  // namespace
+
+void HostTable::load_row(int64_t row, float* out, bool streaming) const noexcept {
   const uint8_t* source = row_address(row);
   if (dtype_ == RowDtype::kFloat32) {
+    if (streaming) {
+      stream_copy(out, source, static_cast<size_t>(row_bytes_));
+      return;
+    }
     std::memcpy(out, source, static_cast<size_t>(row_bytes_));
   } else {
     const auto* halves = reinterpret_cast<const uint16_t*>(source);
@@ -205,7 +237,7 @@ int64_t HostTable::erase(const int64_t* keys, int64_t n) {
 }
 
 int64_t HostTable::find_range(const int64_t* keys, int64_t key_stride, int64_t begin, int64_t end, float* out, int64_t out_stride,
-                              uint8_t* found, int64_t found_stride) const noexcept {
+                              uint8_t* found, int64_t found_stride, bool streaming) const noexcept {
   // A software pipeline over the keys: key i + kSlotAhead's index slots are prefetched, key
   // i + kRowAhead is resolved and its row's lines prefetched, key i's row is copied. A lookup of a
   // large table waits on DRAM about twice a key (the index slot, then the row); the pipeline keeps
@@ -232,7 +264,7 @@ int64_t HostTable::find_range(const int64_t* keys, int64_t key_stride, int64_t b
     const int64_t row = rows[i % kRowAhead];
     float* target = out + i * out_stride;
     if (row >= 0) {
-      load_row(row, target);
+      load_row(row, target, streaming);
       found[i * found_stride] = 1;
       ++hits;
     } else {
@@ -242,6 +274,7 @@ int64_t HostTable::find_range(const int64_t* keys, int64_t key_stride, int64_t b
     if (i + kSlotAhead < end) index_.prefetch(key_at(i + kSlotAhead));
     if (i + kRowAhead < end) resolve(i + kRowAhead);
   }
+  if (streaming) stream_fence();
   return hits;
 }
 
@@ -251,13 +284,13 @@ void HostTable::count_lookups(int64_t n, int64_t hits) const noexcept {
   misses_.fetch_add(n - hits, std::memory_order_relaxed);
 }
 
-int64_t HostTable::find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool) const {
+int64_t HostTable::find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool, bool streaming) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   std::atomic<int64_t> hits{0};
   // about four pieces a thread (so a slow thread is caught up by the others), 256 to 4096 keys each
   const int64_t chunk = std::clamp<int64_t>(n / (4 * pool.threads()), 256, 4096);
   pool.parallel_for(n, chunk, [&](int64_t begin, int64_t end) {
-    hits.fetch_add(find_range(keys, 1, begin, end, out, dim_, found, 1), std::memory_order_relaxed);
+    hits.fetch_add(find_range(keys, 1, begin, end, out, dim_, found, 1, streaming), std::memory_order_relaxed);
   });
   const int64_t total = hits.load();
   count_lookups(n, total);

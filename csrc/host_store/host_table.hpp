@@ -65,8 +65,11 @@ class HostTable {
   /// @param keys host (n,) keys.
   /// @param out host (n, dim) fp32, C-contiguous: the row of each found key; zeros for a missing one.
   /// @param found host (n,) bytes: 1 where the key was found, else 0.
+  /// @param streaming write fp32 rows to `out` with non-temporal stores (past the CPU's caches):
+  ///        for memory the device copies from next (pinned staging), which would otherwise be read
+  ///        out of the cores' caches line by line, and which the stores need not read first.
   /// @return number of keys found.
-  int64_t find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool) const;
+  int64_t find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool, bool streaming = false) const;
 
   /// `find` over strided host arrays: key i at keys[i * key_stride], its row at out + i * out_stride
   /// (floats; out_stride >= dim), its flag at found[i * found_stride]. Runs on the calling thread.
@@ -86,11 +89,11 @@ class HostTable {
   uint8_t* row_address(int64_t row) const noexcept;
   int64_t allocate_row();
   void store_row(int64_t row, const float* values) noexcept;
-  void load_row(int64_t row, float* out) const noexcept;
+  void load_row(int64_t row, float* out, bool streaming = false) const noexcept;
   /// Keys [begin, end) of a strided batch (see find_strided) on the calling thread, the lock held
   /// by the caller; returns the keys found. Does not count them (count_lookups does).
   int64_t find_range(const int64_t* keys, int64_t key_stride, int64_t begin, int64_t end, float* out, int64_t out_stride,
-                     uint8_t* found, int64_t found_stride) const noexcept;
+                     uint8_t* found, int64_t found_stride, bool streaming = false) const noexcept;
   void count_lookups(int64_t n, int64_t hits) const noexcept;
   void insert_row(int64_t key, const float* values);
   void count_access(int64_t key) const noexcept;
