@@ -45,8 +45,9 @@ CompleteMisses = Callable[[int, np.ndarray, np.ndarray, np.ndarray, int], None]
 _STAGINGS = 2  # concurrent lookups' pinned stagings (double-buffered)
 _CHUNKS = 4  # a lookup's keys are cut into at most this many chunks (measured on the H200 in RESULTS; the chunk probe had 2 ahead with two callers at 0.90 hits, 4 with one at 0.98: to be settled by the bench)
 _MIN_CHUNK_ROWS = 65_536  # fewest key rows a chunk (each costs a wait, a host call and a copy)
-_TAPER = False  # first and last chunks half the others (_core.lookup_chunks): the reads start sooner, less is left after them
-_STREAM_ROWS = False  # missed rows written into the pinned staging with non-temporal stores (past the CPU's caches)
+_TAPER = True  # first and last chunks half the others (_core.lookup_chunks): the reads start sooner, less is left after them
+_STREAM_ROWS = True  # missed rows written into the pinned staging with non-temporal stores (past the CPU's caches)
+_COPY_STREAM = False  # the rows' copies on a stream of each staging's own (a chunk's copy need not wait for the last one's inserts)
 
 
 def _cupy() -> Any:
@@ -95,7 +96,8 @@ class GpuTier:
             share = options.cache_bytes * weights[name] / total
             rows = max(_core.gpu_cache_min_rows, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
             self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission), dim)
-        self._lookup = _core.GpuTierLookup(device, _STAGINGS, _CHUNKS, _MIN_CHUNK_ROWS, self.async_insert, _TAPER, _STREAM_ROWS)
+        self._lookup = _core.GpuTierLookup(device, _STAGINGS, _CHUNKS, _MIN_CHUNK_ROWS, self.async_insert, _TAPER, _STREAM_ROWS,
+                                           _COPY_STREAM)
 
     def stream_of(self, stream: Any) -> Any:
         """The cupy stream of a lookup's ``stream`` argument (see :meth:`lookup_columns`)."""

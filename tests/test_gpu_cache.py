@@ -300,10 +300,15 @@ def test_a_traced_lookup_marks_every_chunks_steps_in_order(table, monkeypatch, a
 
 
 @pytest.mark.parametrize("async_insert", [False, True])
-def test_the_lookups_device_memory_stays_bounded_over_many_calls(table, async_insert):
+@pytest.mark.parametrize("copy_stream", [False, True])
+def test_the_lookups_device_memory_stays_bounded_over_many_calls(table, async_insert, copy_stream, monkeypatch):
     # Each call takes its device memory from the tier's stream-ordered pool and frees it in stream
-    # order (with async_insert on the insert stream, which the callers' streams never wait for): the
-    # pool must reuse it, not grow by a call's memory every call (about 5 MB here).
+    # order (with async_insert on the insert stream, which the callers' streams never wait for; with
+    # copy_stream the rows' memory is taken on the copy stream): the pool must reuse it, not grow by
+    # a call's memory every call (about 5 MB here).
+    from embedding_cache import gpu
+
+    monkeypatch.setattr(gpu, "_COPY_STREAM", copy_stream)
     cupy = _cupy()
     path, keys, rows = table
     rng = np.random.default_rng(9)
@@ -506,10 +511,11 @@ def test_rows_read_before_an_update_are_not_cached_after_it(table):
 
 @pytest.mark.parametrize("async_insert", [False, True])
 @pytest.mark.parametrize("out_dtype", ["float32", "float16"])
-@pytest.mark.parametrize(("taper", "stream_rows"), [(False, False), (True, True)])
-def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_insert, out_dtype, taper, stream_rows):
+@pytest.mark.parametrize(("taper", "stream_rows", "copy_stream"), [(False, False, False), (True, True, True)])
+def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_insert, out_dtype, taper, stream_rows, copy_stream):
     # Calls cut into 3 chunks of at least 5 key rows (even, or tapered: the ends half the middle, the
-    # missed rows streamed into the staging past the CPU's caches): sizes at, below and past the chunk
+    # missed rows streamed into the staging past the CPU's caches, copied on the staging's own
+    # stream): sizes at, below and past the chunk
     # sizes, two tables, hits, misses and keys that exist nowhere in some chunks only, against the host store.
     cupy = _cupy()
     from embedding_cache import gpu
@@ -518,6 +524,7 @@ def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_ins
     monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 5)
     monkeypatch.setattr(gpu, "_TAPER", taper)
     monkeypatch.setattr(gpu, "_STREAM_ROWS", stream_rows)
+    monkeypatch.setattr(gpu, "_COPY_STREAM", copy_stream)
     rng = np.random.default_rng(5)
     keys = rng.choice(10**9, 5_000, replace=False).astype(np.int64)
     tables = {"a": (keys, rng.normal(size=(5_000, 16)).astype(np.float32)), "b": (keys[::-1].copy(), rng.normal(size=(5_000, 16)).astype(np.float32))}

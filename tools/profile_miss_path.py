@@ -32,17 +32,17 @@ CHUNKS = (1, 2, 4, 8)
 TIMED = 12
 
 
-# --ab: (chunks, tapered ends, rows streamed past the CPU's caches)
-VARIANTS = ((4, False, False), (4, False, True), (4, True, False), (4, True, True), (2, False, True), (6, True, True))
+# --ab: (chunks, tapered ends, rows streamed past the CPU's caches, copies on a stream of their own)
+VARIANTS = ((4, True, True, False), (4, True, True, True), (2, False, True, True), (3, True, True, True))
 
 
 def probe(cp, path: Path, chunks: int, rng, hot: np.ndarray, cold: np.ndarray, taper: bool = False, stream: bool = False,
-          check_every: int = 1) -> list[str]:
+          copy: bool = False, check_every: int = 1) -> list[str]:
     """Rows of the table: one and two callers at 0.90 and 0.98 hits; every ``check_every``-th output checked."""
     from embedding_cache import EmbeddingStore, gpu
 
-    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS = chunks, taper, stream
-    label = f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}"
+    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM = chunks, taper, stream, copy
+    label = f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}{', copy stream' if copy else ''}"
     cursor = 0
     lines = []
     capacity = HOT + 4 * int(0.1 * N)
@@ -90,13 +90,13 @@ def _trace_table(marks: list[list[tuple[str, int, float]]]) -> list[str]:
     return lines
 
 
-def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray, variants=((2, False, False), (4, False, False))) -> None:
+def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray, variants=((2, False, False, False), (4, False, False, False))) -> None:
     """One caller's calls at 0.90 and 0.98 hits for each (chunks, taper, streamed rows) variant: ms a
     call untraced, then each step traced."""
     from embedding_cache import EmbeddingStore, gpu
 
-    for chunks, taper, stream in variants:
-        gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS = chunks, taper, stream
+    for chunks, taper, stream, copy in variants:
+        gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM = chunks, taper, stream, copy
         cursor = 0  # a new store: its GPU cache has seen none of the keys (3M of the 3.8M cold keys are used)
         capacity = HOT + 4 * int(0.1 * N)
         with EmbeddingStore(path, verify=False, device=0, gpu_cache_bytes=int(capacity * (DIM * 4 + 13) * 1.25)) as store:
@@ -122,7 +122,7 @@ def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray, variants=((2, 
                     marks.append(lookup.last_trace())
                 lookup.trace = False
                 ok = all(np.array_equal(cp.asnumpy(o), _rows_of(cp.asnumpy(k), DIM)) for o, k in zip(outs, calls[2:]))
-                print(f"\n## {chunks} chunks{' tapered' if taper else ''}{', rows streamed' if stream else ''}, {hit:.2f} hits, one caller: {1e3 * untraced:.3f} ms a call untraced "
+                print(f"\n## {chunks} chunks{' tapered' if taper else ''}{', rows streamed' if stream else ''}{', copy stream' if copy else ''}, {hit:.2f} hits, one caller: {1e3 * untraced:.3f} ms a call untraced "
                       f"({N / untraced / 1e9:.2f} G keys/s), {TRACED} calls traced (each waits for its stream at its end); "
                       f"output checked: {'yes' if ok else 'NO'}\n", *_trace_table(marks), sep="\n", flush=True)
 
@@ -162,13 +162,13 @@ def contention(cp, path: Path, cold: np.ndarray) -> None:
         return start, end
 
     with EmbeddingStore(path, verify=False) as store:
-        reads(3)
-        alone = reads(7)
+        reads(2)
+        alone = reads(5)
         start, end = copies(40)
         end.synchronize()
         copy_alone = 40 * host.nbytes / (cp.cuda.get_elapsed_time(start, end) / 1e3)
         start, end = copies(40)  # about 20 ms of copies queued; the reads run while they do
-        beside = reads(7)
+        beside = reads(5)
         busy = not end.done
         end.synchronize()
         copy_beside = 40 * host.nbytes / (cp.cuda.get_elapsed_time(start, end) / 1e3)
@@ -177,7 +177,7 @@ def contention(cp, path: Path, cold: np.ndarray) -> None:
         after = {}
         for streaming in (False, True):
             taken = []
-            for _ in range(5):
+            for _ in range(4):
                 keys = cold[cursor - misses : cursor]
                 cursor -= misses
                 store._host.tables["t"].find(keys, host, found, store._host.pool, streaming=streaming)
@@ -186,7 +186,7 @@ def contention(cp, path: Path, cold: np.ndarray) -> None:
                 taken.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
             after[streaming] = host.nbytes / float(np.median(taken))
             read_s = []
-            for _ in range(5):
+            for _ in range(4):
                 keys = cold[cursor - misses : cursor]
                 cursor -= misses
                 t0 = time.perf_counter()
@@ -195,10 +195,10 @@ def contention(cp, path: Path, cold: np.ndarray) -> None:
             after[streaming, "read"] = float(np.median(read_s))
     print(f"\n## The host reads and the copies to the device, alone and at once ({misses:,} keys never read before, "
           f"{host.nbytes / 1e6:.1f} MB of rows)\n\n| | alone | at once |\n|---|---:|---:|\n"
-          f"| host reads, ms a call's misses (median of 7) | {1e3 * alone:.3f} | {1e3 * beside:.3f} |\n"
+          f"| host reads, ms a call's misses (median of 5) | {1e3 * alone:.3f} | {1e3 * beside:.3f} |\n"
           f"| pinned host-to-device copies, GB/s (40 of the rows) | {copy_alone / 1e9:.1f} | {copy_beside / 1e9:.1f} |\n\n"
           f"The copies were still running when the reads ended: {'yes' if busy else 'NO (the at-once read figure is partly alone)'}\n\n"
-          f"Rows read by the host into the pinned buffer, then copied at once (median of 5), by how the reads write them:\n\n"
+          f"Rows read by the host into the pinned buffer, then copied at once (median of 4), by how the reads write them:\n\n"
           f"| rows written | host read ms | the copy right after, GB/s |\n|---|---:|---:|\n"
           f"| plain stores (left in the cores' caches) | {1e3 * after[False, 'read']:.3f} | {after[False] / 1e9:.1f} |\n"
           f"| non-temporal stores (streamed to memory) | {1e3 * after[True, 'read']:.3f} | {after[True] / 1e9:.1f} |",
@@ -223,9 +223,9 @@ def main() -> int:
         print("| chunks | hit rate (set) | callers | hit rate (measured) | ms a call | G keys/s | output checked (every 3rd call) |")
         print("|---|---:|---:|---:|---:|---:|---|")
         for _ in range(2):
-            for chunks, taper, stream in VARIANTS:
-                print(*probe(cp, path, chunks, rng, hot, cold, taper, stream, check_every=3), sep="\n", flush=True)
-        trace(cp, path, rng, hot, cold, variants=(VARIANTS[3],))
+            for chunks, taper, stream, copy in VARIANTS:
+                print(*probe(cp, path, chunks, rng, hot, cold, taper, stream, copy, check_every=3), sep="\n", flush=True)
+        trace(cp, path, rng, hot, cold, variants=(VARIANTS[1],))
         return 0
     if args.trace or args.contention:
         if args.trace:

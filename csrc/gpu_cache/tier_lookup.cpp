@@ -89,6 +89,8 @@ struct GpuTierLookup::Staging {
   std::vector<uint8_t> found;      // (n * columns): where a missed key exists
   std::vector<cudaEvent_t> ready;  // per chunk: its misses are listed in `listed`
   std::vector<cudaEvent_t> sent;   // per chunk: its rows are on the device and scattered (the insert stream waits)
+  std::vector<cudaEvent_t> landed;  // per chunk, with a copy stream: its rows are on the device
+  cudaStream_t copy_stream = nullptr;  // with TierLookupOptions::copy_stream: the copies of its calls
   cudaEvent_t copied = nullptr;    // after the last copy out of rows / packed
   cudaEvent_t ended = nullptr;     // after a call's last work on its stream (the insert stream waits before freeing)
   bool copies_queued = false;      // `copied` has been recorded
@@ -120,6 +122,7 @@ struct GpuTierLookup::Call {
   int listed = 0;                     // chunks whose lookups and gathers are queued
   bool copies_waited = false;         // the staging's last user's copies are done
   Trace* trace = nullptr;             // when the call is traced
+  cudaStream_t copy_stream = nullptr;  // the rows' copies (the staging's copy stream, or `stream`)
 };
 
 /// A traced call's steps (set_trace): host steps timed at once, GPU steps by timing events resolved
@@ -179,7 +182,9 @@ GpuTierLookup::GpuTierLookup(int device, const TierLookupOptions& options) : dev
     for (int c = 0; c < options.chunks; ++c) {
       staging->ready.push_back(new_event(cudaEventBlockingSync));  // see wait_listed
       staging->sent.push_back(new_event());
+      staging->landed.push_back(new_event());
     }
+    if (options.copy_stream) check(cudaStreamCreateWithFlags(&staging->copy_stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     staging->copied = new_event();
     staging->ended = new_event();
     stagings_.push_back(std::move(staging));
@@ -197,6 +202,8 @@ GpuTierLookup::~GpuTierLookup() {
     if (staging->copies_queued) (void)cudaEventSynchronize(staging->copied);  // before its pinned buffers go
     for (cudaEvent_t event : staging->ready) (void)cudaEventDestroy(event);
     for (cudaEvent_t event : staging->sent) (void)cudaEventDestroy(event);
+    for (cudaEvent_t event : staging->landed) (void)cudaEventDestroy(event);
+    if (staging->copy_stream != nullptr) (void)cudaStreamDestroy(staging->copy_stream);
     (void)cudaEventDestroy(staging->copied);
     (void)cudaEventDestroy(staging->ended);
   }
@@ -283,6 +290,7 @@ std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& column
     ~Release() { self->release_staging(staging); }
   } release{this, staging};
   Call call{staging, columns, stream, keys, static_cast<char*>(out), out_dtype};
+  call.copy_stream = staging.copy_stream != nullptr ? staging.copy_stream : stream;
   call.trace = trace.get();
   call.k = k;
   call.dim = columns[0].cache->dim();
@@ -399,9 +407,13 @@ void GpuTierLookup::send_chunk(Call& call, int c) {
   std::vector<const int64_t*> insert_keys(static_cast<size_t>(k), nullptr);
   std::vector<const float*> insert_rows(static_cast<size_t>(k), nullptr);
   pack_present(call, c, device_rows, insert_keys, insert_rows);
-  check(cudaEventRecord(staging.copied, call.stream), "cudaEventRecord(copied)");
+  check(cudaEventRecord(staging.copied, call.copy_stream), "cudaEventRecord(copied)");
   staging.copies_queued = true;
-  if (call.trace != nullptr) call.trace->device("gpu copied", c, call.stream);
+  if (call.trace != nullptr) call.trace->device("gpu copied", c, call.copy_stream);
+  if (call.copy_stream != call.stream) {  // the scatter and inserts after the copies, which need not wait for the last chunk's inserts
+    check(cudaEventRecord(staging.landed[c], call.copy_stream), "cudaEventRecord(landed)");
+    check(cudaStreamWaitEvent(call.stream, staging.landed[c], 0), "cudaStreamWaitEvent(landed)");
+  }
   scatter_miss_rows_async(call.out + range.begin * call.out_row_bytes, call.out_dtype, k, rows, call.dim,
                           call.miss_index + c * static_cast<size_t>(k * call.chunk_rows), call.counts + c * k, rows, nullptr,
                           device_rows, device_, call.stream);
@@ -414,9 +426,9 @@ void GpuTierLookup::send_chunk(Call& call, int c) {
 float* GpuTierLookup::copy_rows(Call& call, int c) {
   const size_t bytes = static_cast<size_t>(call.offsets[call.k] * call.dim) * sizeof(float);
   const char* host_rows = call.staging.rows[c].reserve(0);
-  auto* device_rows = static_cast<float*>(allocate(bytes, call.stream));
+  auto* device_rows = static_cast<float*>(allocate(bytes, call.copy_stream));
   call.allocations.push_back(device_rows);
-  check(cudaMemcpyAsync(device_rows, host_rows, bytes, cudaMemcpyHostToDevice, call.stream), "cudaMemcpyAsync(rows)");
+  check(cudaMemcpyAsync(device_rows, host_rows, bytes, cudaMemcpyHostToDevice, call.copy_stream), "cudaMemcpyAsync(rows)");
   return device_rows;
 }
 
@@ -433,7 +445,7 @@ void GpuTierLookup::pack_present(Call& call, int c, const float* device_rows, st
     if (present > 0 && present < m) packed_bytes += align256(present * sizeof(int64_t)) + align256(present * row_bytes);
   }
   char* host_packed = packed_bytes ? call.staging.packed[c].reserve(packed_bytes) : nullptr;
-  char* device_packed = packed_bytes ? static_cast<char*>(allocate(packed_bytes, call.stream)) : nullptr;
+  char* device_packed = packed_bytes ? static_cast<char*>(allocate(packed_bytes, call.copy_stream)) : nullptr;
   if (device_packed != nullptr) call.allocations.push_back(device_packed);
   const auto* host_rows = reinterpret_cast<const float*>(call.staging.rows[c].reserve(0));
   size_t at = 0;
@@ -451,7 +463,7 @@ void GpuTierLookup::pack_present(Call& call, int c, const float* device_rows, st
       at = rows_at + align256(present * row_bytes);
     }
   }
-  if (at > 0) check(cudaMemcpyAsync(device_packed, host_packed, at, cudaMemcpyHostToDevice, call.stream), "cudaMemcpyAsync(packed)");
+  if (at > 0) check(cudaMemcpyAsync(device_packed, host_packed, at, cudaMemcpyHostToDevice, call.copy_stream), "cudaMemcpyAsync(packed)");
 }
 
 /// Queues the inserts of chunk c's present rows (on the lookup's stream, or after it on the insert
@@ -487,6 +499,7 @@ void GpuTierLookup::end_call(Call& call, bool failed) {
   Staging& staging = call.staging;
   if (failed) {  // what was queued finishes before the staging's buffers go to another call
     (void)cudaStreamSynchronize(call.stream);
+    if (call.copy_stream != call.stream) (void)cudaStreamSynchronize(call.copy_stream);
     (void)cudaGetLastError();
   }
   cudaStream_t target = call.stream;

@@ -48,6 +48,7 @@ struct TierLookupOptions {
   bool async_insert = false;       ///< insert on the lookup's own stream (false) or on one of its own (true)
   bool taper = false;              ///< first and last chunks half the others (lookup_chunks)
   bool stream_rows = false;        ///< missed rows written into the pinned staging past the CPU's caches (HostTable::find)
+  bool copy_stream = false;        ///< the rows' copies on a stream of each staging's own, so that a chunk's copy need not wait for the last chunk's inserts
 };
 
 /// One step of a traced lookup (GpuTierLookup::set_trace): what happened, to which chunk (-1: the
