@@ -1,10 +1,12 @@
 """The GPU tier: per table, a cache of hot rows in device memory ahead of the host store.
 
 A lookup of device keys (one column per table: ``(n, k)`` keys, ``k`` tables, one call) runs in one
-C++ call with the GIL released (``_core.GpuTierLookup``): the keys are cut into a few chunks, every
-chunk's lookup kernels (hits gathered in-kernel, misses listed) are queued on the caller's stream at
-once, and then chunk by chunk the host waits for that chunk's missed keys (written by the GPU into
-mapped pinned memory), reads them from the host tables into pinned memory (the thread pool), and
+C++ call with the GIL released (``_core.GpuTierLookup``): the keys are cut into a few chunks (the
+first and last half the others), every chunk's lookup kernels (hits gathered in-kernel, misses
+listed) are queued on the caller's stream at once, and then chunk by chunk the host waits for that
+chunk's missed keys (written by the GPU into mapped pinned memory), reads them from the host tables
+into pinned memory with non-temporal stores (the thread pool; rows left dirty in the cores' caches
+were copied to the device at a third of the rate), and
 queues their copy to the device, one kernel writing them into the output, and the inserts of the rows
 that exist into the caches: one chunk's rows are read while the last one's are copied and inserted.
 Keys the host tables do not hold go to the host tier's ``complete`` (RocksDB read-through, the
@@ -43,7 +45,7 @@ OUT_DTYPES = ("float32", "float16")
 CompleteMisses = Callable[[int, np.ndarray, np.ndarray, np.ndarray, int], None]
 
 _STAGINGS = 2  # concurrent lookups' pinned stagings (double-buffered)
-_CHUNKS = 4  # a lookup's keys are cut into at most this many chunks (measured on the H200 in RESULTS; the chunk probe had 2 ahead with two callers at 0.90 hits, 4 with one at 0.98: to be settled by the bench)
+_CHUNKS = 4  # a lookup's keys are cut into at most this many chunks (the H200 A/B in RESULTS, with _TAPER and _STREAM_ROWS: 4 led one caller, 2 two callers at 0.98 hits)
 _MIN_CHUNK_ROWS = 65_536  # fewest key rows a chunk (each costs a wait, a host call and a copy)
 _TAPER = True  # first and last chunks half the others (_core.lookup_chunks): the reads start sooner, less is left after them
 _STREAM_ROWS = True  # missed rows written into the pinned staging with non-temporal stores (past the CPU's caches)
