@@ -2,8 +2,8 @@
 effective-rate table (1,048,576 device keys a call, dim 64 fp32, 0.90 and 0.98 set hit rates, misses
 never asked before, lookup-stream inserts), every output checked. Run on the GPU machine.
 
-- default (``tools/device_run.sh miss-path``): ``embedding_cache.gpu._CHUNKS`` at 1, 2, 4 and 8, one
-  and two callers at once.
+- default (``tools/device_run.sh miss-path``): ``embedding_cache.gpu._CHUNKS`` at 1, 2, 4 and 8 (the
+  product's tapering and streamed rows), one and two callers at once.
 - ``--trace`` (``tools/device_run.sh miss-trace``): where one caller's call goes, step by step
   (``GpuTierLookup.trace``: the host's steps and each chunk's GPU work, median over the traced
   calls), at 2 and 4 chunks; then ``--contention``.
@@ -36,19 +36,35 @@ TIMED = 12
 VARIANTS = ((4, True, True, False), (4, True, True, True), (2, False, True, True), (3, True, True, True))
 
 
-def probe(cp, path: Path, chunks: int, rng, hot: np.ndarray, cold: np.ndarray, taper: bool = False, stream: bool = False,
-          copy: bool = False, check_every: int = 1) -> list[str]:
-    """Rows of the table: one and two callers at 0.90 and 0.98 hits; every ``check_every``-th output checked."""
+def _warm_store(cp, path: Path, variant: tuple[int, bool, bool, bool], hot: np.ndarray):
+    """A store over ``path`` with a GPU tier built for ``variant`` (chunks, tapered ends, streamed rows,
+    copy stream), room for the hot keys and four calls' misses, the hot keys cached."""
     from embedding_cache import EmbeddingStore, gpu
 
-    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM = chunks, taper, stream, copy
-    label = f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}{', copy stream' if copy else ''}"
-    cursor = 0
-    lines = []
+    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM = variant
     capacity = HOT + 4 * int(0.1 * N)
-    with EmbeddingStore(path, verify=False, device=0, gpu_cache_bytes=int(capacity * (DIM * 4 + 13) * 1.25)) as store:
+    store = EmbeddingStore(path, verify=False, device=0, gpu_cache_bytes=int(capacity * (DIM * 4 + 13) * 1.25))
+    try:
         for _ in range(2):
             store.prefetch("t", cp.asarray(hot))
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _label(variant: tuple[int, bool, bool, bool]) -> str:
+    chunks, taper, stream, copy = variant
+    return f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}{', copy stream' if copy else ''}"
+
+
+def probe(cp, path: Path, variant: tuple[int, bool, bool, bool], rng, hot: np.ndarray, cold: np.ndarray, check_every: int = 1) -> list[str]:
+    """Rows of the table for ``variant`` (see _warm_store): one and two callers at 0.90 and 0.98
+    hits; every ``check_every``-th output checked."""
+    label = _label(variant)
+    cursor = 0
+    lines = []
+    with _warm_store(cp, path, variant, hot) as store:
         for hit in (0.90, 0.98):
             misses = int(round((1 - hit) * N))
 
@@ -90,18 +106,12 @@ def _trace_table(marks: list[list[tuple[str, int, float]]]) -> list[str]:
     return lines
 
 
-def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray, variants=((2, False, False, False), (4, False, False, False))) -> None:
-    """One caller's calls at 0.90 and 0.98 hits for each (chunks, taper, streamed rows) variant: ms a
-    call untraced, then each step traced."""
-    from embedding_cache import EmbeddingStore, gpu
-
-    for chunks, taper, stream, copy in variants:
-        gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM = chunks, taper, stream, copy
+def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray, variants: tuple) -> None:
+    """One caller's calls at 0.90 and 0.98 hits for each variant (see _warm_store): ms a call
+    untraced, then each step traced."""
+    for variant in variants:
         cursor = 0  # a new store: its GPU cache has seen none of the keys (3M of the 3.8M cold keys are used)
-        capacity = HOT + 4 * int(0.1 * N)
-        with EmbeddingStore(path, verify=False, device=0, gpu_cache_bytes=int(capacity * (DIM * 4 + 13) * 1.25)) as store:
-            for _ in range(2):
-                store.prefetch("t", cp.asarray(hot))
+        with _warm_store(cp, path, variant, hot) as store:
             for hit in (0.90, 0.98):
                 misses = int(round((1 - hit) * N))
                 calls = []
@@ -122,7 +132,7 @@ def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray, variants=((2, 
                     marks.append(lookup.last_trace())
                 lookup.trace = False
                 ok = all(np.array_equal(cp.asnumpy(o), _rows_of(cp.asnumpy(k), DIM)) for o, k in zip(outs, calls[2:]))
-                print(f"\n## {chunks} chunks{' tapered' if taper else ''}{', rows streamed' if stream else ''}{', copy stream' if copy else ''}, {hit:.2f} hits, one caller: {1e3 * untraced:.3f} ms a call untraced "
+                print(f"\n## chunks {_label(variant)}, {hit:.2f} hits, one caller: {1e3 * untraced:.3f} ms a call untraced "
                       f"({N / untraced / 1e9:.2f} G keys/s), {TRACED} calls traced (each waits for its stream at its end); "
                       f"output checked: {'yes' if ok else 'NO'}\n", *_trace_table(marks), sep="\n", flush=True)
 
@@ -214,6 +224,9 @@ def main() -> int:
     parser.add_argument("--ab", action="store_true", help="chunks, tapered ends and streamed rows against one another (VARIANTS), "
                         "then the trace of the last variant")
     args = parser.parse_args()
+    from embedding_cache import gpu
+
+    product = (gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM)  # the product's, before a variant sets its own
     rng = np.random.default_rng(5)
     path = _store_of(Path(tempfile.mkdtemp()) / "s", ROWS, DIM)
     hot = rng.permutation(ROWS)[:HOT].astype(np.int64)
@@ -223,13 +236,13 @@ def main() -> int:
         print("| chunks | hit rate (set) | callers | hit rate (measured) | ms a call | G keys/s | output checked (every 3rd call) |")
         print("|---|---:|---:|---:|---:|---:|---|")
         for _ in range(2):
-            for chunks, taper, stream, copy in VARIANTS:
-                print(*probe(cp, path, chunks, rng, hot, cold, taper, stream, copy, check_every=3), sep="\n", flush=True)
+            for variant in VARIANTS:
+                print(*probe(cp, path, variant, rng, hot, cold, check_every=3), sep="\n", flush=True)
         trace(cp, path, rng, hot, cold, variants=(VARIANTS[1],))
         return 0
     if args.trace or args.contention:
         if args.trace:
-            trace(cp, path, rng, hot, cold)
+            trace(cp, path, rng, hot, cold, ((2, *product), (4, *product)))
         contention(cp, path, cold)  # from the end of cold: keys not read for at least a store's calls
         return 0
     print(f"# The GPU tier's miss path by chunks a call ({N:,} keys a call, dim {DIM} fp32, {ROWS:,} rows, {HOT:,} hot keys; "
@@ -237,7 +250,7 @@ def main() -> int:
     print("| chunks | hit rate (set) | callers | hit rate (measured) | ms a call | G keys/s | output checked |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for chunks in CHUNKS:
-        print(*probe(cp, path, chunks, rng, hot, cold), sep="\n", flush=True)
+        print(*probe(cp, path, (chunks, *product), rng, hot, cold), sep="\n", flush=True)
     return 0
 
 
