@@ -196,13 +196,13 @@ class GpuTierLookup:
         copy_stream: the rows' copies on a stream of each staging's own (a chunk's copy need not wait
         for the last chunk's inserts)."""
     def lookup(self, caches: list[GpuCache], hosts: list[HostTable], keys: int, n: int, out: int, out_dtype: GpuOutDtype,
-               stream: int, pool: ThreadPool, complete: Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.uint8], int], None]) -> list[int]:
+               stream: int, pool: ThreadPool, complete: Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.uint8], int], None]) -> None:
         """``keys`` device int64 (n, columns) C-contiguous, column t through ``caches[t]`` over
         ``hosts[t]`` (at the cache's LRU clock, read once the call has a staging), into ``out`` device (n, columns, dim) C-contiguous of
         ``out_dtype``. ``complete(column, keys (m,), rows float32 (m, dim), found uint8 (m,), hits)`` is
         called (GIL held, views of pinned memory valid during the call) for a column's missed keys
-        that its host table did not all hold; what it raises, the lookup raises. Returns each
-        column's GPU-cache misses; the output is queued on ``stream``."""
+        that its host table did not all hold; what it raises, the lookup raises. The output is
+        queued on ``stream``; each cache counts its lookups and misses (:attr:`GpuCache.lookups`)."""
     def invalidate(self, cache: GpuCache, keys: npt.NDArray[np.int64]) -> None:
         """Drops host keys int64 (n,) from ``cache`` after every insert queued before; lookups that
         read rows before it do not insert them. Returns when done."""

@@ -27,7 +27,6 @@ completes keys its host tables lack. Each cache's LRU clock is read once the cal
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,12 +59,6 @@ def _cupy() -> Any:
     return cupy
 
 
-@dataclasses.dataclass
-class _TableCache:
-    cache: Any
-    dim: int
-
-
 class GpuTier:
     """GPU caches of a store's tables on one device.
 
@@ -93,11 +86,11 @@ class GpuTier:
         self.async_insert = bool(options.async_insert)
         row_dtype = getattr(_core.GpuRowDtype, options.dtype)
         total = sum(weights.values()) or 1.0
-        self._tables: dict[str, _TableCache] = {}
+        self._tables: dict[str, Any] = {}  # table -> its _core.GpuCache
         for name, dim in tables.items():
             share = options.cache_bytes * weights[name] / total
             rows = max(_core.gpu_cache_min_rows, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
-            self._tables[name] = _TableCache(_core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission), dim)
+            self._tables[name] = _core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission)
         self._lookup = _core.GpuTierLookup(device, _STAGINGS, _CHUNKS, _MIN_CHUNK_ROWS, self.async_insert, _TAPER, _STREAM_ROWS,
                                            _COPY_STREAM)
 
@@ -114,7 +107,7 @@ class GpuTier:
             return cp.cuda.ExternalStream(handle, self.device)
 
     def dim_of(self, table: str) -> int:
-        return self._tables[table].dim
+        return int(self._tables[table].dim)
 
     def lookup_columns(
         self,
@@ -139,8 +132,8 @@ class GpuTier:
             stream: a cupy stream, a torch CUDA stream or a raw handle; default cupy's current stream.
         """
         cp = self.cp
-        entries = [self._tables[t] for t in tables]
-        dims = {e.dim for e in entries}
+        caches = [self._tables[t] for t in tables]
+        dims = {int(c.dim) for c in caches}
         if len(dims) != 1:
             raise ValueError(f"tables {list(tables)}: expected one dim, got {sorted(dims)}")
         if out_dtype not in OUT_DTYPES:
@@ -150,10 +143,10 @@ class GpuTier:
         s = self.stream_of(stream)
         with cp.cuda.Device(self.device), s:
             if out is None:
-                out = cp.empty((n, len(entries), dim), dtype=out_dtype)
+                out = cp.empty((n, len(caches), dim), dtype=out_dtype)
             if n == 0:
                 return out
-            self._lookup.lookup([e.cache for e in entries], list(hosts), keys.data.ptr, n, out.data.ptr,
+            self._lookup.lookup(caches, list(hosts), keys.data.ptr, n, out.data.ptr,
                                 getattr(_core.GpuOutDtype, out_dtype), s.ptr, pool, complete)
         return out
 
@@ -162,12 +155,12 @@ class GpuTier:
         lookup on any stream cannot see the old rows). Inserts that earlier lookups queued are
         waited for first, and lookups still reading rows from the host will not insert them."""
         if keys.size:
-            self._lookup.invalidate(self._tables[table].cache, np.ascontiguousarray(keys, dtype=np.int64))
+            self._lookup.invalidate(self._tables[table], np.ascontiguousarray(keys, dtype=np.int64))
 
     def stats(self, table: str) -> dict[str, int]:
         """``hits``, ``misses``, ``capacity_rows`` and ``bytes`` (device memory) of a table's cache
         (hits and misses as the lookups counted them in C++, chunk by chunk)."""
-        cache = self._tables[table].cache
+        cache = self._tables[table]
         lookups, misses = int(cache.lookups), int(cache.misses)
         return {
             "hits": lookups - misses,

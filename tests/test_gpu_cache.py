@@ -253,7 +253,7 @@ def test_the_lru_clock_counts_every_lookups_misses(table):
     cupy = _cupy()
     path, keys, _ = table
     with EmbeddingStore(path, device=0, gpu_cache_bytes=4_096 * 300) as store:
-        cache = store._gpu._tables["t"].cache
+        cache = store._gpu._tables["t"]
         assert cache.lru_tick == _core.lru_clock(0, cache.capacity_rows) == 1
         threads = [threading.Thread(target=lambda i=i: store.lookup("t", cupy.asarray(keys[i * 10_000:(i + 1) * 10_000]))) for i in range(4)]
         for thread in threads:

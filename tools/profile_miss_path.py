@@ -58,6 +58,11 @@ def _label(variant: tuple[int, bool, bool, bool]) -> str:
     return f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}{', copy stream' if copy else ''}"
 
 
+def _fresh_call(cp, rng, hot: np.ndarray, cold: np.ndarray, cursor: int, misses: int):
+    """One call's device keys: ``misses`` cold keys from ``cursor`` on (wrapping) among hot ones."""
+    return cp.asarray(_mixed_keys(rng, hot, cold[np.arange(cursor, cursor + misses) % cold.size], N))
+
+
 def probe(cp, path: Path, variant: tuple[int, bool, bool, bool], rng, hot: np.ndarray, cold: np.ndarray, check_every: int = 1) -> list[str]:
     """Rows of the table for ``variant`` (see _warm_store): one and two callers at 0.90 and 0.98
     hits; every ``check_every``-th output checked."""
@@ -72,9 +77,8 @@ def probe(cp, path: Path, variant: tuple[int, bool, bool, bool], rng, hot: np.nd
                 nonlocal cursor
                 out = []
                 for _ in range(m):
-                    fresh = cold[np.arange(cursor, cursor + misses) % cold.size]
+                    out.append(_fresh_call(cp, rng, hot, cold, cursor, misses))
                     cursor += misses
-                    out.append(cp.asarray(_mixed_keys(rng, hot, fresh, N)))
                 return out
 
             for callers in (1, 2):
@@ -116,7 +120,7 @@ def trace(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray, variants: tupl
                 misses = int(round((1 - hit) * N))
                 calls = []
                 for _ in range(2 + TIMED + TRACED):
-                    calls.append(cp.asarray(_mixed_keys(rng, hot, cold[np.arange(cursor, cursor + misses) % cold.size], N)))
+                    calls.append(_fresh_call(cp, rng, hot, cold, cursor, misses))
                     cursor += misses
                 for q in calls[:2]:
                     store.lookup("t", q)

@@ -36,7 +36,7 @@ void find_async(const GpuCache& cache, const GpuCache::FindArgs& args, uintptr_t
 
 // GpuTierLookup::lookup with the GIL released; `complete` is called back with it held, on numpy views of
 // the call's pinned host buffers (valid during the callback only).
-std::vector<int64_t> tier_lookup(GpuTierLookup& self, const std::vector<GpuCache*>& caches,
+void tier_lookup(GpuTierLookup& self, const std::vector<GpuCache*>& caches,
                                  const std::vector<const HostTable*>& hosts, uintptr_t keys,
                                  int64_t n, uintptr_t out, GpuOutDtype out_dtype, uintptr_t stream, ThreadPool& pool,
                                  const py::function& complete) {
@@ -53,8 +53,8 @@ std::vector<int64_t> tier_lookup(GpuTierLookup& self, const std::vector<GpuCache
     complete(column, k_view, rows_view, found_view, hits);
   };
   py::gil_scoped_release release;
-  return self.lookup(columns, reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<void*>(out), out_dtype,
-                     reinterpret_cast<cudaStream_t>(stream), pool, fn);
+  self.lookup(columns, reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<void*>(out), out_dtype,
+              reinterpret_cast<cudaStream_t>(stream), pool, fn);
 }
 #endif
 
@@ -161,7 +161,7 @@ Returns:
         return py::make_tuple(keys_out[py::slice(0, present, 1)], rows_out[py::slice(0, present, 1)]);
       },
       py::arg("keys"), py::arg("rows"), py::arg("found"),
-      "(keys, rows) of the keys where found != 0, in order: what a GPU tier lookup inserts of a piece of misses some of "
+      "(keys, rows) of the keys where found != 0, in order: what a GPU tier lookup inserts of a chunk's misses some of "
       "whose keys exist nowhere.");
 
 #if TRITONREC_HAS_CUDA
@@ -277,7 +277,7 @@ Returns:
            py::arg("out"), py::arg("out_dtype"), py::arg("stream"), py::arg("pool"), py::arg("complete"),
            "keys device int64 (n, columns) C-contiguous, column t through caches[t] over hosts[t] (at the cache's LRU clock), into "
            "out device (n, columns, dim) of out_dtype; complete(column, keys, rows, found, hits) is called for missed keys "
-           "the host table did not all hold. Returns each column's GPU-cache misses; the output is queued on `stream`.")
+           "the host table did not all hold. The output is queued on `stream`; each cache counts its lookups and misses.")
       .def(
           "invalidate",
           [](GpuTierLookup& self, GpuCache& cache, py::array_t<int64_t, py::array::c_style | py::array::forcecast> keys) {

@@ -43,6 +43,8 @@ class Pinned {
     }
     return static_cast<char*>(ptr_);
   }
+  /// The buffer as it is (null before the first reserve).
+  char* data() const noexcept { return static_cast<char*>(ptr_); }
 
  private:
   void* ptr_ = nullptr;
@@ -96,35 +98,6 @@ struct GpuTierLookup::Staging {
   bool copies_queued = false;      // `copied` has been recorded
 };
 
-/// The state of one lookup call.
-struct GpuTierLookup::Call {
-  Staging& staging;
-  const std::vector<TierColumn>& columns;
-  cudaStream_t stream;
-  const int64_t* keys;  // device (n, k)
-  char* out;            // device (n, k, dim) of out_dtype
-  GpuOutDtype out_dtype;
-  int k = 0;
-  int64_t dim = 0, chunk_rows = 0;
-  size_t out_row_bytes = 0;  // bytes of one key row of the output (k * dim elements)
-  std::vector<RowRange> chunks;
-  int32_t* miss_index = nullptr;  // device (chunks, k, chunk_rows): chunk c's column t at + (c * k + t) * rows of c
-  int32_t* counts = nullptr;      // device (chunks, k)
-  int64_t* missed = nullptr;      // device (n * k): chunk c's missed keys from + begin * k, column after column
-  int32_t* host_counts = nullptr;  // mapped (chunks, k)
-  int64_t* host_missed = nullptr;  // mapped, as `missed`
-  std::vector<uint64_t> generations;  // of each column's cache when the call began
-  std::vector<uint32_t> ticks;        // each column's LRU clock for this call (its lookups and inserts)
-  std::vector<int64_t> misses;        // per column
-  std::vector<int64_t> offsets;       // the chunk being read: (k + 1,) offsets of its columns' misses
-  std::vector<int64_t> present;       // the chunk being read: (k,) of its columns' misses that exist
-  std::vector<void*> allocations;     // device memory, freed in stream order when the call ends
-  int listed = 0;                     // chunks whose lookups and gathers are queued
-  bool copies_waited = false;         // the staging's last user's copies are done
-  Trace* trace = nullptr;             // when the call is traced
-  cudaStream_t copy_stream = nullptr;  // the rows' copies (the staging's copy stream, or `stream`)
-};
-
 /// A traced call's steps (set_trace): host steps timed at once, GPU steps by timing events resolved
 /// when the call ends.
 struct GpuTierLookup::Trace {
@@ -151,6 +124,42 @@ struct GpuTierLookup::Trace {
     gpu.emplace_back(marks.size(), event);
     marks.push_back({what, chunk, 0});
     check(cudaEventRecord(event, stream), "cudaEventRecord(trace)");
+  }
+};
+
+/// The state of one lookup call.
+struct GpuTierLookup::Call {
+  Staging& staging;
+  const std::vector<TierColumn>& columns;
+  cudaStream_t stream;
+  const int64_t* keys;  // device (n, k)
+  char* out;            // device (n, k, dim) of out_dtype
+  GpuOutDtype out_dtype;
+  int k = 0;
+  int64_t dim = 0, chunk_rows = 0;
+  size_t out_row_bytes = 0;  // bytes of one key row of the output (k * dim elements)
+  std::vector<RowRange> chunks;
+  int32_t* miss_index = nullptr;  // device (chunks, k, chunk_rows): chunk c's column t at + (c * k + t) * rows of c
+  int32_t* counts = nullptr;      // device (chunks, k)
+  int64_t* missed = nullptr;      // device (n * k): chunk c's missed keys from + begin * k, column after column
+  int32_t* host_counts = nullptr;  // mapped (chunks, k)
+  int64_t* host_missed = nullptr;  // mapped, as `missed`
+  std::vector<uint64_t> generations;  // of each column's cache when the call began
+  std::vector<uint32_t> ticks;        // each column's LRU clock for this call (its lookups and inserts)
+  std::vector<int64_t> offsets;       // the chunk being read: (k + 1,) offsets of its columns' misses
+  std::vector<int64_t> present;       // the chunk being read: (k,) of its columns' misses that exist
+  std::vector<void*> allocations;     // device memory, freed in stream order when the call ends
+  bool copies_waited = false;         // the staging's last user's copies are done
+  Trace* trace = nullptr;             // when the call is traced
+  cudaStream_t copy_stream = nullptr;  // the rows' copies (the staging's copy stream, or `stream`)
+
+  /// Marks a host step of a traced call (nothing when the call is not traced).
+  void mark(const char* what, int chunk) {
+    if (trace != nullptr) trace->host(what, chunk);
+  }
+  /// Marks a GPU step of a traced call: when `on` reaches this point.
+  void mark_gpu(const char* what, int chunk, cudaStream_t on) {
+    if (trace != nullptr) trace->device(what, chunk, on);
   }
 };
 
@@ -268,13 +277,12 @@ void GpuTierLookup::check_columns(const std::vector<TierColumn>& columns) const 
   }
 }
 
-std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t* keys, int64_t n, void* out,
-                                           GpuOutDtype out_dtype, cudaStream_t stream, ThreadPool& pool,
-                                           const CompleteMisses& complete) {
+void GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t* keys, int64_t n, void* out, GpuOutDtype out_dtype,
+                           cudaStream_t stream, ThreadPool& pool, const CompleteMisses& complete) {
   check_columns(columns);
   if (n < 0) throw std::invalid_argument("n: expected >= 0");
+  if (n == 0) return;
   const int k = static_cast<int>(columns.size());
-  if (n == 0) return std::vector<int64_t>(static_cast<size_t>(k), 0);
   DeviceGuard guard(device_);
   std::unique_ptr<Trace> trace;
   if (this->trace()) {
@@ -297,13 +305,12 @@ std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& column
   call.out_row_bytes = static_cast<size_t>(k * call.dim) * (out_dtype == GpuOutDtype::kFloat16 ? 2 : 4);
   call.chunks = lookup_chunks(n, options_.chunks, options_.min_chunk_rows, options_.taper);
   for (const RowRange& range : call.chunks) call.chunk_rows = std::max(call.chunk_rows, range.end - range.begin);
-  call.misses.assign(static_cast<size_t>(k), 0);
   {
     std::lock_guard<std::mutex> lock(insert_mutex_);
     for (const TierColumn& column : columns) call.generations.push_back(generations_[column.cache]);
   }
   for (const TierColumn& column : columns) call.ticks.push_back(column.cache->lru_tick());  // read now, not before the wait for a staging
-  if (call.trace != nullptr) call.trace->host("staging", -1);
+  call.mark("staging", -1);
   try {
     list_chunks(call, n);
     for (int c = 0; c < static_cast<int>(call.chunks.size()); ++c) {
@@ -315,7 +322,6 @@ std::vector<int64_t> GpuTierLookup::lookup(const std::vector<TierColumn>& column
     throw;
   }
   end_call(call, false);
-  return call.misses;
 }
 
 /// Allocates the call's device and mapped memory and queues every chunk's lookups and miss gather.
@@ -355,23 +361,21 @@ void GpuTierLookup::list_chunks(Call& call, int64_t n) {
     gather_miss_keys_async(call.keys + range.begin * k, k, rows, index, call.counts + c * k, rows, call.missed + range.begin * k,
                            device_, call.stream, call.host_missed + range.begin * k, call.host_counts + c * k);
     check(cudaEventRecord(staging.ready[c], call.stream), "cudaEventRecord");
-    if (call.trace != nullptr) call.trace->device("gpu listed", static_cast<int>(c), call.stream);
-    call.listed = static_cast<int>(c) + 1;
+    call.mark_gpu("gpu listed", static_cast<int>(c), call.stream);
   }
-  if (call.trace != nullptr) call.trace->host("queued", -1);
+  call.mark("queued", -1);
 }
 
 void GpuTierLookup::read_chunk(Call& call, int c, ThreadPool& pool, const CompleteMisses& complete) {
   Staging& staging = call.staging;
   const int k = call.k;
   wait_event(staging.ready[c], "cudaEventSynchronize(chunk listed)");
-  if (call.trace != nullptr) call.trace->host("listed", c);
+  call.mark("listed", c);
   const int32_t* counts = call.host_counts + static_cast<size_t>(c) * k;
   call.offsets.assign(static_cast<size_t>(k) + 1, 0);
   call.present.assign(static_cast<size_t>(k), 0);
   for (int t = 0; t < k; ++t) {
     call.offsets[t + 1] = call.offsets[t] + counts[t];
-    call.misses[t] += counts[t];
     call.columns[t].cache->count_lookups(call.chunks[c].end - call.chunks[c].begin, counts[t]);  // the clock moves for calls from now on
   }
   const int64_t total = call.offsets[k];
@@ -394,7 +398,7 @@ void GpuTierLookup::read_chunk(Call& call, int c, ThreadPool& pool, const Comple
     }
     call.present[t] = hits;
   }
-  if (call.trace != nullptr) call.trace->host("read", c);
+  call.mark("read", c);
 }
 
 void GpuTierLookup::send_chunk(Call& call, int c) {
@@ -409,7 +413,7 @@ void GpuTierLookup::send_chunk(Call& call, int c) {
   pack_present(call, c, device_rows, insert_keys, insert_rows);
   check(cudaEventRecord(staging.copied, call.copy_stream), "cudaEventRecord(copied)");
   staging.copies_queued = true;
-  if (call.trace != nullptr) call.trace->device("gpu copied", c, call.copy_stream);
+  call.mark_gpu("gpu copied", c, call.copy_stream);
   if (call.copy_stream != call.stream) {  // the scatter and inserts after the copies, which need not wait for the last chunk's inserts
     check(cudaEventRecord(staging.landed[c], call.copy_stream), "cudaEventRecord(landed)");
     check(cudaStreamWaitEvent(call.stream, staging.landed[c], 0), "cudaStreamWaitEvent(landed)");
@@ -417,15 +421,15 @@ void GpuTierLookup::send_chunk(Call& call, int c) {
   scatter_miss_rows_async(call.out + range.begin * call.out_row_bytes, call.out_dtype, k, rows, call.dim,
                           call.miss_index + c * static_cast<size_t>(k * call.chunk_rows), call.counts + c * k, rows, nullptr,
                           device_rows, device_, call.stream);
-  if (call.trace != nullptr) call.trace->device("gpu scattered", c, call.stream);
+  call.mark_gpu("gpu scattered", c, call.stream);
   queue_inserts(call, c, insert_keys, insert_rows);
-  if (call.trace != nullptr) call.trace->host("sent", c);
+  call.mark("sent", c);
 }
 
 /// Queues the copy of chunk c's missed rows (read into its staging) to new device memory; returns it.
 float* GpuTierLookup::copy_rows(Call& call, int c) {
   const size_t bytes = static_cast<size_t>(call.offsets[call.k] * call.dim) * sizeof(float);
-  const char* host_rows = call.staging.rows[c].reserve(0);
+  const char* host_rows = call.staging.rows[c].data();
   auto* device_rows = static_cast<float*>(allocate(bytes, call.copy_stream));
   call.allocations.push_back(device_rows);
   check(cudaMemcpyAsync(device_rows, host_rows, bytes, cudaMemcpyHostToDevice, call.copy_stream), "cudaMemcpyAsync(rows)");
@@ -447,7 +451,7 @@ void GpuTierLookup::pack_present(Call& call, int c, const float* device_rows, st
   char* host_packed = packed_bytes ? call.staging.packed[c].reserve(packed_bytes) : nullptr;
   char* device_packed = packed_bytes ? static_cast<char*>(allocate(packed_bytes, call.copy_stream)) : nullptr;
   if (device_packed != nullptr) call.allocations.push_back(device_packed);
-  const auto* host_rows = reinterpret_cast<const float*>(call.staging.rows[c].reserve(0));
+  const auto* host_rows = reinterpret_cast<const float*>(call.staging.rows[c].data());
   size_t at = 0;
   for (int t = 0; t < k; ++t) {
     const int64_t first = call.offsets[t], m = call.offsets[t + 1] - first, present = call.present[t];
@@ -492,7 +496,7 @@ void GpuTierLookup::queue_inserts(Call& call, int c, const std::vector<const int
     pending_.push_back(event);
     check(cudaEventRecord(event, target), "cudaEventRecord(inserted)");
   }
-  if (call.trace != nullptr) call.trace->device("gpu inserted", c, target);
+  call.mark_gpu("gpu inserted", c, target);
 }
 
 void GpuTierLookup::end_call(Call& call, bool failed) {

@@ -75,12 +75,12 @@ class GpuTierLookup {
   /// clock (GpuCache::lru_tick, read once the call has its staging; the misses counted as learnt), into out device
   /// (n, columns, dim) C-contiguous of out_dtype: every key's true row where it exists in some tier,
   /// else what `complete` wrote. Returns when the output is queued on `stream` (inserts may still run
-  /// on the tier's insert stream); waits on `stream` (never the device) for each chunk's misses.
-  /// @return each column's GPU-cache misses.
+  /// on the tier's insert stream); waits on `stream` (never the device) for each chunk's misses. Each
+  /// cache counts its lookups and misses (GpuCache::count_lookups).
   /// @throw std::invalid_argument bad arguments (no columns, dims that differ, out rows not aligned).
   /// @throw std::runtime_error a CUDA error; whatever `complete` throws.
-  std::vector<int64_t> lookup(const std::vector<TierColumn>& columns, const int64_t* keys, int64_t n, void* out,
-                              GpuOutDtype out_dtype, cudaStream_t stream, ThreadPool& pool, const CompleteMisses& complete);
+  void lookup(const std::vector<TierColumn>& columns, const int64_t* keys, int64_t n, void* out, GpuOutDtype out_dtype,
+              cudaStream_t stream, ThreadPool& pool, const CompleteMisses& complete);
 
   /// Drops host keys (n,) from `cache`; returns when done. Inserts queued by earlier lookups are
   /// waited for first, and lookups still reading rows from the host will not insert them into `cache`.
