@@ -539,6 +539,63 @@ def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_ins
                 np.testing.assert_array_equal(got, expected, err_msg=f"n={n}")
 
 
+@pytest.mark.parametrize("async_insert", [False, True])
+def test_calls_at_once_are_cut_into_the_crowded_chunks_and_stay_exact(tmp_path, monkeypatch, async_insert):
+    # Four threads over two stagings, each call at a barrier with the others: a call that starts
+    # while another is in flight is cut into 2 chunks (not tapered), a lone one into 4 tapered, chunks
+    # of at least 5 key rows; sizes around both cuts, hits, misses and keys that exist nowhere, against
+    # the host store. A lone caller's calls are never crowded.
+    import threading
+
+    cupy = _cupy()
+    from embedding_cache import gpu
+
+    monkeypatch.setattr(gpu, "_CHUNKS", 4)
+    monkeypatch.setattr(gpu, "_CROWDED_CHUNKS", 2)
+    monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 5)
+    monkeypatch.setattr(gpu, "_TAPER", True)
+    rng = np.random.default_rng(8)
+    keys = rng.choice(10**9, 5_000, replace=False).astype(np.int64)
+    path = build_store(tmp_path / "s", {"t": (keys, rng.normal(size=(5_000, 16)).astype(np.float32))}, missing="zeros")
+    sizes = (0, 1, 2, 5, 9, 10, 11, 19, 20, 21, 30, 100, 4_099)
+    with EmbeddingStore(path) as host_only, EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 20, gpu_async_insert=async_insert) as store:
+        errors, at_once = [], threading.Barrier(4)
+
+        def caller(t: int) -> None:
+            local = np.random.default_rng(t)
+            stream = cupy.cuda.Stream(non_blocking=True)
+            for n in sizes:
+                query = local.choice(np.concatenate([keys[: 500 + 100 * t], [-7, -8]]), n)
+                at_once.wait()
+                try:
+                    got = cupy.asnumpy(store.lookup("t", cupy.asarray(query), stream=stream))
+                    np.testing.assert_array_equal(got, host_only.lookup("t", query), err_msg=f"caller {t}, n={n}")
+                except BaseException as e:  # noqa: BLE001 - raised in the main thread
+                    errors.append(e)
+
+        threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[0]
+        assert store._gpu._lookup.crowded_calls > 0
+        with EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 20, gpu_async_insert=async_insert) as alone:
+            for n in sizes:
+                query = rng.choice(keys, n)
+                np.testing.assert_array_equal(cupy.asnumpy(alone.lookup("t", cupy.asarray(query))), host_only.lookup("t", query), err_msg=f"n={n}")
+            assert alone._gpu._lookup.crowded_calls == 0
+
+
+def test_a_tier_lookups_options_out_of_range_are_refused():
+    _cupy()
+    for bad in (-1, 5):  # crowded_chunks: 0 (as a lone call) up to chunks
+        with pytest.raises(ValueError, match="crowded_chunks"):
+            _core.GpuTierLookup(0, chunks=4, crowded_chunks=bad)
+    with pytest.raises(ValueError, match="chunks"):
+        _core.GpuTierLookup(0, chunks=0)
+
+
 def test_a_missing_key_error_in_a_later_chunk_leaves_the_tier_serving(tmp_path, monkeypatch):
     # The error policy raises from the host tier's completion in the middle of a call (its third
     # chunk); the call's queued work finishes, its staging is released, the next calls are exact.

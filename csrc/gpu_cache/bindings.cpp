@@ -263,16 +263,17 @@ Returns:
                             "A GPU tier's lookups: device keys through the tables' GPU caches, misses read from the host tables, "
                             "written into the output and inserted, in one call with the GIL released (thread-safe).")
       .def(py::init([](int device, int stagings, int chunks, int64_t min_chunk_rows, bool async_insert, bool taper, bool stream_rows,
-                       bool copy_stream) {
+                       bool copy_stream, int crowded_chunks) {
              try {
-               return new GpuTierLookup(device, TierLookupOptions{stagings, chunks, min_chunk_rows, async_insert, taper, stream_rows, copy_stream});
+               return new GpuTierLookup(device, TierLookupOptions{stagings, chunks, min_chunk_rows, async_insert, taper, stream_rows, copy_stream,
+                                                                  crowded_chunks});
              } catch (const std::invalid_argument& e) {
                throw py::value_error(e.what());
              }
            }),
            py::arg("device"), py::arg("stagings") = 2, py::arg("chunks") = 4, py::arg("min_chunk_rows") = 65536,
            py::arg("async_insert") = false, py::arg("taper") = false, py::arg("stream_rows") = false,
-           py::arg("copy_stream") = false)
+           py::arg("copy_stream") = false, py::arg("crowded_chunks") = 0)
       .def("lookup", &tier_lookup, py::arg("caches"), py::arg("hosts"), py::arg("keys"), py::arg("n"),
            py::arg("out"), py::arg("out_dtype"), py::arg("stream"), py::arg("pool"), py::arg("complete"),
            "keys device int64 (n, columns) C-contiguous, column t through caches[t] over hosts[t] (at the cache's LRU clock), into "
@@ -289,6 +290,9 @@ Returns:
           "Drops host keys int64 (n,) from `cache` after every insert queued before; returns when done.")
       .def_property_readonly("pool_bytes", &GpuTierLookup::pool_bytes,
                              "Device memory its pool holds for calls (in flight or kept for the next ones), in bytes.")
+      .def_property_readonly("crowded_calls", &GpuTierLookup::crowded_calls,
+                             "Calls so far that started while another held a staging or waited for one (cut into crowded_chunks "
+                             "chunks where that is set).")
       .def_property("trace", &GpuTierLookup::trace, &GpuTierLookup::set_trace,
                     "Trace the calls from now on (each host step, and each chunk's GPU work by timing events) for "
                     "last_trace(); a traced call waits for its streams at its end (a probe's setting, not a server's).")

@@ -167,6 +167,9 @@ GpuTierLookup::GpuTierLookup(int device, const TierLookupOptions& options) : dev
   if (options.stagings < 1) throw std::invalid_argument("stagings: expected >= 1");
   if (options.chunks < 1) throw std::invalid_argument("chunks: expected >= 1");
   if (options.min_chunk_rows < 1) throw std::invalid_argument("min_chunk_rows: expected >= 1");
+  if (options.crowded_chunks < 0 || options.crowded_chunks > options.chunks) {
+    throw std::invalid_argument("crowded_chunks: expected 0 (cut as a lone call) up to chunks");
+  }
   DeviceGuard guard(device);
   cudaMemPoolProps props{};
   props.allocType = cudaMemAllocationTypePinned;
@@ -237,7 +240,7 @@ void* GpuTierLookup::allocate(size_t bytes, cudaStream_t stream) {
   return ptr;
 }
 
-GpuTierLookup::Staging& GpuTierLookup::take_staging() {
+GpuTierLookup::Staging& GpuTierLookup::take_staging(bool& crowded) {
   std::unique_lock<std::mutex> lock(stagings_mutex_);
   const uint64_t ticket = next_ticket_++;
   Staging* taken = nullptr;
@@ -253,6 +256,8 @@ GpuTierLookup::Staging& GpuTierLookup::take_staging() {
   });
   taken->busy = true;
   ++serving_;
+  crowded = serving_ != next_ticket_;  // another caller waits
+  for (auto& staging : stagings_) crowded = crowded || (staging.get() != taken && staging->busy);
   lock.unlock();
   staging_freed_.notify_all();  // the next caller may take another free staging
   return *taken;
@@ -291,7 +296,8 @@ void GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t
     check(cudaEventRecord(trace->start, stream), "cudaEventRecord(trace)");
     trace->start_us = trace->now_us();
   }
-  Staging& staging = take_staging();
+  bool crowded = false;
+  Staging& staging = take_staging(crowded);
   struct Release {
     GpuTierLookup* self;
     Staging& staging;
@@ -303,7 +309,9 @@ void GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t
   call.k = k;
   call.dim = columns[0].cache->dim();
   call.out_row_bytes = static_cast<size_t>(k * call.dim) * (out_dtype == GpuOutDtype::kFloat16 ? 2 : 4);
-  call.chunks = lookup_chunks(n, options_.chunks, options_.min_chunk_rows, options_.taper);
+  if (crowded) crowded_calls_.fetch_add(1, std::memory_order_relaxed);
+  call.chunks = crowded && options_.crowded_chunks > 0 ? lookup_chunks(n, options_.crowded_chunks, options_.min_chunk_rows, false)
+                                                       : lookup_chunks(n, options_.chunks, options_.min_chunk_rows, options_.taper);
   for (const RowRange& range : call.chunks) call.chunk_rows = std::max(call.chunk_rows, range.end - range.begin);
   {
     std::lock_guard<std::mutex> lock(insert_mutex_);

@@ -49,6 +49,11 @@ struct TierLookupOptions {
   bool taper = false;              ///< first and last chunks half the others (lookup_chunks)
   bool stream_rows = false;        ///< missed rows written into the pinned staging past the CPU's caches (HostTable::find)
   bool copy_stream = false;        ///< the rows' copies on a stream of each staging's own, so that a chunk's copy need not wait for the last chunk's inserts
+  /// Chunks (not tapered) of a call that starts while another holds a staging or waits for one (0:
+  /// cut as a lone call), at most `chunks`: a lone call needs small chunks to overlap its own reads
+  /// with its copies and inserts, while calls at once overlap one another's and pay less per chunk
+  /// with fewer (the H200 A/B in benchmarks/RESULTS.md).
+  int crowded_chunks = 0;
 };
 
 /// One step of a traced lookup (GpuTierLookup::set_trace): what happened, to which chunk (-1: the
@@ -89,6 +94,10 @@ class GpuTierLookup {
   /// Device memory its pool holds for calls (in flight or kept for the next ones), in bytes.
   int64_t pool_bytes() const;
 
+  /// Calls so far that started while another call held a staging or waited for one (cut into
+  /// TierLookupOptions::crowded_chunks chunks where that is set).
+  int64_t crowded_calls() const noexcept { return crowded_calls_.load(std::memory_order_relaxed); }
+
   /// Traces the calls from now on (on) or not (off, the default): each host step and, by timing
   /// events, each chunk's GPU work, kept for last_trace(). A traced call waits for its streams at its
   /// end, so calls no longer overlap one another: a probe's, not a server's, setting.
@@ -101,7 +110,9 @@ class GpuTierLookup {
   struct Staging;
   struct Call;
   struct Trace;
-  Staging& take_staging();
+  /// The first free staging, in the order callers came; `crowded` tells whether another call held
+  /// one or waited for one as this one took it.
+  Staging& take_staging(bool& crowded);
   void release_staging(Staging& staging);
   void check_columns(const std::vector<TierColumn>& columns) const;
   void list_chunks(Call& call, int64_t n);
@@ -126,6 +137,7 @@ class GpuTierLookup {
   std::unordered_map<const GpuCache*, uint64_t> generations_;  // bumped by each invalidation of a cache
   std::vector<cudaEvent_t> pending_;       // after inserts that may not have run yet
   std::atomic<bool> trace_{false};
+  std::atomic<int64_t> crowded_calls_{0};
   mutable std::mutex trace_mutex_;          // guards last_trace_
   std::vector<TraceMark> last_trace_;
 };
