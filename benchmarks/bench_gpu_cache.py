@@ -176,8 +176,41 @@ def _concurrent(cp, store, warm: list, timed: list, callers: int) -> tuple[float
 
 _CALLERS = (1, 2, 4)  # concurrent callers measured
 _TIMED = 12  # timed calls in each concurrent measurement, shared among its callers
-_CONCURRENT_HEAD = ["| workload | callers | hit rate (measured) | keys/s | host-to-device bound keys/s | ratio | ms a call | output checked |",
-                    "|---|---:|---:|---:|---:|---:|---:|---|"]
+_CONCURRENT_HEAD = ["| workload | callers | hit rate (measured) | keys/s | host-to-device bound keys/s | ratio | ms a call | "
+                    "host floor ms a call | ms a call / floor | output checked |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+_FLOOR_CALLS = 8  # calls' misses in a host-floor measurement (_floor_ms)
+
+
+def _floor_ms(cp, store, key_sets: list[np.ndarray], dim: int) -> float:
+    """The miss path stripped to its host side, ms a call: each of ``key_sets`` (host int64 keys, one
+    call's misses, keys not read for many calls) read by the host tier's thread pool into one of two
+    pinned buffers, rows streamed past the CPU's caches as the GPU tier writes them, while the device
+    copies the other buffer's rows (fp32, dim ``dim``) on a stream; wall clock until the last copy is
+    done. No lookup kernel, scatter or insert and no waits between: what the host's memory (the rows
+    read, written and read again by the copy) leaves a call with these misses at best."""
+    import time
+
+    most = max(k.size for k in key_sets)
+    table, pool = store._host.tables["t"], store._host.pool
+    pinned = [cp.cuda.alloc_pinned_memory(most * dim * 4) for _ in range(2)]
+    buffers = [np.frombuffer(p, np.float32, most * dim).reshape(most, dim) for p in pinned]
+    for b in buffers:
+        b[:] = 1  # touched once, as the GPU tier's staging is
+    device, found = cp.empty((most, dim), cp.float32), np.empty(most, np.uint8)
+    stream = cp.cuda.Stream(non_blocking=True)
+    copied = [None, None]  # the event after the copy out of each buffer
+    t0 = time.perf_counter()
+    for i, keys in enumerate(key_sets):
+        b, m = i % 2, keys.size
+        if copied[b] is not None:
+            copied[b].synchronize()
+        if table.find(keys, buffers[b][:m], found[:m], pool, streaming=True) != m:
+            raise AssertionError("the floor's keys must all be in the host tier")
+        device[:m].set(buffers[b][:m], stream=stream)
+        copied[b] = stream.record()
+    stream.synchronize()
+    return 1e3 * (time.perf_counter() - t0) / len(key_sets)
 
 
 def _target(workload: str, rate: float, bound: float) -> str:
@@ -192,10 +225,10 @@ def _target(workload: str, rate: float, bound: float) -> str:
     return f"{'met' if met else 'MISSED'} ({target})"
 
 
-def _concurrent_rows(cp, store, workload: str, label: str, calls, dim: int, h2d: float) -> list[tuple[str, str]]:
+def _concurrent_rows(cp, store, workload: str, label: str, calls, dim: int, h2d: float, floor_ms: float) -> list[tuple[str, str]]:
     """A table row and a verdict line (against :func:`_target` of ``workload``) of :func:`_concurrent`
-    for each count in _CALLERS: ``calls(m)`` gives m more device key arrays. Every output is checked
-    against _rows_of."""
+    for each count in _CALLERS: ``calls(m)`` gives m more device key arrays; ``floor_ms`` is the
+    host floor of such a call (:func:`_floor_ms`, same run). Every output is checked against _rows_of."""
     rows = []
     for callers in _CALLERS:
         warm, timed = calls(callers), calls(_TIMED)
@@ -205,11 +238,15 @@ def _concurrent_rows(cp, store, workload: str, label: str, calls, dim: int, h2d:
         del outs
         looked = _TIMED * n
         rate, bound = looked / seconds, looked / (max(misses, 1) * dim * 4 / h2d)
+        call_ms = 1e3 * seconds / _TIMED
         row = (f"| {label} | {callers} | {1 - misses / looked:.4f} | {rate / 1e6:,.1f} M | {bound / 1e6:,.1f} M | {rate / bound:.3f} | "
-               f"{1e3 * seconds / _TIMED:.3f} | {'yes' if ok else 'NO'} |")
+               f"{call_ms:.3f} | {floor_ms:.3f} | {call_ms / floor_ms:.2f} | {'yes' if ok else 'NO'} |")
         print(row, file=sys.stderr, flush=True)
+        at_floor = n / (floor_ms / 1e3)  # keys/s of a call that took only its host floor
         verdict = f"- {label}, {callers} caller{'s' if callers > 1 else ''}: " + (
-            f"{rate / 1e9:.2f} G keys/s, {rate / bound:.2f} of the bound: {_target(workload, rate, bound)}" if ok else "OUTPUT MISMATCH")
+            f"{rate / 1e9:.2f} G keys/s, {rate / bound:.2f} of the bound, {call_ms / floor_ms:.2f}x the host floor "
+            f"({floor_ms:.3f} ms a call: at most {at_floor / 1e9:.2f} G keys/s, {at_floor / bound:.2f} of the bound): "
+            f"{_target(workload, rate, bound)}" if ok else "OUTPUT MISMATCH")
         rows.append((row, verdict))
     return rows
 
@@ -232,7 +269,7 @@ def _effective_rates(cp) -> list[str]:
     dim, n, hot_n = 64, 1 << 20, 200_000
     rng = np.random.default_rng(5)
     work = Path(tempfile.mkdtemp())
-    small_n = 7_500_000
+    small_n = 8_500_000
     path = _store_of(work / "s", small_n, dim)
     pinned = cp.cuda.alloc_pinned_memory(256 << 20)
     host = np.frombuffer(pinned, dtype=np.uint8, count=256 << 20)
@@ -241,17 +278,21 @@ def _effective_rates(cp) -> list[str]:
     del device
     lines = [
         f"Effective lookup rate through EmbeddingStore (device keys, {n:,} per call cut into at most {gpu._CHUNKS} chunks{' (the ends half the others)' if gpu._TAPER else ''}"
+        f"{f', {gpu._CROWDED_CHUNKS} when another call is in flight' if 0 < gpu._CROWDED_CHUNKS < gpu._CHUNKS else ''}"
         f"{', missed rows streamed into the staging past the CPU caches' if gpu._STREAM_ROWS else ''}"
         f"{', copied on a stream of their own' if gpu._COPY_STREAM else ''}, dim {dim}, "
         f"fp32, LRU; {hot_n:,} hot keys cached, "
         f"misses are keys never asked before, read from the host store in memory, {small_n:,} rows); pinned host-to-device copy "
         f"in the same run: {h2d / 1e9:.1f} GB/s. The parts, each timed alone: a call of as many keys from the hot set only (all hits "
         "but for hot keys the cache's sets could not hold), the host tiers' read of as many keys as the call misses (numpy keys never "
-        "read before, the thread pool, median of 5), and the copy of their rows at that rate:",
+        "read before, the thread pool, median of 5), and the copy of their rows at that rate; and the host floor: the call's misses "
+        f"only, read by the host into two pinned buffers in turn while the other one is copied to the device ({_FLOOR_CALLS} calls' "
+        "worth, no lookup kernel, scatter or insert: the least time the host's memory leaves a call, its rows read, written and read "
+        "again by the copy):",
         "",
         "| hit rate (set) | inserts | hit rate (measured) | keys/s | host-to-device bound keys/s | ratio | call ms | hot-only call ms | "
-        "host read ms | copy ms | output checked |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "host read ms | copy ms | host floor ms | output checked |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     verdicts = []
     concurrent: list[tuple[str, str]] = []  # callers at once: (table row, verdict)
@@ -269,6 +310,14 @@ def _effective_rates(cp) -> list[str]:
             taken += misses_per_call
         assert taken + 5 * int(round(0.1 * n)) <= cold.size, "too few cold keys for the concurrent calls"  # the reads take the last
         return out
+
+    def floor_ms(store, misses_per_call: int) -> float:
+        """_floor_ms over _FLOOR_CALLS calls' worth of cold keys not used before."""
+        nonlocal taken
+        sets = [cold[taken + i * misses_per_call : taken + (i + 1) * misses_per_call] for i in range(_FLOOR_CALLS)]
+        taken += _FLOOR_CALLS * misses_per_call
+        return _floor_ms(cp, store, sets, dim)
+    floors = {}
     for hit, async_insert in ((0.90, False), (0.90, True), (0.98, False), (0.98, True)):
         misses_per_call = int(round((1 - hit) * n))
         capacity = hot_n + 4 * misses_per_call
@@ -287,9 +336,10 @@ def _effective_rates(cp) -> list[str]:
             seconds = cuda_elapsed_s(cp, _lookups(store, calls[3:]))
             after = store.stats()["t"]["tiers"]["gpu"]
             checked = np.array_equal(cp.asnumpy(store.lookup("t", calls[-1])), _rows_of(host_calls[-1], dim))
-            if not async_insert:  # callers at once, each on its own stream, each call with fresh misses
+            if not async_insert:  # the host floor, then callers at once, each on its own stream, each call with fresh misses
+                floors[hit] = floor_ms(store, misses_per_call)
                 concurrent += _concurrent_rows(cp, store, f"{hit:.2f} hits", f"{hit:.2f} hits",
-                                               lambda m: fresh_calls(misses_per_call, m), dim, h2d)
+                                               lambda m: fresh_calls(misses_per_call, m), dim, h2d, floors[hit])
             hot_only = cp.asarray(rng.choice(hot, n))
             hot_s = min(cuda_elapsed_s(cp, _lookups(store, [hot_only])) for _ in range(5))
             # the host read of as many keys as a call misses, each time keys never read before (as
@@ -309,7 +359,7 @@ def _effective_rates(cp) -> list[str]:
         bound = looked / (misses * dim * 4 / h2d)
         lines.append(f"| {hit:.2f} | {'own stream' if async_insert else 'lookup stream'} | {1 - misses / looked:.4f} | {rate / 1e6:,.1f} M | "
                      f"{bound / 1e6:,.1f} M | {rate / bound:.3f} | {1e3 * seconds / 5:.3f} | {1e3 * hot_s:.3f} | {1e3 * read_s:.3f} | "
-                     f"{1e3 * misses_per_call * dim * 4 / h2d:.3f} | {'yes' if checked else 'NO'} |")
+                     f"{1e3 * misses_per_call * dim * 4 / h2d:.3f} | {floors[hit]:.3f} | {'yes' if checked else 'NO'} |")
         print(lines[-1], file=sys.stderr, flush=True)
         label = f"{hit:.2f} hits ({'own stream' if async_insert else 'lookup stream'} inserts)"
         verdicts.append(f"- {label}: " + (f"{rate / 1e9:.2f} G keys/s, {rate / bound:.2f} of the bound: {_target(f'{hit:.2f} hits', rate, bound)}"
@@ -317,7 +367,9 @@ def _effective_rates(cp) -> list[str]:
     lines += ["", *_power_law(cp, work, h2d, verdicts, rng, concurrent)]
     lines += ["", f"Callers at once (threads, each on a stream of its own, as a model's instances sharing one store would call it; "
               f"lookup-stream inserts; each caller's first call not timed, then {_TIMED} calls shared among them, each with misses "
-              "never asked before; wall clock from the first timed call until every caller's stream is done):", "",
+              "never asked before; wall clock from the first timed call until every caller's stream is done; the host floor of such "
+              "a call measured in the same store just before, see above; for the power law, its calls' mean misses from keys of the "
+              "law's rarest ranks):", "",
               *_CONCURRENT_HEAD, *(row for row, _ in concurrent), "", *verdicts, *(verdict for _, verdict in concurrent)]
     return lines
 
@@ -359,9 +411,12 @@ def _power_law(cp, work: Path, h2d: float, verdicts: list[str], rng, concurrent:
             after = store.stats()["t"]["tiers"]["gpu"]
             checked = np.array_equal(cp.asnumpy(store.lookup("t", calls[-1])), _rows_of(host_calls[-1], dim))
             del calls
-            if admission:
+            if admission:  # the host floor of a call with the timed calls' mean misses, from the rarest ranks' keys
+                per_call = int(round((after["misses"] - before["misses"]) / 10))
+                rare = [key_of_rank[rows_n - (i + 1) * per_call : rows_n - i * per_call] for i in range(_FLOOR_CALLS)]
+                floor = _floor_ms(cp, store, rare, dim)
                 concurrent += _concurrent_rows(cp, store, "power law", "power law, LFU + admission",
-                                               lambda m: [cp.asarray(draw()) for _ in range(m)], dim, h2d)
+                                               lambda m: [cp.asarray(draw()) for _ in range(m)], dim, h2d, floor)
         looked = 10 * n
         misses = after["misses"] - before["misses"]
         rate = looked / seconds

@@ -8,6 +8,7 @@
 # Stages: ncu-cache (tools/profile_gpu_cache.py, then under ncu), host-path (tools/probe_host_path.py), miss-path (tools/profile_miss_path.py), miss-trace (its --trace), miss-ab (its --ab, then --contention), tests (the GPU tests, the store's property tests over every tier setup), gpu-plan (bench_gpu_plan.py), triton-tests (tests through tritonserver without nvtabular), gpu-cache (bench_gpu_cache.py), gpu-cache-misses (its lookups with misses only), triton (bench_gpu_lookup_triton.py;
 # needs .gl/tri.tar.xz carried, see tools/pack_triton_for_gpu.sh), hit-rates (bench_cache_hit_rates.py), probe-variants (benchmarks/cpp/gpu_probe_variants.cu), gpu-ensemble (bench_gpu_ensemble.py; needs the tarball).
 set -uo pipefail
+export PYTHONFAULTHANDLER=1  # a crash prints every thread's Python stack
 R=$(pwd)
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -81,8 +82,8 @@ for stage in "$@"; do
       timeout 300 python3 -P tools/profile_miss_path.py >"$OUT/miss-path.md" 2>&1; cat "$OUT/miss-path.md" ;;
     miss-trace)  # tools/profile_miss_path.py --trace: one caller's call step by step, then the reads beside the copies
       timeout 300 python3 -P tools/profile_miss_path.py --trace >"$OUT/miss-trace.md" 2>&1; cat "$OUT/miss-trace.md" ;;
-    miss-ab)  # tools/profile_miss_path.py --ab (chunks, tapered ends, streamed rows against one another), then --contention
-      timeout 420 python3 -P tools/profile_miss_path.py --ab >"$OUT/miss-ab.md" 2>&1
+    miss-ab)  # tools/profile_miss_path.py --ab (the variants interleaved, rounds on the same calls), then --contention
+      timeout 420 python3 -P tools/profile_miss_path.py --ab >"$OUT/miss-ab.md" 2>"$OUT/miss-ab.err" || tail -40 "$OUT/miss-ab.err"
       timeout 120 python3 -P tools/profile_miss_path.py --contention >>"$OUT/miss-ab.md" 2>&1; cat "$OUT/miss-ab.md" ;;
     hit-rates)
       timeout 400 python3 -P benchmarks/bench_cache_hit_rates.py --gpu >"$OUT/hit-rates.log" 2>&1; tail -25 "$OUT/hit-rates.log" ;;

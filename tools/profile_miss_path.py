@@ -8,7 +8,11 @@ never asked before, lookup-stream inserts), every output checked. Run on the GPU
   (``GpuTierLookup.trace``: the host's steps and each chunk's GPU work, median over the traced
   calls), at 2 and 4 chunks; then ``--contention``.
 - ``--ab`` (``tools/device_run.sh miss-ab``): ``VARIANTS`` (chunks, tapered ends, rows streamed past
-  the CPU's caches) against one another, two rounds, then the trace of one; then ``--contention``.
+  the CPU's caches, copies on a stream of their own) against one another, interleaved: every
+  variant's store open at once, ``ROUNDS`` rounds each measuring every variant on the same calls in
+  turn, so that a burst of the host's noise (calls 2-4x slower for seconds at a time on this host)
+  falls on all variants alike; the median and best round of each, every round's last output checked;
+  then the trace of the second variant (``device_run.sh miss-ab`` runs ``--contention`` after it).
 - ``--contention``: the host reads of a call's misses timed alone and while pinned host-to-device
   copies run (they read the same host memory), and the copies' rate alone and beside the reads.
 """
@@ -25,23 +29,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from bench_gpu_cache import _concurrent, _mixed_keys, _rows_of, _store_of  # noqa: E402
+from bench_gpu_cache import _FLOOR_CALLS, _concurrent, _floor_ms, _mixed_keys, _rows_of, _store_of  # noqa: E402
 
 DIM, N, HOT, ROWS = 64, 1 << 20, 200_000, 4_000_000
 CHUNKS = (1, 2, 4, 8)
 TIMED = 12
 
 
-# --ab: (chunks, tapered ends, rows streamed past the CPU's caches, copies on a stream of their own)
-VARIANTS = ((4, True, True, False), (4, True, True, True), (2, False, True, True), (3, True, True, True))
+# A GPU tier's cut of calls: (chunks, tapered ends, rows streamed past the CPU's caches, copies on a
+# stream of their own, chunks of a call that starts while another is in flight (0: as a lone call))
+Variant = tuple[int, bool, bool, bool, int]
+# --ab: the twelfth session's A/B: the last default (4 tapered) against 2 chunks and the cut by crowding
+VARIANTS: tuple[Variant, ...] = ((4, True, True, False, 0), (4, True, True, False, 2), (2, False, True, False, 0),
+                                 (4, True, True, True, 2))
 
 
-def _warm_store(cp, path: Path, variant: tuple[int, bool, bool, bool], hot: np.ndarray):
-    """A store over ``path`` with a GPU tier built for ``variant`` (chunks, tapered ends, streamed rows,
-    copy stream), room for the hot keys and four calls' misses, the hot keys cached."""
+def _warm_store(cp, path: Path, variant: Variant, hot: np.ndarray):
+    """A store over ``path`` with a GPU tier built for ``variant`` (see Variant), room for the hot
+    keys and four calls' misses, the hot keys cached."""
     from embedding_cache import EmbeddingStore, gpu
 
-    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM = variant
+    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM, gpu._CROWDED_CHUNKS = variant
     capacity = HOT + 4 * int(0.1 * N)
     store = EmbeddingStore(path, verify=False, device=0, gpu_cache_bytes=int(capacity * (DIM * 4 + 13) * 1.25))
     try:
@@ -53,9 +61,10 @@ def _warm_store(cp, path: Path, variant: tuple[int, bool, bool, bool], hot: np.n
     return store
 
 
-def _label(variant: tuple[int, bool, bool, bool]) -> str:
-    chunks, taper, stream, copy = variant
-    return f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}{', copy stream' if copy else ''}"
+def _label(variant: Variant) -> str:
+    chunks, taper, stream, copy, crowded = variant
+    return (f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}{', copy stream' if copy else ''}"
+            f"{f', {crowded} when crowded' if crowded else ''}")
 
 
 def _fresh_call(cp, rng, hot: np.ndarray, cold: np.ndarray, cursor: int, misses: int):
@@ -63,7 +72,7 @@ def _fresh_call(cp, rng, hot: np.ndarray, cold: np.ndarray, cursor: int, misses:
     return cp.asarray(_mixed_keys(rng, hot, cold[np.arange(cursor, cursor + misses) % cold.size], N))
 
 
-def probe(cp, path: Path, variant: tuple[int, bool, bool, bool], rng, hot: np.ndarray, cold: np.ndarray, check_every: int = 1) -> list[str]:
+def probe(cp, path: Path, variant: Variant, rng, hot: np.ndarray, cold: np.ndarray, check_every: int = 1) -> list[str]:
     """Rows of the table for ``variant`` (see _warm_store): one and two callers at 0.90 and 0.98
     hits; every ``check_every``-th output checked."""
     label = _label(variant)
@@ -87,6 +96,60 @@ def probe(cp, path: Path, variant: tuple[int, bool, bool, bool], rng, hot: np.nd
                 ok = all(np.array_equal(cp.asnumpy(o), _rows_of(cp.asnumpy(k), DIM)) for o, k in zip(outs[::check_every], timed[::check_every]))
                 lines.append(f"| {label} | {hit:.2f} | {callers} | {1 - missed / (TIMED * N):.4f} | {1e3 * seconds / TIMED:.3f} | "
                              f"{TIMED * N / seconds / 1e9:.2f} | {'yes' if ok else 'NO'} |")
+    return lines
+
+
+ROUNDS = 8
+
+
+def interleaved(cp, path: Path, rng, hot: np.ndarray, cold: np.ndarray) -> list[str]:
+    """The table of ``--ab``: each of ``VARIANTS`` in a store of its own, all open at once;
+    ``ROUNDS`` rounds, each drawing fresh calls (misses never asked before) for 0.90 and 0.98 hits
+    and one, two and four callers, which every variant then looks up in turn (the order rotating by
+    round). Each (variant, workload) row gives the median and best round's ms a call; the last
+    output of every round is checked against the rows."""
+    from contextlib import ExitStack
+
+    workloads = [(hit, callers) for hit in (0.90, 0.98) for callers in (1, 2, 4)]
+    ms = {(v, w): [] for v in VARIANTS for w in workloads}
+    hits = {(v, w): [] for v in VARIANTS for w in workloads}
+    floors = {hit: [] for hit in (0.90, 0.98)}  # bench_gpu_cache._floor_ms each round, in the first variant's store
+    ok = {v: True for v in VARIANTS}
+    cursor = 0
+    with ExitStack() as stack:
+        stores = {v: stack.enter_context(_warm_store(cp, path, v, hot)) for v in VARIANTS}
+        for r in range(ROUNDS):
+            for hit, callers in workloads:
+                misses = int(round((1 - hit) * N))
+                if callers == 1:
+                    sets = [cold[np.arange(cursor + i * misses, cursor + (i + 1) * misses) % cold.size] for i in range(_FLOOR_CALLS)]
+                    floors[hit].append(_floor_ms(cp, stores[VARIANTS[0]], sets, DIM))
+                    cursor += _FLOOR_CALLS * misses
+                warm = [_fresh_call(cp, rng, hot, cold, cursor + i * misses, misses) for i in range(callers)]
+                timed = [_fresh_call(cp, rng, hot, cold, cursor + (callers + i) * misses, misses) for i in range(TIMED)]
+                cursor += (callers + TIMED) * misses
+                expected = _rows_of(cp.asnumpy(timed[-1]), DIM)
+                order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+                for v in order:
+                    print(f"round {r}, {hit:.2f} hits, {callers} callers: {_label(v)}", file=sys.stderr, flush=True)
+                    seconds, missed, outs = _concurrent(cp, stores[v], warm, timed, callers)
+                    ms[v, (hit, callers)].append(1e3 * seconds / TIMED)
+                    hits[v, (hit, callers)].append(1 - missed / (TIMED * N))
+                    ok[v] = ok[v] and np.array_equal(cp.asnumpy(outs[-1]), expected)
+    print("stores closed", file=sys.stderr, flush=True)
+    lines = [f"{ROUNDS} rounds, every variant on the same calls in each ({TIMED} timed calls shared among the callers, "
+             "fresh misses every round)", "",
+             "| variant | hit rate (set) | callers | hit rate (measured, median) | ms a call, median of rounds | best round | "
+             "G keys/s (median) | every round, ms | outputs checked |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for v in VARIANTS:
+        for hit, callers in workloads:
+            taken = ms[v, (hit, callers)]
+            lines.append(f"| {_label(v)} | {hit:.2f} | {callers} | {np.median(hits[v, (hit, callers)]):.4f} | "
+                         f"{np.median(taken):.3f} | {min(taken):.3f} | "
+                         f"{N / np.median(taken) / 1e6:.2f} | {' '.join(f'{t:.2f}' for t in taken)} | {'yes' if ok[v] else 'NO'} |")
+    for hit, taken in floors.items():
+        lines.append(f"| host floor (the misses' reads and copies only, double-buffered) | {hit:.2f} | | | {np.median(taken):.3f} | "
+                     f"{min(taken):.3f} | {N / np.median(taken) / 1e6:.2f} | {' '.join(f'{t:.2f}' for t in taken)} | |")
     return lines
 
 
@@ -225,23 +288,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", action="store_true", help="one caller's calls step by step, then --contention")
     parser.add_argument("--contention", action="store_true", help="the host reads and the copies, alone and at once")
-    parser.add_argument("--ab", action="store_true", help="chunks, tapered ends and streamed rows against one another (VARIANTS), "
-                        "then the trace of the last variant")
+    parser.add_argument("--ab", action="store_true", help="VARIANTS against one another, interleaved, "
+                        "then the trace of the second")
     args = parser.parse_args()
     from embedding_cache import gpu
 
-    product = (gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM)  # the product's, before a variant sets its own
+    product = (gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM, gpu._CROWDED_CHUNKS)  # the product's, before a variant sets its own
     rng = np.random.default_rng(5)
     path = _store_of(Path(tempfile.mkdtemp()) / "s", ROWS, DIM)
     hot = rng.permutation(ROWS)[:HOT].astype(np.int64)
     cold = np.setdiff1d(np.arange(ROWS, dtype=np.int64), hot)
     rng.shuffle(cold)
-    if args.ab:  # two rounds of every variant, in turn (the run-to-run spread is wide); every third output checked
-        print("| chunks | hit rate (set) | callers | hit rate (measured) | ms a call | G keys/s | output checked (every 3rd call) |")
-        print("|---|---:|---:|---:|---:|---:|---|")
-        for _ in range(2):
-            for variant in VARIANTS:
-                print(*probe(cp, path, variant, rng, hot, cold, check_every=3), sep="\n", flush=True)
+    if args.ab:
+        print(*interleaved(cp, path, rng, hot, cold), sep="\n", flush=True)
         trace(cp, path, rng, hot, cold, variants=(VARIANTS[1],))
         return 0
     if args.trace or args.contention:
