@@ -34,6 +34,17 @@ def _reference(keys_all, rows_all, query):
     return out
 
 
+def _in_threads(target, count: int = 4) -> None:
+    """Runs target(t) on ``count`` threads at once, t = 0 .. count - 1, and waits for them all."""
+    import threading
+
+    threads = [threading.Thread(target=target, args=(t,)) for t in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 @pytest.mark.parametrize("admission", [False, True])
 @pytest.mark.parametrize("eviction", ["lru", "lfu"])
 @pytest.mark.parametrize("capacity_rows", [1, 10_000, 100_000])  # 1: one row's bytes, rounded up to 4,096 rows (256 sets)
@@ -214,8 +225,6 @@ def test_several_streams_and_torch_tensors(table):
 def test_threads_looking_up_at_once_each_get_their_own_rows(table, async_insert):
     # Four threads, each on a stream of its own, with misses every call (a cache of a fifth of the
     # keys) and keys that exist nowhere: their misses share two pinned stagings and the host tiers.
-    import threading
-
     cupy = _cupy()
     path, keys, rows = table
     absent = np.arange(10**9, 10**9 + 500, dtype=np.int64)
@@ -234,11 +243,7 @@ def test_threads_looking_up_at_once_each_get_their_own_rows(table, async_insert)
             except BaseException as e:  # noqa: BLE001 - raised in the main thread
                 errors.append(e)
 
-        threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _in_threads(caller)
         assert not errors, errors[0]
         gpu = store.stats()["t"]["tiers"]["gpu"]
         assert gpu["hits"] + gpu["misses"] == 4 * sum(s + s // 10 for s in (1, 2, 3_000, 40_000, 0, 25_000))
@@ -248,18 +253,12 @@ def test_the_lru_clock_counts_every_lookups_misses(table):
     # The clock a lookup gets is read in C++ once the call has its staging (not before a caller waits
     # for one, which left it many ticks behind the other callers' with four at once): lru_clock of
     # every miss counted so far, whichever thread or stream counted it.
-    import threading
-
     cupy = _cupy()
     path, keys, _ = table
     with EmbeddingStore(path, device=0, gpu_cache_bytes=4_096 * 300) as store:
         cache = store._gpu._tables["t"]
         assert cache.lru_tick == _core.lru_clock(0, cache.capacity_rows) == 1
-        threads = [threading.Thread(target=lambda i=i: store.lookup("t", cupy.asarray(keys[i * 10_000:(i + 1) * 10_000]))) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _in_threads(lambda i: store.lookup("t", cupy.asarray(keys[i * 10_000:(i + 1) * 10_000])))
         misses = store.stats()["t"]["tiers"]["gpu"]["misses"]
         assert misses == 40_000  # keys never asked before
         assert cache.lru_tick == _core.lru_clock(misses, cache.capacity_rows) > 100
@@ -573,11 +572,7 @@ def test_calls_at_once_are_cut_into_the_crowded_chunks_and_stay_exact(tmp_path, 
                 except BaseException as e:  # noqa: BLE001 - raised in the main thread
                     errors.append(e)
 
-        threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _in_threads(caller)
         assert not errors, errors[0]
         assert store._gpu._lookup.crowded_calls > 0
         with EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 20, gpu_async_insert=async_insert) as alone:
