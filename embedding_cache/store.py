@@ -242,7 +242,10 @@ class EmbeddingStore:
             shape = (n, len(tables), dim) if columns else (n, dim)
             if not isinstance(out, cp.ndarray) or out.dtype != cp.dtype(out_dtype) or out.shape != shape or not out.flags.c_contiguous:
                 raise ValueError(f"out: expected a C-contiguous {out_dtype} device array of shape {shape}")
-        device_keys = cp.ascontiguousarray(device_keys.reshape(n, len(tables)))
+        with cp.cuda.Device(self._gpu.device), self._gpu.stream_of(stream):
+            # non-contiguous keys are copied on the lookup's stream: on the current one the lookup
+            # (on `stream`) could read the copy before it was written, and reuse its memory after
+            device_keys = cp.ascontiguousarray(device_keys.reshape(n, len(tables)))
 
         def complete(j: int, host_keys: np.ndarray, rows: np.ndarray, found: np.ndarray, hits: int) -> None:
             self._host.complete(tables[j], host_keys, rows, found, hits, None if missing is None else missing[j])

@@ -189,6 +189,35 @@ def test_keys_of_the_empty_tag_and_the_int64_extremes_are_served_exactly(tmp_pat
     assert stats["misses"] == 3 * len(empty) + len(edges) and stats["hits"] == 2 * len(edges)
 
 
+def test_strided_keys_on_a_stream_of_their_own_are_read_after_their_copy(table):
+    # Keys that are not contiguous (every other one, a cupy view and a torch view) looked up on a
+    # non-blocking stream while the current stream is busy: the lookup copies them contiguous on the
+    # lookup's stream, so it never reads the copy before it is written (it did on the current stream).
+    cupy = _cupy()
+    torch = pytest.importorskip("torch")
+    path, keys, rows = table
+    with EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 22) as store:
+        stream = cupy.cuda.Stream(non_blocking=True)
+        busy = cupy.ones((4_096, 4_096), cupy.float32)
+        for attempt in range(3):
+            query = np.random.default_rng(attempt).choice(keys, size=40_000)
+            device_query = cupy.asarray(query)
+            cupy.cuda.get_current_stream().synchronize()
+            for _ in range(20):  # some tens of ms of work queued on the current stream
+                busy = busy @ busy / 4_096
+            got = store.lookup("t", device_query[::2], stream=stream)
+            stream.synchronize()
+            np.testing.assert_array_equal(cupy.asnumpy(got), _reference(keys, rows, query[::2]))
+            torch_stream = torch.cuda.Stream()
+            with torch.cuda.stream(torch_stream):
+                strided = torch.from_numpy(query).cuda()[1::2]
+            torch_stream.synchronize()
+            got = store.lookup("t", strided, stream=torch_stream)
+            torch_stream.synchronize()
+            np.testing.assert_array_equal(got.cpu().numpy(), _reference(keys, rows, query[1::2]))
+        cupy.cuda.get_current_stream().synchronize()
+
+
 def test_an_update_is_seen_by_the_next_lookup(table, tmp_path):
     cupy = _cupy()
     path, keys, rows = table
