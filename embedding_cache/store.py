@@ -198,9 +198,10 @@ class EmbeddingStore:
             _check_host_out(out, out_dtype, (keys.shape[0], host.dim))
         if self._gpu is not None and found is None:
             cp = self._gpu.cp
-            with cp.cuda.Device(self._gpu.device):
+            s = self._gpu.stream_of(stream)
+            with cp.cuda.Device(self._gpu.device), s:  # the keys' copy to the device ordered before the lookup, on its stream
                 result = self._lookup_device([table], cp.asarray(keys), None, [missing], stream, out_dtype, columns=False)
-                return cp.asnumpy(result, stream=self._gpu.stream_of(stream), out=out)
+                return cp.asnumpy(result, stream=s, out=out)
         if out_dtype == "float32":
             return self._lookup_host(table, keys, out, missing, found)
         rows = self._lookup_host(table, keys, None, missing, found)

@@ -189,10 +189,11 @@ def test_keys_of_the_empty_tag_and_the_int64_extremes_are_served_exactly(tmp_pat
     assert stats["misses"] == 3 * len(empty) + len(edges) and stats["hits"] == 2 * len(edges)
 
 
-def test_strided_keys_on_a_stream_of_their_own_are_read_after_their_copy(table):
-    # Keys that are not contiguous (every other one, a cupy view and a torch view) looked up on a
-    # non-blocking stream while the current stream is busy: the lookup copies them contiguous on the
-    # lookup's stream, so it never reads the copy before it is written (it did on the current stream).
+def test_keys_copied_for_a_lookup_on_a_stream_of_their_own_are_read_after_their_copy(table):
+    # Keys that are not contiguous (every other one, a cupy view and a torch view) and host keys,
+    # looked up on a non-blocking stream while the current stream is busy: the lookup copies them
+    # (contiguous, or to the device) on its own stream, so it never reads a copy before it is
+    # written (it did when they were copied on the current stream).
     cupy = _cupy()
     torch = pytest.importorskip("torch")
     path, keys, rows = table
@@ -208,6 +209,9 @@ def test_strided_keys_on_a_stream_of_their_own_are_read_after_their_copy(table):
             got = store.lookup("t", device_query[::2], stream=stream)
             stream.synchronize()
             np.testing.assert_array_equal(cupy.asnumpy(got), _reference(keys, rows, query[::2]))
+            for _ in range(20):
+                busy = busy @ busy / 4_096
+            np.testing.assert_array_equal(store.lookup("t", query[1::4], stream=stream), _reference(keys, rows, query[1::4]))
             torch_stream = torch.cuda.Stream()
             with torch.cuda.stream(torch_stream):
                 strided = torch.from_numpy(query).cuda()[1::2]
