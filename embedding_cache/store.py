@@ -200,7 +200,7 @@ class EmbeddingStore:
             cp = self._gpu.cp
             s = self._gpu.stream_of(stream)
             with cp.cuda.Device(self._gpu.device), s:  # the keys' copy to the device ordered before the lookup, on its stream
-                result = self._lookup_device([table], cp.asarray(keys), None, [missing], stream, out_dtype, columns=False)
+                result = self._lookup_device([table], cp.asarray(keys), None, [missing], s, out_dtype, columns=False)
                 return cp.asnumpy(result, stream=s, out=out)
         if out_dtype == "float32":
             return self._lookup_host(table, keys, out, missing, found)
@@ -243,9 +243,10 @@ class EmbeddingStore:
             shape = (n, len(tables), dim) if columns else (n, dim)
             if not isinstance(out, cp.ndarray) or out.dtype != cp.dtype(out_dtype) or out.shape != shape or not out.flags.c_contiguous:
                 raise ValueError(f"out: expected a C-contiguous {out_dtype} device array of shape {shape}")
-        with cp.cuda.Device(self._gpu.device), self._gpu.stream_of(stream):
+        s = self._gpu.stream_of(stream)
+        with cp.cuda.Device(self._gpu.device), s:
             # non-contiguous keys are copied on the lookup's stream: on the current one the lookup
-            # (on `stream`) could read the copy before it was written, and reuse its memory after
+            # (on `s`) could read the copy before it was written, and reuse its memory after
             device_keys = cp.ascontiguousarray(device_keys.reshape(n, len(tables)))
 
         def complete(j: int, host_keys: np.ndarray, rows: np.ndarray, found: np.ndarray, hits: int) -> None:
@@ -253,7 +254,7 @@ class EmbeddingStore:
 
         hosts = [self._host.tables[t] for t in tables]
         result = self._gpu.lookup_columns(tables, device_keys, hosts, self._host.pool, complete,
-                                          None if out is None else out.reshape(n, len(tables), dim), out_dtype, stream)
+                                          None if out is None else out.reshape(n, len(tables), dim), out_dtype, s)
         result = out if out is not None else result if columns else result.reshape(n, dim)
         if is_torch:
             import torch  # noqa: PLC0415
@@ -276,8 +277,8 @@ class EmbeddingStore:
     ) -> np.ndarray:
         """Column ``j`` of ``keys`` looked up in ``tables[j]``, all in one call (GIL released).
 
-        Device keys (cupy or torch int64 (n, k)) go through the GPU tier in one call (one wait for
-        the miss counts, one for the missed keys, whatever k) and come back on the device.
+        Device keys (cupy or torch int64 (n, k)) go through the GPU tier in one call (a wait for each
+        chunk's missed keys, whatever k) and come back on the device.
 
         Args:
             tables: k table names of one dim.

@@ -200,8 +200,8 @@ def test_keys_copied_for_a_lookup_on_a_stream_of_their_own_are_read_after_their_
     with EmbeddingStore(path, device=0, gpu_cache_bytes=1 << 22) as store:
         stream = cupy.cuda.Stream(non_blocking=True)
         busy = cupy.ones((4_096, 4_096), cupy.float32)
-        for attempt in range(3):
-            query = np.random.default_rng(attempt).choice(keys, size=40_000)
+        for size in (0, 1, 2, 3, 5, 40_000):  # every other key (and every fourth from the second) of `size`
+            query = np.random.default_rng(size).choice(keys, size=size)
             device_query = cupy.asarray(query)
             cupy.cuda.get_current_stream().synchronize()
             for _ in range(20):  # some tens of ms of work queued on the current stream
