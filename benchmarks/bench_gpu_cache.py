@@ -280,7 +280,7 @@ def _effective_rates(cp) -> list[str]:
         f"Effective lookup rate through EmbeddingStore (device keys, {n:,} per call cut into at most {gpu._CHUNKS} chunks{' (the ends half the others)' if gpu._TAPER else ''}"
         f"{f', {gpu._CROWDED_CHUNKS} when another call is in flight' if 0 < gpu._CROWDED_CHUNKS < gpu._CHUNKS else ''}"
         f"{', missed rows streamed into the staging past the CPU caches' if gpu._STREAM_ROWS else ''}"
-        f"{', copied on a stream of their own' if gpu._COPY_STREAM else ''}, dim {dim}, "
+        f"{(', copied on a stream of their own' + ('' if gpu._CROWDED_COPY_STREAM else ' by a lone call')) if gpu._COPY_STREAM else ''}, dim {dim}, "
         f"fp32, LRU; {hot_n:,} hot keys cached, "
         f"misses are keys never asked before, read from the host store in memory, {small_n:,} rows); pinned host-to-device copy "
         f"in the same run: {h2d / 1e9:.1f} GB/s. The parts, each timed alone: a call of as many keys from the hot set only (all hits "

@@ -189,14 +189,16 @@ class GpuTierLookup:
     the GIL released. Thread-safe: callers on streams of their own share ``stagings`` pinned stagings."""
 
     def __init__(self, device: int, stagings: int = 2, chunks: int = 4, min_chunk_rows: int = 65536, async_insert: bool = False,
-                 taper: bool = False, stream_rows: bool = False, copy_stream: bool = False, crowded_chunks: int = 0) -> None:
+                 taper: bool = False, stream_rows: bool = False, copy_stream: bool = False, crowded_chunks: int = 0,
+                 crowded_copy_stream: bool = True) -> None:
         """chunks, min_chunk_rows, taper: how a call's key rows are cut (see :func:`lookup_chunks`);
         async_insert: insert on a stream of its own instead of the lookup's; stream_rows: the missed
         rows written into the pinned staging with non-temporal stores (past the CPU's caches);
         copy_stream: the rows' copies on a stream of each staging's own (a chunk's copy need not wait
         for the last chunk's inserts); crowded_chunks: 0 to ``chunks``, the chunks (not tapered) of
-        a call that starts while another holds a staging or waits for one (0: cut as a lone call).
-        Raises ValueError for an option out of range."""
+        a call that starts while another holds a staging or waits for one (0: cut as a lone call);
+        crowded_copy_stream: with copy_stream, whether such a call copies on the staging's copy
+        stream too (else on its own stream). Raises ValueError for an option out of range."""
     def lookup(self, caches: list[GpuCache], hosts: list[HostTable], keys: int, n: int, out: int, out_dtype: GpuOutDtype,
                stream: int, pool: ThreadPool, complete: Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.uint8], int], None]) -> None:
         """``keys`` device int64 (n, columns) C-contiguous, column t through ``caches[t]`` over

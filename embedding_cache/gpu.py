@@ -48,7 +48,8 @@ _CHUNKS = 4  # a lone lookup's keys are cut into at most this many chunks (the H
 _MIN_CHUNK_ROWS = 65_536  # fewest key rows a chunk (each costs a wait, a host call and a copy)
 _TAPER = True  # first and last chunks half the others (_core.lookup_chunks): the reads start sooner, less is left after them
 _STREAM_ROWS = True  # missed rows written into the pinned staging with non-temporal stores (past the CPU's caches)
-_COPY_STREAM = False  # the rows' copies on a stream of each staging's own (a chunk's copy need not wait for the last one's inserts)
+_COPY_STREAM = True  # the rows' copies on a stream of each staging's own (a chunk's copy need not wait for the last one's inserts; the H200 A/Bs in RESULTS: 7-12% less time a lone call at 0.90 hits)
+_CROWDED_COPY_STREAM = False  # with _COPY_STREAM, a call that starts while another is in flight copies on it too (else on its own stream; no gain measured, once 8% lost with 4 callers)
 _CROWDED_CHUNKS = 2  # chunks (not tapered) of a call that starts while another is in flight (the interleaved H200 A/B in RESULTS: at 0.98 hits 14-24% less time a call with 2-4 callers)
 
 
@@ -93,7 +94,7 @@ class GpuTier:
             rows = max(_core.gpu_cache_min_rows, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
             self._tables[name] = _core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission)
         self._lookup = _core.GpuTierLookup(device, _STAGINGS, _CHUNKS, _MIN_CHUNK_ROWS, self.async_insert, _TAPER, _STREAM_ROWS,
-                                           _COPY_STREAM, min(_CROWDED_CHUNKS, _CHUNKS))
+                                           _COPY_STREAM, min(_CROWDED_CHUNKS, _CHUNKS), _CROWDED_COPY_STREAM)
 
     def stream_of(self, stream: Any) -> Any:
         """The cupy stream of a lookup's ``stream`` argument (see :meth:`lookup_columns`)."""

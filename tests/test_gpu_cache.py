@@ -571,12 +571,14 @@ def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_ins
                 np.testing.assert_array_equal(got, expected, err_msg=f"n={n}")
 
 
-@pytest.mark.parametrize("async_insert", [False, True])
-def test_calls_at_once_are_cut_into_the_crowded_chunks_and_stay_exact(tmp_path, monkeypatch, async_insert):
+@pytest.mark.parametrize(("async_insert", "copy_stream", "crowded_copy_stream"),
+                         [(False, False, True), (True, False, True), (False, True, False), (True, True, False), (False, True, True)])
+def test_calls_at_once_are_cut_into_the_crowded_chunks_and_stay_exact(tmp_path, monkeypatch, async_insert, copy_stream, crowded_copy_stream):
     # Four threads over two stagings, each call at a barrier with the others: a call that starts
     # while another is in flight is cut into 2 chunks (not tapered), a lone one into 4 tapered, chunks
     # of at least 5 key rows; sizes around both cuts, hits, misses and keys that exist nowhere, against
-    # the host store. A lone caller's calls are never crowded.
+    # the host store. A lone caller's calls are never crowded. With a copy stream for every call, for
+    # lone calls only (a staging's calls then switch between it and their own stream) and none.
     import threading
 
     cupy = _cupy()
@@ -586,6 +588,8 @@ def test_calls_at_once_are_cut_into_the_crowded_chunks_and_stay_exact(tmp_path, 
     monkeypatch.setattr(gpu, "_CROWDED_CHUNKS", 2)
     monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 5)
     monkeypatch.setattr(gpu, "_TAPER", True)
+    monkeypatch.setattr(gpu, "_COPY_STREAM", copy_stream)
+    monkeypatch.setattr(gpu, "_CROWDED_COPY_STREAM", crowded_copy_stream)
     rng = np.random.default_rng(8)
     keys = rng.choice(10**9, 5_000, replace=False).astype(np.int64)
     path = build_store(tmp_path / "s", {"t": (keys, rng.normal(size=(5_000, 16)).astype(np.float32))}, missing="zeros")

@@ -304,12 +304,13 @@ void GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t
     ~Release() { self->release_staging(staging); }
   } release{this, staging};
   Call call{staging, columns, stream, keys, static_cast<char*>(out), out_dtype};
-  call.copy_stream = staging.copy_stream != nullptr ? staging.copy_stream : stream;
   call.trace = trace.get();
   call.k = k;
   call.dim = columns[0].cache->dim();
   call.out_row_bytes = static_cast<size_t>(k * call.dim) * (out_dtype == GpuOutDtype::kFloat16 ? 2 : 4);
   if (crowded) crowded_calls_.fetch_add(1, std::memory_order_relaxed);
+  const bool own_copies = staging.copy_stream != nullptr && (!crowded || options_.crowded_copy_stream);
+  call.copy_stream = own_copies ? staging.copy_stream : stream;
   call.chunks = crowded && options_.crowded_chunks > 0 ? lookup_chunks(n, options_.crowded_chunks, options_.min_chunk_rows, false)
                                                        : lookup_chunks(n, options_.chunks, options_.min_chunk_rows, options_.taper);
   for (const RowRange& range : call.chunks) call.chunk_rows = std::max(call.chunk_rows, range.end - range.begin);

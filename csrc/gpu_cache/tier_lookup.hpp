@@ -54,6 +54,10 @@ struct TierLookupOptions {
   /// with its copies and inserts, while calls at once overlap one another's and pay less per chunk
   /// with fewer (the H200 A/B in benchmarks/RESULTS.md).
   int crowded_chunks = 0;
+  /// With copy_stream: whether a call that starts while another is in flight copies on the staging's
+  /// copy stream too (true) or on its own stream (false): a lone call's next copy need not wait for
+  /// its last inserts, while calls at once already keep the copy engine busy with one another's.
+  bool crowded_copy_stream = true;
 };
 
 /// One step of a traced lookup (GpuTierLookup::set_trace): what happened, to which chunk (-1: the
