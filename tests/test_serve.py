@@ -54,6 +54,26 @@ def test_taken_port_is_reported(repo):
             TritonServer(repo, http_port=port)
 
 
+def test_each_endpoint_gets_a_port_of_its_own(repo):
+    """Ports left to choose are distinct and miss the given ones (three free_port calls could return
+    one port twice, and tritonserver then refuses to start: seen in CI); one port given for two
+    endpoints is refused naming both; the server's own line says why when it refuses anyway."""
+    from tritonrec.serving.server import free_ports, summarize_failure
+
+    for _ in range(50):
+        ports = free_ports(3, exclude=[40_000])
+        assert len(set(ports)) == 3 and 40_000 not in ports
+    assert free_ports(0) == []
+    server = TritonServer(repo, grpc_port=ports[0])
+    assert len({server.http_port, server.grpc_port, server.metrics_port}) == 3 and server.grpc_port == ports[0]
+    with pytest.raises(ServerError, match=rf"--grpc-port {ports[1]}: the same port as --http-port"):
+        TritonServer(repo, http_port=ports[1], grpc_port=ports[1])
+    log = ("  --load-model <string>\n\tSpecifying this argument will result in error. Note that this option will only\n"
+           "The server cannot listen to HTTP requests and GRPC requests at the same address and port 127.0.0.1:43999\n")
+    assert summarize_failure(log) == ("port in use: The server cannot listen to HTTP requests and GRPC requests at the same "
+                                      "address and port 127.0.0.1:43999")
+
+
 def test_failing_model_is_reported_in_one_line(repo, tmp_path):
     bad = tmp_path / "bad_repo"
     shutil.copytree(repo, bad)

@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tritonrec.serving.install import copy_backends, python_paths
@@ -140,6 +140,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1", exclude: Iterable[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports on ``host``, free now and none of ``exclude``: every socket is
+    held open until all are chosen, so that the OS cannot hand out one port twice (free_port called
+    three times can: a server then gets the same port for HTTP and gRPC and does not start)."""
+    taken = set(exclude)
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+            if port not in taken:
+                taken.add(port)
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on ``port`` and it can be bound on all interfaces and ``host``."""
     for address in (host, "0.0.0.0"):
@@ -174,7 +196,8 @@ def server_environment(install: ServerInstall) -> dict[str, str]:
 
 
 _MODEL_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*)")
-_PORT_FAILURE = re.compile(r"(failed to start \w+ service.*|Socket '[^']*' already in use.*|Address already in use.*)", re.I)
+_PORT_FAILURE = re.compile(r"(failed to start \w+ service.*|Socket '[^']*' already in use.*|Address already in use.*"
+                           r"|The server cannot listen to .* at the same address and port.*)", re.I)
 _UNRECOGNIZED_OPTION = re.compile(r"unrecognized option '([^']*)'")
 _BAD_OPTION = re.compile(r'^Bad option: "([^"]*)"')
 
@@ -376,12 +399,21 @@ class TritonServer:
         self.http = http
         self._admin_key = admin_key
         self.install = find_tritonserver(tritonserver)
-        for name, port in (("--http-port", http_port if http else None), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
-            if port is not None and not port_is_free(port, host):
+        given = {"--http-port": http_port if http else None, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+        seen: dict[int, str] = {}
+        for name, port in given.items():
+            if not port:
+                continue
+            if port in seen:
+                raise ServerError(f"{name} {port}: the same port as {seen[port]} (each endpoint needs a port of its own)")
+            seen[port] = name
+            if not port_is_free(port, host):
                 raise ServerError(f"{name} {port}: port is taken")
-        self.http_port = (http_port or free_port(host)) if http else None
-        self.grpc_port = grpc_port or free_port(host)
-        self.metrics_port = metrics_port or free_port(host)
+        missing = [name for name, port in given.items() if not port and (http or name != "--http-port")]
+        chosen = dict(zip(missing, free_ports(len(missing), host, seen)))
+        self.http_port = (http_port or chosen["--http-port"]) if http else None
+        self.grpc_port = grpc_port or chosen["--grpc-port"]
+        self.metrics_port = metrics_port or chosen["--metrics-port"]
         self.extra_args = tuple(extra_args)
         self.shm_prefix = f"tritonrec_{os.getpid()}_{secrets.token_hex(4)}_"
         self._log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
