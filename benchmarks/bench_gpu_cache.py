@@ -280,6 +280,7 @@ def _effective_rates(cp) -> list[str]:
         f"Effective lookup rate through EmbeddingStore (device keys, {n:,} per call cut into at most {gpu._CHUNKS} chunks{' (the ends half the others)' if gpu._TAPER else ''}"
         f"{f', {gpu._CROWDED_CHUNKS} when another call is in flight' if 0 < gpu._CROWDED_CHUNKS < gpu._CHUNKS else ''}"
         f"{', missed rows streamed into the staging past the CPU caches' if gpu._STREAM_ROWS else ''}"
+        f"{', a lone call sending each chunk while the host reads the next' if gpu._SEND_BESIDE_READ else ''}"
         f"{(', copied on a stream of their own' + ('' if gpu._CROWDED_COPY_STREAM else ' by a lone call')) if gpu._COPY_STREAM else ''}, dim {dim}, "
         f"fp32, LRU; {hot_n:,} hot keys cached, "
         f"misses are keys never asked before, read from the host store in memory, {small_n:,} rows); pinned host-to-device copy "

@@ -35,6 +35,18 @@ class ThreadPool:
     @property
     def spin_us(self) -> int: ...
 
+class TablesRead:
+    """One read of several tables' keys, begun on a pool's workers: the calling thread is free
+    until :meth:`finish`. The tables' read locks are held until then (their writers wait)."""
+
+    def __init__(self, tables: list[HostTable], keys: list[npt.NDArray[np.int64]], out: list[npt.NDArray[np.float32]],
+                 found: list[npt.NDArray[np.uint8]], pool: ThreadPool, streaming: bool = False) -> None:
+        """keys[p] int64 (n_p,), out[p] float32 (n_p, dim of tables[p]) and found[p] uint8 (n_p,)
+        C-contiguous host arrays; returns at once. Raises ValueError/TypeError for a bad array."""
+    def finish(self) -> list[int]:
+        """Joins the read, waits for its end (on the thread that began it), releases the tables;
+        each part's keys found."""
+
 class RowDtype(enum.Enum):
     """Row storage of a host table (rows are read out as float32)."""
 
@@ -190,7 +202,7 @@ class GpuTierLookup:
 
     def __init__(self, device: int, stagings: int = 2, chunks: int = 4, min_chunk_rows: int = 65536, async_insert: bool = False,
                  taper: bool = False, stream_rows: bool = False, copy_stream: bool = False, crowded_chunks: int = 0,
-                 crowded_copy_stream: bool = True) -> None:
+                 crowded_copy_stream: bool = True, send_beside_read: bool = False) -> None:
         """chunks, min_chunk_rows, taper: how a call's key rows are cut (see :func:`lookup_chunks`);
         async_insert: insert on a stream of its own instead of the lookup's; stream_rows: the missed
         rows written into the pinned staging with non-temporal stores (past the CPU's caches);
@@ -198,7 +210,8 @@ class GpuTierLookup:
         for the last chunk's inserts); crowded_chunks: 0 to ``chunks``, the chunks (not tapered) of
         a call that starts while another holds a staging or waits for one (0: cut as a lone call);
         crowded_copy_stream: with copy_stream, whether such a call copies on the staging's copy
-        stream too (else on its own stream). Raises ValueError for an option out of range."""
+        stream too (else on its own stream); send_beside_read: a lone call queues a chunk's copies,
+        scatter and inserts while the pool's workers read the next chunk. Raises ValueError for an option out of range."""
     def lookup(self, caches: list[GpuCache], hosts: list[HostTable], keys: int, n: int, out: int, out_dtype: GpuOutDtype,
                stream: int, pool: ThreadPool, complete: Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.uint8], int], None]) -> None:
         """``keys`` device int64 (n, columns) C-contiguous, column t through ``caches[t]`` over

@@ -49,6 +49,7 @@ _MIN_CHUNK_ROWS = 65_536  # fewest key rows a chunk (each costs a wait, a host c
 _TAPER = True  # first and last chunks half the others (_core.lookup_chunks): the reads start sooner, less is left after them
 _STREAM_ROWS = True  # missed rows written into the pinned staging with non-temporal stores (past the CPU's caches)
 _COPY_STREAM = True  # the rows' copies on a stream of each staging's own (a chunk's copy need not wait for the last one's inserts; the H200 A/Bs in RESULTS: 7-12% less time a lone call at 0.90 hits)
+_SEND_BESIDE_READ = True  # a lone call queues chunk c - 1's copies, scatter and inserts while the pool's workers read chunk c (the H200 A/B in RESULTS: 0.98 hits 11% less time a call, 0.90 hits 6%)
 _CROWDED_COPY_STREAM = False  # with _COPY_STREAM, a call that starts while another is in flight copies on it too (else on its own stream; no gain measured, once 8% lost with 4 callers)
 _CROWDED_CHUNKS = 2  # chunks (not tapered) of a call that starts while another is in flight (the interleaved H200 A/B in RESULTS: at 0.98 hits 14-24% less time a call with 2-4 callers)
 
@@ -94,7 +95,7 @@ class GpuTier:
             rows = max(_core.gpu_cache_min_rows, int(share // _core.gpu_cache_slot_bytes(dim, row_dtype, options.admission)))
             self._tables[name] = _core.GpuCache(rows, dim, row_dtype, options.eviction, device, options.admission)
         self._lookup = _core.GpuTierLookup(device, _STAGINGS, _CHUNKS, _MIN_CHUNK_ROWS, self.async_insert, _TAPER, _STREAM_ROWS,
-                                           _COPY_STREAM, min(_CROWDED_CHUNKS, _CHUNKS), _CROWDED_COPY_STREAM)
+                                           _COPY_STREAM, min(_CROWDED_CHUNKS, _CHUNKS), _CROWDED_COPY_STREAM, _SEND_BESIDE_READ)
 
     def stream_of(self, stream: Any) -> Any:
         """The cupy stream of a lookup's ``stream`` argument (see :meth:`lookup_columns`)."""

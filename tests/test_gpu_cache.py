@@ -297,13 +297,15 @@ def test_the_lru_clock_counts_every_lookups_misses(table):
         assert cache.lru_tick == _core.lru_clock(misses, cache.capacity_rows) > 100
 
 
-@pytest.mark.parametrize("async_insert", [False, True])
-def test_a_traced_lookup_marks_every_chunks_steps_in_order(table, monkeypatch, async_insert):
+@pytest.mark.parametrize(("async_insert", "beside"), [(False, False), (True, False), (False, True)])
+def test_a_traced_lookup_marks_every_chunks_steps_in_order(table, monkeypatch, async_insert, beside):
     # The trace (tools/profile_miss_path.py's profile) of a call of 3 chunks, every chunk with misses:
-    # the host's steps in the order the call takes them, each chunk listed, read and sent, its GPU
-    # work timed before the call's streams were done; untraced calls leave the last trace as it was.
+    # the host's steps in the order the call takes them, each chunk listed, read and sent (with
+    # `beside`, a chunk sent after the next is listed, while it is read), its GPU work timed before
+    # the call's streams were done; untraced calls leave the last trace as it was.
     from embedding_cache import gpu
 
+    monkeypatch.setattr(gpu, "_SEND_BESIDE_READ", beside)
     monkeypatch.setattr(gpu, "_CHUNKS", 3)
     monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 1_000)
     cupy = _cupy()
@@ -318,6 +320,8 @@ def test_a_traced_lookup_marks_every_chunks_steps_in_order(table, monkeypatch, a
         marks = lookup.last_trace()
         host = [(what, chunk) for what, chunk, _ in marks if not what.startswith("gpu")]
         steps = [(w, c) for c in range(3) for w in ("listed", "read", "sent")]
+        if beside:
+            steps = [("listed", 0), ("read", 0), ("listed", 1), ("sent", 0), ("read", 1), ("listed", 2), ("sent", 1), ("read", 2), ("sent", 2)]
         assert host == [("staging", -1), ("queued", -1), *steps, ("end", -1), ("stream done", -1)]
         times = [us for what, _, us in marks if not what.startswith("gpu")]
         assert times == sorted(times) and times[0] >= 0
@@ -543,11 +547,11 @@ def test_rows_read_before_an_update_are_not_cached_after_it(table):
 
 @pytest.mark.parametrize("async_insert", [False, True])
 @pytest.mark.parametrize("out_dtype", ["float32", "float16"])
-@pytest.mark.parametrize(("taper", "stream_rows", "copy_stream"), [(False, False, False), (True, True, True)])
-def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_insert, out_dtype, taper, stream_rows, copy_stream):
+@pytest.mark.parametrize(("taper", "stream_rows", "copy_stream", "beside"), [(False, False, False, False), (True, True, True, True)])
+def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_insert, out_dtype, taper, stream_rows, copy_stream, beside):
     # Calls cut into 3 chunks of at least 5 key rows (even, or tapered: the ends half the middle, the
     # missed rows streamed into the staging past the CPU's caches, copied on the staging's own
-    # stream): sizes at, below and past the chunk
+    # stream, each chunk sent while the pool reads the next): sizes at, below and past the chunk
     # sizes, two tables, hits, misses and keys that exist nowhere in some chunks only, against the host store.
     cupy = _cupy()
     from embedding_cache import gpu
@@ -557,6 +561,7 @@ def test_every_size_around_the_chunk_boundaries(tmp_path, monkeypatch, async_ins
     monkeypatch.setattr(gpu, "_TAPER", taper)
     monkeypatch.setattr(gpu, "_STREAM_ROWS", stream_rows)
     monkeypatch.setattr(gpu, "_COPY_STREAM", copy_stream)
+    monkeypatch.setattr(gpu, "_SEND_BESIDE_READ", beside)
     rng = np.random.default_rng(5)
     keys = rng.choice(10**9, 5_000, replace=False).astype(np.int64)
     tables = {"a": (keys, rng.normal(size=(5_000, 16)).astype(np.float32)), "b": (keys[::-1].copy(), rng.normal(size=(5_000, 16)).astype(np.float32))}
@@ -628,12 +633,15 @@ def test_a_tier_lookups_options_out_of_range_are_refused():
         _core.GpuTierLookup(0, chunks=0)
 
 
-def test_a_missing_key_error_in_a_later_chunk_leaves_the_tier_serving(tmp_path, monkeypatch):
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_missing_key_error_in_a_later_chunk_leaves_the_tier_serving(tmp_path, monkeypatch, beside):
     # The error policy raises from the host tier's completion in the middle of a call (its third
-    # chunk); the call's queued work finishes, its staging is released, the next calls are exact.
+    # chunk; with `beside`, after the second chunk was sent while the third was read); the call's
+    # queued work finishes, its staging and the host table are released, the next calls are exact.
     cupy = _cupy()
     from embedding_cache import gpu
 
+    monkeypatch.setattr(gpu, "_SEND_BESIDE_READ", beside)
     monkeypatch.setattr(gpu, "_CHUNKS", 4)
     monkeypatch.setattr(gpu, "_MIN_CHUNK_ROWS", 100)
     rng = np.random.default_rng(6)
@@ -648,6 +656,8 @@ def test_a_missing_key_error_in_a_later_chunk_leaves_the_tier_serving(tmp_path, 
                 store.lookup("t", cupy.asarray(query))
             query[600] = keys[0]
             np.testing.assert_array_equal(cupy.asnumpy(store.lookup("t", cupy.asarray(query))), rows[query // 2])
+        store.update("t", keys[:1], rows[:1] + 1)  # a write is not held back by the failed calls' reads
+        np.testing.assert_array_equal(cupy.asnumpy(store.lookup("t", cupy.asarray(keys[:1]))), rows[:1] + 1)
 
 
 def test_bad_output_arguments(table):

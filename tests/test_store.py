@@ -498,3 +498,88 @@ def test_only_a_store_with_a_gpu_tier_keeps_its_host_workers_spinning(tmp_path, 
     assert HostTier(tmp_path, [], tmp_path / "manifest.json", HostOptions(threads=2), None, spin_us=store_module.GPU_POOL_SPIN_US).pool.spin_us == 100
     monkeypatch.setenv("TRITONREC_POOL_SPIN_US", "7")
     assert HostTier(tmp_path, [], tmp_path / "manifest.json", HostOptions(threads=2), None, spin_us=100).pool.spin_us == 7
+
+
+def _tables_read_setup(rng, dtypes=("float32", "float16"), dims=(5, 64)):
+    """Tables of the given row dtypes and dims, their keys and their stored rows (as read back)."""
+    tables, content = [], []
+    for dtype, dim in zip(dtypes, dims):
+        keys = rng.permutation(1 << 24)[:20_000].astype(np.int64) * 3
+        rows = rng.normal(size=(keys.size, dim)).astype(np.float32)
+        table = _core.HostTable(dim, getattr(_core.RowDtype, dtype), slab_rows=1024, expected_rows=keys.size)
+        table.insert_or_assign(keys, rows)
+        tables.append(table)
+        content.append((keys, rows.astype(dtype).astype(np.float32)))
+    return tables, content
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_read_of_several_tables_begun_on_the_pool_gives_each_tables_rows(threads, streaming):
+    """TablesRead (a GPU tier's chunk read, begun on the pool's workers while the caller queues the
+    last chunk's copies): every part's rows, flags and count against a plain reference, part sizes
+    0, 1, 2, small and large in every mix (parts that share a chunk of the pool, empty parts between,
+    a table read by two parts), fp32 and fp16 tables of different dims, absent keys; the calling
+    thread works while the read runs; the tables' stats count the lookups at finish."""
+    rng = np.random.default_rng(threads + 2 * streaming)
+    tables, content = _tables_read_setup(rng)
+    pool = _core.ThreadPool(threads)
+    for sizes in [(0, 0), (1, 0), (0, 1), (1, 1), (2, 3), (0, 17, 0), (300, 1, 5000), (40_000, 0, 2), (7, 100_000)]:
+        parts = [i % 2 for i in range(len(sizes))]  # tables 0, 1, 0: table 0 read by two parts
+        queries, outs, founds, expected = [], [], [], []
+        for t, n in zip(parts, sizes):
+            keys, stored = content[t]
+            pick = rng.integers(0, keys.size, n)
+            absent = rng.random(n) < 0.25
+            queries.append(np.where(absent, keys[pick] + 1, keys[pick]).astype(np.int64))  # keys are multiples of 3
+            outs.append(np.full((n, stored.shape[1]), np.nan, np.float32))
+            founds.append(np.full(n, 9, np.uint8))
+            expected.append((np.where(absent[:, None], 0, stored[pick]).astype(np.float32), (~absent).astype(np.uint8)))
+        before = [table.stats()["lookups"] for table in tables]
+        read = _core.TablesRead([tables[t] for t in parts], queries, outs, founds, pool, streaming)
+        busy = sum(range(10_000))  # the calling thread is free while the workers read
+        hits = read.finish()
+        assert busy == 49_995_000 and read.finish() == hits  # a second finish returns the same
+        for p, (rows, flags) in enumerate(expected):
+            np.testing.assert_array_equal(outs[p], rows, err_msg=f"sizes={sizes}, part {p}")
+            np.testing.assert_array_equal(founds[p], flags, err_msg=f"sizes={sizes}, part {p}")
+            assert hits[p] == int(flags.sum())
+        for t, table in enumerate(tables):
+            assert table.stats()["lookups"] - before[t] == sum(n for n, pt in zip(sizes, parts) if pt == t)
+
+
+def test_a_write_waits_for_a_read_of_several_tables_and_is_seen_whole_after_it():
+    """The read's tables are held from its start to its finish: a write batch begun meanwhile on
+    another thread waits (nothing torn: the read gives the old rows, every one of them), then lands
+    whole; a read dropped unfinished (an error on the caller's side) joins its workers and lets the
+    writer in; bad arrays are refused with the input named."""
+    rng = np.random.default_rng(12)
+    tables, content = _tables_read_setup(rng, ("float32",), (64,))
+    (table,), ((keys, old),) = tables, content
+    pool = _core.ThreadPool(4)
+    new = rng.normal(size=old.shape).astype(np.float32)
+    out, found = np.zeros_like(old), np.zeros(keys.size, np.uint8)
+    read = _core.TablesRead([table], [keys], [out], [found], pool)
+    writer = threading.Thread(target=table.insert_or_assign, args=(keys, new))
+    writer.start()
+    writer.join(0.2)
+    assert writer.is_alive()  # held back by the read
+    assert read.finish() == [keys.size]
+    writer.join(10)
+    assert not writer.is_alive()
+    np.testing.assert_array_equal(out, old)
+    again = np.zeros_like(old)
+    _core.TablesRead([table], [keys], [again], [found], pool).finish()
+    np.testing.assert_array_equal(again, new)
+    dropped = _core.TablesRead([table], [keys], [again], [found], pool)
+    del dropped
+    table.insert_or_assign(keys[:1], old[:1])  # not held by the dropped read
+    with pytest.raises(ValueError, match="keys, out, found"):
+        _core.TablesRead([table], [keys], [], [found], pool)
+    with pytest.raises(ValueError, match=r"out\[0\]: expected shape"):
+        _core.TablesRead([table], [keys], [out[:, :5].copy()], [found], pool)
+    with pytest.raises(ValueError, match=r"found\[0\]"):
+        _core.TablesRead([table], [keys], [out], [found[:3]], pool)
+    with pytest.raises(TypeError, match="keys"):
+        _core.TablesRead([table], [keys.astype(np.int32)], [out], [found], pool)
+    table.insert_or_assign(keys[:1], old[:1])  # no lock left behind by the refused reads

@@ -12,7 +12,7 @@ never asked before, lookup-stream inserts), every output checked. Run on the GPU
   variant's store open at once, ``ROUNDS`` rounds each measuring every variant on the same calls in
   turn, so that a burst of the host's noise (calls 2-4x slower for seconds at a time on this host)
   falls on all variants alike; the median and best round of each, every round's last output checked;
-  then the trace of the last variant (``device_run.sh miss-ab`` runs ``--contention`` after it).
+  then the trace of the second variant (``device_run.sh miss-ab`` runs ``--contention`` after it).
 - ``--contention``: the host reads of a call's misses timed alone and while pinned host-to-device
   copies run (they read the same host memory), and the copies' rate alone and beside the reads.
 """
@@ -38,11 +38,13 @@ TIMED = 12
 
 # A GPU tier's cut of calls: (chunks, tapered ends, rows streamed past the CPU's caches, copies on a
 # stream of their own, chunks of a call that starts while another is in flight (0: as a lone call),
-# such a call's copies on that stream too (else on its own))
-Variant = tuple[int, bool, bool, bool, int, bool]
-# --ab: the thirteenth session's A/B: the default (no copy stream) against a copy stream for every call
-# and for lone calls only
-VARIANTS: tuple[Variant, ...] = ((4, True, True, False, 2, True), (4, True, True, True, 2, True), (4, True, True, True, 2, False))
+# such a call's copies on that stream too (else on its own), a lone call's chunk sent while the pool
+# reads the next)
+Variant = tuple[int, bool, bool, bool, int, bool, bool]
+# --ab: the thirteenth session's second A/B: the default against a lone call's sends beside its
+# reads, with 4 and 8 chunks
+VARIANTS: tuple[Variant, ...] = ((4, True, True, True, 2, False, False), (4, True, True, True, 2, False, True),
+                                 (8, True, True, True, 2, False, True))
 
 
 def _warm_store(cp, path: Path, variant: Variant, hot: np.ndarray):
@@ -50,7 +52,7 @@ def _warm_store(cp, path: Path, variant: Variant, hot: np.ndarray):
     keys and four calls' misses, the hot keys cached."""
     from embedding_cache import EmbeddingStore, gpu
 
-    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM, gpu._CROWDED_CHUNKS, gpu._CROWDED_COPY_STREAM = variant
+    gpu._CHUNKS, gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM, gpu._CROWDED_CHUNKS, gpu._CROWDED_COPY_STREAM, gpu._SEND_BESIDE_READ = variant
     capacity = HOT + 4 * int(0.1 * N)
     store = EmbeddingStore(path, verify=False, device=0, gpu_cache_bytes=int(capacity * (DIM * 4 + 13) * 1.25))
     try:
@@ -63,10 +65,10 @@ def _warm_store(cp, path: Path, variant: Variant, hot: np.ndarray):
 
 
 def _label(variant: Variant) -> str:
-    chunks, taper, stream, copy, crowded, crowded_copy = variant
+    chunks, taper, stream, copy, crowded, crowded_copy, beside = variant
     copy_label = (', copy stream' if crowded_copy else ', copy stream (lone calls)') if copy else ''
     return (f"{chunks}{' tapered' if taper else ''}{', streamed' if stream else ''}{copy_label}"
-            f"{f', {crowded} when crowded' if crowded else ''}")
+            f"{f', {crowded} when crowded' if crowded else ''}{', sent beside the reads' if beside else ''}")
 
 
 def _fresh_call(cp, rng, hot: np.ndarray, cold: np.ndarray, cursor: int, misses: int):
@@ -295,7 +297,7 @@ def main() -> int:
     args = parser.parse_args()
     from embedding_cache import gpu
 
-    product = (gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM, gpu._CROWDED_CHUNKS, gpu._CROWDED_COPY_STREAM)  # the product's, before a variant sets its own
+    product = (gpu._TAPER, gpu._STREAM_ROWS, gpu._COPY_STREAM, gpu._CROWDED_CHUNKS, gpu._CROWDED_COPY_STREAM, gpu._SEND_BESIDE_READ)  # the product's, before a variant sets its own
     rng = np.random.default_rng(5)
     path = _store_of(Path(tempfile.mkdtemp()) / "s", ROWS, DIM)
     hot = rng.permutation(ROWS)[:HOT].astype(np.int64)
@@ -303,7 +305,7 @@ def main() -> int:
     rng.shuffle(cold)
     if args.ab:
         print(*interleaved(cp, path, rng, hot, cold), sep="\n", flush=True)
-        trace(cp, path, rng, hot, cold, variants=(VARIANTS[-1],))
+        trace(cp, path, rng, hot, cold, variants=(VARIANTS[1],))
         return 0
     if args.trace or args.contention:
         if args.trace:

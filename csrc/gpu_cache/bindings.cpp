@@ -263,17 +263,18 @@ Returns:
                             "A GPU tier's lookups: device keys through the tables' GPU caches, misses read from the host tables, "
                             "written into the output and inserted, in one call with the GIL released (thread-safe).")
       .def(py::init([](int device, int stagings, int chunks, int64_t min_chunk_rows, bool async_insert, bool taper, bool stream_rows,
-                       bool copy_stream, int crowded_chunks, bool crowded_copy_stream) {
+                       bool copy_stream, int crowded_chunks, bool crowded_copy_stream, bool send_beside_read) {
              try {
                return new GpuTierLookup(device, TierLookupOptions{stagings, chunks, min_chunk_rows, async_insert, taper, stream_rows, copy_stream,
-                                                                  crowded_chunks, crowded_copy_stream});
+                                                                  crowded_chunks, crowded_copy_stream, send_beside_read});
              } catch (const std::invalid_argument& e) {
                throw py::value_error(e.what());
              }
            }),
            py::arg("device"), py::arg("stagings") = 2, py::arg("chunks") = 4, py::arg("min_chunk_rows") = 65536,
            py::arg("async_insert") = false, py::arg("taper") = false, py::arg("stream_rows") = false,
-           py::arg("copy_stream") = false, py::arg("crowded_chunks") = 0, py::arg("crowded_copy_stream") = true)
+           py::arg("copy_stream") = false, py::arg("crowded_chunks") = 0, py::arg("crowded_copy_stream") = true,
+           py::arg("send_beside_read") = false)
       .def("lookup", &tier_lookup, py::arg("caches"), py::arg("hosts"), py::arg("keys"), py::arg("n"),
            py::arg("out"), py::arg("out_dtype"), py::arg("stream"), py::arg("pool"), py::arg("complete"),
            "keys device int64 (n, columns) C-contiguous, column t through caches[t] over hosts[t] (at the cache's LRU clock), into "

@@ -9,6 +9,7 @@
 
 #include "gpu_cache/detail/cuda_check.hpp"
 #include "gpu_cache/miss_plan.hpp"
+#include "host_store/tables_read.hpp"
 
 namespace tritonrec {
 namespace {
@@ -146,8 +147,8 @@ struct GpuTierLookup::Call {
   int64_t* host_missed = nullptr;  // mapped, as `missed`
   std::vector<uint64_t> generations;  // of each column's cache when the call began
   std::vector<uint32_t> ticks;        // each column's LRU clock for this call (its lookups and inserts)
-  std::vector<int64_t> offsets;       // the chunk being read: (k + 1,) offsets of its columns' misses
-  std::vector<int64_t> present;       // the chunk being read: (k,) of its columns' misses that exist
+  std::vector<std::vector<int64_t>> offsets;  // per chunk once listed: (k + 1,) offsets of its columns' misses
+  std::vector<std::vector<int64_t>> present;  // per chunk once read: (k,) of its columns' misses that exist
   std::vector<void*> allocations;     // device memory, freed in stream order when the call ends
   bool copies_waited = false;         // the staging's last user's copies are done
   Trace* trace = nullptr;             // when the call is traced
@@ -320,12 +321,22 @@ void GpuTierLookup::lookup(const std::vector<TierColumn>& columns, const int64_t
   }
   for (const TierColumn& column : columns) call.ticks.push_back(column.cache->lru_tick());  // read now, not before the wait for a staging
   call.mark("staging", -1);
+  // A lone call sends chunk c - 1 (queues its copies, scatter and inserts) while the pool's workers
+  // read chunk c; calls at once share the pool, so each sends its chunk after the read, leaving the
+  // pool to the other's reads meanwhile.
+  const bool beside = options_.send_beside_read && !crowded;
+  const int chunks = static_cast<int>(call.chunks.size());
+  call.offsets.resize(call.chunks.size());
+  call.present.resize(call.chunks.size());
   try {
     list_chunks(call, n);
-    for (int c = 0; c < static_cast<int>(call.chunks.size()); ++c) {
-      read_chunk(call, c, pool, complete);
-      send_chunk(call, c);
+    for (int c = 0; c < chunks; ++c) {
+      std::unique_ptr<TablesRead> read = start_read(call, c, pool);
+      if (beside && c > 0) send_chunk(call, c - 1);
+      finish_read(call, c, read.get(), complete);
+      if (!beside) send_chunk(call, c);
     }
+    if (beside) send_chunk(call, chunks - 1);
   } catch (...) {
     end_call(call, true);
     throw;
@@ -375,44 +386,61 @@ void GpuTierLookup::list_chunks(Call& call, int64_t n) {
   call.mark("queued", -1);
 }
 
-void GpuTierLookup::read_chunk(Call& call, int c, ThreadPool& pool, const CompleteMisses& complete) {
+/// Waits until chunk c's misses are listed and begins their read from the host tables on the
+/// pool's workers (nullptr when the chunk missed nothing).
+std::unique_ptr<TablesRead> GpuTierLookup::start_read(Call& call, int c, ThreadPool& pool) {
   Staging& staging = call.staging;
   const int k = call.k;
   wait_event(staging.ready[c], "cudaEventSynchronize(chunk listed)");
   call.mark("listed", c);
   const int32_t* counts = call.host_counts + static_cast<size_t>(c) * k;
-  call.offsets.assign(static_cast<size_t>(k) + 1, 0);
-  call.present.assign(static_cast<size_t>(k), 0);
+  std::vector<int64_t>& offsets = call.offsets[c];
+  offsets.assign(static_cast<size_t>(k) + 1, 0);
+  call.present[c].assign(static_cast<size_t>(k), 0);
   for (int t = 0; t < k; ++t) {
-    call.offsets[t + 1] = call.offsets[t] + counts[t];
+    offsets[t + 1] = offsets[t] + counts[t];
     call.columns[t].cache->count_lookups(call.chunks[c].end - call.chunks[c].begin, counts[t]);  // the clock moves for calls from now on
   }
-  const int64_t total = call.offsets[k];
-  if (total == 0) return;
+  const int64_t total = offsets[k];
+  if (total == 0) return nullptr;
   if (!call.copies_waited) {  // the staging's last user may still be copying out of its rows
     if (staging.copies_queued) check(cudaEventSynchronize(staging.copied), "cudaEventSynchronize(copied)");
     call.copies_waited = true;
   }
   float* rows = reinterpret_cast<float*>(staging.rows[c].reserve(static_cast<size_t>(total * call.dim) * sizeof(float)));
   const int64_t begin = call.chunks[c].begin * k;
-  const int64_t* keys = call.host_missed + begin;
-  uint8_t* found = staging.found.data() + begin;
+  std::vector<TablesRead::Part> parts;
   for (int t = 0; t < k; ++t) {
-    const int64_t m = counts[t], at = call.offsets[t];
-    if (m == 0) continue;
-    int64_t hits = call.columns[t].host->find(keys + at, m, rows + at * call.dim, found + at, pool, options_.stream_rows);
-    if (hits < m) {
-      complete(t, m, keys + at, rows + at * call.dim, found + at, hits);
-      hits = std::count_if(found + at, found + at + m, [](uint8_t f) { return f != 0; });
+    const int64_t at = offsets[t];
+    parts.push_back({call.columns[t].host, call.host_missed + begin + at, counts[t], rows + at * call.dim, staging.found.data() + begin + at});
+  }
+  return std::make_unique<TablesRead>(std::move(parts), pool, options_.stream_rows);
+}
+
+/// Ends chunk c's read (`read`, from start_read) and completes the columns whose missed keys the
+/// host tables did not all hold (lower tiers, the missing-key policy), the tables released first.
+void GpuTierLookup::finish_read(Call& call, int c, TablesRead* read, const CompleteMisses& complete) {
+  if (read == nullptr) return;
+  const std::vector<int64_t> hits = read->finish();
+  const std::vector<int64_t>& offsets = call.offsets[c];
+  float* rows = reinterpret_cast<float*>(call.staging.rows[c].data());
+  const int64_t* keys = call.host_missed + call.chunks[c].begin * call.k;
+  uint8_t* found = call.staging.found.data() + call.chunks[c].begin * call.k;
+  for (int t = 0; t < call.k; ++t) {
+    const int64_t m = offsets[t + 1] - offsets[t], at = offsets[t];
+    int64_t present = hits[t];
+    if (present < m) {
+      complete(t, m, keys + at, rows + at * call.dim, found + at, present);
+      present = std::count_if(found + at, found + at + m, [](uint8_t f) { return f != 0; });
     }
-    call.present[t] = hits;
+    call.present[c][t] = present;
   }
   call.mark("read", c);
 }
 
 void GpuTierLookup::send_chunk(Call& call, int c) {
   const int k = call.k;
-  if (call.offsets[k] == 0) return;
+  if (call.offsets[c][k] == 0) return;
   Staging& staging = call.staging;
   const RowRange& range = call.chunks[c];
   const int64_t rows = range.end - range.begin;
@@ -437,7 +465,7 @@ void GpuTierLookup::send_chunk(Call& call, int c) {
 
 /// Queues the copy of chunk c's missed rows (read into its staging) to new device memory; returns it.
 float* GpuTierLookup::copy_rows(Call& call, int c) {
-  const size_t bytes = static_cast<size_t>(call.offsets[call.k] * call.dim) * sizeof(float);
+  const size_t bytes = static_cast<size_t>(call.offsets[c][call.k] * call.dim) * sizeof(float);
   const char* host_rows = call.staging.rows[c].data();
   auto* device_rows = static_cast<float*>(allocate(bytes, call.copy_stream));
   call.allocations.push_back(device_rows);
@@ -454,7 +482,7 @@ void GpuTierLookup::pack_present(Call& call, int c, const float* device_rows, st
   const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
   size_t packed_bytes = 0;
   for (int t = 0; t < k; ++t) {
-    const int64_t m = call.offsets[t + 1] - call.offsets[t], present = call.present[t];
+    const int64_t m = call.offsets[c][t + 1] - call.offsets[c][t], present = call.present[c][t];
     if (present > 0 && present < m) packed_bytes += align256(present * sizeof(int64_t)) + align256(present * row_bytes);
   }
   char* host_packed = packed_bytes ? call.staging.packed[c].reserve(packed_bytes) : nullptr;
@@ -463,7 +491,7 @@ void GpuTierLookup::pack_present(Call& call, int c, const float* device_rows, st
   const auto* host_rows = reinterpret_cast<const float*>(call.staging.rows[c].data());
   size_t at = 0;
   for (int t = 0; t < k; ++t) {
-    const int64_t first = call.offsets[t], m = call.offsets[t + 1] - first, present = call.present[t];
+    const int64_t first = call.offsets[c][t], m = call.offsets[c][t + 1] - first, present = call.present[c][t];
     if (present == m) {
       keys[t] = call.missed + begin + first;
       rows[t] = device_rows + first * dim;
@@ -493,8 +521,8 @@ void GpuTierLookup::queue_inserts(Call& call, int c, const std::vector<const int
   bool queued = false;
   for (int t = 0; t < call.k; ++t) {
     const TierColumn& column = call.columns[t];
-    if (call.present[t] == 0 || generations_[column.cache] != call.generations[t]) continue;  // invalidated since its rows were read
-    column.cache->insert_async(keys[t], rows[t], call.present[t], call.ticks[t], target);
+    if (call.present[c][t] == 0 || generations_[column.cache] != call.generations[t]) continue;  // invalidated since its rows were read
+    column.cache->insert_async(keys[t], rows[t], call.present[c][t], call.ticks[t], target);
     queued = true;
   }
   if (queued) {

@@ -29,6 +29,8 @@
 
 namespace tritonrec {
 
+class TablesRead;  // host_store/tables_read.hpp
+
 /// One column of a lookup: its table's GPU cache and host table. All columns of a call have one dim.
 struct TierColumn {
   GpuCache* cache = nullptr;
@@ -58,6 +60,10 @@ struct TierLookupOptions {
   /// copy stream too (true) or on its own stream (false): a lone call's next copy need not wait for
   /// its last inserts, while calls at once already keep the copy engine busy with one another's.
   bool crowded_copy_stream = true;
+  /// Whether a lone call queues chunk c - 1's copies, scatter and inserts while the pool's workers
+  /// read chunk c (else after the read, on the pool's time); calls at once always send after the
+  /// read, as the pool then serves the other call's reads.
+  bool send_beside_read = false;
 };
 
 /// One step of a traced lookup (GpuTierLookup::set_trace): what happened, to which chunk (-1: the
@@ -120,7 +126,8 @@ class GpuTierLookup {
   void release_staging(Staging& staging);
   void check_columns(const std::vector<TierColumn>& columns) const;
   void list_chunks(Call& call, int64_t n);
-  void read_chunk(Call& call, int c, ThreadPool& pool, const CompleteMisses& complete);
+  std::unique_ptr<TablesRead> start_read(Call& call, int c, ThreadPool& pool);
+  void finish_read(Call& call, int c, TablesRead* read, const CompleteMisses& complete);
   void send_chunk(Call& call, int c);
   float* copy_rows(Call& call, int c);
   void pack_present(Call& call, int c, const float* device_rows, std::vector<const int64_t*>& keys, std::vector<const float*>& rows);

@@ -1,6 +1,7 @@
 // pybind11 bindings of the host store: ThreadPool and HostTable.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "host_store/host_table.hpp"
+#include "host_store/tables_read.hpp"
 #include "host_store/thread_pool.hpp"
 
 namespace py = pybind11;
@@ -50,6 +52,40 @@ auto with_keys_rows(R (HostTable::*op)(const int64_t*, const float*, int64_t)) {
     py::gil_scoped_release release;
     return (table.*op)(keys.data(), rows.data(), n);
   };
+}
+
+/// A TablesRead for Python: holds the tables, the pool and the arrays while the read runs.
+struct PyTablesRead {
+  std::vector<py::object> keep;
+  std::unique_ptr<TablesRead> read;
+};
+
+PyTablesRead* start_tables_read(const py::list& tables_obj, const py::list& keys_obj, const py::list& out_obj, const py::list& found_obj,
+                                py::object pool_obj, bool streaming) {
+  const size_t k = tables_obj.size();
+  if (keys_obj.size() != k || out_obj.size() != k || found_obj.size() != k) {
+    throw py::value_error("keys, out, found: expected one array each per table (" + std::to_string(k) + ")");
+  }
+  auto self = std::make_unique<PyTablesRead>();
+  std::vector<TablesRead::Part> parts;
+  for (size_t p = 0; p < k; ++p) {
+    const auto& table = tables_obj[p].cast<const HostTable&>();
+    auto keys = require<int64_t>(keys_obj[p], "keys", 1);
+    auto out = require<float>(out_obj[p], "out", 2, true);
+    auto found = require<uint8_t>(found_obj[p], "found", 1, true);
+    const int64_t n = keys.shape(0);
+    if (out.shape(0) != n || out.shape(1) != table.dim()) {
+      throw py::value_error("out[" + std::to_string(p) + "]: expected shape (" + std::to_string(n) + ", " + std::to_string(table.dim()) + ")");
+    }
+    if (found.shape(0) != n) throw py::value_error("found[" + std::to_string(p) + "]: expected shape (" + std::to_string(n) + ",)");
+    parts.push_back({&table, keys.data(), n, out.mutable_data(), found.mutable_data()});
+    for (py::object o : {py::object(tables_obj[p]), py::object(keys), py::object(out), py::object(found)}) self->keep.push_back(o);
+  }
+  auto& pool = pool_obj.cast<ThreadPool&>();
+  self->keep.push_back(pool_obj);
+  py::gil_scoped_release release;  // the tables' locks may wait for a writer
+  self->read = std::make_unique<TablesRead>(std::move(parts), pool, streaming);
+  return self.release();
 }
 
 }  // namespace
@@ -125,6 +161,22 @@ Returns:
            "watches for the next call before sleeping (-1: the environment's TRITONREC_POOL_SPIN_US, else 0).")
       .def_property_readonly("threads", &ThreadPool::threads)
       .def_property_readonly("spin_us", &ThreadPool::spin_us);
+
+  py::class_<PyTablesRead>(m, "TablesRead",
+                           "One read of several tables' keys, begun on a pool's workers: the calling thread is free until "
+                           "finish(). The tables' read locks are held until then (their writers wait).")
+      .def(py::init(&start_tables_read), py::arg("tables"), py::arg("keys"), py::arg("out"), py::arg("found"), py::arg("pool"),
+           py::arg("streaming") = false,
+           "tables: HostTables (one may appear more than once); keys[p] int64 (n_p,), out[p] float32 (n_p, dim of "
+           "tables[p]) and found[p] uint8 (n_p,) C-contiguous host arrays. Returns at once.")
+      .def(
+          "finish",
+          [](PyTablesRead& self) {
+            py::gil_scoped_release release;
+            return self.read->finish();
+          },
+          "Joins the read and waits for its end (call it on the thread that began it); releases the tables and "
+          "returns each part's keys found (counted in the tables' stats).");
 
   py::enum_<RowDtype>(m, "RowDtype").value("float32", RowDtype::kFloat32).value("float16", RowDtype::kFloat16);
 

@@ -77,6 +77,17 @@ class HostTable {
   int64_t find_strided(const int64_t* keys, int64_t key_stride, int64_t n, float* out, int64_t out_stride, uint8_t* found,
                        int64_t found_stride) const;
 
+  /// The table's read lock, for a caller that cuts one read of several tables into pool work of
+  /// its own (TablesRead): held, no write batch runs, so rows read under it are never torn.
+  std::shared_lock<std::shared_mutex> read_lock() const { return std::shared_lock<std::shared_mutex>(mutex_); }
+  /// `find` of keys [begin, end) on the calling thread, read_lock() held by the caller: key i's row
+  /// at out + i * dim, its flag at found[i]. Does not count them (count_lookups does).
+  int64_t find_locked(const int64_t* keys, int64_t begin, int64_t end, float* out, uint8_t* found, bool streaming = false) const noexcept {
+    return find_range(keys, 1, begin, end, out, dim_, found, 1, streaming);
+  }
+  /// Adds n lookups, `hits` of them found, to stats() (find and find_strided count their own).
+  void count_lookups(int64_t n, int64_t hits) const noexcept;
+
   int64_t dim() const noexcept { return dim_; }
   int64_t max_rows() const noexcept { return max_rows_; }
   RowDtype dtype() const noexcept { return dtype_; }
@@ -94,7 +105,6 @@ class HostTable {
   /// by the caller; returns the keys found. Does not count them (count_lookups does).
   int64_t find_range(const int64_t* keys, int64_t key_stride, int64_t begin, int64_t end, float* out, int64_t out_stride,
                      uint8_t* found, int64_t found_stride, bool streaming = false) const noexcept;
-  void count_lookups(int64_t n, int64_t hits) const noexcept;
   void insert_row(int64_t key, const float* values);
   void count_access(int64_t key) const noexcept;
   uint32_t frequency(int64_t key) const noexcept;

@@ -70,14 +70,7 @@ void ThreadPool::work() {
   }
 }
 
-void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  chunk = std::max<int64_t>(1, chunk);
-  if (workers_.empty() || n <= chunk) {
-    fn(0, n);
-    return;
-  }
-  std::lock_guard<std::mutex> call(call_mutex_);
+void ThreadPool::hand_out(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     fn_ = &fn;
@@ -87,6 +80,9 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
     generation_.fetch_add(1);
   }
   wake_.notify_all();
+}
+
+void ThreadPool::join() {
   busy_.fetch_add(1);  // the caller is a worker of its own call
   run_chunks();
   busy_.fetch_sub(1);
@@ -95,6 +91,52 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
   std::unique_lock<std::mutex> lock(mutex_);
   done_.wait(lock, finished);
   fn_ = nullptr;
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  chunk = std::max<int64_t>(1, chunk);
+  if (workers_.empty() || n <= chunk) {
+    fn(0, n);
+    return;
+  }
+  std::lock_guard<std::mutex> call(call_mutex_);
+  hand_out(n, chunk, fn);
+  join();
+}
+
+ThreadPool::Batch ThreadPool::start(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
+  Batch batch;
+  if (n <= 0) return batch;
+  chunk = std::max<int64_t>(1, chunk);
+  if (workers_.empty() || n <= chunk) {  // nothing worth handing out: finish() runs it on the caller
+    batch.deferred_ = &fn;
+    batch.n_ = n;
+    return batch;
+  }
+  batch.held_ = std::unique_lock<std::mutex>(call_mutex_);
+  batch.pool_ = this;
+  hand_out(n, chunk, fn);
+  return batch;
+}
+
+ThreadPool::Batch& ThreadPool::Batch::operator=(Batch&& other) noexcept {
+  if (this != &other) {
+    finish();
+    pool_ = std::exchange(other.pool_, nullptr);
+    deferred_ = std::exchange(other.deferred_, nullptr);
+    n_ = std::exchange(other.n_, 0);
+    held_ = std::move(other.held_);
+  }
+  return *this;
+}
+
+void ThreadPool::Batch::finish() {
+  if (deferred_ != nullptr) (*std::exchange(deferred_, nullptr))(0, n_);
+  if (pool_ != nullptr) {
+    std::exchange(pool_, nullptr)->join();
+    held_.unlock();
+  }
 }
 
 }  // namespace tritonrec

@@ -7,6 +7,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace tritonrec {
@@ -34,9 +35,39 @@ class ThreadPool {
   /// every chunk is done. fn must not throw.
   void parallel_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn);
 
+  /// A parallel_for begun by start(): finish() (or the destructor) joins it. Move-only.
+  class Batch {
+   public:
+    Batch() = default;
+    Batch(Batch&& other) noexcept { *this = std::move(other); }
+    Batch& operator=(Batch&& other) noexcept;
+    Batch(const Batch&) = delete;
+    Batch& operator=(const Batch&) = delete;
+    ~Batch() { finish(); }
+    /// Takes chunks on the calling thread too and returns when every chunk is done (at once when
+    /// already finished). Call it on the thread that called start().
+    void finish();
+
+   private:
+    friend class ThreadPool;
+    ThreadPool* pool_ = nullptr;                                       // when handed to the workers
+    const std::function<void(int64_t, int64_t)>* deferred_ = nullptr;  // else run whole by finish()
+    int64_t n_ = 0;
+    std::unique_lock<std::mutex> held_;                                // the pool's call lock
+  };
+
+  /// parallel_for in two halves: hands fn's chunks to the workers and returns at once, so that the
+  /// calling thread can do other work until the Batch's finish(). The pool is held until then
+  /// (other callers queue as for parallel_for); the caller must not call the pool before it. Without
+  /// workers, or when n fits one chunk, the whole call runs in finish(). fn must not throw and must
+  /// outlive the Batch's finish().
+  [[nodiscard]] Batch start(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn);
+
  private:
   void work();
   void run_chunks();
+  void hand_out(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn);
+  void join();  // the caller takes chunks, then waits for the workers (the call lock held)
 
   std::vector<std::thread> workers_;
   int spin_us_ = 0;
