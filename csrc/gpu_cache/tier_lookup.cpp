@@ -421,7 +421,7 @@ std::unique_ptr<TablesRead> GpuTierLookup::start_read(Call& call, int c, ThreadP
 /// host tables did not all hold (lower tiers, the missing-key policy), the tables released first.
 void GpuTierLookup::finish_read(Call& call, int c, TablesRead* read, const CompleteMisses& complete) {
   if (read == nullptr) return;
-  const std::vector<int64_t> hits = read->finish();
+  const std::vector<int64_t>& hits = read->finish();
   const std::vector<int64_t>& offsets = call.offsets[c];
   float* rows = reinterpret_cast<float*>(call.staging.rows[c].data());
   const int64_t* keys = call.host_missed + call.chunks[c].begin * call.k;

@@ -14,6 +14,7 @@
 #include "common/mix.hpp"
 #include "host_store/detail/half.hpp"
 #include "host_store/detail/huge_pages.hpp"
+#include "host_store/tables_read.hpp"
 
 namespace tritonrec {
 
@@ -285,16 +286,7 @@ void HostTable::count_lookups(int64_t n, int64_t hits) const noexcept {
 }
 
 int64_t HostTable::find(const int64_t* keys, int64_t n, float* out, uint8_t* found, ThreadPool& pool, bool streaming) const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
-  std::atomic<int64_t> hits{0};
-  // about four pieces a thread (so a slow thread is caught up by the others), 256 to 4096 keys each
-  const int64_t chunk = std::clamp<int64_t>(n / (4 * pool.threads()), 256, 4096);
-  pool.parallel_for(n, chunk, [&](int64_t begin, int64_t end) {
-    hits.fetch_add(find_range(keys, 1, begin, end, out, dim_, found, 1, streaming), std::memory_order_relaxed);
-  });
-  const int64_t total = hits.load();
-  count_lookups(n, total);
-  return total;
+  return TablesRead({{this, keys, n, out, found}}, pool, streaming).finish()[0];  // the read lock held, counted
 }
 
 int64_t HostTable::find_strided(const int64_t* keys, int64_t key_stride, int64_t n, float* out, int64_t out_stride,

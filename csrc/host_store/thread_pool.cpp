@@ -94,15 +94,7 @@ void ThreadPool::join() {
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  chunk = std::max<int64_t>(1, chunk);
-  if (workers_.empty() || n <= chunk) {
-    fn(0, n);
-    return;
-  }
-  std::lock_guard<std::mutex> call(call_mutex_);
-  hand_out(n, chunk, fn);
-  join();
+  start(n, chunk, fn).finish();
 }
 
 ThreadPool::Batch ThreadPool::start(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {

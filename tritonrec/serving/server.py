@@ -135,9 +135,7 @@ def _read(path: Path) -> bytes:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` that is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
 def free_ports(count: int, host: str = "127.0.0.1", exclude: Iterable[int] = ()) -> list[int]:
@@ -410,10 +408,8 @@ class TritonServer:
             if not port_is_free(port, host):
                 raise ServerError(f"{name} {port}: port is taken")
         missing = [name for name, port in given.items() if not port and (http or name != "--http-port")]
-        chosen = dict(zip(missing, free_ports(len(missing), host, seen)))
-        self.http_port = (http_port or chosen["--http-port"]) if http else None
-        self.grpc_port = grpc_port or chosen["--grpc-port"]
-        self.metrics_port = metrics_port or chosen["--metrics-port"]
+        ports = {**given, **dict(zip(missing, free_ports(len(missing), host, seen)))}
+        self.http_port, self.grpc_port, self.metrics_port = ports["--http-port"], ports["--grpc-port"], ports["--metrics-port"]
         self.extra_args = tuple(extra_args)
         self.shm_prefix = f"tritonrec_{os.getpid()}_{secrets.token_hex(4)}_"
         self._log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
